@@ -1,0 +1,243 @@
+//! SQLite storage for the native server: virtual keys and usage records.
+//!
+//! Keys are read and written on one connection behind a mutex (lookups are
+//! a primary-key probe of a few microseconds, and the core caches them).
+//! Usage records are queued on a channel and written by a dedicated thread
+//! in batches, one transaction per batch, so the request path never waits
+//! for the disk. The database runs in WAL mode so the writer and readers do
+//! not block each other. Records are stored as the same JSON the admin API
+//! shows, beside indexed columns for the filters.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use conduit::keys::VirtualKey;
+use conduit::port;
+use conduit::ports::{KeyStore, StoreError, UsageStore};
+use conduit::usage::{UsageQuery, UsageRecord};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::Value;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS virtual_keys (
+    id         TEXT PRIMARY KEY,
+    key_hash   TEXT NOT NULL UNIQUE,
+    record     TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS usage_records (
+    request_id    TEXT PRIMARY KEY,
+    key_id        TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    record        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_by_key_time ON usage_records (key_id, created_at_ms);
+CREATE INDEX IF NOT EXISTS usage_by_time ON usage_records (created_at_ms);
+";
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(format!("sqlite: {e}"))
+}
+
+fn open(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(err)?;
+    Ok(conn)
+}
+
+/// The database: keys on one connection, usage written by a background thread.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    usage_tx: Mutex<Option<mpsc::Sender<UsageRecord>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Arc<SqliteStore>, StoreError> {
+        let conn = open(path)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        let writer_conn = open(path)?;
+        let (tx, rx) = mpsc::channel::<UsageRecord>();
+        let writer = std::thread::Builder::new()
+            .name("conduit-usage-writer".into())
+            .spawn(move || write_usage(writer_conn, rx))
+            .map_err(err)?;
+        Ok(Arc::new(SqliteStore {
+            conn: Mutex::new(conn),
+            usage_tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+        }))
+    }
+
+    /// Flushes queued usage records and stops the writer.
+    pub fn close(&self) {
+        if let Ok(mut tx) = self.usage_tx.lock() {
+            tx.take();
+        }
+        if let Some(handle) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+            let _ = handle.join();
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| StoreError("sqlite connection lock poisoned".into()))?;
+        f(&conn).map_err(err)
+    }
+}
+
+fn parse_key(record: String) -> rusqlite::Result<Option<VirtualKey>> {
+    let v: Value = serde_json::from_str(&record).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(VirtualKey::from_storage_json(&v))
+}
+
+/// The writer thread: waits for a record, then drains whatever else is
+/// queued and writes the batch in one transaction.
+fn write_usage(mut conn: Connection, rx: mpsc::Receiver<UsageRecord>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO usage_records (request_id, key_id, created_at_ms, record) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for r in &batch {
+                    stmt.execute(params![
+                        r.request_id,
+                        r.key_id,
+                        r.created_at_ms as i64,
+                        r.to_json().to_string()
+                    ])?;
+                }
+            }
+            tx.commit()
+        })();
+        if let Err(e) = result {
+            eprintln!(
+                "conduit: could not write {} usage records: {e}",
+                batch.len()
+            );
+        }
+    }
+}
+
+port! {
+    impl KeyStore for SqliteStore {
+        async fn find_by_hash(&self, hash: &str) -> Result<Option<VirtualKey>, StoreError> {
+            self.with(|c| {
+                c.prepare_cached("SELECT record FROM virtual_keys WHERE key_hash = ?1")?
+                    .query_row([hash], |r| r.get::<_, String>(0))
+                    .optional()?
+                    .map_or(Ok(None), parse_key)
+            })
+        }
+
+        async fn get(&self, id: &str) -> Result<Option<VirtualKey>, StoreError> {
+            self.with(|c| {
+                c.prepare_cached("SELECT record FROM virtual_keys WHERE id = ?1")?
+                    .query_row([id], |r| r.get::<_, String>(0))
+                    .optional()?
+                    .map_or(Ok(None), parse_key)
+            })
+        }
+
+        async fn list(&self) -> Result<Vec<VirtualKey>, StoreError> {
+            self.with(|c| {
+                let mut stmt = c.prepare_cached("SELECT record FROM virtual_keys ORDER BY created_at, rowid")?;
+                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+                let mut out = Vec::new();
+                for row in rows {
+                    if let Some(k) = parse_key(row?)? {
+                        out.push(k);
+                    }
+                }
+                Ok(out)
+            })
+        }
+
+        async fn insert(&self, key: &VirtualKey, hash: &str) -> Result<(), StoreError> {
+            self.with(|c| {
+                c.prepare_cached("INSERT INTO virtual_keys (id, key_hash, record, created_at) VALUES (?1, ?2, ?3, ?4)")?
+                    .execute(params![key.id, hash, key.to_storage_json().to_string(), key.created_at as i64])
+                    .map(|_| ())
+            })
+        }
+
+        async fn update(&self, key: &VirtualKey) -> Result<bool, StoreError> {
+            self.with(|c| {
+                c.prepare_cached("UPDATE virtual_keys SET record = ?2 WHERE id = ?1")?
+                    .execute(params![key.id, key.to_storage_json().to_string()])
+                    .map(|n| n > 0)
+            })
+        }
+
+        async fn set_hash(&self, id: &str, hash: &str) -> Result<bool, StoreError> {
+            self.with(|c| {
+                c.prepare_cached("UPDATE virtual_keys SET key_hash = ?2 WHERE id = ?1")?
+                    .execute(params![id, hash])
+                    .map(|n| n > 0)
+            })
+        }
+
+        async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+            self.with(|c| {
+                c.prepare_cached("DELETE FROM virtual_keys WHERE id = ?1")?
+                    .execute([id])
+                    .map(|n| n > 0)
+            })
+        }
+    }
+}
+
+port! {
+    impl UsageStore for SqliteStore {
+        fn record(&self, record: UsageRecord) {
+            if let Ok(guard) = self.usage_tx.lock() {
+                if let Some(tx) = guard.as_ref() {
+                    let _ = tx.send(record);
+                }
+            }
+        }
+
+        async fn query(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>, StoreError> {
+            self.with(|c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT record FROM usage_records
+                     WHERE (?1 IS NULL OR key_id = ?1) AND (?2 IS NULL OR created_at_ms >= ?2)
+                       AND (?3 IS NULL OR created_at_ms < ?3)
+                     ORDER BY created_at_ms, rowid LIMIT 100000",
+                )?;
+                let rows = stmt.query_map(
+                    params![query.key_id, query.since_ms.map(|v| v as i64), query.until_ms.map(|v| v as i64)],
+                    |r| r.get::<_, String>(0),
+                )?;
+                let mut out = Vec::new();
+                for row in rows {
+                    if let Some(rec) = serde_json::from_str::<Value>(&row?).ok().as_ref().and_then(UsageRecord::from_json) {
+                        out.push(rec);
+                    }
+                }
+                Ok(out)
+            })
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The upstream HTTP client (hyper, rustls) and the clock, on tokio.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use conduit::compat::BoxFuture;
+use conduit::port;
+use conduit::ports::{ByteStream, Clock, Upstream, UpstreamError};
+use futures_util::TryStreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A pooled HTTP/1.1 and HTTP/2 client for `http://` and `https://` providers.
+pub struct HyperUpstream {
+    client: Client<Https, Full<Bytes>>,
+}
+
+impl HyperUpstream {
+    pub fn new() -> Self {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(https);
+        HyperUpstream { client }
+    }
+}
+
+port! {
+    impl Upstream for HyperUpstream {
+        async fn send(&self, request: http::Request<Bytes>) -> Result<http::Response<ByteStream>, UpstreamError> {
+            let (parts, body) = request.into_parts();
+            let response = self
+                .client
+                .request(http::Request::from_parts(parts, Full::new(body)))
+                .await
+                .map_err(|e| UpstreamError(describe(&e)))?;
+            let (parts, body) = response.into_parts();
+            let stream: ByteStream = Box::pin(
+                body.into_data_stream()
+                    .map_err(|e| UpstreamError(e.to_string())),
+            );
+            Ok(http::Response::from_parts(parts, stream))
+        }
+    }
+}
+
+/// The error and its causes, one line (no URLs with secrets are in there:
+/// provider keys travel in headers).
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+/// Wall-clock time and tokio timers.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_micros(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0)
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(tokio::time::sleep(duration))
+    }
+}

@@ -1,0 +1,364 @@
+//! The gateway's configuration: one TOML document, the same on every platform.
+//!
+//! ```toml
+//! [server]                  # read by the native server only; ignored here
+//! [providers.openai]        # the table key is the provider's name
+//! kind = "openai"           # openai | azure | openai-compatible
+//! base_url = "https://api.openai.com/v1"
+//! api_key_env = "OPENAI_API_KEY"
+//! [models."my-gpt4"]        # the alias clients send
+//! deployments = [{ provider = "openai", model = "gpt-4o" }]
+//! [gateway]                 # optional
+//! max_body_bytes = 10485760
+//! upstream_timeout_ms = 600000
+//! ```
+//!
+//! Provider secrets never live in the file: `api_key_env` names the
+//! environment variable (or Worker secret) that holds them, looked up through
+//! the function the adapter passes to [`Config::parse`]. Every error names its
+//! source, the key and what is wrong.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::providers::{self, Provider, ProviderKind};
+
+/// A configuration error: where, which key, what is wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    /// Where the document came from (`conduit.toml`, `CONDUIT_CONFIG`).
+    pub source: String,
+    /// The offending key, dotted (`models.my-gpt4.deployments[0].provider`).
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "config error in {}: {}", self.source, self.message)
+        } else {
+            write!(
+                f,
+                "config error in {}: `{}`: {}",
+                self.source, self.key, self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: Option<toml::Table>,
+    #[serde(default)]
+    providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    models: BTreeMap<String, RawModel>,
+    #[serde(default)]
+    gateway: Option<RawGateway>,
+}
+
+/// A provider table as written; validated into a [`Provider`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub kind: String,
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+    /// Azure OpenAI's `api-version` query parameter.
+    pub api_version: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    deployments: Vec<RawDeployment>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeployment {
+    provider: String,
+    model: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    max_body_bytes: Option<usize>,
+    upstream_timeout_ms: Option<u64>,
+    key_cache_ttl_ms: Option<u64>,
+}
+
+/// Gateway-wide settings (`[gateway]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewaySettings {
+    /// Larger request bodies get 413.
+    pub max_body_bytes: usize,
+    /// No answer (headers, or the next stream event) in this time: 504.
+    pub upstream_timeout_ms: u64,
+    /// How long a key looked up by its hash is trusted without asking the
+    /// store again. Changes made through the admin API of the same process
+    /// take effect at once whatever this is.
+    pub key_cache_ttl_ms: u64,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        GatewaySettings {
+            max_body_bytes: 10 * 1024 * 1024,
+            upstream_timeout_ms: 600_000,
+            key_cache_ttl_ms: 1_000,
+        }
+    }
+}
+
+/// One place a model alias can be served: a provider and its model name.
+#[derive(Clone)]
+pub struct Deployment {
+    /// The configured provider's name (the table key).
+    pub provider_name: Arc<str>,
+    pub provider: Arc<dyn Provider>,
+    /// The model name the provider knows (for Azure, the deployment name).
+    pub model: String,
+}
+
+impl fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Deployment")
+            .field("provider", &self.provider_name)
+            .field("model", &self.model)
+            .finish()
+    }
+}
+
+/// A model alias clients may send, and where it goes.
+#[derive(Debug, Clone)]
+pub struct ModelRoute {
+    pub alias: String,
+    /// Tried in order: a retryable failure moves on to the next one.
+    pub deployments: Vec<Deployment>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub models: BTreeMap<String, ModelRoute>,
+    pub gateway: GatewaySettings,
+    /// The `[server]` table, untouched, for the native server.
+    pub server: Option<toml::Table>,
+}
+
+impl Config {
+    /// Parses and validates a TOML document. `source` names it in errors;
+    /// `secret` resolves the environment variables named by `api_key_env`.
+    pub fn parse(
+        text: &str,
+        source: &str,
+        secret: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let err = |key: String, message: String| ConfigError {
+            source: source.to_owned(),
+            key,
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            err(
+                String::new(),
+                match line {
+                    Some(l) => format!("line {l}: {}", e.message()),
+                    None => e.message().to_owned(),
+                },
+            )
+        })?;
+
+        let mut built: BTreeMap<String, (Arc<str>, Arc<dyn Provider>)> = BTreeMap::new();
+        for (name, p) in &raw.providers {
+            let key = |field: &str| format!("providers.{name}.{field}");
+            let kind = ProviderKind::parse(&p.kind).ok_or_else(|| {
+                err(
+                    key("kind"),
+                    format!(
+                        "unknown provider kind `{}` (expected one of: {})",
+                        p.kind,
+                        ProviderKind::NAMES
+                    ),
+                )
+            })?;
+            let api_key = match &p.api_key_env {
+                Some(var) if var.trim().is_empty() => {
+                    return Err(err(key("api_key_env"), "must name an environment variable".into()))
+                }
+                Some(var) => Some(secret(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+                    err(key("api_key_env"), format!("the environment variable `{var}` is not set"))
+                })?),
+                None if kind.requires_api_key() => {
+                    return Err(err(
+                        key("api_key_env"),
+                        format!("required for kind `{}`: name the environment variable that holds the API key", p.kind),
+                    ))
+                }
+                None => None,
+            };
+            let provider = providers::build(kind, p, api_key)
+                .map_err(|(field, message)| err(key(field), message))?;
+            built.insert(name.clone(), (Arc::from(name.as_str()), provider));
+        }
+
+        let mut models = BTreeMap::new();
+        for (alias, m) in raw.models {
+            if m.deployments.is_empty() {
+                return Err(err(
+                    format!("models.{alias}.deployments"),
+                    "needs at least one deployment".into(),
+                ));
+            }
+            let mut deployments = Vec::with_capacity(m.deployments.len());
+            for (i, d) in m.deployments.into_iter().enumerate() {
+                let (provider_name, provider) =
+                    built.get(&d.provider).cloned().ok_or_else(|| {
+                        err(
+                            format!("models.{alias}.deployments[{i}].provider"),
+                            format!(
+                                "unknown provider `{}` (no [providers.{}] table)",
+                                d.provider, d.provider
+                            ),
+                        )
+                    })?;
+                if d.model.trim().is_empty() {
+                    return Err(err(
+                        format!("models.{alias}.deployments[{i}].model"),
+                        "must not be empty".into(),
+                    ));
+                }
+                deployments.push(Deployment {
+                    provider_name,
+                    provider,
+                    model: d.model,
+                });
+            }
+            models.insert(alias.clone(), ModelRoute { alias, deployments });
+        }
+
+        let mut gateway = GatewaySettings::default();
+        if let Some(g) = raw.gateway {
+            if let Some(v) = g.max_body_bytes {
+                if v == 0 {
+                    return Err(err(
+                        "gateway.max_body_bytes".into(),
+                        "must be greater than 0".into(),
+                    ));
+                }
+                gateway.max_body_bytes = v;
+            }
+            if let Some(v) = g.upstream_timeout_ms {
+                if v == 0 {
+                    return Err(err(
+                        "gateway.upstream_timeout_ms".into(),
+                        "must be greater than 0".into(),
+                    ));
+                }
+                gateway.upstream_timeout_ms = v;
+            }
+            if let Some(v) = g.key_cache_ttl_ms {
+                gateway.key_cache_ttl_ms = v;
+            }
+        }
+        Ok(Config {
+            models,
+            gateway,
+            server: raw.server,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(var: &str) -> Option<String> {
+        (var == "OPENAI_API_KEY").then(|| "sk-test".to_owned())
+    }
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:5000"
+database = "conduit.db"
+
+[providers.openai]
+kind = "openai"
+base_url = "https://api.openai.com/v1"
+api_key_env = "OPENAI_API_KEY"
+
+[providers.local]
+kind = "openai-compatible"
+base_url = "http://127.0.0.1:11434/v1"
+
+[models."my-gpt4"]
+deployments = [{ provider = "openai", model = "gpt-4o" }]
+
+[gateway]
+max_body_bytes = 1000
+upstream_timeout_ms = 5000
+"#;
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let c = Config::parse(GOOD, "test", &env).unwrap();
+        assert_eq!(c.gateway.max_body_bytes, 1000);
+        assert_eq!(c.gateway.upstream_timeout_ms, 5000);
+        let r = &c.models["my-gpt4"];
+        assert_eq!(&*r.deployments[0].provider_name, "openai");
+        assert_eq!(r.deployments[0].model, "gpt-4o");
+        assert_eq!(c.server.unwrap()["listen"].as_str(), Some("127.0.0.1:5000"));
+    }
+
+    #[test]
+    fn errors_name_source_key_and_problem() {
+        let e = Config::parse(
+            &GOOD.replace("provider = \"openai\"", "provider = \"nope\""),
+            "conduit.toml",
+            &env,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "models.my-gpt4.deployments[0].provider");
+        assert!(e.to_string().contains("conduit.toml"), "{e}");
+
+        let e = Config::parse(GOOD, "x", &|_| None).unwrap_err();
+        assert_eq!(e.key, "providers.openai.api_key_env");
+        assert!(e.message.contains("OPENAI_API_KEY"));
+
+        let e = Config::parse(
+            &GOOD.replace("kind = \"openai\"", "kind = \"foo\""),
+            "x",
+            &env,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "providers.openai.kind");
+
+        let e =
+            Config::parse("[providers.a]\nkind = \"openai\"\nbogus = 1\n", "x", &env).unwrap_err();
+        assert!(
+            e.message.contains("bogus") && e.message.contains("line"),
+            "{e}"
+        );
+
+        let e = Config::parse(
+            "[providers.a]\nkind = \"azure\"\napi_key_env=\"OPENAI_API_KEY\"\n",
+            "x",
+            &env,
+        )
+        .unwrap_err();
+        assert!(e.key.starts_with("providers.a."), "{e}");
+    }
+}

@@ -1,0 +1,725 @@
+//! The request pipeline: every request to Conduit, stage by stage.
+//!
+//! ```text
+//!  request ──► route ──► authenticate ──► parse ──► authorize ──► admit ──► select deployment
+//!                                                                              │
+//!  response ◄── respond ◄── meter ◄── translate response ◄── call upstream ◄── translate request
+//! ```
+//!
+//! | stage               | reads                                          | adds                                        |
+//! |---------------------|------------------------------------------------|---------------------------------------------|
+//! | route               | method, path                                   | the [`Route`] (405/404 otherwise)           |
+//! | authenticate        | `Authorization`/`X-API-Key`/`api-key`, [`KeyStore`] via [`KeyCache`] | the [`VirtualKey`] (401: missing, unknown, disabled, expired) |
+//! | parse               | the body (≤ `max_body_bytes`, else 413)        | the JSON object, `model`, `stream` (400)    |
+//! | authorize           | the key's `allowed_models`                     | — (403 `model_not_allowed`)                 |
+//! | admit               | [`Limiter`] with the key and the [`Demand`]    | an [`Admission`] and its headers (429/402)  |
+//! | select deployment   | `[models.ALIAS]`                               | the [`ModelRoute`] (404 `model_not_found`)  |
+//! | translate request   | the deployment's [`Provider`]                  | the upstream `http::Request`                |
+//! | call upstream       | [`Upstream`], [`Clock`] for the timeout        | the response head; a retryable failure (5xx, 429, timeout, connection) moves on to the next deployment |
+//! | translate response  | the provider's body or stream decoder          | an OpenAI object with `model` = the alias, or the [`Relay`] |
+//! | meter               | the usage the provider reported, timings      | one [`UsageRecord`] to the [`UsageStore`] (from the stream's end, or its `Drop`) |
+//! | respond             | —                                              | `x-request-id`, `x-conduit-overhead-ms`, admission headers |
+//!
+//! Admin routes (`/admin/…`) go to [`crate::admin`] after the master-key check.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::{select, Either};
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::admin::{self, AdminRoute};
+use crate::cache::KeyCache;
+use crate::compat::BoxStream;
+use crate::config::{Config, ModelRoute};
+use crate::error::GatewayError;
+use crate::keys::{extract_secret, hash_secret, random_id, VirtualKey};
+use crate::meter::Meter;
+use crate::ports::{Admission, ByteStream, Clock, Demand, KeyStore, Limiter, Upstream, UsageStore};
+use crate::providers::{Endpoint, Provider, ProviderRequest};
+use crate::stream::Relay;
+use crate::usage::{TokenUsage, UsageRecord};
+
+/// The adapters' implementations of the ports.
+#[derive(Clone)]
+pub struct Ports {
+    pub keys: Arc<dyn KeyStore>,
+    pub usage: Arc<dyn UsageStore>,
+    pub upstream: Arc<dyn Upstream>,
+    pub clock: Arc<dyn Clock>,
+    pub limiter: Arc<dyn Limiter>,
+}
+
+/// A response body: whole, or a stream of SSE bytes.
+pub enum ResponseBody {
+    Full(Bytes),
+    Stream(BoxStream<'static, Bytes>),
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResponseBody::Full(b) => write!(f, "Full({} bytes)", b.len()),
+            ResponseBody::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+pub type Response = http::Response<ResponseBody>;
+
+/// What a path and method ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    Models,
+    Model(String),
+    Inference(Endpoint),
+    Admin(AdminRoute),
+}
+
+/// The gateway: the config, the ports, and the pipeline over them.
+pub struct Gateway {
+    config: Arc<Config>,
+    ports: Ports,
+    key_cache: KeyCache,
+    master_key_hash: Option<[u8; 32]>,
+    created_secs: u64,
+}
+
+/// Body bytes read from an upstream error answer, at most.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Body bytes read from an upstream success answer, at most.
+const MAX_RESPONSE_BODY: usize = 256 * 1024 * 1024;
+
+impl Gateway {
+    /// `master_key` enables the admin API; without it, admin routes answer 401.
+    pub fn new(config: Config, ports: Ports, master_key: Option<&str>) -> Self {
+        let key_cache = KeyCache::new(config.gateway.key_cache_ttl_ms);
+        let created_secs = ports.clock.now_micros() / 1_000_000;
+        Gateway {
+            config: Arc::new(config),
+            ports,
+            key_cache,
+            master_key_hash: master_key
+                .filter(|k| !k.is_empty())
+                .map(|k| Sha256::digest(k.as_bytes()).into()),
+            created_secs,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn ports(&self) -> &Ports {
+        &self.ports
+    }
+
+    /// Largest accepted request body; adapters stop reading past it and
+    /// answer [`Gateway::error_response`] with [`GatewayError::PayloadTooLarge`].
+    pub fn max_body_bytes(&self) -> usize {
+        self.config.gateway.max_body_bytes
+    }
+
+    pub(crate) fn master_key_hash(&self) -> Option<&[u8; 32]> {
+        self.master_key_hash.as_ref()
+    }
+
+    pub(crate) fn key_cache(&self) -> &KeyCache {
+        &self.key_cache
+    }
+
+    pub(crate) fn now_secs(&self) -> u64 {
+        self.ports.clock.now_micros() / 1_000_000
+    }
+
+    /// Serves one request. Never fails: every failure is an OpenAI error answer.
+    pub async fn handle(&self, request: http::Request<Bytes>) -> Response {
+        let started_us = self.ports.clock.now_micros();
+        let request_id = random_id("req_");
+        let (parts, body) = request.into_parts();
+        let result = match route(&parts.method, parts.uri.path()) {
+            Ok(Route::Health) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+            Ok(Route::Models) => self.list_models(&parts.headers).await,
+            Ok(Route::Model(id)) => self.get_model(&parts.headers, &id).await,
+            Ok(Route::Inference(endpoint)) => {
+                self.inference(endpoint, &parts.headers, body, &request_id, started_us)
+                    .await
+            }
+            Ok(Route::Admin(r)) => admin::handle(self, r, &parts, body).await,
+            Err(e) => Err(e),
+        };
+        let mut response = result.unwrap_or_else(|e| self.error_response(&e));
+        let headers = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            headers.insert("x-request-id", v);
+        }
+        if !headers.contains_key("x-conduit-overhead-ms") {
+            let overhead = self.ports.clock.now_micros().saturating_sub(started_us);
+            headers.insert("x-conduit-overhead-ms", overhead_header(overhead));
+        }
+        response
+    }
+
+    /// Answers `e` for a request the adapter refused before [`Gateway::handle`]
+    /// (e.g. a body over `max_body_bytes`), with the usual headers.
+    pub fn refuse(&self, e: &GatewayError) -> Response {
+        let mut response = self.error_response(e);
+        if let Ok(v) = HeaderValue::from_str(&random_id("req_")) {
+            response.headers_mut().insert("x-request-id", v);
+        }
+        response
+            .headers_mut()
+            .insert("x-conduit-overhead-ms", HeaderValue::from_static("0.000"));
+        response
+    }
+
+    /// The OpenAI error answer for `e`.
+    pub fn error_response(&self, e: &GatewayError) -> Response {
+        let mut r = json_response(e.status(), &e.to_json());
+        if let Some(v) = e.retry_after().and_then(|v| HeaderValue::from_str(&v).ok()) {
+            r.headers_mut().insert(http::header::RETRY_AFTER, v);
+        }
+        if e.status() == StatusCode::METHOD_NOT_ALLOWED {
+            r.headers_mut().insert(
+                http::header::ALLOW,
+                HeaderValue::from_static("GET, POST, PATCH, DELETE"),
+            );
+        }
+        r
+    }
+
+    /// Stage *authenticate*: the key from the headers, through the cache.
+    pub(crate) async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Arc<VirtualKey>, GatewayError> {
+        let secret = extract_secret(headers).ok_or_else(|| {
+            GatewayError::InvalidApiKey(
+                "Missing API key: send it as `Authorization: Bearer condt_…`, `X-API-Key` or `api-key`.".into(),
+            )
+        })?;
+        let hash = hash_secret(secret);
+        let now_us = self.ports.clock.now_micros();
+        let key = match self.key_cache.get(&hash, now_us) {
+            Some(k) => k,
+            None => {
+                let k = Arc::new(self.ports.keys.find_by_hash(&hash).await?.ok_or_else(|| {
+                    GatewayError::InvalidApiKey("Incorrect API key provided.".into())
+                })?);
+                self.key_cache.put(&hash, k.clone(), now_us);
+                k
+            }
+        };
+        key.check_usable(now_us / 1_000_000)?;
+        Ok(key)
+    }
+
+    fn model_object(&self, route: &ModelRoute) -> Value {
+        json!({
+            "id": route.alias,
+            "object": "model",
+            "created": self.created_secs,
+            "owned_by": route.deployments.first().map(|d| &*d.provider_name).unwrap_or("conduit"),
+        })
+    }
+
+    async fn list_models(&self, headers: &HeaderMap) -> Result<Response, GatewayError> {
+        let key = self.authenticate(headers).await?;
+        let data: Vec<Value> = self
+            .config
+            .models
+            .values()
+            .filter(|r| key.allows_model(&r.alias))
+            .map(|r| self.model_object(r))
+            .collect();
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({"object": "list", "data": data}),
+        ))
+    }
+
+    async fn get_model(&self, headers: &HeaderMap, id: &str) -> Result<Response, GatewayError> {
+        let key = self.authenticate(headers).await?;
+        if !key.allows_model(id) {
+            return Err(GatewayError::ModelNotAllowed {
+                model: id.to_owned(),
+            });
+        }
+        let route = self
+            .config
+            .models
+            .get(id)
+            .ok_or_else(|| GatewayError::ModelNotFound {
+                model: id.to_owned(),
+            })?;
+        Ok(json_response(StatusCode::OK, &self.model_object(route)))
+    }
+
+    /// Stages *authenticate* to *respond* for the three inference endpoints.
+    async fn inference(
+        &self,
+        endpoint: Endpoint,
+        headers: &HeaderMap,
+        body: Bytes,
+        request_id: &str,
+        started_us: u64,
+    ) -> Result<Response, GatewayError> {
+        let key = self.authenticate(headers).await?;
+        // From here on, every outcome is metered exactly once.
+        let mut meter = Meter::new(
+            self.ports.usage.clone(),
+            self.ports.limiter.clone(),
+            self.ports.clock.clone(),
+            UsageRecord {
+                request_id: request_id.to_owned(),
+                key_id: key.id.clone(),
+                model: String::new(),
+                provider: None,
+                provider_model: None,
+                endpoint: endpoint.route().to_owned(),
+                status: 0,
+                streamed: false,
+                usage: TokenUsage::default(),
+                latency_us: 0,
+                upstream_latency_us: 0,
+                created_at_ms: started_us / 1000,
+            },
+            started_us,
+        );
+        match self.proxy(endpoint, &key, body, &mut meter).await {
+            Ok(Proxied::Full(mut response, usage)) => {
+                response.headers_mut().insert(
+                    "x-conduit-overhead-ms",
+                    overhead_header(meter.overhead_us()),
+                );
+                meter.finish(response.status().as_u16(), usage);
+                Ok(response)
+            }
+            Ok(Proxied::Stream(head, relay)) => {
+                let overhead = meter.overhead_us();
+                let mut response = stream_response(head, relay.into_relay(meter));
+                response
+                    .headers_mut()
+                    .insert("x-conduit-overhead-ms", overhead_header(overhead));
+                Ok(response)
+            }
+            Err(e) => {
+                meter.finish(e.status().as_u16(), TokenUsage::default());
+                let mut response = self.error_response(&e);
+                if let Some(a) = &meter.admission {
+                    add_admission_headers(response.headers_mut(), a);
+                }
+                response.headers_mut().insert(
+                    "x-conduit-overhead-ms",
+                    overhead_header(meter.overhead_us()),
+                );
+                Ok(response)
+            }
+        }
+    }
+
+    /// Parse, authorize, admit, route, call: the part of the pipeline that
+    /// talks to the provider. Returns a whole answer or a stream to relay.
+    async fn proxy(
+        &self,
+        endpoint: Endpoint,
+        key: &VirtualKey,
+        body: Bytes,
+        meter: &mut Meter,
+    ) -> Result<Proxied, GatewayError> {
+        // Stage *parse*.
+        if body.len() > self.max_body_bytes() {
+            return Err(GatewayError::PayloadTooLarge {
+                limit: self.max_body_bytes(),
+            });
+        }
+        let mut request: Map<String, Value> = match serde_json::from_slice(&body) {
+            Ok(Value::Object(o)) => o,
+            Ok(_) => {
+                return Err(GatewayError::invalid(
+                    "The request body must be a JSON object.",
+                    None,
+                ))
+            }
+            Err(e) => {
+                return Err(GatewayError::invalid(
+                    format!("We could not parse the JSON body of your request: {e}"),
+                    None,
+                ))
+            }
+        };
+        let alias = match request.get("model") {
+            Some(Value::String(m)) if !m.is_empty() => m.clone(),
+            Some(_) => {
+                return Err(GatewayError::invalid(
+                    "`model` must be a non-empty string.",
+                    Some("model"),
+                ))
+            }
+            None => {
+                return Err(GatewayError::invalid(
+                    "Missing required parameter: 'model'.",
+                    Some("model"),
+                ))
+            }
+        };
+        meter.record.model = alias.clone();
+        let required = endpoint.required_field();
+        if request.get(required).is_none_or(Value::is_null) {
+            return Err(GatewayError::invalid(
+                format!("Missing required parameter: '{required}'."),
+                Some(required),
+            ));
+        }
+        let stream = endpoint != Endpoint::Embeddings
+            && match request.get("stream") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => {
+                    return Err(GatewayError::invalid(
+                        "`stream` must be a boolean.",
+                        Some("stream"),
+                    ))
+                }
+            };
+        let include_usage = request
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        meter.record.streamed = stream;
+
+        // Stage *authorize*.
+        if !key.allows_model(&alias) {
+            return Err(GatewayError::ModelNotAllowed { model: alias });
+        }
+        // Stage *select deployment* (before admission: an unknown alias costs nothing).
+        let route = self
+            .config
+            .models
+            .get(&alias)
+            .ok_or_else(|| GatewayError::ModelNotFound {
+                model: alias.clone(),
+            })?;
+        // Stage *admit*.
+        let demand = Demand {
+            model: alias.clone(),
+            estimated_tokens: 0,
+        };
+        meter.admission = Some(self.ports.limiter.admit(key, &demand).await?);
+
+        // Stages *translate request* and *call upstream*, deployment by deployment.
+        let timeout = Duration::from_millis(self.config.gateway.upstream_timeout_ms);
+        let mut last_error = GatewayError::Internal("no deployment was tried".into());
+        for (i, deployment) in route.deployments.iter().enumerate() {
+            let last = i + 1 == route.deployments.len();
+            meter.record.provider = Some(deployment.provider_name.to_string());
+            meter.record.provider_model = Some(deployment.model.clone());
+            let provider = &deployment.provider;
+            let upstream_request = provider.build_request(ProviderRequest {
+                endpoint,
+                model: &deployment.model,
+                body: &mut request,
+                stream,
+            })?;
+            let sent_us = meter.now();
+            let deadline_us = sent_us + timeout.as_micros() as u64;
+            let head = self
+                .within(timeout, self.ports.upstream.send(upstream_request))
+                .await;
+            let outcome: Result<(), GatewayError> = match head {
+                Err(e) => Err(e),
+                Ok(Err(e)) => Err(GatewayError::Upstream(format!(
+                    "cannot reach the provider: {e}"
+                ))),
+                Ok(Ok(response)) if !response.status().is_success() => {
+                    let (parts, body) = response.into_parts();
+                    let bytes = self.read_body(body, deadline_us, MAX_ERROR_BODY).await;
+                    Err(provider.map_error(
+                        parts.status,
+                        &parts.headers,
+                        &bytes.unwrap_or_default(),
+                    ))
+                }
+                Ok(Ok(response)) if stream => {
+                    meter.add_upstream(meter.now().saturating_sub(sent_us));
+                    let (parts, body) = response.into_parts();
+                    return Ok(Proxied::Stream(
+                        StreamHead {
+                            status: parts.status,
+                            admission: meter.admission.clone().unwrap_or_default(),
+                        },
+                        PendingRelay {
+                            upstream: body,
+                            provider: provider.clone(),
+                            clock: self.ports.clock.clone(),
+                            idle_timeout: timeout,
+                            alias: Value::String(alias),
+                            endpoint,
+                            include_usage,
+                        },
+                    ));
+                }
+                Ok(Ok(response)) => {
+                    let (parts, body) = response.into_parts();
+                    match self.read_body(body, deadline_us, MAX_RESPONSE_BODY).await {
+                        Ok(bytes) => {
+                            meter.add_upstream(meter.now().saturating_sub(sent_us));
+                            return self.translate_whole(
+                                provider.as_ref(),
+                                endpoint,
+                                &alias,
+                                parts.status,
+                                &bytes,
+                                meter,
+                            );
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            if let Err(e) = outcome {
+                meter.add_upstream(meter.now().saturating_sub(sent_us));
+                if last || !e.is_retryable() {
+                    return Err(e);
+                }
+                last_error = e;
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Stage *translate response* for a whole answer.
+    fn translate_whole(
+        &self,
+        provider: &dyn Provider,
+        endpoint: Endpoint,
+        alias: &str,
+        status: StatusCode,
+        bytes: &[u8],
+        meter: &Meter,
+    ) -> Result<Proxied, GatewayError> {
+        let mut object = provider.translate_response(endpoint, bytes)?;
+        let usage = object
+            .get("usage")
+            .and_then(TokenUsage::from_openai)
+            .unwrap_or_default();
+        object.insert("model".into(), Value::String(alias.to_owned()));
+        let body = serde_json::to_vec(&object)
+            .map_err(|e| GatewayError::Internal(format!("cannot encode the response: {e}")))?;
+        let mut response = http::Response::new(ResponseBody::Full(Bytes::from(body)));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(a) = &meter.admission {
+            add_admission_headers(response.headers_mut(), a);
+        }
+        Ok(Proxied::Full(response, usage))
+    }
+
+    /// Runs `fut`, or fails with 504 after `timeout`.
+    async fn within<F: std::future::Future>(
+        &self,
+        timeout: Duration,
+        fut: F,
+    ) -> Result<F::Output, GatewayError> {
+        match select(pin!(fut), self.ports.clock.sleep(timeout)).await {
+            Either::Left((v, _)) => Ok(v),
+            Either::Right(_) => Err(GatewayError::UpstreamTimeout),
+        }
+    }
+
+    /// Reads a whole upstream body by `deadline_us`, at most `limit` bytes.
+    async fn read_body(
+        &self,
+        mut body: ByteStream,
+        deadline_us: u64,
+        limit: usize,
+    ) -> Result<Bytes, GatewayError> {
+        let mut first: Option<Bytes> = None;
+        let mut rest: Vec<u8> = Vec::new();
+        loop {
+            let left = deadline_us.saturating_sub(self.ports.clock.now_micros());
+            if left == 0 {
+                return Err(GatewayError::UpstreamTimeout);
+            }
+            match self
+                .within(Duration::from_micros(left), body.next())
+                .await?
+            {
+                None => break,
+                Some(Err(e)) => {
+                    return Err(GatewayError::Upstream(format!(
+                        "the connection to the provider broke: {e}"
+                    )))
+                }
+                Some(Ok(chunk)) => {
+                    let have = first.as_ref().map_or(0, Bytes::len) + rest.len();
+                    if have + chunk.len() > limit {
+                        return Err(GatewayError::Upstream(format!(
+                            "the provider's answer is over {limit} bytes"
+                        )));
+                    }
+                    match &first {
+                        None => first = Some(chunk),
+                        Some(f) => {
+                            if rest.is_empty() {
+                                rest.extend_from_slice(f);
+                            }
+                            rest.extend_from_slice(&chunk);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(if rest.is_empty() {
+            first.unwrap_or_default()
+        } else {
+            Bytes::from(rest)
+        })
+    }
+}
+
+/// What [`Gateway::proxy`] hands back.
+enum Proxied {
+    Full(Response, TokenUsage),
+    Stream(StreamHead, PendingRelay),
+}
+
+struct StreamHead {
+    status: StatusCode,
+    admission: Admission,
+}
+
+/// Everything a [`Relay`] needs except the meter, which stays with the
+/// request until the response is built.
+struct PendingRelay {
+    upstream: ByteStream,
+    provider: Arc<dyn Provider>,
+    clock: Arc<dyn Clock>,
+    idle_timeout: Duration,
+    alias: Value,
+    endpoint: Endpoint,
+    include_usage: bool,
+}
+
+impl PendingRelay {
+    fn into_relay(self, meter: Meter) -> Relay {
+        Relay {
+            decoder: self.provider.stream_decoder(self.endpoint),
+            upstream: self.upstream,
+            clock: self.clock,
+            idle_timeout: self.idle_timeout,
+            alias: self.alias,
+            endpoint: self.endpoint,
+            include_usage: self.include_usage,
+            meter,
+        }
+    }
+}
+
+fn stream_response(head: StreamHead, relay: Relay) -> Response {
+    let mut response = http::Response::new(ResponseBody::Stream(relay.into_stream()));
+    *response.status_mut() = head.status;
+    let h = response.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    add_admission_headers(h, &head.admission);
+    response
+}
+
+fn add_admission_headers(headers: &mut HeaderMap, admission: &Admission) {
+    for (name, value) in &admission.headers {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(*name, v);
+        }
+    }
+}
+
+fn overhead_header(us: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("{}.{:03}", us / 1000, us % 1000))
+        .unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// A JSON answer.
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut r = http::Response::new(ResponseBody::Full(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Stage *route*: what the method and path ask for. `/v1` is optional, so
+/// clients with either base URL work.
+pub fn route(method: &Method, path: &str) -> Result<Route, GatewayError> {
+    let path = if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
+    let api = match path.strip_prefix("/v1") {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+        _ => path,
+    };
+    let only = |allowed: &[Method], r: Route| {
+        if allowed.contains(method) {
+            Ok(r)
+        } else {
+            Err(GatewayError::MethodNotAllowed)
+        }
+    };
+    match api {
+        "/health" => only(&[Method::GET, Method::HEAD], Route::Health),
+        "/chat/completions" => only(&[Method::POST], Route::Inference(Endpoint::ChatCompletions)),
+        "/completions" => only(&[Method::POST], Route::Inference(Endpoint::Completions)),
+        "/embeddings" => only(&[Method::POST], Route::Inference(Endpoint::Embeddings)),
+        "/models" => only(&[Method::GET], Route::Models),
+        _ => {
+            if let Some(id) = api.strip_prefix("/models/").filter(|id| !id.is_empty()) {
+                return only(&[Method::GET], Route::Model(percent_decode(id)));
+            }
+            if let Some(r) = admin::route(method, path)? {
+                return Ok(Route::Admin(r));
+            }
+            Err(GatewayError::NotFound(format!("Unknown route: {path}")))
+        }
+    }
+}
+
+/// Decodes `%XX` escapes (and leaves anything malformed as it is).
+pub(crate) fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

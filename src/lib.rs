@@ -1,0 +1,41 @@
+//! # Conduit
+//!
+//! An OpenAI-compatible LLM API gateway, as a platform-agnostic core.
+//!
+//! Applications keep their OpenAI SDK, point `base_url` at Conduit and send
+//! a virtual key (`condt_…`). For every request the [`Gateway`] authenticates
+//! the key, admits the request under its limits, routes the model alias to
+//! a provider deployment, translates the request and the answer (streams
+//! included), meters the usage and answers every failure in OpenAI's error
+//! envelope. [`gateway`] tells the pipeline stage by stage.
+//!
+//! The core speaks `http` types and reaches the world only through the
+//! [`ports`]: key store, usage store, upstream HTTP client, clock and
+//! limiter. Platform adapters (`platforms/…`) implement them; the core
+//! itself builds for `wasm32-unknown-unknown` as well as native targets,
+//! with no runtime, no threads and no system clock.
+
+#[doc(hidden)]
+pub use async_trait as __async_trait;
+
+pub mod admin;
+pub mod cache;
+pub mod compat;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod keys;
+pub mod memory;
+mod meter;
+pub mod ports;
+pub mod providers;
+pub mod sse;
+mod stream;
+pub mod time;
+pub mod usage;
+
+pub use config::{Config, ConfigError};
+pub use error::GatewayError;
+pub use gateway::{Gateway, Ports, Response, ResponseBody};
+pub use keys::VirtualKey;
+pub use usage::{TokenUsage, UsageRecord};

@@ -1,0 +1,132 @@
+//! The ports: the only ways the core reaches the world.
+//!
+//! Each platform adapter implements these small traits over its own
+//! services (SQLite and tokio on the server; KV, Durable Objects and `fetch`
+//! on Workers; DynamoDB on Lambda). [`crate::memory`] has in-memory versions
+//! for tests. Declared through [`port!`](crate::port) so that futures are
+//! `Send` on native targets and need not be on `wasm32`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::compat::{BoxFuture, BoxStream, MaybeSendSync};
+use crate::error::GatewayError;
+use crate::keys::VirtualKey;
+use crate::port;
+use crate::usage::{UsageQuery, UsageRecord};
+
+/// A failure of a store (keys, usage, limits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<StoreError> for GatewayError {
+    fn from(e: StoreError) -> Self {
+        GatewayError::Store(e.0)
+    }
+}
+
+port! {
+    /// Where virtual keys live, indexed by id and by the SHA-256 of the secret.
+    pub trait KeyStore: MaybeSendSync {
+        /// The key whose secret hashes to `hash` (lower-case hex SHA-256).
+        async fn find_by_hash(&self, hash: &str) -> Result<Option<VirtualKey>, StoreError>;
+        async fn get(&self, id: &str) -> Result<Option<VirtualKey>, StoreError>;
+        /// All keys, oldest first.
+        async fn list(&self) -> Result<Vec<VirtualKey>, StoreError>;
+        /// Stores a new key with the hash of its secret.
+        async fn insert(&self, key: &VirtualKey, hash: &str) -> Result<(), StoreError>;
+        /// Replaces the record of an existing key; `false` if there is none.
+        async fn update(&self, key: &VirtualKey) -> Result<bool, StoreError>;
+        /// Replaces the hash of an existing key (rotation); `false` if there is none.
+        async fn set_hash(&self, id: &str, hash: &str) -> Result<bool, StoreError>;
+        /// Removes a key; `false` if there was none.
+        async fn delete(&self, id: &str) -> Result<bool, StoreError>;
+    }
+}
+
+port! {
+    /// Where usage records go, and how they are read back.
+    pub trait UsageStore: MaybeSendSync {
+        /// Hands a record over. Must not block: implementations queue it and
+        /// write it off the hot path (it is called from a stream's `Drop`).
+        fn record(&self, record: UsageRecord);
+        /// Records matching `query`, oldest first.
+        async fn query(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>, StoreError>;
+    }
+}
+
+/// A response body as the upstream sends it.
+pub type ByteStream = BoxStream<'static, Result<Bytes, UpstreamError>>;
+
+/// The provider could not be reached, or the connection broke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamError(pub String);
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+port! {
+    /// An HTTP client for the providers. Returns as soon as the response
+    /// head is in; the body streams. Dropping the body cancels the request.
+    pub trait Upstream: MaybeSendSync {
+        async fn send(&self, request: http::Request<Bytes>) -> Result<http::Response<ByteStream>, UpstreamError>;
+    }
+}
+
+/// Time, from the platform.
+pub trait Clock: MaybeSendSync {
+    /// Microseconds since the Unix epoch.
+    fn now_micros(&self) -> u64;
+    /// A future that completes after `duration`.
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()>;
+}
+
+/// What a request asks of its key's limits, known before the upstream call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Demand {
+    pub model: String,
+    /// Estimated tokens (prompt plus the completion allowance).
+    pub estimated_tokens: u64,
+}
+
+/// A granted admission: whatever the limiter reserved, to settle later.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// Response headers to add (e.g. `x-ratelimit-*`).
+    pub headers: Vec<(&'static str, String)>,
+    /// Opaque reservation, handed back at settlement.
+    pub reservation: Option<String>,
+}
+
+port! {
+    /// Admission control: rate limits and budgets per key.
+    pub trait Limiter: MaybeSendSync {
+        /// Admits or refuses the request, reserving what it may use.
+        async fn admit(&self, key: &VirtualKey, demand: &Demand) -> Result<Admission, GatewayError>;
+        /// Settles a reservation with what was actually used. Must not block.
+        fn settle(&self, key_id: &str, admission: &Admission, record: &UsageRecord);
+    }
+}
+
+/// The limiter of a gateway without limits: admits everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoLimits;
+
+port! {
+    impl Limiter for NoLimits {
+        async fn admit(&self, _key: &VirtualKey, _demand: &Demand) -> Result<Admission, GatewayError> {
+            Ok(Admission::default())
+        }
+        fn settle(&self, _key_id: &str, _admission: &Admission, _record: &UsageRecord) {}
+    }
+}

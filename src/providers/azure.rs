@@ -1,0 +1,111 @@
+//! Azure OpenAI: OpenAI's wire format on per-deployment URLs.
+//!
+//! `{base_url}/openai/deployments/{deployment}/{path}?api-version={v}` with the
+//! key in an `api-key` header. The deployment's `model` in the config is the
+//! Azure deployment name. Azure's extra fields (`content_filter_results`,
+//! `prompt_filter_results`) pass through; its first stream chunk with
+//! `choices: []` (fixture T4) is dropped by the core like any empty chunk.
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use serde_json::{Map, Value};
+
+use super::openai::{map_openai_error, parse_object, prepare_body, OpenAiStream};
+use super::{json_post, Endpoint, Provider, ProviderRequest, StreamDecoder};
+use crate::error::GatewayError;
+
+/// The `azure` kind.
+pub struct Azure {
+    base_url: String,
+    api_key: String,
+    api_version: String,
+}
+
+impl Azure {
+    pub fn new(base_url: String, api_key: String, api_version: String) -> Self {
+        Azure {
+            base_url,
+            api_key,
+            api_version,
+        }
+    }
+}
+
+/// Percent-encodes a path segment (deployment names are usually plain).
+fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Provider for Azure {
+    fn build_request(
+        &self,
+        request: ProviderRequest<'_>,
+    ) -> Result<http::Request<Bytes>, GatewayError> {
+        let body = prepare_body(request.body, request.model, request.stream)?;
+        let url = format!(
+            "{}/openai/deployments/{}/{}?api-version={}",
+            self.base_url,
+            segment(request.model),
+            request.endpoint.path(),
+            segment(&self.api_version)
+        );
+        json_post(&url, &[("api-key", &self.api_key)], body)
+    }
+
+    fn translate_response(
+        &self,
+        _endpoint: Endpoint,
+        body: &[u8],
+    ) -> Result<Map<String, Value>, GatewayError> {
+        parse_object(body)
+    }
+
+    fn stream_decoder(&self, _endpoint: Endpoint) -> Box<dyn StreamDecoder> {
+        Box::new(OpenAiStream::new(false))
+    }
+
+    fn map_error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GatewayError {
+        map_openai_error(status, headers, body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn deployment_url_and_key_header() {
+        let p = Azure::new(
+            "https://r.openai.azure.com".into(),
+            "k".into(),
+            "2024-10-21".into(),
+        );
+        let mut body = json!({"model": "alias", "input": "x"})
+            .as_object()
+            .unwrap()
+            .clone();
+        let req = p
+            .build_request(ProviderRequest {
+                endpoint: Endpoint::Embeddings,
+                model: "emb deploy",
+                body: &mut body,
+                stream: false,
+            })
+            .unwrap();
+        assert_eq!(
+            req.uri(),
+            "https://r.openai.azure.com/openai/deployments/emb%20deploy/embeddings?api-version=2024-10-21"
+        );
+        assert_eq!(req.headers()["api-key"], "k");
+        assert!(req.headers().get("authorization").is_none());
+    }
+}

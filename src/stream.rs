@@ -1,0 +1,212 @@
+//! The stream relay: provider events in, OpenAI SSE out, one event at a time.
+//!
+//! Nothing is buffered beyond what one upstream read brought in. For each
+//! decoded chunk the relay takes `usage` out (for metering), drops chunks
+//! with no choices (usage-only chunks, Azure's prompt-filter chunk), sets
+//! `model` to the client's alias and writes `data: {…}`. At the provider's
+//! end it emits the usage-only chunk if, and only if, the client asked for
+//! it (`stream_options.include_usage`), then `data: [DONE]`. A failure after
+//! the first byte (broken connection, provider `error` event, idle timeout,
+//! a stream cut short) ends the stream with an OpenAI `error` event.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::{select, Either};
+use futures_util::StreamExt;
+use serde_json::{Map, Value};
+
+use crate::compat::BoxStream;
+use crate::error::GatewayError;
+use crate::meter::Meter;
+use crate::ports::{ByteStream, Clock};
+use crate::providers::{Endpoint, StreamDecoder, StreamEvent};
+use crate::sse::{encode_data, DONE};
+use crate::usage::TokenUsage;
+
+pub(crate) struct Relay {
+    pub upstream: ByteStream,
+    pub decoder: Box<dyn StreamDecoder>,
+    pub clock: Arc<dyn Clock>,
+    pub idle_timeout: Duration,
+    pub alias: Value,
+    pub endpoint: Endpoint,
+    pub include_usage: bool,
+    pub meter: Meter,
+}
+
+struct State {
+    relay: Relay,
+    events: Vec<StreamEvent>,
+    usage_raw: Option<Value>,
+    /// `id`, `created` and `system_fingerprint` of the first chunk, for the usage chunk.
+    head: Map<String, Value>,
+    saw_finish: bool,
+    ended: bool,
+}
+
+impl Relay {
+    /// Runs the relay as a stream of SSE bytes.
+    pub fn into_stream(self) -> BoxStream<'static, Bytes> {
+        let state = State {
+            relay: self,
+            events: Vec::new(),
+            usage_raw: None,
+            head: Map::new(),
+            saw_finish: false,
+            ended: false,
+        };
+        Box::pin(futures_util::stream::unfold(state, |mut s| async move {
+            loop {
+                if s.ended {
+                    return None;
+                }
+                let mut out = BytesMut::new();
+                let waited_from = s.relay.clock.now_micros();
+                let sleep = s.relay.clock.sleep(s.relay.idle_timeout);
+                let next = match select(s.relay.upstream.next(), sleep).await {
+                    Either::Left((item, _)) => Some(item),
+                    Either::Right(_) => None,
+                };
+                let waited = s.relay.clock.now_micros().saturating_sub(waited_from);
+                s.relay.meter.add_upstream(waited);
+                match next {
+                    Some(Some(Ok(bytes))) => {
+                        s.relay.decoder.feed(&bytes, &mut s.events);
+                        s.process(&mut out);
+                    }
+                    Some(Some(Err(e))) => {
+                        s.process(&mut out);
+                        s.fail(
+                            &mut out,
+                            GatewayError::Upstream(format!(
+                                "the connection to the provider broke: {e}"
+                            )),
+                        );
+                    }
+                    Some(None) => {
+                        s.relay.decoder.finish(&mut s.events);
+                        s.process(&mut out);
+                        if !s.ended {
+                            if s.saw_finish {
+                                s.complete(&mut out);
+                            } else {
+                                s.fail(
+                                    &mut out,
+                                    GatewayError::Upstream(
+                                        "the provider ended the stream before it was complete"
+                                            .into(),
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                    None => s.fail(&mut out, GatewayError::UpstreamTimeout),
+                }
+                if !out.is_empty() {
+                    return Some((out.freeze(), s));
+                }
+            }
+        }))
+    }
+}
+
+impl State {
+    fn process(&mut self, out: &mut BytesMut) {
+        let mut events = std::mem::take(&mut self.events);
+        for ev in events.drain(..) {
+            if self.ended {
+                break;
+            }
+            match ev {
+                StreamEvent::Chunk(chunk) => self.chunk(out, chunk),
+                StreamEvent::Done => self.complete(out),
+                StreamEvent::Error(e) => self.fail(out, e),
+            }
+        }
+        self.events = events;
+    }
+
+    fn chunk(&mut self, out: &mut BytesMut, mut chunk: Map<String, Value>) {
+        if let Some(u) = chunk.remove("usage") {
+            if let Some(t) = TokenUsage::from_openai(&u) {
+                self.relay.meter.record.usage = t;
+                self.usage_raw = Some(u);
+            }
+        }
+        let Some(choices) = chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .filter(|c| !c.is_empty())
+        else {
+            return;
+        };
+        if choices
+            .iter()
+            .any(|c| c.get("finish_reason").is_some_and(|f| !f.is_null()))
+        {
+            self.saw_finish = true;
+        }
+        if self.head.is_empty() {
+            for k in ["id", "created", "system_fingerprint"] {
+                if let Some(v) = chunk.get(k) {
+                    self.head.insert(k.into(), v.clone());
+                }
+            }
+        }
+        chunk.insert("model".into(), self.relay.alias.clone());
+        match serde_json::to_vec(&chunk) {
+            Ok(json) => encode_data(out, &json),
+            Err(e) => self.fail(
+                out,
+                GatewayError::Internal(format!("cannot encode a chunk: {e}")),
+            ),
+        }
+    }
+
+    /// The provider finished: usage chunk (if asked for), `[DONE]`, record.
+    fn complete(&mut self, out: &mut BytesMut) {
+        if self.relay.include_usage {
+            if let Some(usage) = self.usage_raw.take() {
+                let mut c = Map::new();
+                c.insert(
+                    "id".into(),
+                    self.head
+                        .get("id")
+                        .cloned()
+                        .unwrap_or(Value::String(String::new())),
+                );
+                c.insert("object".into(), self.relay.endpoint.chunk_object().into());
+                c.insert(
+                    "created".into(),
+                    self.head.get("created").cloned().unwrap_or(0.into()),
+                );
+                c.insert("model".into(), self.relay.alias.clone());
+                if let Some(fp) = self.head.get("system_fingerprint") {
+                    c.insert("system_fingerprint".into(), fp.clone());
+                }
+                c.insert("choices".into(), Value::Array(Vec::new()));
+                c.insert("usage".into(), usage);
+                if let Ok(json) = serde_json::to_vec(&c) {
+                    encode_data(out, &json);
+                }
+            }
+        }
+        out.extend_from_slice(&DONE);
+        self.end(200);
+    }
+
+    fn fail(&mut self, out: &mut BytesMut, e: GatewayError) {
+        if let Ok(json) = serde_json::to_vec(&e.to_json()) {
+            encode_data(out, &json);
+        }
+        self.end(e.status().as_u16());
+    }
+
+    fn end(&mut self, status: u16) {
+        self.ended = true;
+        let usage = self.relay.meter.record.usage;
+        self.relay.meter.finish(status, usage);
+    }
+}

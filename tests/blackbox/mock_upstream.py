@@ -1,0 +1,568 @@
+"""Mock OpenAI / Azure OpenAI / OpenAI-compatible provider, stdlib only.
+
+Started in-process by the pytest fixtures (``MockUpstream().start()``), bound to 127.0.0.1 on an
+ephemeral port. It answers from the recorded provider payloads in tests/fixtures/ and records every
+request it receives so tests can assert on what the gateway sent upstream.
+
+Routes (any path prefix before the endpoint is accepted, e.g. ``/v1`` or ``/compat/v1``):
+
+* ``POST {prefix}/chat/completions``, ``POST {prefix}/completions``, ``POST {prefix}/embeddings``
+  (OpenAI style; model in the JSON body; ``Authorization: Bearer <openai_key>`` required when the
+  prefix is ``/v1``; the ``/compat/...`` prefix takes no key, like a local Ollama).
+* ``POST /openai/deployments/{deployment}/(chat/completions|completions|embeddings)?api-version=...``
+  (Azure style; behaviour chosen by the deployment name; header ``api-key: <azure_key>`` required;
+  missing ``api-version`` -> 404 like Azure).
+
+Behaviour is chosen by the upstream model name (or Azure deployment name), see ``BEHAVIOURS``.
+
+Streams follow real upstream behaviour: when the request has ``stream_options.include_usage: true``
+every chunk carries ``usage: null`` and a final ``choices: []`` chunk carries the usage; without it
+there is no ``usage`` key and no usage chunk. ``mock-mistral*`` behaves like Mistral instead (usage
+on the finish chunk whatever the request says, T18). The Azure chat stream starts with the recorded
+``choices: []`` / empty id+model chunk with ``prompt_filter_results`` (T4).
+
+Run standalone for manual poking: ``python mock_upstream.py [port]``.
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Optional
+from urllib.parse import parse_qs, urlsplit
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+OPENAI_KEY = "sk-mock-openai-secret-0123456789"
+AZURE_KEY = "mock-azure-secret-abcdef"
+
+# Upstream model / deployment names understood by the mock.
+BEHAVIOURS = {
+    "mock-error-500": "500 with an OpenAI server_error body",
+    "mock-error-400": "400 with the recorded OpenAI unsupported_parameter error",
+    "mock-error-429": "429 rate_limit_exceeded (+ retry-after header)",
+    "mock-hang": "sleeps HANG_SECONDS before answering (longer than the gateway timeout)",
+    "mock-garbage": "200 with a non-JSON body",
+    "mock-stream-fail": "stream: 2 chunks then the connection is cut (no [DONE]); non-stream: connection cut",
+    "mock-slow-stream": "stream events spaced SLOW_GAP seconds apart",
+    "mock-tools": "recorded OpenAI tool_calls stream (non-stream: assembled from it)",
+    "mock-cached": "like the default, but usage reports prompt_tokens_details.cached_tokens = CACHED_TOKENS",
+    "mock-mistral": "Mistral-like text stream: usage on the finish chunk even without stream_options",
+    "mock-mistral-tools": "recorded Mistral tool_calls stream verbatim",
+    "<anything else>": "recorded OpenAI payload (or Azure for the Azure routes)",
+}
+HANG_SECONDS = 6.0
+SLOW_GAP = 0.2
+CACHED_TOKENS = 64
+
+_PROVIDER_ERROR_500 = {
+    "error": {
+        "message": "The server had an error while processing your request. Sorry about that!",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
+}
+_PROVIDER_ERROR_429 = {
+    "error": {
+        "message": "Rate limit reached for gpt-4o-mini in organization org-mock on requests per min (RPM): "
+        "Limit 3, Used 3, Requested 1. Please try again in 20s.",
+        "type": "requests",
+        "param": None,
+        "code": "rate_limit_exceeded",
+    }
+}
+GARBAGE_BODY = b"<html><body><h1>502 Bad Gateway</h1>upstream proxy hiccup</body></html>"
+
+
+# --------------------------------------------------------------------------------------------
+# Fixture loading
+# --------------------------------------------------------------------------------------------
+def _read_sse_json(path: Path) -> list[dict]:
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("data: ") and line[6:].strip() != "[DONE]":
+            out.append(json.loads(line[6:]))
+    return out
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def assemble_chat_completion(chunks: list[dict]) -> dict:
+    """Build the non-streaming ``chat.completion`` equivalent of a recorded chunk stream.
+
+    (No recorded non-streaming OpenAI chat completion exists in the fixtures; this derives one.)
+    """
+    first = next(c for c in chunks if c.get("choices"))
+    content: Optional[str] = None
+    tool_calls: dict[int, dict] = {}
+    finish = None
+    usage = None
+    extra_choice: dict = {}
+    for c in chunks:
+        if c.get("usage"):
+            usage = c["usage"]
+        for ch in c.get("choices", []):
+            d = ch.get("delta") or {}
+            if d.get("content") is not None:
+                content = (content or "") + d["content"]
+            for i, tc in enumerate(d.get("tool_calls") or []):
+                idx = tc.get("index", i)
+                slot = tool_calls.setdefault(
+                    idx, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+                )
+                if tc.get("id"):
+                    slot["id"] = tc["id"]
+                fn = tc.get("function") or {}
+                if fn.get("name"):
+                    slot["function"]["name"] = fn["name"]
+                slot["function"]["arguments"] += fn.get("arguments") or ""
+            if ch.get("finish_reason"):
+                finish = ch["finish_reason"]
+            if "content_filter_results" in ch and ch["content_filter_results"]:
+                extra_choice["content_filter_results"] = ch["content_filter_results"]
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
+    if tool_calls:
+        message["tool_calls"] = [tool_calls[k] for k in sorted(tool_calls)]
+    out: dict[str, Any] = {
+        "id": first["id"],
+        "object": "chat.completion",
+        "created": first["created"],
+        "model": first["model"],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish, **extra_choice}],
+    }
+    if usage:
+        out["usage"] = usage
+    for k in ("service_tier", "system_fingerprint", "prompt_filter_results"):
+        for c in chunks:
+            if k in c:
+                out[k] = c[k]
+                break
+    return out
+
+
+class Fixtures:
+    def __init__(self, root: Path = FIXTURES):
+        self.chat_stream = _read_sse_json(root / "openai/chat.completions.stream.text.include_usage.sse")
+        self.tools_stream = _read_sse_json(root / "openai/chat.completions.stream.tool_calls.include_usage.sse")
+        self.completion_stream = _read_jsonl(root / "openai/completions.stream.include_usage.decoded.jsonl")
+        self.completion = _read_json(root / "openai/completions.text.length.json")
+        self.embeddings = _read_json(root / "openai/embeddings.float.json")
+        self.error_400 = _read_json(root / "openai/error.400-invalid_request_error.unsupported_parameter.json")
+        self.azure_stream = _read_jsonl(
+            root / "azure/chat.completions.stream.model-router.content_filter_results.decoded.jsonl"
+        )
+        self.mistral_tools_stream = _read_jsonl(root / "mistral/chat.completion.chunks.tool_calls.decoded.jsonl")
+        self.chat = assemble_chat_completion(self.chat_stream)
+        self.tools = assemble_chat_completion(self.tools_stream)
+        self.azure_chat = assemble_chat_completion(self.azure_stream)
+        self.mistral_stream = self._mistral_text_stream()
+
+    def _mistral_text_stream(self) -> list[dict]:
+        """Mistral-style text stream: the recorded Mistral first chunk and usage numbers, the text
+        deltas of the recorded OpenAI stream, usage on the finish chunk, no usage:null fields (T18)."""
+        m_first = self.mistral_tools_stream[0]
+        m_usage = self.mistral_tools_stream[-1]["usage"]
+        base = {k: m_first[k] for k in ("id", "object", "created", "model")}
+        out = [copy.deepcopy(m_first)]
+        for c in self.chat_stream[1:]:
+            for ch in c.get("choices", []):
+                if ch["delta"].get("content"):
+                    out.append({**base, "choices": [
+                        {"index": 0, "delta": {"content": ch["delta"]["content"]}, "finish_reason": None, "logprobs": None}
+                    ]})
+        out.append({**base, "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "stop", "logprobs": None}],
+                    "usage": dict(m_usage)})
+        return out
+
+    @property
+    def chat_usage(self) -> dict:
+        return self.chat_stream[-1]["usage"]
+
+    @property
+    def chat_text(self) -> str:
+        return self.chat["choices"][0]["message"]["content"]
+
+
+# --------------------------------------------------------------------------------------------
+# Request recording
+# --------------------------------------------------------------------------------------------
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str  # without query
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # lower-cased names
+    raw_body: bytes
+    body: Any  # parsed JSON or None
+    api: str  # "openai" | "compat" | "azure" | "unknown"
+    endpoint: str  # "chat" | "completions" | "embeddings" | ""
+    model: Optional[str]  # body model, or Azure deployment
+    received_at: float = field(default_factory=time.monotonic)
+
+    def contains(self, needle: str) -> bool:
+        return needle.encode() in self.raw_body
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP handler
+# --------------------------------------------------------------------------------------------
+_AZURE_RE = re.compile(r"^/openai/deployments/([^/]+)/(chat/completions|completions|embeddings)$")
+_OPENAI_RE = re.compile(r"^(/[^?]*?)?/(chat/completions|completions|embeddings)$")
+_ENDPOINT = {"chat/completions": "chat", "completions": "completions", "embeddings": "embeddings"}
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "mock-upstream/1.0"
+    mock: "MockUpstream"  # set on the subclass
+
+    def log_message(self, format: str, *args: Any) -> None:  # silence
+        pass
+
+    # ---- plumbing ---------------------------------------------------------------------------
+    def _read_body(self) -> bytes:
+        te = (self.headers.get("Transfer-Encoding") or "").lower()
+        if "chunked" in te:
+            data = b""
+            while True:
+                line = self.rfile.readline()
+                size = int(line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def _send_json(self, status: int, obj: Any, headers: Optional[dict] = None) -> None:
+        body = json.dumps(obj).encode()
+        self._send_bytes(status, body, "application/json", headers)
+
+    def _send_bytes(self, status: int, body: bytes, ctype: str, headers: Optional[dict] = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("x-request-id", f"req_mock_{id(self):x}")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+
+    def _start_stream(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("x-request-id", f"req_mock_{id(self):x}")
+        self.end_headers()
+        self.wfile.flush()
+
+    def _chunk(self, data: bytes) -> None:
+        try:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError, OSError) as e:
+            raise _ClientGone() from e
+
+    def _event(self, obj: Any) -> None:
+        payload = obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":"))
+        self._chunk(f"data: {payload}\n\n".encode())
+
+    def _end_stream(self) -> None:
+        self._chunk(b"")  # zero-length chunk terminates the chunked body ("0\r\n\r\n")
+
+    def _cut_connection(self) -> None:
+        """Close the TCP connection abruptly (RST), without finishing the HTTP message."""
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+        except OSError:
+            pass
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            self.connection.close()
+        except OSError:
+            pass
+
+    def _error(self, status: int, message: str, type_: str = "invalid_request_error", code: Optional[str] = None,
+               param: Optional[str] = None) -> None:
+        self._send_json(status, {"error": {"message": message, "type": type_, "param": param, "code": code}})
+
+    # ---- methods ----------------------------------------------------------------------------
+    def do_GET(self) -> None:
+        self._record_and_dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._record_and_dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._record_and_dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._record_and_dispatch("DELETE")
+
+    def _record_and_dispatch(self, method: str) -> None:
+        try:
+            raw = self._read_body()
+        except Exception:
+            self.close_connection = True
+            return
+        parts = urlsplit(self.path)
+        path, query = parts.path, parse_qs(parts.query, keep_blank_values=True)
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        api, endpoint, model = "unknown", "", None
+        m = _AZURE_RE.match(path)
+        if m:
+            api, endpoint, model = "azure", _ENDPOINT[m.group(2)], m.group(1)
+        else:
+            m = _OPENAI_RE.match(path)
+            if m:
+                prefix = m.group(1) or ""
+                api = "compat" if prefix.startswith("/compat") else "openai"
+                endpoint = _ENDPOINT[m.group(2)]
+                model = body.get("model") if isinstance(body, dict) else None
+        rec = RecordedRequest(
+            method=method, path=path, query=query,
+            headers={k.lower(): v for k, v in self.headers.items()},
+            raw_body=raw, body=body, api=api, endpoint=endpoint, model=model,
+        )
+        self.mock._record(rec)
+        try:
+            self._dispatch(rec)
+        except _ClientGone:
+            self.close_connection = True
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _dispatch(self, r: RecordedRequest) -> None:
+        mock = self.mock
+        if r.api == "unknown":
+            return self._error(404, f"Invalid URL ({r.method} {r.path})", code="unknown_url")
+        if r.method != "POST":
+            return self._error(405, f"Method {r.method} not allowed", code="method_not_allowed")
+        # --- auth ---
+        if r.api == "openai":
+            if r.headers.get("authorization") != f"Bearer {mock.openai_key}":
+                return self._error(401, "Incorrect API key provided: mock.", code="invalid_api_key")
+        elif r.api == "azure":
+            if "api-version" not in r.query:
+                return self._send_json(404, {"error": {"code": "404", "message": "Resource not found"}})
+            if r.headers.get("api-key") != mock.azure_key:
+                return self._send_json(401, {"error": {
+                    "code": "401",
+                    "message": "Access denied due to invalid subscription key or wrong API endpoint. "
+                               "Make sure to provide a valid key for an active subscription and use a "
+                               "correct regional API endpoint for your resource."}})
+        if not isinstance(r.body, dict):
+            return self._error(400, "We could not parse the JSON body of your request.", code=None)
+        if r.api != "azure" and not r.model:
+            return self._error(400, "you must provide a model parameter", param="model")
+
+        model = r.model or ""
+        stream = bool(r.body.get("stream"))
+        include_usage = bool((r.body.get("stream_options") or {}).get("include_usage"))
+
+        # --- behaviours independent of the endpoint ---
+        if model == "mock-error-500":
+            return self._send_json(500, _PROVIDER_ERROR_500)
+        if model == "mock-error-400":
+            return self._send_json(400, mock.fx.error_400)
+        if model == "mock-error-429":
+            return self._send_json(429, _PROVIDER_ERROR_429, {"retry-after": "20"})
+        if model == "mock-hang":
+            mock._stopping.wait(mock.hang_seconds)
+            if mock._stopping.is_set():
+                return self._cut_connection()
+            # fall through to a normal answer (the gateway should have given up already)
+        if model == "mock-garbage":
+            return self._send_bytes(200, GARBAGE_BODY, "text/html")
+        if model == "mock-stream-fail" and not stream:
+            return self._cut_connection()
+
+        fx = mock.fx
+        if r.endpoint == "embeddings":
+            inp = r.body.get("input")
+            n = len(inp) if isinstance(inp, list) and inp and not isinstance(inp[0], int) else 1
+            out = copy.deepcopy(fx.embeddings)
+            vecs = fx.embeddings["data"]
+            out["data"] = [{**copy.deepcopy(vecs[i % len(vecs)]), "index": i} for i in range(n)]
+            if r.body.get("encoding_format") == "base64":  # real API: little-endian float32, base64 (T3)
+                for d in out["data"]:
+                    d["embedding"] = base64.b64encode(
+                        struct.pack(f"<{len(d['embedding'])}f", *d["embedding"])).decode()
+            return self._send_json(200, out)
+
+        if r.endpoint == "completions":
+            if not stream:
+                return self._send_json(200, fx.completion)
+            return self._stream(fx.completion_stream, include_usage, model)
+
+        # chat
+        if r.api == "azure":
+            chunks, full = fx.azure_stream, fx.azure_chat
+        elif model == "mock-tools":
+            chunks, full = fx.tools_stream, fx.tools
+        elif model == "mock-mistral":
+            chunks, full = fx.mistral_stream, assemble_chat_completion(fx.mistral_stream)
+        elif model == "mock-mistral-tools":
+            chunks, full = fx.mistral_tools_stream, assemble_chat_completion(fx.mistral_tools_stream)
+        elif model == "mock-cached":
+            chunks, full = copy.deepcopy(fx.chat_stream), copy.deepcopy(fx.chat)
+            chunks[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] = CACHED_TOKENS
+            full["usage"]["prompt_tokens_details"]["cached_tokens"] = CACHED_TOKENS
+        else:
+            chunks, full = fx.chat_stream, fx.chat
+        if not stream:
+            return self._send_json(200, full)
+        return self._stream(chunks, include_usage, model, verbatim=model.startswith("mock-mistral"))
+
+    def _stream(self, chunks: list[dict], include_usage: bool, model: str, verbatim: bool = False) -> None:
+        """Replay ``chunks`` (recorded with include_usage=true) the way the real API would."""
+        events: list[dict] = []
+        for c in chunks:
+            c = copy.deepcopy(c)
+            if not verbatim and not include_usage:
+                if c.get("usage") and c.get("choices") == []:
+                    continue  # the usage-only chunk exists only when asked for
+                c.pop("usage", None)
+            events.append(c)
+        self._start_stream()
+        gap = self.mock.slow_gap if model == "mock-slow-stream" else 0.0
+        for i, ev in enumerate(events):
+            if model == "mock-stream-fail" and i == 2:
+                return self._cut_connection()
+            if gap and i:
+                if self.mock._stopping.wait(gap):
+                    return self._cut_connection()
+            self._event(ev)
+        if gap:
+            self.mock._stopping.wait(gap)
+        self._event("[DONE]")
+        self._end_stream()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+# --------------------------------------------------------------------------------------------
+# Public object
+# --------------------------------------------------------------------------------------------
+class MockUpstream:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, openai_key: str = OPENAI_KEY,
+                 azure_key: str = AZURE_KEY, hang_seconds: float = HANG_SECONDS, slow_gap: float = SLOW_GAP):
+        self.host, self.port = host, port
+        self.openai_key, self.azure_key = openai_key, azure_key
+        self.hang_seconds, self.slow_gap = hang_seconds, slow_gap
+        self.fx = Fixtures()
+        self._requests: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._stopping = threading.Event()
+        self._server: Optional[_Server] = None
+        self._thread: Optional[threading.Thread] = None
+
+    # lifecycle
+    def start(self) -> "MockUpstream":
+        handler = type("BoundHandler", (_Handler,), {"mock": self})
+        self._server = _Server((self.host, self.port), handler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="mock-upstream", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> "MockUpstream":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # recording
+    def _record(self, r: RecordedRequest) -> None:
+        with self._cond:
+            self._requests.append(r)
+            self._cond.notify_all()
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    def find(self, pred: Callable[[RecordedRequest], bool]) -> list[RecordedRequest]:
+        return [r for r in self.requests if pred(r)]
+
+    def with_marker(self, marker: str) -> list[RecordedRequest]:
+        """Requests whose raw body contains ``marker`` (put a unique marker in each test's prompt)."""
+        return self.find(lambda r: r.contains(marker))
+
+    def wait_for(self, pred: Callable[[RecordedRequest], bool], timeout: float = 3.0) -> list[RecordedRequest]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [r for r in self._requests if pred(r)]
+                left = deadline - time.monotonic()
+                if found or left <= 0:
+                    return found
+                self._cond.wait(left)
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use
+    import sys
+
+    m = MockUpstream(port=int(sys.argv[1]) if len(sys.argv) > 1 else 0).start()
+    print(f"mock upstream on {m.url} (openai key {m.openai_key!r}, azure key {m.azure_key!r})", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        m.stop()

@@ -1,0 +1,185 @@
+"""Ways to start the gateway under test.
+
+A *target* turns a config TOML + environment into a running gateway reachable over HTTP:
+
+    target = make_target()                  # chosen by env CONDUIT_TARGET (default "server")
+    base_url = target.start(config_toml, env)   # e.g. "http://127.0.0.1:41234"
+    ...
+    target.stop()
+
+The generic tests only use HTTP (OpenAI-compatible endpoints + admin API), so later targets
+(worker, lambda, ...) only need to implement ``start``/``stop`` (and may leave ``binary``/
+``database_path`` as None).
+"""
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LISTEN_RE = re.compile(r"^conduit listening on (http://127\.0\.0\.1:(\d+))\s*$")
+
+
+class TargetError(RuntimeError):
+    pass
+
+
+class Target:
+    """Interface: start(config_toml, env) -> base_url; stop()."""
+
+    name = "abstract"
+
+    def start(self, config_toml: str, env: dict[str, str]) -> str:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def stop(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    # Optional diagnostics, used in failure messages.
+    def logs(self) -> str:
+        return ""
+
+
+def conduit_binary() -> Path:
+    p = Path(os.environ.get("CONDUIT_BIN") or "target/release/conduit")
+    if not p.is_absolute():
+        p = REPO_ROOT / p
+    return p
+
+
+class ServerTarget(Target):
+    """Runs the native binary: ``conduit serve --config FILE --listen 127.0.0.1:0 --database DB``."""
+
+    name = "server"
+    STARTUP_TIMEOUT = 30.0
+
+    def __init__(self, binary: Optional[Path] = None, *, database: Optional[Path] = None,
+                 use_config_file: bool = True):
+        self.binary = Path(binary) if binary else conduit_binary()
+        self._database = Path(database) if database else None
+        self._use_config_file = use_config_file  # False: pass the TOML in env CONDUIT_CONFIG
+        self.proc: Optional[subprocess.Popen] = None
+        self.tmpdir: Optional[tempfile.TemporaryDirectory] = None
+        self.config_path: Optional[Path] = None
+        self.database_path: Optional[Path] = None
+        self.base_url: Optional[str] = None
+        self.env: dict[str, str] = {}
+        self._stderr_lines: list[str] = []
+        self._stdout_lines: list[str] = []
+        self._threads: list[threading.Thread] = []
+
+    def _pump(self, stream, sink: list[str], q: Optional[queue.Queue]) -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            sink.append(line)
+            if q is not None:
+                q.put(line)
+        if q is not None:
+            q.put(None)
+
+    def start(self, config_toml: str, env: dict[str, str]) -> str:
+        if not self.binary.exists():
+            raise TargetError(f"conduit binary not found at {self.binary} (set CONDUIT_BIN)")
+        self.tmpdir = tempfile.TemporaryDirectory(prefix="conduit-bb-")
+        d = Path(self.tmpdir.name)
+        self.config_path = d / "conduit.toml"
+        self.config_path.write_text(config_toml, encoding="utf-8")
+        self.database_path = self._database or (d / "conduit.db")
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUIT_")}
+        full_env.setdefault("RUST_LOG", "info")
+        full_env.update(env)
+        cmd = [str(self.binary), "serve"]
+        if self._use_config_file:
+            cmd += ["--config", str(self.config_path)]
+        else:
+            full_env["CONDUIT_CONFIG"] = config_toml
+        cmd += ["--listen", "127.0.0.1:0", "--database", str(self.database_path)]
+        self.env = full_env
+        self.proc = subprocess.Popen(cmd, cwd=d, env=full_env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        q: queue.Queue = queue.Queue()
+        self._threads = [
+            threading.Thread(target=self._pump, args=(self.proc.stdout, self._stdout_lines, q), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stderr, self._stderr_lines, None), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        deadline = time.monotonic() + self.STARTUP_TIMEOUT
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.stop()
+                raise TargetError(f"conduit did not print its listening line within {self.STARTUP_TIMEOUT}s\n"
+                                  + self.logs())
+            try:
+                line = q.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    time.sleep(0.2)  # let the stderr pump finish
+                    raise TargetError(f"conduit exited with {self.proc.returncode} before listening\n" + self.logs())
+                continue
+            if line is None:
+                self.proc.wait(timeout=5)
+                time.sleep(0.2)
+                raise TargetError(f"conduit closed stdout (exit {self.proc.returncode}) before listening\n"
+                                  + self.logs())
+            m = LISTEN_RE.match(line)
+            if m:
+                self.base_url = m.group(1)
+                return self.base_url
+
+    def stop(self, timeout: float = 5.0) -> Optional[int]:
+        rc = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=5)
+            rc = self.proc.returncode
+            for t in self._threads:
+                t.join(timeout=1)
+            for s in (self.proc.stdout, self.proc.stderr):
+                try:
+                    s.close()
+                except Exception:
+                    pass
+            self.proc = None
+        if self.tmpdir is not None:
+            self.tmpdir.cleanup()
+            self.tmpdir = None
+        return rc
+
+    @property
+    def stdout_lines(self) -> list[str]:
+        return list(self._stdout_lines)
+
+    def logs(self, last: int = 80) -> str:
+        out = self._stdout_lines[-20:]
+        err = self._stderr_lines[-last:]
+        return ("--- conduit stdout ---\n" + "\n".join(out) + "\n--- conduit stderr (tail) ---\n" + "\n".join(err))
+
+
+TARGETS = {"server": ServerTarget}
+
+
+def target_name() -> str:
+    return os.environ.get("CONDUIT_TARGET", "server").strip() or "server"
+
+
+def make_target(name: Optional[str] = None) -> Target:
+    name = name or target_name()
+    try:
+        return TARGETS[name]()
+    except KeyError:
+        raise TargetError(f"unknown CONDUIT_TARGET {name!r}; known: {', '.join(sorted(TARGETS))}") from None

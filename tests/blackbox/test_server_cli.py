@@ -1,0 +1,153 @@
+"""Native-server-only checks (skipped unless CONDUIT_TARGET=server): the `conduit keys` CLI,
+CONDUIT_CONFIG, stdout discipline, missing master key, graceful SIGTERM with an in-flight stream."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import MASTER_KEY, build_config
+from helpers import assert_error_response, auth, chat_body, parse_sse
+from mock_upstream import AZURE_KEY, OPENAI_KEY
+from targets import ServerTarget, conduit_binary, target_name
+
+pytestmark = pytest.mark.skipif(target_name() != "server", reason="native server target only")
+
+ENV = {"CONDUIT_MASTER_KEY": MASTER_KEY, "BB_OPENAI_API_KEY": OPENAI_KEY, "BB_AZURE_OPENAI_API_KEY": AZURE_KEY}
+
+
+def _cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    binary = conduit_binary()
+    if not binary.exists():
+        pytest.fail(f"conduit binary not found at {binary} (set CONDUIT_BIN)")
+    return subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=30,
+                          env={**ENV, **(env or {}), "PATH": "/usr/bin:/bin"}, cwd=cwd)
+
+
+@pytest.fixture
+def server(mock):
+    started: list[ServerTarget] = []
+
+    def _start(**kw) -> tuple[ServerTarget, str]:
+        t = ServerTarget(**{k: v for k, v in kw.items() if k in ("database", "use_config_file")})
+        env = kw.get("env", ENV)
+        base = t.start(kw.get("config") or build_config(mock.url), env)
+        started.append(t)
+        return t, base
+
+    yield _start
+    for t in started:
+        t.stop()
+
+
+def test_keys_cli_create_list_revoke(tmp_path, server):
+    db = tmp_path / "cli.db"
+    r1 = _cli("keys", "create", "--name", "cli-one", "--allowed-model", "chat", "--allowed-model", "fam-*",
+              "--database", str(db))
+    assert r1.returncode == 0, r1.stderr
+    rec1 = json.loads(r1.stdout)
+    assert rec1["key"].startswith("condt_") and rec1["id"].startswith("key_")
+    assert rec1["name"] == "cli-one" and rec1["allowed_models"] == ["chat", "fam-*"]
+    r2 = _cli("keys", "create", "--name", "cli-two", "--database", str(db))
+    assert r2.returncode == 0, r2.stderr
+    rec2 = json.loads(r2.stdout)
+
+    lst = _cli("keys", "list", "--database", str(db))
+    assert lst.returncode == 0, lst.stderr
+    data = json.loads(lst.stdout)["data"]
+    assert {d["id"] for d in data} >= {rec1["id"], rec2["id"]}
+    assert rec1["key"] not in lst.stdout and all("key" not in d for d in data)
+
+    rv = _cli("keys", "revoke", rec2["id"], "--database", str(db))
+    assert rv.returncode == 0, rv.stderr
+    after = {d["id"]: d for d in json.loads(_cli("keys", "list", "--database", str(db)).stdout)["data"]}
+    assert rec2["id"] not in after or after[rec2["id"]]["enabled"] is False
+
+    _, base = server(database=db)
+    with httpx.Client(base_url=base, timeout=10) as h:
+        assert h.post("/v1/chat/completions", json=chat_body("chat"), headers=auth(rec1["key"])).status_code == 200
+        assert h.post("/v1/chat/completions", json=chat_body("fam-beta"), headers=auth(rec1["key"])).status_code == 200
+        assert_error_response(h.post("/v1/chat/completions", json=chat_body("embed"), headers=auth(rec1["key"])),
+                              403, code="model_not_allowed")
+        assert_error_response(h.post("/v1/chat/completions", json=chat_body("chat"), headers=auth(rec2["key"])),
+                              401, code="invalid_api_key")
+        # the admin API sees the CLI-made key
+        got = h.get(f"/admin/keys/{rec1['id']}", headers=auth(MASTER_KEY))
+        assert got.status_code == 200 and got.json()["name"] == "cli-one"
+
+
+def test_keys_cli_with_config_file(tmp_path, mock):
+    db = tmp_path / "from-config.db"
+    cfg = tmp_path / "conduit.toml"
+    cfg.write_text(build_config(mock.url).replace('listen = "127.0.0.1:0"',
+                                                  f'listen = "127.0.0.1:0"\ndatabase = "{db}"'))
+    r = _cli("keys", "create", "--name", "cfg-key", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    key_id = json.loads(r.stdout)["id"]
+    assert key_id in _cli("keys", "list", "--database", str(db)).stdout
+
+
+def test_conduit_config_env(server):
+    t, base = server(use_config_file=False)
+    r = httpx.get(base + "/health", timeout=5)
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    with httpx.Client(base_url=base, headers=auth(MASTER_KEY), timeout=10) as h:
+        assert h.get("/admin/keys").status_code == 200
+
+
+def test_stdout_is_only_the_listening_line(server):
+    t, base = server()
+    with httpx.Client(base_url=base, timeout=10) as h:
+        key = h.post("/admin/keys", json={"name": "x"}, headers=auth(MASTER_KEY)).json()["key"]
+        assert h.post("/v1/chat/completions", json=chat_body("chat"), headers=auth(key)).status_code == 200
+        h.get("/v1/nope")
+    t.stop()
+    assert t.stdout_lines == [f"conduit listening on {base}"], t.stdout_lines
+
+
+def test_admin_401_without_master_key_env(server):
+    env = {k: v for k, v in ENV.items() if k != "CONDUIT_MASTER_KEY"}
+    t, base = server(env=env)
+    for bearer in (MASTER_KEY, "anything"):
+        r = httpx.get(base + "/admin/keys", headers={"Authorization": f"Bearer {bearer}"}, timeout=5)
+        assert_error_response(r, 401)
+
+
+def test_sigterm_lets_inflight_stream_finish(server):
+    t, base = server()
+    key = httpx.post(base + "/admin/keys", json={"name": "term"}, headers=auth(MASTER_KEY), timeout=5).json()["key"]
+    got: dict = {}
+    first_chunk = threading.Event()
+
+    def consume():
+        try:
+            with httpx.stream("POST", base + "/v1/chat/completions", json=chat_body("slow", stream=True),
+                              headers=auth(key), timeout=15) as r:
+                buf = b""
+                for b in r.iter_bytes():
+                    buf += b
+                    if b"data:" in buf:
+                        first_chunk.set()
+                got["status"] = r.status_code
+                got["text"] = buf.decode()
+        except Exception as e:  # noqa: BLE001
+            got["error"] = repr(e)
+        finally:
+            first_chunk.set()
+
+    th = threading.Thread(target=consume, daemon=True)
+    th.start()
+    assert first_chunk.wait(10)
+    t.proc.send_signal(signal.SIGTERM)
+    th.join(15)
+    assert "error" not in got, got.get("error")
+    events = parse_sse(got["text"])
+    assert events and events[-1].is_done, f"in-flight stream cut by SIGTERM: {got['text'][-300:]!r}"
+    rc = t.proc.wait(timeout=10)
+    assert rc == 0, f"exit code after SIGTERM: {rc}"
