@@ -17,11 +17,13 @@ fn poisoned<T>(_: T) -> StoreError {
     StoreError("in-memory store lock poisoned".into())
 }
 
+/// id → (record, hash), plus the ids in insertion order.
+type KeyTable = (HashMap<String, (VirtualKey, String)>, Vec<String>);
+
 /// Keys in a map.
 #[derive(Default)]
 pub struct MemoryKeyStore {
-    /// id → (record, hash), plus insertion order.
-    keys: Mutex<(HashMap<String, (VirtualKey, String)>, Vec<String>)>,
+    keys: Mutex<KeyTable>,
 }
 
 port! {

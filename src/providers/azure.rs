@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 
-use super::openai::{map_openai_error, parse_object, prepare_body, OpenAiStream};
+use super::openai::{map_openai_error, prepare_body, translate_openai, OpenAiStream};
 use super::{json_post, Endpoint, Provider, ProviderRequest, StreamDecoder};
 use crate::error::GatewayError;
 
@@ -62,14 +62,14 @@ impl Provider for Azure {
 
     fn translate_response(
         &self,
-        _endpoint: Endpoint,
+        endpoint: Endpoint,
         body: &[u8],
     ) -> Result<Map<String, Value>, GatewayError> {
-        parse_object(body)
+        translate_openai(endpoint, body)
     }
 
     fn stream_decoder(&self, _endpoint: Endpoint) -> Box<dyn StreamDecoder> {
-        Box::new(OpenAiStream::new(false))
+        Box::new(OpenAiStream::new())
     }
 
     fn map_error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GatewayError {

@@ -7,7 +7,7 @@
 //! | kind                | module                 | wire format                      |
 //! |---------------------|------------------------|----------------------------------|
 //! | `openai`            | [`openai`]             | OpenAI                           |
-//! | `openai-compatible` | [`openai`]             | OpenAI, normalised (T5, T18)     |
+//! | `openai-compatible` | [`openai`]             | OpenAI (answers normalised)      |
 //! | `azure`             | [`azure`]              | OpenAI on Azure deployment URLs  |
 
 pub mod azure;
@@ -165,11 +165,9 @@ pub fn build(
         return Err(("base_url", format!("`{base_url}` is not an http(s) URL")));
     }
     Ok(match kind {
-        ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => Arc::new(openai::OpenAi::new(
-            base_url,
-            api_key,
-            kind == ProviderKind::OpenAiCompatible,
-        )),
+        ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => {
+            Arc::new(openai::OpenAi::new(base_url, api_key))
+        }
         ProviderKind::Azure => {
             let version = raw.api_version.clone().ok_or((
                 "api_version",

@@ -20,15 +20,13 @@ pub struct OpenAi {
     base_url: String,
     /// `Bearer …`, ready to send.
     authorization: Option<String>,
-    normalise: bool,
 }
 
 impl OpenAi {
-    pub fn new(base_url: String, api_key: Option<String>, normalise: bool) -> Self {
+    pub fn new(base_url: String, api_key: Option<String>) -> Self {
         OpenAi {
             base_url,
             authorization: api_key.map(|k| format!("Bearer {k}")),
-            normalise,
         }
     }
 }
@@ -51,15 +49,11 @@ impl Provider for OpenAi {
         endpoint: Endpoint,
         body: &[u8],
     ) -> Result<Map<String, Value>, GatewayError> {
-        let mut obj = parse_object(body)?;
-        if self.normalise {
-            normalise_response(endpoint, &mut obj);
-        }
-        Ok(obj)
+        translate_openai(endpoint, body)
     }
 
     fn stream_decoder(&self, _endpoint: Endpoint) -> Box<dyn StreamDecoder> {
-        Box::new(OpenAiStream::new(self.normalise))
+        Box::new(OpenAiStream::new())
     }
 
     fn map_error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GatewayError {
@@ -91,9 +85,16 @@ pub(crate) fn prepare_body(
         .map_err(|e| GatewayError::Internal(format!("cannot encode the request: {e}")))
 }
 
-pub(crate) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, GatewayError> {
+/// A whole OpenAI-format answer, normalised.
+pub(crate) fn translate_openai(
+    endpoint: Endpoint,
+    body: &[u8],
+) -> Result<Map<String, Value>, GatewayError> {
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(o)) => Ok(o),
+        Ok(Value::Object(mut o)) => {
+            normalise_response(endpoint, &mut o);
+            Ok(o)
+        }
         _ => Err(GatewayError::Upstream(
             "the provider's answer is not a JSON object".into(),
         )),
@@ -104,15 +105,13 @@ pub(crate) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, GatewayErr
 pub(crate) struct OpenAiStream {
     sse: SseParser,
     events: Vec<SseEvent>,
-    normalise: bool,
 }
 
 impl OpenAiStream {
-    pub(crate) fn new(normalise: bool) -> Self {
+    pub(crate) fn new() -> Self {
         OpenAiStream {
             sse: SseParser::new(),
             events: Vec::new(),
-            normalise,
         }
     }
 
@@ -131,9 +130,7 @@ impl OpenAiStream {
                         ))));
                         continue;
                     }
-                    if self.normalise {
-                        normalise_chunk(&mut chunk);
-                    }
+                    normalise_chunk(&mut chunk);
                     out.push(StreamEvent::Chunk(chunk));
                 }
                 _ => out.push(StreamEvent::Error(GatewayError::Upstream(
@@ -223,6 +220,9 @@ fn default_type(status: StatusCode) -> &'static str {
 const SERVICE_TIERS: [&str; 5] = ["auto", "default", "flex", "scale", "priority"];
 
 fn normalise_common(obj: &mut Map<String, Value>) {
+    if obj.get("system_fingerprint").is_some_and(Value::is_null) {
+        obj.remove("system_fingerprint");
+    }
     if obj
         .get("service_tier")
         .and_then(Value::as_str)
@@ -308,7 +308,7 @@ mod tests {
 
     #[test]
     fn request_rewrites_model_and_forces_usage() {
-        let p = OpenAi::new("http://h/v1".into(), Some("sk".into()), false);
+        let p = OpenAi::new("http://h/v1".into(), Some("sk".into()));
         let mut body = json!({"model": "alias", "messages": [], "foo": 1, "stream": true,
             "stream_options": {"include_usage": false, "x": 1}})
         .as_object()

@@ -83,9 +83,9 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-/// Serves until a shutdown signal, then waits (up to `drain`) for open
-/// requests and streams to finish.
-pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, drain: Duration) {
+/// Serves until a shutdown signal, then waits for open requests and streams
+/// to finish; a second signal stops at once.
+pub async fn run(listener: TcpListener, gateway: Arc<Gateway>) {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     let mut signal = std::pin::pin!(shutdown_signal());
@@ -118,6 +118,6 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, drain: Duration) 
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(drain) => eprintln!("conduit: gave up waiting for open requests"),
+        _ = shutdown_signal() => eprintln!("conduit: second signal, stopping without waiting"),
     }
 }

@@ -169,7 +169,6 @@ fn serve(o: Options) -> Result<(), String> {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATABASE)),
     };
-    let drain = Duration::from_millis(config.gateway.upstream_timeout_ms);
     let master_key = std::env::var("CONDUIT_MASTER_KEY")
         .ok()
         .filter(|k| !k.is_empty());
@@ -204,7 +203,7 @@ fn serve(o: Options) -> Result<(), String> {
         println!("conduit listening on http://{local}");
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        http::run(listener, gateway, drain).await;
+        http::run(listener, gateway).await;
         Ok::<(), String>(())
     });
     runtime.shutdown_timeout(Duration::from_secs(1));

@@ -1,0 +1,561 @@
+//! The pipeline end to end, in process: the core with its in-memory ports
+//! and a scripted upstream that answers from recorded OpenAI payloads.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use conduit::memory::{ManualClock, MemoryKeyStore, MemoryUsageStore, ScriptedUpstream};
+use conduit::ports::{ByteStream, NoLimits, Upstream, UpstreamError};
+use conduit::{Config, Gateway, Ports, ResponseBody};
+use futures_executor::block_on;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+const TEXT_SSE: &[u8] =
+    include_bytes!("fixtures/openai/chat.completions.stream.text.include_usage.sse");
+const TOOLS_SSE: &[u8] =
+    include_bytes!("fixtures/openai/chat.completions.stream.tool_calls.include_usage.sse");
+const MASTER: &str = "master-key-for-tests";
+
+const CONFIG: &str = r#"
+[providers.openai]
+kind = "openai"
+base_url = "http://upstream.test/v1"
+api_key_env = "OPENAI_API_KEY"
+
+[providers.backup]
+kind = "openai-compatible"
+base_url = "http://backup.test/v1"
+
+[models."my-gpt4"]
+deployments = [{ provider = "openai", model = "gpt-4o" }]
+
+[models."fallback"]
+deployments = [{ provider = "openai", model = "broken" }, { provider = "backup", model = "llama" }]
+
+[models."broken-only"]
+deployments = [{ provider = "openai", model = "broken" }]
+
+[models."other"]
+deployments = [{ provider = "openai", model = "gpt-4o-mini" }]
+
+[gateway]
+max_body_bytes = 2048
+upstream_timeout_ms = 1000
+"#;
+
+fn chat_json() -> Value {
+    json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-2024-08-06",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi", "refusal": null},
+                     "logprobs": null, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11,
+                  "prompt_tokens_details": {"cached_tokens": 4}}})
+}
+
+/// Answers by the upstream model name: `broken` → 500, streams → the fixture
+/// in one piece (or cut at `split` bytes), otherwise a chat completion.
+fn responder(
+    split: Option<usize>,
+) -> impl Fn(&http::Request<Bytes>) -> Result<http::Response<Vec<Bytes>>, UpstreamError> {
+    move |req| {
+        let body: Value = serde_json::from_slice(req.body()).unwrap();
+        if body["model"] == "broken" {
+            return Ok(http::Response::builder()
+                .status(500)
+                .body(vec![Bytes::from_static(
+                    b"{\"error\":{\"message\":\"boom\"}}",
+                )])
+                .unwrap());
+        }
+        if body["stream"] == true {
+            let fixture = if body["tools"].is_array() {
+                TOOLS_SSE
+            } else {
+                TEXT_SSE
+            };
+            let pieces = match split {
+                Some(n) => fixture.chunks(n).map(Bytes::copy_from_slice).collect(),
+                None => vec![Bytes::from_static(fixture)],
+            };
+            return Ok(http::Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(pieces)
+                .unwrap());
+        }
+        Ok(http::Response::new(vec![Bytes::from(
+            chat_json().to_string(),
+        )]))
+    }
+}
+
+struct Harness {
+    gateway: Gateway,
+    usage: Arc<MemoryUsageStore>,
+    scripted: Option<Arc<ScriptedUpstream>>,
+    clock: Arc<ManualClock>,
+}
+
+fn harness_with(upstream: Arc<dyn Upstream>, scripted: Option<Arc<ScriptedUpstream>>) -> Harness {
+    let config = Config::parse(CONFIG, "test", &|v| {
+        (v == "OPENAI_API_KEY").then(|| "sk-upstream".into())
+    })
+    .unwrap();
+    let usage = Arc::new(MemoryUsageStore::default());
+    let clock = Arc::new(ManualClock::new(1_780_000_000_000_000));
+    let ports = Ports {
+        keys: Arc::new(MemoryKeyStore::default()),
+        usage: usage.clone(),
+        upstream,
+        clock: clock.clone(),
+        limiter: Arc::new(NoLimits),
+    };
+    Harness {
+        gateway: Gateway::new(config, ports, Some(MASTER)),
+        usage,
+        scripted,
+        clock,
+    }
+}
+
+fn harness(split: Option<usize>) -> Harness {
+    let s = ScriptedUpstream::new(responder(split));
+    harness_with(s.clone(), Some(s))
+}
+
+struct Answer {
+    status: u16,
+    headers: http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+    fn text(&self) -> String {
+        String::from_utf8(self.body.clone()).unwrap()
+    }
+}
+
+impl Harness {
+    fn call(&self, method: &str, path: &str, auth: Option<&str>, body: &str) -> Answer {
+        let mut b = http::Request::builder().method(method).uri(path);
+        if let Some(a) = auth {
+            b = b.header("authorization", format!("Bearer {a}"));
+        }
+        let resp = block_on(
+            self.gateway
+                .handle(b.body(Bytes::from(body.to_owned())).unwrap()),
+        );
+        let (parts, body) = resp.into_parts();
+        let body = match body {
+            ResponseBody::Full(b) => b.to_vec(),
+            ResponseBody::Stream(s) => block_on(s.collect::<Vec<Bytes>>()).concat(),
+        };
+        Answer {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    fn create_key(&self, body: Value) -> (String, String) {
+        let a = self.call("POST", "/admin/keys", Some(MASTER), &body.to_string());
+        assert_eq!(a.status, 201, "{}", a.text());
+        let v = a.json();
+        (
+            v["id"].as_str().unwrap().to_owned(),
+            v["key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    fn sent(&self) -> Vec<(String, Value, http::HeaderMap)> {
+        self.scripted
+            .as_ref()
+            .unwrap()
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r.uri().to_string(),
+                    serde_json::from_slice(r.body()).unwrap(),
+                    r.headers().clone(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn error_code(a: &Answer) -> String {
+    let v = a.json();
+    let e = v["error"].as_object().expect("error envelope");
+    assert_eq!(e.len(), 4, "message, type, param, code: {e:?}");
+    e["code"].as_str().unwrap_or_default().to_owned()
+}
+
+fn data_events(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn chat_is_proxied_with_alias_and_metered() {
+    let h = harness(None);
+    let (id, key) = h.create_key(json!({"name": "a"}));
+    let a = h.call(
+        "POST",
+        "/v1/chat/completions",
+        Some(&key),
+        r#"{"model":"my-gpt4","messages":[{"role":"user","content":"hi"}],"foo_unknown":{"x":1}}"#,
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    let v = a.json();
+    assert_eq!(v["model"], "my-gpt4");
+    assert_eq!(v["choices"][0]["message"]["content"], "hi");
+    assert!(
+        a.headers.contains_key("x-request-id") && a.headers.contains_key("x-conduit-overhead-ms")
+    );
+    let sent = h.sent();
+    assert_eq!(sent[0].0, "http://upstream.test/v1/chat/completions");
+    assert_eq!(sent[0].1["model"], "gpt-4o");
+    assert_eq!(sent[0].1["foo_unknown"], json!({"x": 1}));
+    assert_eq!(sent[0].2["authorization"], "Bearer sk-upstream");
+    let records = h.usage.all();
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(
+        (r.key_id.as_str(), r.model.as_str(), r.status, r.streamed),
+        (id.as_str(), "my-gpt4", 200, false)
+    );
+    assert_eq!(
+        (
+            r.usage.prompt_tokens,
+            r.usage.completion_tokens,
+            r.usage.cached_tokens
+        ),
+        (9, 2, 4)
+    );
+    assert_eq!(r.provider.as_deref(), Some("openai"));
+    assert_eq!(r.request_id, a.headers["x-request-id"].to_str().unwrap());
+}
+
+#[test]
+fn stream_relays_events_and_usage_only_when_asked() {
+    for include_usage in [false, true] {
+        let h = harness(None);
+        let (_, key) = h.create_key(json!({"name": "s"}));
+        let body = json!({"model": "my-gpt4", "messages": [], "stream": true,
+            "stream_options": {"include_usage": include_usage}});
+        let a = h.call(
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            &body.to_string(),
+        );
+        assert_eq!(a.status, 200);
+        assert_eq!(a.headers["content-type"], "text/event-stream");
+        let events = data_events(&a.text());
+        assert_eq!(events.last().unwrap(), "[DONE]");
+        let chunks: Vec<Value> = events[..events.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        assert!(chunks.iter().all(|c| c["model"] == "my-gpt4"));
+        let usage_chunks: Vec<&Value> = chunks
+            .iter()
+            .filter(|c| c["choices"].as_array().unwrap().is_empty())
+            .collect();
+        assert_eq!(
+            usage_chunks.len(),
+            usize::from(include_usage),
+            "usage chunk iff asked"
+        );
+        if include_usage {
+            assert!(usage_chunks[0]["usage"]["total_tokens"].as_u64().unwrap() > 0);
+            assert_eq!(
+                chunks.last().unwrap(),
+                usage_chunks[0],
+                "usage chunk is last"
+            );
+        }
+        assert!(chunks
+            .iter()
+            .filter(|c| !c["choices"].as_array().unwrap().is_empty())
+            .all(|c| c.get("usage").is_none()));
+        assert_eq!(
+            h.sent()[0].1["stream_options"]["include_usage"],
+            true,
+            "always asked upstream"
+        );
+        let records = h.usage.all();
+        assert_eq!(records.len(), 1);
+        assert!(
+            records[0].streamed && records[0].status == 200 && records[0].usage.total_tokens > 0
+        );
+    }
+}
+
+#[test]
+fn stream_output_is_the_same_for_any_upstream_split() {
+    let whole = {
+        let h = harness(None);
+        let (_, key) = h.create_key(json!({"name": "w"}));
+        h.call("POST", "/v1/chat/completions", Some(&key),
+            r#"{"model":"my-gpt4","messages":[],"stream":true,"tools":[],"stream_options":{"include_usage":true}}"#).text()
+    };
+    for split in [1, 2, 3, 7, 64, 333] {
+        let h = harness(Some(split));
+        let (_, key) = h.create_key(json!({"name": "p"}));
+        let t = h.call("POST", "/v1/chat/completions", Some(&key),
+            r#"{"model":"my-gpt4","messages":[],"stream":true,"tools":[],"stream_options":{"include_usage":true}}"#).text();
+        assert_eq!(t, whole, "split {split}");
+    }
+    assert!(whole.contains("\"tool_calls\""));
+}
+
+#[test]
+fn fallback_moves_to_the_next_deployment() {
+    let h = harness(None);
+    let (_, key) = h.create_key(json!({"name": "f"}));
+    let a = h.call(
+        "POST",
+        "/v1/chat/completions",
+        Some(&key),
+        r#"{"model":"fallback","messages":[]}"#,
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    let sent = h.sent();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1].0, "http://backup.test/v1/chat/completions");
+    assert!(
+        !sent[1].2.contains_key("authorization"),
+        "no key configured for backup"
+    );
+    assert_eq!(h.usage.all()[0].provider.as_deref(), Some("backup"));
+}
+
+#[test]
+fn error_table() {
+    let h = harness(None);
+    let (id, key) = h.create_key(json!({"name": "e", "allowed_models": ["my-*"]}));
+    let chat = |auth: Option<&str>, body: &str| h.call("POST", "/v1/chat/completions", auth, body);
+    let ok = r#"{"model":"my-gpt4","messages":[]}"#;
+
+    let a = chat(None, ok);
+    assert_eq!((a.status, error_code(&a)), (401, "invalid_api_key".into()));
+    let a = chat(Some("condt_nope"), ok);
+    assert_eq!((a.status, error_code(&a)), (401, "invalid_api_key".into()));
+    let a = chat(Some(&key), "{not json");
+    assert_eq!((a.status, error_code(&a)), (400, "invalid_request".into()));
+    let a = chat(Some(&key), r#"{"messages":[]}"#);
+    assert_eq!(
+        (a.status, a.json()["error"]["param"].clone()),
+        (400, json!("model"))
+    );
+    let a = chat(Some(&key), r#"{"model":"my-gpt4"}"#);
+    assert_eq!(
+        (a.status, a.json()["error"]["param"].clone()),
+        (400, json!("messages"))
+    );
+    let a = chat(Some(&key), r#"{"model":"other","messages":[]}"#);
+    assert_eq!(
+        (a.status, error_code(&a)),
+        (403, "model_not_allowed".into())
+    );
+    let a = chat(Some(&key), r#"{"model":"my-unknown","messages":[]}"#);
+    assert_eq!((a.status, error_code(&a)), (404, "model_not_found".into()));
+    let a = chat(
+        Some(&key),
+        &format!(
+            r#"{{"model":"my-gpt4","messages":[],"pad":"{}"}}"#,
+            "x".repeat(3000)
+        ),
+    );
+    assert_eq!(
+        (a.status, error_code(&a)),
+        (413, "request_too_large".into())
+    );
+    let a = h.call("GET", "/v1/chat/completions", Some(&key), "");
+    assert_eq!(
+        (a.status, error_code(&a)),
+        (405, "method_not_allowed".into())
+    );
+    let a = h.call("GET", "/v1/nothing", Some(&key), "");
+    assert_eq!(a.status, 404);
+
+    h.call(
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(MASTER),
+        r#"{"enabled":false}"#,
+    );
+    assert_eq!(chat(Some(&key), ok).status, 401);
+    h.call(
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(MASTER),
+        r#"{"enabled":true,"expires_at":"2020-01-01T00:00:00Z"}"#,
+    );
+    let a = chat(Some(&key), ok);
+    assert!(
+        a.status == 401
+            && a.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("expired")
+    );
+    // Every authenticated request is metered, refused ones included.
+    assert!(h.usage.all().iter().any(|r| r.status == 403));
+}
+
+#[test]
+fn upstream_5xx_is_502_and_timeout_is_504() {
+    let h = harness(None);
+    let (_, key) = h.create_key(json!({"name": "u"}));
+    let a = h.call(
+        "POST",
+        "/v1/chat/completions",
+        Some(&key),
+        r#"{"model":"broken-only","messages":[]}"#,
+    );
+    assert_eq!((a.status, error_code(&a)), (502, "upstream_error".into()));
+    assert!(a.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("boom"));
+
+    struct Hang;
+    conduit::port! {
+        impl Upstream for Hang {
+            async fn send(&self, _r: http::Request<Bytes>) -> Result<http::Response<ByteStream>, UpstreamError> {
+                std::future::pending().await
+            }
+        }
+    }
+    let h = harness_with(Arc::new(Hang), None);
+    h.clock
+        .instant_sleep
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (_, key) = h.create_key(json!({"name": "t"}));
+    let a = h.call(
+        "POST",
+        "/v1/chat/completions",
+        Some(&key),
+        r#"{"model":"my-gpt4","messages":[]}"#,
+    );
+    assert_eq!((a.status, error_code(&a)), (504, "upstream_timeout".into()));
+    assert_eq!(h.usage.all()[0].status, 504);
+}
+
+#[test]
+fn broken_stream_ends_with_an_error_event_and_drop_still_meters() {
+    struct Cut;
+    conduit::port! {
+        impl Upstream for Cut {
+            async fn send(&self, _r: http::Request<Bytes>) -> Result<http::Response<ByteStream>, UpstreamError> {
+                let first = Bytes::from_static(&TEXT_SSE[..400]);
+                let body: ByteStream = Box::pin(futures_util::stream::iter(vec![Ok(first), Err(UpstreamError("reset".into()))]));
+                Ok(http::Response::new(body))
+            }
+        }
+    }
+    let h = harness_with(Arc::new(Cut), None);
+    let (_, key) = h.create_key(json!({"name": "c"}));
+    let a = h.call(
+        "POST",
+        "/v1/chat/completions",
+        Some(&key),
+        r#"{"model":"my-gpt4","messages":[],"stream":true}"#,
+    );
+    let events = data_events(&a.text());
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_error");
+    assert!(!a.text().contains("[DONE]"));
+    assert_eq!(h.usage.all()[0].status, 502);
+
+    // A client that goes away mid-stream: the record is still written, once.
+    let h = harness(Some(50));
+    let (_, key) = h.create_key(json!({"name": "d"}));
+    let req = http::Request::post("/v1/chat/completions")
+        .header("authorization", format!("Bearer {key}"))
+        .body(Bytes::from_static(
+            br#"{"model":"my-gpt4","messages":[],"stream":true}"#,
+        ))
+        .unwrap();
+    let resp = block_on(h.gateway.handle(req));
+    let ResponseBody::Stream(mut s) = resp.into_body() else {
+        panic!("not a stream")
+    };
+    assert!(block_on(s.next()).is_some());
+    drop(s);
+    let records = h.usage.all();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].status, 499);
+}
+
+#[test]
+fn admin_api_lifecycle() {
+    let h = harness(None);
+    assert_eq!(h.call("GET", "/admin/keys", None, "").status, 401);
+    assert_eq!(h.call("GET", "/admin/keys", Some("wrong"), "").status, 401);
+    let a = h.call("POST", "/admin/keys", Some(MASTER), r#"{"enabled":true}"#);
+    assert_eq!(a.status, 400);
+    let (id, key) =
+        h.create_key(json!({"name": "life", "metadata": {"team": "x"}, "limits": {"rpm": 3}}));
+    let listed = h.call("GET", "/admin/keys", Some(MASTER), "").json();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+    assert!(
+        !listed.to_string().contains(&key),
+        "the secret is never listed"
+    );
+    let got = h
+        .call("GET", &format!("/admin/keys/{id}"), Some(MASTER), "")
+        .json();
+    assert_eq!(got["metadata"]["team"], "x");
+    assert_eq!(got["limits"]["rpm"], 3);
+    let models = h.call("GET", "/v1/models", Some(&key), "").json();
+    assert_eq!(models["data"].as_array().unwrap().len(), 4);
+    h.call(
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(MASTER),
+        r#"{"allowed_models":["other"]}"#,
+    );
+    let models = h.call("GET", "/v1/models", Some(&key), "").json();
+    assert_eq!(models["data"][0]["id"], "other");
+    assert_eq!(
+        h.call("GET", "/v1/models/other", Some(&key), "").json()["object"],
+        "model"
+    );
+    assert_eq!(
+        h.call("GET", "/v1/models/my-gpt4", Some(&key), "").status,
+        403
+    );
+
+    let rotated = h
+        .call(
+            "POST",
+            &format!("/admin/keys/{id}/rotate"),
+            Some(MASTER),
+            "",
+        )
+        .json();
+    let new_key = rotated["key"].as_str().unwrap();
+    assert_eq!(h.call("GET", "/v1/models", Some(&key), "").status, 401);
+    assert_eq!(h.call("GET", "/v1/models", Some(new_key), "").status, 200);
+    assert_eq!(
+        h.call("DELETE", &format!("/admin/keys/{id}"), Some(MASTER), "")
+            .status,
+        200
+    );
+    assert_eq!(h.call("GET", "/v1/models", Some(new_key), "").status, 401);
+    assert_eq!(
+        h.call("GET", &format!("/admin/keys/{id}"), Some(MASTER), "")
+            .status,
+        404
+    );
+}
