@@ -25,6 +25,7 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod keys;
+pub mod limits;
 pub mod memory;
 mod meter;
 pub mod ports;

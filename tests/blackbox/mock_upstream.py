@@ -478,6 +478,14 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+            return  # peers closing pooled keep-alive connections abruptly is normal
+        super().handle_error(request, client_address)
+
 
 # --------------------------------------------------------------------------------------------
 # Public object

@@ -1,0 +1,408 @@
+//! Admission arithmetic: rate limits and budgets of one key, as a pure state
+//! machine that every platform runs the same way.
+//!
+//! A platform only has to make [`KeyLimitState::admit`] and
+//! [`KeyLimitState::settle`] atomic per key (a mutex on the server, the
+//! single-threaded Durable Object on Workers, a conditional write on the
+//! state's version in DynamoDB); the rules live here, once.
+//!
+//! ## Windows
+//! - **Per minute** (`rpm`, `tpm`): a sliding window of 60 one-second
+//!   buckets. A request is admitted when the requests (tokens) admitted in
+//!   the current second and the 59 before it, plus its own, stay within the
+//!   limit. So a key with `rpm = N` gets exactly N requests in any such
+//!   window, bursts included. `Retry-After` is the number of seconds until
+//!   enough of the oldest buckets leave the window for the request to fit.
+//! - **Per day** (`rpd`): the UTC calendar day. `Retry-After` runs to the
+//!   next UTC midnight.
+//! - **Budget**: `daily`, `weekly` (Monday 00:00 UTC) and `monthly` (the 1st,
+//!   00:00 UTC) periods, or `total` (never resets). A request is refused when
+//!   spent + reserved + its own estimated cost would exceed `max_usd`.
+//!
+//! ## Reservations
+//! Admission reserves one request, the estimated tokens (counted in the
+//! bucket of the admission second) and the estimated cost. Settlement
+//! replaces the estimates with the actual usage. A reservation that is never
+//! settled (the process died mid-request) expires after `ttl` and is then
+//! charged at its estimate: usage is never lost, and never counted twice.
+
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{Budget, BudgetPeriod, Limits};
+use crate::time::{civil_from_days, days_from_civil};
+
+/// Width of the per-minute window, in seconds.
+const WINDOW_SECS: u64 = 60;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Bucket {
+    sec: u64,
+    requests: u64,
+    tokens: u64,
+}
+
+/// An admitted request's hold on the key's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub id: u64,
+    /// The second it was admitted in (its minute bucket).
+    pub sec: u64,
+    pub tokens: u64,
+    pub cost_nanos: u64,
+    /// Unix second after which an unsettled reservation is charged as is.
+    pub expires_at: u64,
+}
+
+/// Everything admission remembers about one key. Serializable, so that a
+/// Durable Object or a DynamoDB item can hold it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyLimitState {
+    minute: Vec<Bucket>,
+    day: i64,
+    day_requests: u64,
+    /// Start (Unix seconds) of the budget period `spent_nanos` belongs to.
+    period_start: u64,
+    pub spent_nanos: u64,
+    reservations: Vec<Reservation>,
+    next_id: u64,
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    pub now_secs: u64,
+    pub limits: &'a Limits,
+    pub budget: Option<&'a Budget>,
+    pub tokens: u64,
+    pub cost_nanos: u64,
+    /// How long the reservation may stay unsettled.
+    pub ttl_secs: u64,
+}
+
+/// Which limit refused, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// `rpm`, `rpd` or `tpm`.
+    Rate {
+        limit: &'static str,
+        max: u64,
+        retry_after_secs: u64,
+    },
+    Budget {
+        max_nanos: u64,
+        spent_nanos: u64,
+        reserved_nanos: u64,
+        asked_nanos: u64,
+    },
+}
+
+/// Remaining capacity, for the `x-ratelimit-*` headers and the admin API.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitStatus {
+    /// (limit, remaining, seconds until one more request fits)
+    pub requests: Option<(u64, u64, u64)>,
+    /// (limit, remaining, seconds until the window frees tokens)
+    pub tokens: Option<(u64, u64, u64)>,
+    pub spent_nanos: u64,
+    pub reserved_nanos: u64,
+    pub period_start: Option<u64>,
+}
+
+/// Start of the budget period containing `now_secs`.
+pub fn period_start(period: BudgetPeriod, now_secs: u64) -> u64 {
+    let day = (now_secs / 86_400) as i64;
+    let start_day = match period {
+        BudgetPeriod::Daily => day,
+        // 1970-01-01 was a Thursday: Monday is 3 days later.
+        BudgetPeriod::Weekly => day - (day - 4).rem_euclid(7),
+        BudgetPeriod::Monthly => {
+            let (y, m, _) = civil_from_days(day);
+            days_from_civil(y, m, 1)
+        }
+        BudgetPeriod::Total => 0,
+    };
+    (start_day.max(0) as u64) * 86_400
+}
+
+impl KeyLimitState {
+    fn roll(&mut self, now: u64, budget: Option<&Budget>) {
+        self.minute.retain(|b| b.sec + WINDOW_SECS > now);
+        let day = (now / 86_400) as i64;
+        if day != self.day {
+            self.day = day;
+            self.day_requests = 0;
+        }
+        // Unsettled reservations past their time are charged at their estimate.
+        let mut charged = 0;
+        self.reservations.retain(|r| {
+            if r.expires_at <= now {
+                charged += r.cost_nanos;
+                false
+            } else {
+                true
+            }
+        });
+        self.spent_nanos += charged;
+        if let Some(b) = budget {
+            let start = period_start(b.period, now);
+            if start != self.period_start {
+                self.period_start = start;
+                self.spent_nanos = 0;
+            }
+        }
+    }
+
+    fn window(&self) -> (u64, u64) {
+        self.minute
+            .iter()
+            .fold((0, 0), |(r, t), b| (r + b.requests, t + b.tokens))
+    }
+
+    /// Seconds until `need` more units fit under `max`, given per-bucket use.
+    fn wait(&self, now: u64, used: u64, need: u64, max: u64, per: impl Fn(&Bucket) -> u64) -> u64 {
+        if need > max {
+            return WINDOW_SECS;
+        }
+        let mut left = used;
+        for b in &self.minute {
+            if left + need <= max {
+                break;
+            }
+            left -= per(b);
+            if left + need <= max {
+                return (b.sec + WINDOW_SECS).saturating_sub(now).max(1);
+            }
+        }
+        1
+    }
+
+    fn reserved_nanos(&self) -> u64 {
+        self.reservations.iter().map(|r| r.cost_nanos).sum()
+    }
+
+    /// Admits and reserves, or refuses and changes nothing.
+    pub fn admit(&mut self, ask: &Ask<'_>) -> Result<Reservation, Refusal> {
+        let now = ask.now_secs;
+        self.roll(now, ask.budget);
+        let (requests, tokens) = self.window();
+        if let Some(max) = ask.limits.rpd {
+            if self.day_requests + 1 > max {
+                let next_midnight = (now / 86_400 + 1) * 86_400;
+                return Err(Refusal::Rate {
+                    limit: "rpd",
+                    max,
+                    retry_after_secs: (next_midnight - now).max(1),
+                });
+            }
+        }
+        if let Some(max) = ask.limits.rpm {
+            if requests + 1 > max {
+                return Err(Refusal::Rate {
+                    limit: "rpm",
+                    max,
+                    retry_after_secs: self.wait(now, requests, 1, max, |b| b.requests),
+                });
+            }
+        }
+        if let Some(max) = ask.limits.tpm {
+            if tokens + ask.tokens > max {
+                return Err(Refusal::Rate {
+                    limit: "tpm",
+                    max,
+                    retry_after_secs: self.wait(now, tokens, ask.tokens, max, |b| b.tokens),
+                });
+            }
+        }
+        if let Some(b) = ask.budget {
+            let reserved = self.reserved_nanos();
+            if self.spent_nanos + reserved + ask.cost_nanos > b.max_nanos {
+                return Err(Refusal::Budget {
+                    max_nanos: b.max_nanos,
+                    spent_nanos: self.spent_nanos,
+                    reserved_nanos: reserved,
+                    asked_nanos: ask.cost_nanos,
+                });
+            }
+        }
+        self.day_requests += 1;
+        match self.minute.last_mut() {
+            Some(b) if b.sec == now => {
+                b.requests += 1;
+                b.tokens += ask.tokens;
+            }
+            _ => self.minute.push(Bucket {
+                sec: now,
+                requests: 1,
+                tokens: ask.tokens,
+            }),
+        }
+        self.next_id += 1;
+        let r = Reservation {
+            id: self.next_id,
+            sec: now,
+            tokens: ask.tokens,
+            cost_nanos: if ask.budget.is_some() { ask.cost_nanos } else { 0 },
+            expires_at: now + ask.ttl_secs.max(1),
+        };
+        self.reservations.push(r);
+        Ok(r)
+    }
+
+    /// Replaces a reservation's estimates with what was used. Settling an
+    /// unknown (already expired, hence charged) reservation changes nothing.
+    pub fn settle(&mut self, now_secs: u64, budget: Option<&Budget>, id: u64, tokens: u64, cost_nanos: u64) {
+        self.roll(now_secs, budget);
+        let Some(pos) = self.reservations.iter().position(|r| r.id == id) else {
+            return;
+        };
+        let r = self.reservations.remove(pos);
+        if let Some(b) = self.minute.iter_mut().find(|b| b.sec == r.sec) {
+            b.tokens = b.tokens.saturating_sub(r.tokens) + tokens;
+        }
+        if budget.is_some() {
+            self.spent_nanos += cost_nanos;
+        }
+    }
+
+    /// Remaining capacity at `now_secs` (rolls the windows first).
+    pub fn status(&mut self, now_secs: u64, limits: &Limits, budget: Option<&Budget>) -> LimitStatus {
+        self.roll(now_secs, budget);
+        let (requests, tokens) = self.window();
+        let oldest_leaves = self
+            .minute
+            .first()
+            .map_or(0, |b| (b.sec + WINDOW_SECS).saturating_sub(now_secs));
+        let next_midnight = (now_secs / 86_400 + 1) * 86_400 - now_secs;
+        let requests = match (limits.rpm, limits.rpd) {
+            (Some(max), _) => Some((max, max.saturating_sub(requests), oldest_leaves)),
+            (None, Some(max)) => Some((max, max.saturating_sub(self.day_requests), next_midnight)),
+            (None, None) => None,
+        };
+        LimitStatus {
+            requests,
+            tokens: limits.tpm.map(|max| (max, max.saturating_sub(tokens), oldest_leaves)),
+            spent_nanos: self.spent_nanos,
+            reserved_nanos: self.reserved_nanos(),
+            period_start: budget.map(|_| self.period_start),
+        }
+    }
+
+    /// The part that must survive a restart: the period's spend.
+    pub fn spend(&self) -> (u64, u64) {
+        (self.period_start, self.spent_nanos)
+    }
+
+    /// Restores [`spend`](Self::spend) after a restart.
+    pub fn restore_spend(&mut self, period_start: u64, spent_nanos: u64) {
+        self.period_start = period_start;
+        self.spent_nanos = spent_nanos;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(rpm: Option<u64>, rpd: Option<u64>, tpm: Option<u64>) -> Limits {
+        Limits { rpm, rpd, tpm }
+    }
+
+    fn ask<'a>(now: u64, l: &'a Limits, b: Option<&'a Budget>, tokens: u64, cost: u64) -> Ask<'a> {
+        Ask { now_secs: now, limits: l, budget: b, tokens, cost_nanos: cost, ttl_secs: 600 }
+    }
+
+    #[test]
+    fn rpm_exact_in_a_burst_and_truthful_retry_after() {
+        let l = limits(Some(5), None, None);
+        let mut s = KeyLimitState::default();
+        let t0 = 1_000_000;
+        for _ in 0..5 {
+            assert!(s.admit(&ask(t0, &l, None, 0, 0)).is_ok());
+        }
+        let Err(Refusal::Rate { limit, retry_after_secs, .. }) = s.admit(&ask(t0 + 10, &l, None, 0, 0)) else {
+            panic!()
+        };
+        assert_eq!((limit, retry_after_secs), ("rpm", 50));
+        assert!(s.admit(&ask(t0 + 59, &l, None, 0, 0)).is_err());
+        assert!(s.admit(&ask(t0 + 60, &l, None, 0, 0)).is_ok(), "free exactly when Retry-After said");
+    }
+
+    #[test]
+    fn rpm_window_slides() {
+        let l = limits(Some(2), None, None);
+        let mut s = KeyLimitState::default();
+        assert!(s.admit(&ask(100, &l, None, 0, 0)).is_ok());
+        assert!(s.admit(&ask(130, &l, None, 0, 0)).is_ok());
+        let Err(Refusal::Rate { retry_after_secs, .. }) = s.admit(&ask(140, &l, None, 0, 0)) else { panic!() };
+        assert_eq!(retry_after_secs, 20);
+        assert!(s.admit(&ask(160, &l, None, 0, 0)).is_ok());
+        assert!(s.admit(&ask(161, &l, None, 0, 0)).is_err());
+    }
+
+    #[test]
+    fn rpd_is_the_utc_day() {
+        let l = limits(None, Some(2), None);
+        let mut s = KeyLimitState::default();
+        let noon = 20_000 * 86_400 + 43_200;
+        assert!(s.admit(&ask(noon, &l, None, 0, 0)).is_ok());
+        assert!(s.admit(&ask(noon + 1, &l, None, 0, 0)).is_ok());
+        let Err(Refusal::Rate { limit, retry_after_secs, .. }) = s.admit(&ask(noon + 2, &l, None, 0, 0)) else {
+            panic!()
+        };
+        assert_eq!((limit, retry_after_secs), ("rpd", 43_198));
+        assert!(s.admit(&ask(noon + 43_200, &l, None, 0, 0)).is_ok());
+    }
+
+    #[test]
+    fn tpm_reserves_then_settles_to_actual() {
+        let l = limits(None, None, Some(1000));
+        let mut s = KeyLimitState::default();
+        let r = s.admit(&ask(50, &l, None, 600, 0)).unwrap();
+        assert!(s.admit(&ask(50, &l, None, 600, 0)).is_err(), "estimate is held");
+        s.settle(51, None, r.id, 100, 0);
+        assert!(s.admit(&ask(52, &l, None, 600, 0)).is_ok(), "settled to actual");
+        let Err(Refusal::Rate { limit, .. }) = s.admit(&ask(52, &l, None, 5000, 0)) else { panic!() };
+        assert_eq!(limit, "tpm");
+    }
+
+    #[test]
+    fn budget_counts_spent_reserved_and_own_estimate() {
+        let l = Limits::default();
+        let b = Budget { max_nanos: 1000, period: BudgetPeriod::Daily };
+        let mut s = KeyLimitState::default();
+        let day = 20_000 * 86_400;
+        let r1 = s.admit(&ask(day, &l, Some(&b), 0, 400)).unwrap();
+        let r2 = s.admit(&ask(day, &l, Some(&b), 0, 400)).unwrap();
+        assert!(matches!(s.admit(&ask(day, &l, Some(&b), 0, 400)), Err(Refusal::Budget { .. })));
+        s.settle(day + 1, Some(&b), r1.id, 0, 100);
+        s.settle(day + 1, Some(&b), r2.id, 0, 100);
+        assert_eq!(s.spent_nanos, 200);
+        assert!(s.admit(&ask(day + 2, &l, Some(&b), 0, 800)).is_ok());
+        // A new UTC day starts over.
+        assert!(s.admit(&ask(day + 86_400, &l, Some(&b), 0, 1000)).is_ok());
+        assert_eq!(s.spent_nanos, 0);
+    }
+
+    #[test]
+    fn unsettled_reservations_expire_and_are_charged() {
+        let l = Limits::default();
+        let b = Budget { max_nanos: 1000, period: BudgetPeriod::Total };
+        let mut s = KeyLimitState::default();
+        let r = s.admit(&Ask { ttl_secs: 10, ..ask(100, &l, Some(&b), 0, 300) }).unwrap();
+        let st = s.status(111, &l, Some(&b));
+        assert_eq!((st.spent_nanos, st.reserved_nanos), (300, 0));
+        s.settle(112, Some(&b), r.id, 0, 50);
+        assert_eq!(s.spent_nanos, 300, "a late settle does not count twice");
+    }
+
+    #[test]
+    fn periods() {
+        // 2026-11-24 is a Tuesday.
+        let t = crate::time::parse_timestamp("2026-11-24T15:00:00Z").unwrap();
+        let f = crate::time::format_rfc3339;
+        assert_eq!(f(period_start(BudgetPeriod::Daily, t)), "2026-11-24T00:00:00Z");
+        assert_eq!(f(period_start(BudgetPeriod::Weekly, t)), "2026-11-23T00:00:00Z");
+        assert_eq!(f(period_start(BudgetPeriod::Monthly, t)), "2026-11-01T00:00:00Z");
+        assert_eq!(period_start(BudgetPeriod::Total, t), 0);
+    }
+}
