@@ -24,7 +24,9 @@ use subtle::ConstantTimeEq;
 use crate::error::GatewayError;
 use crate::gateway::{json_response, percent_decode, Gateway, Response};
 use crate::keys::{generate_secret, hash_secret, random_id, VirtualKey};
-use crate::time::parse_timestamp;
+use crate::limits::LimitStatus;
+use crate::pricing::usd;
+use crate::time::{format_rfc3339, parse_timestamp};
 use crate::usage::{totals, UsageQuery};
 
 /// An admin route.
@@ -139,7 +141,19 @@ pub(crate) async fn handle(
         }
         AdminRoute::GetKey(id) => {
             let key = keys.get(&id).await?.ok_or_else(|| no_key(&id))?;
-            Ok(json_response(StatusCode::OK, &key.to_json()))
+            let status = gw.ports().limiter.status(&key).await?;
+            let mut view = key.to_json();
+            if let Some(o) = view.as_object_mut() {
+                o.insert("spend".into(), spend_view(&key, &status));
+                o.insert(
+                    "rate_limits".into(),
+                    json!({
+                        "requests": status.requests.map(|(limit, remaining, reset)| json!({"limit": limit, "remaining": remaining, "reset_seconds": reset})),
+                        "tokens": status.tokens.map(|(limit, remaining, reset)| json!({"limit": limit, "remaining": remaining, "reset_seconds": reset})),
+                    }),
+                );
+            }
+            Ok(json_response(StatusCode::OK, &view))
         }
         AdminRoute::UpdateKey(id) => {
             let input = parse_body(&body)?;
@@ -185,6 +199,24 @@ pub(crate) async fn handle(
             ))
         }
     }
+}
+
+/// Spend in the current budget period, in USD (and exact nano-USD).
+fn spend_view(key: &VirtualKey, status: &LimitStatus) -> Value {
+    let Some(budget) = &key.budget else {
+        return Value::Null;
+    };
+    let used = status.spent_nanos + status.reserved_nanos;
+    json!({
+        "period": budget.period,
+        "period_start": status.period_start.map(format_rfc3339),
+        "spent_usd": usd(status.spent_nanos),
+        "spent_nano_usd": status.spent_nanos,
+        "reserved_usd": usd(status.reserved_nanos),
+        "max_usd": usd(budget.max_nanos),
+        "remaining_usd": usd(budget.max_nanos.saturating_sub(used)),
+        "remaining_nano_usd": budget.max_nanos.saturating_sub(used),
+    })
 }
 
 fn usage_query(query: &str) -> Result<UsageQuery, GatewayError> {

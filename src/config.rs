@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::pricing::{self, Price, UsdPrice};
 use crate::providers::{self, Provider, ProviderKind};
 
 /// A configuration error: where, which key, what is wrong.
@@ -87,6 +88,8 @@ struct RawModel {
 struct RawDeployment {
     provider: String,
     model: String,
+    /// Overrides the built-in price (USD per million tokens).
+    price: Option<UsdPrice>,
 }
 
 #[derive(Deserialize)]
@@ -95,6 +98,7 @@ struct RawGateway {
     max_body_bytes: Option<usize>,
     upstream_timeout_ms: Option<u64>,
     key_cache_ttl_ms: Option<u64>,
+    default_max_tokens: Option<u64>,
 }
 
 /// Gateway-wide settings (`[gateway]`).
@@ -108,6 +112,9 @@ pub struct GatewaySettings {
     /// store again. Changes made through the admin API of the same process
     /// take effect at once whatever this is.
     pub key_cache_ttl_ms: u64,
+    /// Completion tokens assumed for a chat request without `max_tokens` /
+    /// `max_completion_tokens`, when estimating tokens and cost for admission.
+    pub default_max_tokens: u64,
 }
 
 impl Default for GatewaySettings {
@@ -116,6 +123,7 @@ impl Default for GatewaySettings {
             max_body_bytes: 10 * 1024 * 1024,
             upstream_timeout_ms: 600_000,
             key_cache_ttl_ms: 1_000,
+            default_max_tokens: 4_096,
         }
     }
 }
@@ -128,6 +136,8 @@ pub struct Deployment {
     pub provider: Arc<dyn Provider>,
     /// The model name the provider knows (for Azure, the deployment name).
     pub model: String,
+    /// Its price: the config's override, else the built-in table; `None` if unknown.
+    pub price: Option<Price>,
 }
 
 impl fmt::Debug for Deployment {
@@ -135,6 +145,7 @@ impl fmt::Debug for Deployment {
         f.debug_struct("Deployment")
             .field("provider", &self.provider_name)
             .field("model", &self.model)
+            .field("price", &self.price)
             .finish()
     }
 }
@@ -182,7 +193,7 @@ impl Config {
             )
         })?;
 
-        let mut built: BTreeMap<String, (Arc<str>, Arc<dyn Provider>)> = BTreeMap::new();
+        let mut built: BTreeMap<String, (Arc<str>, Arc<dyn Provider>, ProviderKind)> = BTreeMap::new();
         for (name, p) in &raw.providers {
             let key = |field: &str| format!("providers.{name}.{field}");
             let kind = ProviderKind::parse(&p.kind).ok_or_else(|| {
@@ -212,7 +223,7 @@ impl Config {
             };
             let provider = providers::build(kind, p, api_key)
                 .map_err(|(field, message)| err(key(field), message))?;
-            built.insert(name.clone(), (Arc::from(name.as_str()), provider));
+            built.insert(name.clone(), (Arc::from(name.as_str()), provider, kind));
         }
 
         let mut models = BTreeMap::new();
@@ -225,7 +236,7 @@ impl Config {
             }
             let mut deployments = Vec::with_capacity(m.deployments.len());
             for (i, d) in m.deployments.into_iter().enumerate() {
-                let (provider_name, provider) =
+                let (provider_name, provider, kind) =
                     built.get(&d.provider).cloned().ok_or_else(|| {
                         err(
                             format!("models.{alias}.deployments[{i}].provider"),
@@ -241,10 +252,20 @@ impl Config {
                         "must not be empty".into(),
                     ));
                 }
+                let price = match &d.price {
+                    Some(p) => Some(p.to_price().ok_or_else(|| {
+                        err(
+                            format!("models.{alias}.deployments[{i}].price"),
+                            "prices must be non-negative numbers (USD per million tokens)".into(),
+                        )
+                    })?),
+                    None => pricing::builtin(kind.price_family(), &d.model),
+                };
                 deployments.push(Deployment {
                     provider_name,
                     provider,
                     model: d.model,
+                    price,
                 });
             }
             models.insert(alias.clone(), ModelRoute { alias, deployments });
@@ -272,6 +293,9 @@ impl Config {
             }
             if let Some(v) = g.key_cache_ttl_ms {
                 gateway.key_cache_ttl_ms = v;
+            }
+            if let Some(v) = g.default_max_tokens {
+                gateway.default_max_tokens = v;
             }
         }
         Ok(Config {

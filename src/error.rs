@@ -23,6 +23,8 @@ pub enum GatewayError {
     AdminUnauthorized,
     /// The key may not use this model alias.
     ModelNotAllowed { model: String },
+    /// The key has a budget and a deployment of this alias has no price.
+    PriceUnknown { model: String, provider_model: String },
     /// No such model alias in the config.
     ModelNotFound { model: String },
     /// No such route or admin object.
@@ -77,6 +79,7 @@ impl GatewayError {
             InvalidApiKey(_) => (StatusCode::UNAUTHORIZED, "invalid_request_error", Some("invalid_api_key")),
             AdminUnauthorized => (StatusCode::UNAUTHORIZED, "invalid_request_error", Some("invalid_master_key")),
             ModelNotAllowed { .. } => (StatusCode::FORBIDDEN, "invalid_request_error", Some("model_not_allowed")),
+            PriceUnknown { .. } => (StatusCode::FORBIDDEN, "invalid_request_error", Some("model_price_unknown")),
             ModelNotFound { .. } => (StatusCode::NOT_FOUND, "invalid_request_error", Some("model_not_found")),
             NotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", Some("not_found")),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", Some("method_not_allowed")),
@@ -106,6 +109,9 @@ impl GatewayError {
             ModelNotAllowed { model } => {
                 format!("This API key is not allowed to use the model `{model}`.")
             }
+            PriceUnknown { model, provider_model } => format!(
+                "The model `{model}` (deployment `{provider_model}`) has no known price, so a key with a budget cannot use it. Set `price` on the deployment in the config."
+            ),
             ModelNotFound { model } => {
                 format!("The model `{model}` does not exist or you do not have access to it.")
             }

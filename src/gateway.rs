@@ -39,6 +39,7 @@ use crate::compat::BoxStream;
 use crate::config::{Config, ModelRoute};
 use crate::error::GatewayError;
 use crate::keys::{extract_secret, hash_secret, random_id, VirtualKey};
+use crate::limits::{completion_allowance, estimate_prompt_tokens};
 use crate::meter::Meter;
 use crate::ports::{Admission, ByteStream, Clock, Demand, KeyStore, Limiter, Upstream, UsageStore};
 use crate::providers::{Endpoint, Provider, ProviderRequest};
@@ -276,6 +277,7 @@ impl Gateway {
             self.ports.usage.clone(),
             self.ports.limiter.clone(),
             self.ports.clock.clone(),
+            key.clone(),
             UsageRecord {
                 request_id: request_id.to_owned(),
                 key_id: key.id.clone(),
@@ -286,6 +288,10 @@ impl Gateway {
                 status: 0,
                 streamed: false,
                 usage: TokenUsage::default(),
+                estimated_prompt_tokens: 0,
+                estimated_completion_tokens: 0,
+                cost_nanos: None,
+                refused_by: None,
                 latency_us: 0,
                 upstream_latency_us: 0,
                 created_at_ms: started_us / 1000,
@@ -294,11 +300,13 @@ impl Gateway {
         );
         match self.proxy(endpoint, &key, body, &mut meter).await {
             Ok(Proxied::Full(mut response, usage)) => {
+                add_headers(response.headers_mut(), &meter.limit_headers());
                 response.headers_mut().insert(
                     "x-conduit-overhead-ms",
                     overhead_header(meter.overhead_us()),
                 );
-                meter.finish(response.status().as_u16(), usage);
+                meter.report(usage);
+                meter.finish(response.status().as_u16());
                 Ok(response)
             }
             Ok(Proxied::Stream(head, relay)) => {
@@ -310,11 +318,9 @@ impl Gateway {
                 Ok(response)
             }
             Err(e) => {
-                meter.finish(e.status().as_u16(), TokenUsage::default());
+                meter.finish(e.status().as_u16());
                 let mut response = self.error_response(&e);
-                if let Some(a) = &meter.admission {
-                    add_admission_headers(response.headers_mut(), a);
-                }
+                add_headers(response.headers_mut(), &meter.limit_headers());
                 response.headers_mut().insert(
                     "x-conduit-overhead-ms",
                     overhead_header(meter.overhead_us()),
@@ -408,11 +414,55 @@ impl Gateway {
                 model: alias.clone(),
             })?;
         // Stage *admit*.
+        let prompt_estimate = estimate_prompt_tokens(&request);
+        let completion_estimate = match endpoint {
+            Endpoint::Embeddings => 0,
+            // The legacy API's own default for `max_tokens` is 16.
+            Endpoint::Completions => completion_allowance(&request, 16),
+            Endpoint::ChatCompletions => completion_allowance(&request, self.config.gateway.default_max_tokens),
+        };
+        meter.record.estimated_prompt_tokens = prompt_estimate;
+        meter.record.estimated_completion_tokens = completion_estimate;
+        let estimate = TokenUsage {
+            prompt_tokens: prompt_estimate,
+            completion_tokens: completion_estimate,
+            total_tokens: prompt_estimate + completion_estimate,
+            ..TokenUsage::default()
+        };
+        // A budget needs a price for every deployment the alias may use.
+        let mut cost_estimate = 0;
+        if key.budget.is_some() {
+            for d in &route.deployments {
+                let price = d.price.ok_or_else(|| GatewayError::PriceUnknown {
+                    model: alias.clone(),
+                    provider_model: d.model.clone(),
+                })?;
+                cost_estimate = cost_estimate.max(price.cost_nanos(&estimate));
+            }
+        }
         let demand = Demand {
             model: alias.clone(),
-            estimated_tokens: 0,
+            tokens: estimate.total_tokens,
+            cost_nanos: cost_estimate,
+            ttl_secs: self.config.gateway.upstream_timeout_ms / 1000 * 2 + 60,
         };
-        meter.admission = Some(self.ports.limiter.admit(key, &demand).await?);
+        match self.ports.limiter.admit(key, &demand).await {
+            Ok(admission) => meter.admission = Some(admission),
+            Err(rejection) => {
+                meter.record.refused_by = Some(
+                    match &rejection.error {
+                        GatewayError::RateLimited { limit, .. } => limit,
+                        _ => "budget",
+                    }
+                    .to_owned(),
+                );
+                meter.admission = Some(Admission {
+                    reservation: None,
+                    status: rejection.status,
+                });
+                return Err(rejection.error);
+            }
+        }
 
         // Stages *translate request* and *call upstream*, deployment by deployment.
         let timeout = Duration::from_millis(self.config.gateway.upstream_timeout_ms);
@@ -421,6 +471,7 @@ impl Gateway {
             let last = i + 1 == route.deployments.len();
             meter.record.provider = Some(deployment.provider_name.to_string());
             meter.record.provider_model = Some(deployment.model.clone());
+            meter.price = deployment.price;
             let provider = &deployment.provider;
             let upstream_request = provider.build_request(ProviderRequest {
                 endpoint,
@@ -453,7 +504,7 @@ impl Gateway {
                     return Ok(Proxied::Stream(
                         StreamHead {
                             status: parts.status,
-                            admission: meter.admission.clone().unwrap_or_default(),
+                            headers: meter.limit_headers(),
                         },
                         PendingRelay {
                             upstream: body,
@@ -519,9 +570,7 @@ impl Gateway {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let Some(a) = &meter.admission {
-            add_admission_headers(response.headers_mut(), a);
-        }
+        let _ = meter;
         Ok(Proxied::Full(response, usage))
     }
 
@@ -596,7 +645,7 @@ enum Proxied {
 
 struct StreamHead {
     status: StatusCode,
-    admission: Admission,
+    headers: Vec<(&'static str, String)>,
 }
 
 /// Everything a [`Relay`] needs except the meter, which stays with the
@@ -638,12 +687,12 @@ fn stream_response(head: StreamHead, relay: Relay) -> Response {
         http::header::CACHE_CONTROL,
         HeaderValue::from_static("no-cache"),
     );
-    add_admission_headers(h, &head.admission);
+    add_headers(h, &head.headers);
     response
 }
 
-fn add_admission_headers(headers: &mut HeaderMap, admission: &Admission) {
-    for (name, value) in &admission.headers {
+fn add_headers(headers: &mut HeaderMap, pairs: &[(&'static str, String)]) {
+    for (name, value) in pairs {
         if let Ok(v) = HeaderValue::from_str(value) {
             headers.insert(*name, v);
         }

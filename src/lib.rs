@@ -29,6 +29,7 @@ pub mod limits;
 pub mod memory;
 mod meter;
 pub mod ports;
+pub mod pricing;
 pub mod providers;
 pub mod sse;
 mod stream;

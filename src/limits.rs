@@ -26,9 +26,17 @@
 //! settled (the process died mid-request) expires after `ttl` and is then
 //! charged at its estimate: usage is never lost, and never counted twice.
 
-use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use crate::keys::{Budget, BudgetPeriod, Limits};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::compat::MaybeSendSync;
+use crate::error::GatewayError;
+use crate::keys::{Budget, BudgetPeriod, Limits, VirtualKey};
+use crate::ports::{Admission, Clock, Demand, Limiter, Settlement, StoreError};
+use crate::pricing::usd;
 use crate::time::{civil_from_days, days_from_civil};
 
 /// Width of the per-minute window, in seconds.
@@ -404,5 +412,206 @@ mod tests {
         assert_eq!(f(period_start(BudgetPeriod::Weekly, t)), "2026-11-23T00:00:00Z");
         assert_eq!(f(period_start(BudgetPeriod::Monthly, t)), "2026-11-01T00:00:00Z");
         assert_eq!(period_start(BudgetPeriod::Total, t), 0);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Turning the arithmetic into answers: errors, headers, estimates.
+
+/// A refusal, with the key's status for the `x-ratelimit-*` headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub error: GatewayError,
+    pub status: LimitStatus,
+}
+
+impl Refusal {
+    /// The 429 or 402 the client gets.
+    pub fn to_error(&self, budget: Option<&Budget>) -> GatewayError {
+        match self {
+            Refusal::Rate { limit, max, retry_after_secs } => GatewayError::RateLimited {
+                message: format!(
+                    "Rate limit reached for this key: {limit} = {max}. Try again in {retry_after_secs} s."
+                ),
+                limit,
+                retry_after_secs: *retry_after_secs,
+            },
+            Refusal::Budget { max_nanos, spent_nanos, reserved_nanos, asked_nanos } => {
+                let period = budget.map_or("total", |b| match b.period {
+                    BudgetPeriod::Daily => "daily",
+                    BudgetPeriod::Weekly => "weekly",
+                    BudgetPeriod::Monthly => "monthly",
+                    BudgetPeriod::Total => "total",
+                });
+                GatewayError::BudgetExceeded(format!(
+                    "Budget exceeded for this key: spent ${:.6} + reserved ${:.6} + this request's estimate ${:.6} would exceed the {period} budget of ${:.6}.",
+                    usd(*spent_nanos),
+                    usd(*reserved_nanos),
+                    usd(*asked_nanos),
+                    usd(*max_nanos)
+                ))
+            }
+        }
+    }
+}
+
+/// OpenAI's rate-limit headers for a status.
+pub fn headers(status: &LimitStatus) -> Vec<(&'static str, String)> {
+    let mut h = Vec::new();
+    if let Some((limit, remaining, reset)) = status.requests {
+        h.push(("x-ratelimit-limit-requests", limit.to_string()));
+        h.push(("x-ratelimit-remaining-requests", remaining.to_string()));
+        h.push(("x-ratelimit-reset-requests", format!("{reset}s")));
+    }
+    if let Some((limit, remaining, reset)) = status.tokens {
+        h.push(("x-ratelimit-limit-tokens", limit.to_string()));
+        h.push(("x-ratelimit-remaining-tokens", remaining.to_string()));
+        h.push(("x-ratelimit-reset-tokens", format!("{reset}s")));
+    }
+    h
+}
+
+/// Tokens assumed per image part when estimating a prompt.
+const IMAGE_TOKENS: u64 = 765;
+/// Tokens assumed per chat message for its role and framing.
+const MESSAGE_TOKENS: u64 = 4;
+
+fn text_tokens(v: &Value, bytes: &mut u64, extra: &mut u64) {
+    match v {
+        Value::String(s) => *bytes += s.len() as u64,
+        Value::Number(_) => *extra += 1,
+        Value::Array(items) => items.iter().for_each(|i| text_tokens(i, bytes, extra)),
+        Value::Object(o) => {
+            if o.get("type").and_then(Value::as_str).is_some_and(|t| t == "image_url" || t == "input_image" || t == "image") {
+                *extra += IMAGE_TOKENS;
+                return;
+            }
+            o.iter()
+                .filter(|(k, _)| k.as_str() != "type" && k.as_str() != "role")
+                .for_each(|(_, v)| text_tokens(v, bytes, extra));
+        }
+        _ => {}
+    }
+}
+
+/// A fast estimate of a request's prompt tokens, made before the upstream
+/// call (no tokenizer): one token per 4 bytes of text in `messages`, `tools`,
+/// `prompt` or `input` (rounded up), 4 more per chat message, 765 per image,
+/// and one per token id when the prompt is given as token ids.
+pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
+    let (mut bytes, mut extra) = (0u64, 0u64);
+    for field in ["messages", "tools", "functions", "prompt", "input", "suffix"] {
+        if let Some(v) = body.get(field) {
+            text_tokens(v, &mut bytes, &mut extra);
+        }
+    }
+    if let Some(Value::Array(messages)) = body.get("messages") {
+        extra += MESSAGE_TOKENS * messages.len() as u64;
+    }
+    bytes.div_ceil(4) + extra
+}
+
+/// The completion allowance: `max_completion_tokens`, else `max_tokens`,
+/// else `default` (times `n` choices).
+pub fn completion_allowance(body: &Map<String, Value>, default: u64) -> u64 {
+    let max = body
+        .get("max_completion_tokens")
+        .and_then(Value::as_u64)
+        .or_else(|| body.get("max_tokens").and_then(Value::as_u64))
+        .unwrap_or(default);
+    let n = body.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, 128);
+    max.saturating_mul(n)
+}
+
+/// Spend kept across restarts by a single-process limiter.
+pub trait SpendStore: MaybeSendSync {
+    /// The saved `(period_start, spent_nanos)` of a key.
+    fn load(&self, key_id: &str) -> Option<(u64, u64)>;
+    /// Saves them. Must not block.
+    fn save(&self, key_id: &str, period_start: u64, spent_nanos: u64);
+}
+
+/// The limiter of a single process (the native server): every key's state
+/// in memory behind one mutex, which makes admission atomic; the spend of
+/// the current period saved through a [`SpendStore`].
+pub struct LocalLimiter {
+    clock: Arc<dyn Clock>,
+    states: Mutex<HashMap<String, KeyLimitState>>,
+    spend: Option<Arc<dyn SpendStore>>,
+}
+
+impl LocalLimiter {
+    pub fn new(clock: Arc<dyn Clock>, spend: Option<Arc<dyn SpendStore>>) -> Self {
+        LocalLimiter {
+            clock,
+            states: Mutex::default(),
+            spend,
+        }
+    }
+
+    fn with_state<T>(&self, key: &VirtualKey, f: impl FnOnce(&mut KeyLimitState) -> T) -> Option<T> {
+        let mut states = self.states.lock().ok()?;
+        let state = states.entry(key.id.clone()).or_insert_with(|| {
+            let mut s = KeyLimitState::default();
+            if let Some((start, spent)) = self.spend.as_ref().and_then(|p| p.load(&key.id)) {
+                s.restore_spend(start, spent);
+            }
+            s
+        });
+        Some(f(state))
+    }
+}
+
+fn limited(key: &VirtualKey) -> bool {
+    !key.limits.is_empty() || key.budget.is_some()
+}
+
+crate::port! {
+    impl Limiter for LocalLimiter {
+        async fn admit(&self, key: &VirtualKey, demand: &Demand) -> Result<Admission, Rejection> {
+            if !limited(key) {
+                return Ok(Admission::default());
+            }
+            let now = self.clock.now_micros() / 1_000_000;
+            let ask = Ask {
+                now_secs: now,
+                limits: &key.limits,
+                budget: key.budget.as_ref(),
+                tokens: demand.tokens,
+                cost_nanos: demand.cost_nanos,
+                ttl_secs: demand.ttl_secs,
+            };
+            let result = self
+                .with_state(key, |s| {
+                    let r = s.admit(&ask);
+                    (r, s.status(now, &key.limits, key.budget.as_ref()))
+                })
+                .ok_or_else(|| Rejection {
+                    error: GatewayError::Internal("limiter lock poisoned".into()),
+                    status: LimitStatus::default(),
+                })?;
+            match result {
+                (Ok(reservation), status) => Ok(Admission { reservation: Some(reservation), status }),
+                (Err(refusal), status) => Err(Rejection { error: refusal.to_error(key.budget.as_ref()), status }),
+            }
+        }
+
+        fn settle(&self, key: &VirtualKey, admission: &Admission, settlement: Settlement) {
+            let Some(reservation) = admission.reservation else { return };
+            let now = self.clock.now_micros() / 1_000_000;
+            let spend = self.with_state(key, |s| {
+                s.settle(now, key.budget.as_ref(), reservation.id, settlement.tokens, settlement.cost_nanos);
+                s.spend()
+            });
+            if let (Some(store), Some((start, spent)), true) = (&self.spend, spend, key.budget.is_some()) {
+                store.save(&key.id, start, spent);
+            }
+        }
+
+        async fn status(&self, key: &VirtualKey) -> Result<LimitStatus, StoreError> {
+            let now = self.clock.now_micros() / 1_000_000;
+            self.with_state(key, |s| s.status(now, &key.limits, key.budget.as_ref()))
+                .ok_or_else(|| StoreError("limiter lock poisoned".into()))
+        }
     }
 }

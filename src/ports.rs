@@ -13,6 +13,7 @@ use bytes::Bytes;
 use crate::compat::{BoxFuture, BoxStream, MaybeSendSync};
 use crate::error::GatewayError;
 use crate::keys::VirtualKey;
+use crate::limits::{LimitStatus, Rejection, Reservation};
 use crate::port;
 use crate::usage::{UsageQuery, UsageRecord};
 
@@ -95,26 +96,42 @@ pub trait Clock: MaybeSendSync {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Demand {
     pub model: String,
-    /// Estimated tokens (prompt plus the completion allowance).
-    pub estimated_tokens: u64,
+    /// Estimated tokens: the prompt (approximated) plus the completion allowance.
+    pub tokens: u64,
+    /// Estimated cost in nano-USD (0 when the key has no budget).
+    pub cost_nanos: u64,
+    /// How long the reservation may stay unsettled before it is charged as is.
+    pub ttl_secs: u64,
 }
 
-/// A granted admission: whatever the limiter reserved, to settle later.
+/// A granted admission: what the limiter reserved, to settle later.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Admission {
-    /// Response headers to add (e.g. `x-ratelimit-*`).
-    pub headers: Vec<(&'static str, String)>,
-    /// Opaque reservation, handed back at settlement.
-    pub reservation: Option<String>,
+    /// The reservation, when the key has limits or a budget.
+    pub reservation: Option<Reservation>,
+    /// The key's remaining capacity after admission, for `x-ratelimit-*`.
+    pub status: LimitStatus,
+}
+
+/// What settles a reservation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settlement {
+    pub tokens: u64,
+    pub cost_nanos: u64,
 }
 
 port! {
-    /// Admission control: rate limits and budgets per key.
+    /// Admission control: rate limits and budgets per key, with the
+    /// semantics of [`crate::limits`]. `admit` must be atomic per key.
     pub trait Limiter: MaybeSendSync {
-        /// Admits or refuses the request, reserving what it may use.
-        async fn admit(&self, key: &VirtualKey, demand: &Demand) -> Result<Admission, GatewayError>;
-        /// Settles a reservation with what was actually used. Must not block.
-        fn settle(&self, key_id: &str, admission: &Admission, record: &UsageRecord);
+        /// Admits (reserving what the request may use) or refuses with a
+        /// 429/402 and the key's status (for the rate-limit headers).
+        async fn admit(&self, key: &VirtualKey, demand: &Demand) -> Result<Admission, Rejection>;
+        /// Replaces the reservation's estimates with actual use. Must not
+        /// block: it is called when a stream ends, from `Drop` if need be.
+        fn settle(&self, key: &VirtualKey, admission: &Admission, settlement: Settlement);
+        /// The key's current use of its limits and budget.
+        async fn status(&self, key: &VirtualKey) -> Result<LimitStatus, StoreError>;
     }
 }
 
@@ -124,9 +141,12 @@ pub struct NoLimits;
 
 port! {
     impl Limiter for NoLimits {
-        async fn admit(&self, _key: &VirtualKey, _demand: &Demand) -> Result<Admission, GatewayError> {
+        async fn admit(&self, _key: &VirtualKey, _demand: &Demand) -> Result<Admission, Rejection> {
             Ok(Admission::default())
         }
-        fn settle(&self, _key_id: &str, _admission: &Admission, _record: &UsageRecord) {}
+        fn settle(&self, _key: &VirtualKey, _admission: &Admission, _settlement: Settlement) {}
+        async fn status(&self, _key: &VirtualKey) -> Result<LimitStatus, StoreError> {
+            Ok(LimitStatus::default())
+        }
     }
 }

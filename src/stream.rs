@@ -131,7 +131,7 @@ impl State {
     fn chunk(&mut self, out: &mut BytesMut, mut chunk: Map<String, Value>) {
         if let Some(u) = chunk.remove("usage") {
             if let Some(t) = TokenUsage::from_openai(&u) {
-                self.relay.meter.record.usage = t;
+                self.relay.meter.report(t);
                 self.usage_raw = Some(u);
             }
         }
@@ -142,11 +142,17 @@ impl State {
         else {
             return;
         };
-        if choices
-            .iter()
-            .any(|c| c.get("finish_reason").is_some_and(|f| !f.is_null()))
-        {
-            self.saw_finish = true;
+        for c in choices {
+            if c.get("finish_reason").is_some_and(|f| !f.is_null()) {
+                self.saw_finish = true;
+            }
+            let delta = c.get("delta").unwrap_or(c);
+            if ["content", "text", "tool_calls", "reasoning_content"]
+                .iter()
+                .any(|k| delta.get(k).is_some_and(|v| !v.is_null() && v != ""))
+            {
+                self.relay.meter.seen_completion += 1;
+            }
         }
         if self.head.is_empty() {
             for k in ["id", "created", "system_fingerprint"] {
@@ -206,7 +212,6 @@ impl State {
 
     fn end(&mut self, status: u16) {
         self.ended = true;
-        let usage = self.relay.meter.record.usage;
-        self.relay.meter.finish(status, usage);
+        self.relay.meter.finish(status);
     }
 }

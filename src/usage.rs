@@ -12,6 +12,8 @@ pub struct TokenUsage {
     pub completion_tokens: u64,
     pub total_tokens: u64,
     pub cached_tokens: u64,
+    /// Prompt tokens written to a provider cache (Anthropic), a subset of `prompt_tokens`.
+    pub cache_write_tokens: u64,
     pub reasoning_tokens: u64,
 }
 
@@ -36,6 +38,7 @@ impl TokenUsage {
                 .and_then(Value::as_u64)
                 .unwrap_or(prompt + completion),
             cached_tokens: detail("prompt_tokens_details", "cached_tokens"),
+            cache_write_tokens: 0,
             reasoning_tokens: detail("completion_tokens_details", "reasoning_tokens"),
         })
     }
@@ -69,6 +72,13 @@ pub struct UsageRecord {
     pub status: u16,
     pub streamed: bool,
     pub usage: TokenUsage,
+    /// Admission's estimate: prompt tokens (approximated) and the completion allowance.
+    pub estimated_prompt_tokens: u64,
+    pub estimated_completion_tokens: u64,
+    /// Cost in nano-USD; `None` when the deployment has no price.
+    pub cost_nanos: Option<u64>,
+    /// The limit that refused the request (`rpm`, `rpd`, `tpm`, `budget`).
+    pub refused_by: Option<String>,
     /// From the request's arrival to the last byte sent, in µs.
     pub latency_us: u64,
     /// Time spent waiting on the provider, in µs.
@@ -103,6 +113,14 @@ impl UsageRecord {
             "cached_tokens": self.usage.cached_tokens,
             "reasoning_tokens": self.usage.reasoning_tokens,
             "total_tokens": self.usage.total_tokens,
+            "cache_write_tokens": self.usage.cache_write_tokens,
+            "estimated_prompt_tokens": self.estimated_prompt_tokens,
+            "estimated_completion_tokens": self.estimated_completion_tokens,
+            "estimated_tokens": self.estimated_prompt_tokens + self.estimated_completion_tokens,
+            "cost_nano_usd": self.cost_nanos,
+            "cost_usd": self.cost_nanos.map(crate::pricing::usd),
+            "price_known": self.cost_nanos.is_some(),
+            "refused_by": self.refused_by,
             "latency_ms": ms(self.latency_us),
             "upstream_latency_ms": ms(self.upstream_latency_us),
             "overhead_ms": ms(self.overhead_us()),
@@ -131,8 +149,13 @@ impl UsageRecord {
                 completion_tokens: n("completion_tokens"),
                 total_tokens: n("total_tokens"),
                 cached_tokens: n("cached_tokens"),
+                cache_write_tokens: n("cache_write_tokens"),
                 reasoning_tokens: n("reasoning_tokens"),
             },
+            estimated_prompt_tokens: n("estimated_prompt_tokens"),
+            estimated_completion_tokens: n("estimated_completion_tokens"),
+            cost_nanos: v.get("cost_nano_usd").and_then(Value::as_u64),
+            refused_by: s("refused_by"),
             latency_us: us("latency_ms"),
             upstream_latency_us: us("upstream_latency_ms"),
             created_at_ms: v.get("created_at_ms").and_then(Value::as_u64)?,
@@ -159,29 +182,70 @@ impl UsageQuery {
     }
 }
 
-/// Sums over a set of records.
-pub fn totals(records: &[UsageRecord]) -> Value {
-    let mut t = TokenUsage::default();
-    let mut errors = 0u64;
-    for r in records {
-        t.prompt_tokens += r.usage.prompt_tokens;
-        t.completion_tokens += r.usage.completion_tokens;
-        t.total_tokens += r.usage.total_tokens;
-        t.cached_tokens += r.usage.cached_tokens;
-        t.reasoning_tokens += r.usage.reasoning_tokens;
-        if r.status >= 400 {
-            errors += 1;
+#[derive(Default)]
+struct Sum {
+    requests: u64,
+    errors: u64,
+    refused: u64,
+    tokens: TokenUsage,
+    cost_nanos: u64,
+    unpriced_requests: u64,
+}
+
+impl Sum {
+    fn add(&mut self, r: &UsageRecord) {
+        self.requests += 1;
+        self.errors += u64::from(r.status >= 400);
+        self.refused += u64::from(r.refused_by.is_some());
+        self.tokens.prompt_tokens += r.usage.prompt_tokens;
+        self.tokens.completion_tokens += r.usage.completion_tokens;
+        self.tokens.total_tokens += r.usage.total_tokens;
+        self.tokens.cached_tokens += r.usage.cached_tokens;
+        self.tokens.cache_write_tokens += r.usage.cache_write_tokens;
+        self.tokens.reasoning_tokens += r.usage.reasoning_tokens;
+        match r.cost_nanos {
+            Some(c) => self.cost_nanos += c,
+            None => self.unpriced_requests += u64::from(r.usage.total_tokens > 0),
         }
     }
-    json!({
-        "requests": records.len(),
-        "errors": errors,
-        "prompt_tokens": t.prompt_tokens,
-        "completion_tokens": t.completion_tokens,
-        "cached_tokens": t.cached_tokens,
-        "reasoning_tokens": t.reasoning_tokens,
-        "total_tokens": t.total_tokens,
-    })
+
+    fn to_json(&self) -> Value {
+        json!({
+            "requests": self.requests,
+            "errors": self.errors,
+            "refused": self.refused,
+            "prompt_tokens": self.tokens.prompt_tokens,
+            "completion_tokens": self.tokens.completion_tokens,
+            "cached_tokens": self.tokens.cached_tokens,
+            "cache_write_tokens": self.tokens.cache_write_tokens,
+            "reasoning_tokens": self.tokens.reasoning_tokens,
+            "total_tokens": self.tokens.total_tokens,
+            "cost_nano_usd": self.cost_nanos,
+            "cost_usd": crate::pricing::usd(self.cost_nanos),
+            "unpriced_requests": self.unpriced_requests,
+        })
+    }
+}
+
+/// Sums over a set of records: overall, by key and by model alias.
+pub fn totals(records: &[UsageRecord]) -> Value {
+    let mut all = Sum::default();
+    let mut by_key: std::collections::BTreeMap<&str, Sum> = Default::default();
+    let mut by_model: std::collections::BTreeMap<&str, Sum> = Default::default();
+    for r in records {
+        all.add(r);
+        by_key.entry(&r.key_id).or_default().add(r);
+        by_model.entry(&r.model).or_default().add(r);
+    }
+    let mut v = all.to_json();
+    let group = |m: std::collections::BTreeMap<&str, Sum>| {
+        Value::Object(m.into_iter().map(|(k, s)| (k.to_owned(), s.to_json())).collect())
+    };
+    if let Some(o) = v.as_object_mut() {
+        o.insert("by_key".into(), group(by_key));
+        o.insert("by_model".into(), group(by_model));
+    }
+    v
 }
 
 #[cfg(test)]
@@ -223,9 +287,12 @@ mod tests {
                 prompt_tokens: 1,
                 completion_tokens: 2,
                 total_tokens: 3,
-                cached_tokens: 0,
-                reasoning_tokens: 0,
+                ..Default::default()
             },
+            estimated_prompt_tokens: 5,
+            estimated_completion_tokens: 7,
+            cost_nanos: Some(1234),
+            refused_by: None,
             latency_us: 12_345,
             upstream_latency_us: 12_000,
             created_at_ms: 1_700_000_000_123,

@@ -89,6 +89,15 @@ impl ProviderKind {
         }
     }
 
+    /// The provider family whose built-in prices apply; `None` for hosts
+    /// of many vendors' models (looked up by model name alone).
+    pub fn price_family(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::OpenAi | ProviderKind::Azure => Some("openai"),
+            ProviderKind::OpenAiCompatible => None,
+        }
+    }
+
     /// Whether `api_key_env` must be given.
     pub fn requires_api_key(self) -> bool {
         !matches!(self, ProviderKind::OpenAiCompatible)

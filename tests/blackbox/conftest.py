@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mock_upstream import AZURE_KEY, OPENAI_KEY, MockUpstream  # noqa: E402
 from targets import Target, TargetError, make_target, target_name  # noqa: E402
 
-MASTER_KEY = "bb-master-" + uuid.uuid4().hex
+# stable for the whole process even if this module is imported twice (e.g. --import-mode=importlib)
+MASTER_KEY = os.environ.setdefault("BB_CONDUIT_MASTER_KEY", "bb-master-" + uuid.uuid4().hex)
 OPENAI_KEY_ENV = "BB_OPENAI_API_KEY"
 AZURE_KEY_ENV = "BB_AZURE_OPENAI_API_KEY"
 AZURE_API_VERSION = "2024-10-21"
@@ -41,6 +42,7 @@ ALIASES: dict[str, tuple[str, str]] = {
     "tools": ("openai", "mock-tools"),
     "slow": ("openai", "mock-slow-stream"),
     "stream-cut": ("openai", "mock-stream-fail"),
+    "close-delim": ("openai", "mock-close-delimited"),
     "fail-500": ("openai", "mock-error-500"),
     "fail-400": ("openai", "mock-error-400"),
     "fail-429": ("openai", "mock-error-429"),

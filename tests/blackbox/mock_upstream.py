@@ -53,6 +53,7 @@ BEHAVIOURS = {
     "mock-garbage": "200 with a non-JSON body",
     "mock-stream-fail": "stream: 2 chunks then the connection is cut (no [DONE]); non-stream: connection cut",
     "mock-slow-stream": "stream events spaced SLOW_GAP seconds apart",
+    "mock-close-delimited": "stream body without chunked encoding or Content-Length, ended by closing the connection",
     "mock-tools": "recorded OpenAI tool_calls stream (non-stream: assembled from it)",
     "mock-cached": "like the default, but usage reports prompt_tokens_details.cached_tokens = CACHED_TOKENS",
     "mock-mistral": "Mistral-like text stream: usage on the finish chunk even without stream_options",
@@ -270,18 +271,27 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
         self.wfile.flush()
 
-    def _start_stream(self) -> None:
+    def _start_stream(self, close_delimited: bool = False) -> None:
+        self._close_delimited = close_delimited
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
+        if close_delimited:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Transfer-Encoding", "chunked")
         self.send_header("x-request-id", f"req_mock_{id(self):x}")
         self.end_headers()
         self.wfile.flush()
 
     def _chunk(self, data: bytes) -> None:
         try:
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            if getattr(self, "_close_delimited", False):
+                if data:
+                    self.wfile.write(data)
+            else:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError, OSError) as e:
             raise _ClientGone() from e
@@ -458,7 +468,7 @@ class _Handler(BaseHTTPRequestHandler):
                     continue  # the usage-only chunk exists only when asked for
                 c.pop("usage", None)
             events.append(c)
-        self._start_stream()
+        self._start_stream(close_delimited=model == "mock-close-delimited")
         gap = self.mock.slow_gap if model == "mock-slow-stream" else 0.0
         for i, ev in enumerate(events):
             if model == "mock-stream-fail" and i == 2:

@@ -97,13 +97,15 @@ def test_chat_tool_calls_non_stream(client):
 
 
 def test_unknown_fields_pass_through(client, mock, marker):
-    r = client.chat.completions.create(model="chat", messages=user_msg(marker), temperature=0.25, seed=7,
+    text = marker + " héllo ✓ 日本語 \u2028 \"quoted\" \\ end"
+    r = client.chat.completions.create(model="chat", messages=user_msg(text), temperature=0.25, seed=7,
                                        extra_body={"foo_passthrough": 123, "nested_passthrough": {"a": [1, "b"]}})
     assert r.model == "chat"
     rec = mock.with_marker(marker)[-1]
     assert rec.body.get("foo_passthrough") == 123
     assert rec.body.get("nested_passthrough") == {"a": [1, "b"]}
     assert rec.body.get("temperature") == 0.25 and rec.body.get("seed") == 7
+    assert rec.body["messages"] == user_msg(text), "message content altered on the way upstream"
 
 
 @pytest.mark.parametrize("alias", ["local-chat", "azure-chat"])
@@ -184,6 +186,14 @@ def test_chat_stream_raw_framing(http, api_key, marker):
     _check_stream_chunks(payloads, "chat", usage_expected=None)
 
 
+def test_chat_stream_close_delimited_upstream(client):
+    """Provider stream framed by connection close (no chunked encoding, no Content-Length)."""
+    chunks = chunk_dicts(client.chat.completions.create(model="close-delim", messages=user_msg("x"), stream=True,
+                                                        stream_options={"include_usage": True}))
+    _check_stream_chunks(chunks, "close-delim", usage_expected=FX_USAGE)
+    assert _content(chunks) == FX_TEXT
+
+
 def test_chat_stream_is_incremental(client):
     """mock-slow-stream spaces upstream events ~200 ms apart; the gateway must not buffer."""
     t0 = time.monotonic()
@@ -198,6 +208,38 @@ def test_chat_stream_is_incremental(client):
     assert spread >= 0.1 * len(gaps), f"events arrived together (spread {spread:.3f}s, gaps {gaps})"
     assert sum(g >= 0.1 for g in gaps) >= len(gaps) - 1, f"gaps < 100ms: {[round(g, 3) for g in gaps]}"
     assert arrivals[0] < arrivals[-1] - 0.8, f"first event not well before the last: {arrivals}"
+
+
+def test_parallel_streams_interleave(make_client, api_key):
+    """Concurrent streams are served concurrently: every stream's first chunk arrives before any
+    stream's last chunk (a serialising gateway would finish one before starting the next)."""
+    import threading
+
+    n = 4
+    firsts: list[float] = [0.0] * n
+    lasts: list[float] = [0.0] * n
+    errors: list[BaseException] = []
+    start = threading.Barrier(n)
+
+    def run(i: int) -> None:
+        try:
+            c = make_client(api_key)
+            start.wait(5)
+            it = c.chat.completions.create(model="slow", messages=user_msg(f"par-{i}"), stream=True)
+            for j, _ in enumerate(it):
+                if j == 0:
+                    firsts[i] = time.monotonic()
+                lasts[i] = time.monotonic()
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not errors, errors
+    assert max(firsts) < min(lasts), f"streams were serialised: firsts={firsts} lasts={lasts}"
 
 
 def test_chat_stream_tool_calls(client):

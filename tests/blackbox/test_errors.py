@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+import httpx
 import openai
 import pytest
 
@@ -128,6 +129,22 @@ def test_body_too_large(client, mock, marker):
     with pytest.raises(openai.APIStatusError) as ei:
         client.chat.completions.create(model="chat", messages=user_msg(big))
     assert_sdk_error(ei.value, 413, type_=IRE, code="request_too_large")
+    assert mock.with_marker(marker) == []
+
+
+def test_body_too_large_chunked(http, api_key, mock, marker):
+    """Same limit when the client streams the body without Content-Length (chunked)."""
+    def gen():
+        yield b'{"model": "chat", "messages": [{"role": "user", "content": "' + marker.encode()
+        for _ in range(MAX_BODY_BYTES // 65536 + 2):
+            yield b"z" * 65536
+        yield b'"}]}'
+    try:
+        r = http.post("/v1/chat/completions", content=gen(), headers={**auth(api_key),
+                                                                      "Content-Type": "application/json"})
+    except httpx.TransportError as e:  # the gateway may answer and close before reading everything
+        pytest.fail(f"gateway dropped the connection instead of answering 413: {e!r}")
+    assert_error_response(r, 413, type_=IRE, code="request_too_large")
     assert mock.with_marker(marker) == []
 
 

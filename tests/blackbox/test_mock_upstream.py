@@ -113,6 +113,20 @@ def test_mock_errors(oai, model, exc, status):
     openapi.validate(openapi.ERROR, ei.value.response.json())
 
 
+def test_mock_close_delimited_stream(mock):
+    import socket
+    with socket.create_connection((mock.host, mock.port), timeout=5) as sk:
+        body = json.dumps({"model": "mock-close-delimited", "stream": True, "messages": user_msg("x")}).encode()
+        sk.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + OPENAI_KEY.encode()
+                   + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        data = b""
+        while chunk := sk.recv(65536):
+            data += chunk
+    head, _, payload = data.partition(b"\r\n\r\n")
+    assert b"chunked" not in head.lower() and b"content-length" not in head.lower()
+    assert payload.rstrip().endswith(b"data: [DONE]")
+
+
 def test_mock_stream_fail_and_slow(oai):
     with pytest.raises(openai.APIConnectionError):
         list(oai.chat.completions.create(model="mock-stream-fail", messages=user_msg("x"), stream=True))

@@ -21,7 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conduit::keys::{generate_secret, hash_secret, random_id, VirtualKey};
-use conduit::ports::{KeyStore, NoLimits};
+use conduit::limits::LocalLimiter;
+use conduit::ports::KeyStore;
 use conduit::Ports;
 use conduit::{Config, Gateway};
 use serde_json::{json, Value};
@@ -187,12 +188,13 @@ fn serve(o: Options) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
+        let clock = Arc::new(SystemClock);
         let ports = Ports {
             keys: store.clone(),
             usage: store.clone(),
             upstream: Arc::new(HyperUpstream::new()),
-            clock: Arc::new(SystemClock),
-            limiter: Arc::new(NoLimits),
+            clock: clock.clone(),
+            limiter: Arc::new(LocalLimiter::new(clock, Some(store.clone()))),
         };
         let gateway = Arc::new(Gateway::new(config, ports, master_key.as_deref()));
         eprintln!(

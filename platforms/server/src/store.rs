@@ -2,7 +2,7 @@
 //!
 //! Keys are read and written on one connection behind a mutex (lookups are
 //! a primary-key probe of a few microseconds, and the core caches them).
-//! Usage records are queued on a channel and written by a dedicated thread
+//! Usage records and budget spend are queued on a channel and written by a dedicated thread
 //! in batches, one transaction per batch, so the request path never waits
 //! for the disk. The database runs in WAL mode so the writer and readers do
 //! not block each other. Records are stored as the same JSON the admin API
@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use conduit::keys::VirtualKey;
+use conduit::limits::SpendStore;
 use conduit::port;
 use conduit::ports::{KeyStore, StoreError, UsageStore};
 use conduit::usage::{UsageQuery, UsageRecord};
@@ -35,7 +36,18 @@ CREATE TABLE IF NOT EXISTS usage_records (
 );
 CREATE INDEX IF NOT EXISTS usage_by_key_time ON usage_records (key_id, created_at_ms);
 CREATE INDEX IF NOT EXISTS usage_by_time ON usage_records (created_at_ms);
+CREATE TABLE IF NOT EXISTS key_spend (
+    key_id       TEXT PRIMARY KEY,
+    period_start INTEGER NOT NULL,
+    spent_nanos  INTEGER NOT NULL
+);
 ";
+
+/// What the writer thread writes.
+enum Write {
+    Usage(UsageRecord),
+    Spend { key_id: String, period_start: u64, spent_nanos: u64 },
+}
 
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(format!("sqlite: {e}"))
@@ -55,7 +67,7 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
 /// The database: keys on one connection, usage written by a background thread.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
-    usage_tx: Mutex<Option<mpsc::Sender<UsageRecord>>>,
+    writes: Mutex<Option<mpsc::Sender<Write>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -65,25 +77,33 @@ impl SqliteStore {
         let conn = open(path)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         let writer_conn = open(path)?;
-        let (tx, rx) = mpsc::channel::<UsageRecord>();
+        let (tx, rx) = mpsc::channel::<Write>();
         let writer = std::thread::Builder::new()
             .name("conduit-usage-writer".into())
-            .spawn(move || write_usage(writer_conn, rx))
+            .spawn(move || write_loop(writer_conn, rx))
             .map_err(err)?;
         Ok(Arc::new(SqliteStore {
             conn: Mutex::new(conn),
-            usage_tx: Mutex::new(Some(tx)),
+            writes: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
         }))
     }
 
     /// Flushes queued usage records and stops the writer.
     pub fn close(&self) {
-        if let Ok(mut tx) = self.usage_tx.lock() {
+        if let Ok(mut tx) = self.writes.lock() {
             tx.take();
         }
         if let Some(handle) = self.writer.lock().ok().and_then(|mut w| w.take()) {
             let _ = handle.join();
+        }
+    }
+
+    fn queue(&self, write: Write) {
+        if let Ok(guard) = self.writes.lock() {
+            if let Some(tx) = guard.as_ref() {
+                let _ = tx.send(write);
+            }
         }
     }
 
@@ -103,40 +123,59 @@ fn parse_key(record: String) -> rusqlite::Result<Option<VirtualKey>> {
     Ok(VirtualKey::from_storage_json(&v))
 }
 
-/// The writer thread: waits for a record, then drains whatever else is
-/// queued and writes the batch in one transaction.
-fn write_usage(mut conn: Connection, rx: mpsc::Receiver<UsageRecord>) {
+/// The writer thread: waits for a write, then drains whatever else is
+/// queued and applies the batch in one transaction.
+fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < 512 {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(w) => batch.push(w),
                 Err(_) => break,
             }
         }
         let result = (|| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
             {
-                let mut stmt = tx.prepare_cached(
+                let mut usage = tx.prepare_cached(
                     "INSERT OR REPLACE INTO usage_records (request_id, key_id, created_at_ms, record) VALUES (?1, ?2, ?3, ?4)",
                 )?;
-                for r in &batch {
-                    stmt.execute(params![
-                        r.request_id,
-                        r.key_id,
-                        r.created_at_ms as i64,
-                        r.to_json().to_string()
-                    ])?;
+                let mut spend = tx.prepare_cached(
+                    "INSERT INTO key_spend (key_id, period_start, spent_nanos) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (key_id) DO UPDATE SET period_start = excluded.period_start, spent_nanos = excluded.spent_nanos",
+                )?;
+                for w in &batch {
+                    match w {
+                        Write::Usage(r) => {
+                            usage.execute(params![r.request_id, r.key_id, r.created_at_ms as i64, r.to_json().to_string()])?;
+                        }
+                        Write::Spend { key_id, period_start, spent_nanos } => {
+                            spend.execute(params![key_id, *period_start as i64, *spent_nanos as i64])?;
+                        }
+                    }
                 }
             }
             tx.commit()
         })();
         if let Err(e) = result {
-            eprintln!(
-                "conduit: could not write {} usage records: {e}",
-                batch.len()
-            );
+            eprintln!("conduit: could not write {} records: {e}", batch.len());
         }
+    }
+}
+
+impl SpendStore for SqliteStore {
+    fn load(&self, key_id: &str) -> Option<(u64, u64)> {
+        self.with(|c| {
+            c.prepare_cached("SELECT period_start, spent_nanos FROM key_spend WHERE key_id = ?1")?
+                .query_row([key_id], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))
+                .optional()
+        })
+        .ok()
+        .flatten()
+    }
+
+    fn save(&self, key_id: &str, period_start: u64, spent_nanos: u64) {
+        self.queue(Write::Spend { key_id: key_id.to_owned(), period_start, spent_nanos });
     }
 }
 
@@ -211,11 +250,7 @@ port! {
 port! {
     impl UsageStore for SqliteStore {
         fn record(&self, record: UsageRecord) {
-            if let Ok(guard) = self.usage_tx.lock() {
-                if let Some(tx) = guard.as_ref() {
-                    let _ = tx.send(record);
-                }
-            }
+            self.queue(Write::Usage(record));
         }
 
         async fn query(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>, StoreError> {
