@@ -193,7 +193,8 @@ impl Config {
             )
         })?;
 
-        let mut built: BTreeMap<String, (Arc<str>, Arc<dyn Provider>, ProviderKind)> = BTreeMap::new();
+        let mut built: BTreeMap<String, (Arc<str>, Arc<dyn Provider>, ProviderKind)> =
+            BTreeMap::new();
         for (name, p) in &raw.providers {
             let key = |field: &str| format!("providers.{name}.{field}");
             let kind = ProviderKind::parse(&p.kind).ok_or_else(|| {

@@ -24,7 +24,10 @@ pub enum GatewayError {
     /// The key may not use this model alias.
     ModelNotAllowed { model: String },
     /// The key has a budget and a deployment of this alias has no price.
-    PriceUnknown { model: String, provider_model: String },
+    PriceUnknown {
+        model: String,
+        provider_model: String,
+    },
     /// No such model alias in the config.
     ModelNotFound { model: String },
     /// No such route or admin object.

@@ -419,7 +419,9 @@ impl Gateway {
             Endpoint::Embeddings => 0,
             // The legacy API's own default for `max_tokens` is 16.
             Endpoint::Completions => completion_allowance(&request, 16),
-            Endpoint::ChatCompletions => completion_allowance(&request, self.config.gateway.default_max_tokens),
+            Endpoint::ChatCompletions => {
+                completion_allowance(&request, self.config.gateway.default_max_tokens)
+            }
         };
         meter.record.estimated_prompt_tokens = prompt_estimate;
         meter.record.estimated_completion_tokens = completion_estimate;

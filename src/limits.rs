@@ -249,7 +249,11 @@ impl KeyLimitState {
             id: self.next_id,
             sec: now,
             tokens: ask.tokens,
-            cost_nanos: if ask.budget.is_some() { ask.cost_nanos } else { 0 },
+            cost_nanos: if ask.budget.is_some() {
+                ask.cost_nanos
+            } else {
+                0
+            },
             expires_at: now + ask.ttl_secs.max(1),
         };
         self.reservations.push(r);
@@ -258,7 +262,14 @@ impl KeyLimitState {
 
     /// Replaces a reservation's estimates with what was used. Settling an
     /// unknown (already expired, hence charged) reservation changes nothing.
-    pub fn settle(&mut self, now_secs: u64, budget: Option<&Budget>, id: u64, tokens: u64, cost_nanos: u64) {
+    pub fn settle(
+        &mut self,
+        now_secs: u64,
+        budget: Option<&Budget>,
+        id: u64,
+        tokens: u64,
+        cost_nanos: u64,
+    ) {
         self.roll(now_secs, budget);
         let Some(pos) = self.reservations.iter().position(|r| r.id == id) else {
             return;
@@ -273,7 +284,12 @@ impl KeyLimitState {
     }
 
     /// Remaining capacity at `now_secs` (rolls the windows first).
-    pub fn status(&mut self, now_secs: u64, limits: &Limits, budget: Option<&Budget>) -> LimitStatus {
+    pub fn status(
+        &mut self,
+        now_secs: u64,
+        limits: &Limits,
+        budget: Option<&Budget>,
+    ) -> LimitStatus {
         self.roll(now_secs, budget);
         let (requests, tokens) = self.window();
         let oldest_leaves = self
@@ -288,7 +304,9 @@ impl KeyLimitState {
         };
         LimitStatus {
             requests,
-            tokens: limits.tpm.map(|max| (max, max.saturating_sub(tokens), oldest_leaves)),
+            tokens: limits
+                .tpm
+                .map(|max| (max, max.saturating_sub(tokens), oldest_leaves)),
             spent_nanos: self.spent_nanos,
             reserved_nanos: self.reserved_nanos(),
             period_start: budget.map(|_| self.period_start),
@@ -316,7 +334,14 @@ mod tests {
     }
 
     fn ask<'a>(now: u64, l: &'a Limits, b: Option<&'a Budget>, tokens: u64, cost: u64) -> Ask<'a> {
-        Ask { now_secs: now, limits: l, budget: b, tokens, cost_nanos: cost, ttl_secs: 600 }
+        Ask {
+            now_secs: now,
+            limits: l,
+            budget: b,
+            tokens,
+            cost_nanos: cost,
+            ttl_secs: 600,
+        }
     }
 
     #[test]
@@ -327,12 +352,20 @@ mod tests {
         for _ in 0..5 {
             assert!(s.admit(&ask(t0, &l, None, 0, 0)).is_ok());
         }
-        let Err(Refusal::Rate { limit, retry_after_secs, .. }) = s.admit(&ask(t0 + 10, &l, None, 0, 0)) else {
+        let Err(Refusal::Rate {
+            limit,
+            retry_after_secs,
+            ..
+        }) = s.admit(&ask(t0 + 10, &l, None, 0, 0))
+        else {
             panic!()
         };
         assert_eq!((limit, retry_after_secs), ("rpm", 50));
         assert!(s.admit(&ask(t0 + 59, &l, None, 0, 0)).is_err());
-        assert!(s.admit(&ask(t0 + 60, &l, None, 0, 0)).is_ok(), "free exactly when Retry-After said");
+        assert!(
+            s.admit(&ask(t0 + 60, &l, None, 0, 0)).is_ok(),
+            "free exactly when Retry-After said"
+        );
     }
 
     #[test]
@@ -341,7 +374,12 @@ mod tests {
         let mut s = KeyLimitState::default();
         assert!(s.admit(&ask(100, &l, None, 0, 0)).is_ok());
         assert!(s.admit(&ask(130, &l, None, 0, 0)).is_ok());
-        let Err(Refusal::Rate { retry_after_secs, .. }) = s.admit(&ask(140, &l, None, 0, 0)) else { panic!() };
+        let Err(Refusal::Rate {
+            retry_after_secs, ..
+        }) = s.admit(&ask(140, &l, None, 0, 0))
+        else {
+            panic!()
+        };
         assert_eq!(retry_after_secs, 20);
         assert!(s.admit(&ask(160, &l, None, 0, 0)).is_ok());
         assert!(s.admit(&ask(161, &l, None, 0, 0)).is_err());
@@ -354,7 +392,12 @@ mod tests {
         let noon = 20_000 * 86_400 + 43_200;
         assert!(s.admit(&ask(noon, &l, None, 0, 0)).is_ok());
         assert!(s.admit(&ask(noon + 1, &l, None, 0, 0)).is_ok());
-        let Err(Refusal::Rate { limit, retry_after_secs, .. }) = s.admit(&ask(noon + 2, &l, None, 0, 0)) else {
+        let Err(Refusal::Rate {
+            limit,
+            retry_after_secs,
+            ..
+        }) = s.admit(&ask(noon + 2, &l, None, 0, 0))
+        else {
             panic!()
         };
         assert_eq!((limit, retry_after_secs), ("rpd", 43_198));
@@ -366,22 +409,36 @@ mod tests {
         let l = limits(None, None, Some(1000));
         let mut s = KeyLimitState::default();
         let r = s.admit(&ask(50, &l, None, 600, 0)).unwrap();
-        assert!(s.admit(&ask(50, &l, None, 600, 0)).is_err(), "estimate is held");
+        assert!(
+            s.admit(&ask(50, &l, None, 600, 0)).is_err(),
+            "estimate is held"
+        );
         s.settle(51, None, r.id, 100, 0);
-        assert!(s.admit(&ask(52, &l, None, 600, 0)).is_ok(), "settled to actual");
-        let Err(Refusal::Rate { limit, .. }) = s.admit(&ask(52, &l, None, 5000, 0)) else { panic!() };
+        assert!(
+            s.admit(&ask(52, &l, None, 600, 0)).is_ok(),
+            "settled to actual"
+        );
+        let Err(Refusal::Rate { limit, .. }) = s.admit(&ask(52, &l, None, 5000, 0)) else {
+            panic!()
+        };
         assert_eq!(limit, "tpm");
     }
 
     #[test]
     fn budget_counts_spent_reserved_and_own_estimate() {
         let l = Limits::default();
-        let b = Budget { max_nanos: 1000, period: BudgetPeriod::Daily };
+        let b = Budget {
+            max_nanos: 1000,
+            period: BudgetPeriod::Daily,
+        };
         let mut s = KeyLimitState::default();
         let day = 20_000 * 86_400;
         let r1 = s.admit(&ask(day, &l, Some(&b), 0, 400)).unwrap();
         let r2 = s.admit(&ask(day, &l, Some(&b), 0, 400)).unwrap();
-        assert!(matches!(s.admit(&ask(day, &l, Some(&b), 0, 400)), Err(Refusal::Budget { .. })));
+        assert!(matches!(
+            s.admit(&ask(day, &l, Some(&b), 0, 400)),
+            Err(Refusal::Budget { .. })
+        ));
         s.settle(day + 1, Some(&b), r1.id, 0, 100);
         s.settle(day + 1, Some(&b), r2.id, 0, 100);
         assert_eq!(s.spent_nanos, 200);
@@ -394,9 +451,17 @@ mod tests {
     #[test]
     fn unsettled_reservations_expire_and_are_charged() {
         let l = Limits::default();
-        let b = Budget { max_nanos: 1000, period: BudgetPeriod::Total };
+        let b = Budget {
+            max_nanos: 1000,
+            period: BudgetPeriod::Total,
+        };
         let mut s = KeyLimitState::default();
-        let r = s.admit(&Ask { ttl_secs: 10, ..ask(100, &l, Some(&b), 0, 300) }).unwrap();
+        let r = s
+            .admit(&Ask {
+                ttl_secs: 10,
+                ..ask(100, &l, Some(&b), 0, 300)
+            })
+            .unwrap();
         let st = s.status(111, &l, Some(&b));
         assert_eq!((st.spent_nanos, st.reserved_nanos), (300, 0));
         s.settle(112, Some(&b), r.id, 0, 50);
@@ -408,9 +473,18 @@ mod tests {
         // 2026-11-24 is a Tuesday.
         let t = crate::time::parse_timestamp("2026-11-24T15:00:00Z").unwrap();
         let f = crate::time::format_rfc3339;
-        assert_eq!(f(period_start(BudgetPeriod::Daily, t)), "2026-11-24T00:00:00Z");
-        assert_eq!(f(period_start(BudgetPeriod::Weekly, t)), "2026-11-23T00:00:00Z");
-        assert_eq!(f(period_start(BudgetPeriod::Monthly, t)), "2026-11-01T00:00:00Z");
+        assert_eq!(
+            f(period_start(BudgetPeriod::Daily, t)),
+            "2026-11-24T00:00:00Z"
+        );
+        assert_eq!(
+            f(period_start(BudgetPeriod::Weekly, t)),
+            "2026-11-23T00:00:00Z"
+        );
+        assert_eq!(
+            f(period_start(BudgetPeriod::Monthly, t)),
+            "2026-11-01T00:00:00Z"
+        );
         assert_eq!(period_start(BudgetPeriod::Total, t), 0);
     }
 }
@@ -482,7 +556,10 @@ fn text_tokens(v: &Value, bytes: &mut u64, extra: &mut u64) {
         Value::Number(_) => *extra += 1,
         Value::Array(items) => items.iter().for_each(|i| text_tokens(i, bytes, extra)),
         Value::Object(o) => {
-            if o.get("type").and_then(Value::as_str).is_some_and(|t| t == "image_url" || t == "input_image" || t == "image") {
+            if o.get("type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t == "image_url" || t == "input_image" || t == "image")
+            {
                 *extra += IMAGE_TOKENS;
                 return;
             }
@@ -500,7 +577,14 @@ fn text_tokens(v: &Value, bytes: &mut u64, extra: &mut u64) {
 /// and one per token id when the prompt is given as token ids.
 pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
     let (mut bytes, mut extra) = (0u64, 0u64);
-    for field in ["messages", "tools", "functions", "prompt", "input", "suffix"] {
+    for field in [
+        "messages",
+        "tools",
+        "functions",
+        "prompt",
+        "input",
+        "suffix",
+    ] {
         if let Some(v) = body.get(field) {
             text_tokens(v, &mut bytes, &mut extra);
         }
@@ -519,7 +603,11 @@ pub fn completion_allowance(body: &Map<String, Value>, default: u64) -> u64 {
         .and_then(Value::as_u64)
         .or_else(|| body.get("max_tokens").and_then(Value::as_u64))
         .unwrap_or(default);
-    let n = body.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, 128);
+    let n = body
+        .get("n")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .clamp(1, 128);
     max.saturating_mul(n)
 }
 
@@ -549,7 +637,11 @@ impl LocalLimiter {
         }
     }
 
-    fn with_state<T>(&self, key: &VirtualKey, f: impl FnOnce(&mut KeyLimitState) -> T) -> Option<T> {
+    fn with_state<T>(
+        &self,
+        key: &VirtualKey,
+        f: impl FnOnce(&mut KeyLimitState) -> T,
+    ) -> Option<T> {
         let mut states = self.states.lock().ok()?;
         let state = states.entry(key.id.clone()).or_insert_with(|| {
             let mut s = KeyLimitState::default();

@@ -77,7 +77,10 @@ impl Meter {
 
     /// The `x-ratelimit-*` headers for the key's status at admission.
     pub fn limit_headers(&self) -> Vec<(&'static str, String)> {
-        self.admission.as_ref().map(|a| headers(&a.status)).unwrap_or_default()
+        self.admission
+            .as_ref()
+            .map(|a| headers(&a.status))
+            .unwrap_or_default()
     }
 
     /// Records usage the provider reported.
@@ -122,7 +125,10 @@ impl Drop for Meter {
             // The client went away before the provider said what it used:
             // bill what was seen, and the estimate for the rest.
             let prompt = self.record.estimated_prompt_tokens;
-            let completion = self.record.estimated_completion_tokens.max(self.seen_completion);
+            let completion = self
+                .record
+                .estimated_completion_tokens
+                .max(self.seen_completion);
             self.record.usage = TokenUsage {
                 prompt_tokens: prompt,
                 completion_tokens: completion,

@@ -119,7 +119,12 @@ fn table() -> &'static HashMap<(String, String), Price> {
         // The file is checked by a unit test; a bad entry is skipped, not fatal.
         if let Ok(t) = toml::from_str::<Table>(include_str!("../data/prices.toml")) {
             for e in t.price {
-                let usd = UsdPrice { input: e.input, output: e.output, cached_input: e.cached_input, cache_write: e.cache_write };
+                let usd = UsdPrice {
+                    input: e.input,
+                    output: e.output,
+                    cached_input: e.cached_input,
+                    cache_write: e.cache_write,
+                };
                 if let Some(p) = usd.to_price() {
                     for name in std::iter::once(&e.model).chain(&e.aliases) {
                         map.entry((e.provider.clone(), name.clone())).or_insert(p);
@@ -147,35 +152,75 @@ mod tests {
     use super::*;
 
     fn usage(prompt: u64, cached: u64, completion: u64) -> TokenUsage {
-        TokenUsage { prompt_tokens: prompt, cached_tokens: cached, completion_tokens: completion, total_tokens: prompt + completion, ..Default::default() }
+        TokenUsage {
+            prompt_tokens: prompt,
+            cached_tokens: cached,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn formula_counts_cached_once() {
-        let p = UsdPrice { input: 2.5, output: Some(10.0), cached_input: Some(1.25), cache_write: None }.to_price().unwrap();
+        let p = UsdPrice {
+            input: 2.5,
+            output: Some(10.0),
+            cached_input: Some(1.25),
+            cache_write: None,
+        }
+        .to_price()
+        .unwrap();
         assert_eq!(p.input, 2_500_000_000);
         // 1000 prompt (400 cached) + 100 completion:
         // 600 × 2.5 + 400 × 1.25 + 100 × 10 = 1500 + 500 + 1000 = 3000 $/M·tok → 3000 nano-USD... ×1000
         assert_eq!(p.cost_nanos(&usage(1000, 400, 100)), 3_000_000);
         assert_eq!(p.cost_nanos(&usage(0, 0, 0)), 0);
         // One token at 0.0375 $/M is 37.5 nano-USD: rounded up once.
-        let tiny = UsdPrice { input: 0.0375, output: None, cached_input: None, cache_write: None }.to_price().unwrap();
+        let tiny = UsdPrice {
+            input: 0.0375,
+            output: None,
+            cached_input: None,
+            cache_write: None,
+        }
+        .to_price()
+        .unwrap();
         assert_eq!(tiny.cost_nanos(&usage(1, 0, 0)), 38);
         assert_eq!(tiny.cost_nanos(&usage(2, 0, 0)), 75);
     }
 
     #[test]
     fn bad_prices_are_refused() {
-        assert!(UsdPrice { input: -1.0, output: None, cached_input: None, cache_write: None }.to_price().is_none());
-        assert!(UsdPrice { input: 1.0, output: Some(f64::NAN), cached_input: None, cache_write: None }.to_price().is_none());
+        assert!(UsdPrice {
+            input: -1.0,
+            output: None,
+            cached_input: None,
+            cache_write: None
+        }
+        .to_price()
+        .is_none());
+        assert!(UsdPrice {
+            input: 1.0,
+            output: Some(f64::NAN),
+            cached_input: None,
+            cache_write: None
+        }
+        .to_price()
+        .is_none());
     }
 
     #[test]
     fn builtin_table_parses_and_knows_common_models() {
-        let t: Table = toml::from_str(include_str!("../data/prices.toml")).expect("data/prices.toml parses");
+        let t: Table =
+            toml::from_str(include_str!("../data/prices.toml")).expect("data/prices.toml parses");
         assert!(t.price.len() > 20);
         for e in &t.price {
-            let usd = UsdPrice { input: e.input, output: e.output, cached_input: e.cached_input, cache_write: e.cache_write };
+            let usd = UsdPrice {
+                input: e.input,
+                output: e.output,
+                cached_input: e.cached_input,
+                cache_write: e.cache_write,
+            };
             assert!(usd.to_price().is_some(), "{}", e.model);
         }
         assert!(builtin(Some("openai"), "gpt-4o").is_some());

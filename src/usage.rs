@@ -239,7 +239,11 @@ pub fn totals(records: &[UsageRecord]) -> Value {
     }
     let mut v = all.to_json();
     let group = |m: std::collections::BTreeMap<&str, Sum>| {
-        Value::Object(m.into_iter().map(|(k, s)| (k.to_owned(), s.to_json())).collect())
+        Value::Object(
+            m.into_iter()
+                .map(|(k, s)| (k.to_owned(), s.to_json()))
+                .collect(),
+        )
     };
     if let Some(o) = v.as_object_mut() {
         o.insert("by_key".into(), group(by_key));

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 
-import openai
 import pytest
 
 import openapi

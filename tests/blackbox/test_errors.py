@@ -12,7 +12,7 @@ import pytest
 
 from conftest import MAX_BODY_BYTES, UPSTREAM_TIMEOUT_MS
 from helpers import (assert_error_body, assert_error_response, assert_sdk_error, auth, chat_body,
-                     data_payloads, stream_raw, user_msg)
+                     stream_raw, user_msg)
 from mock_upstream import HANG_SECONDS
 
 IRE = "invalid_request_error"

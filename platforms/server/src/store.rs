@@ -46,7 +46,11 @@ CREATE TABLE IF NOT EXISTS key_spend (
 /// What the writer thread writes.
 enum Write {
     Usage(UsageRecord),
-    Spend { key_id: String, period_start: u64, spent_nanos: u64 },
+    Spend {
+        key_id: String,
+        period_start: u64,
+        spent_nanos: u64,
+    },
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -147,10 +151,23 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
                 for w in &batch {
                     match w {
                         Write::Usage(r) => {
-                            usage.execute(params![r.request_id, r.key_id, r.created_at_ms as i64, r.to_json().to_string()])?;
+                            usage.execute(params![
+                                r.request_id,
+                                r.key_id,
+                                r.created_at_ms as i64,
+                                r.to_json().to_string()
+                            ])?;
                         }
-                        Write::Spend { key_id, period_start, spent_nanos } => {
-                            spend.execute(params![key_id, *period_start as i64, *spent_nanos as i64])?;
+                        Write::Spend {
+                            key_id,
+                            period_start,
+                            spent_nanos,
+                        } => {
+                            spend.execute(params![
+                                key_id,
+                                *period_start as i64,
+                                *spent_nanos as i64
+                            ])?;
                         }
                     }
                 }
@@ -167,7 +184,9 @@ impl SpendStore for SqliteStore {
     fn load(&self, key_id: &str) -> Option<(u64, u64)> {
         self.with(|c| {
             c.prepare_cached("SELECT period_start, spent_nanos FROM key_spend WHERE key_id = ?1")?
-                .query_row([key_id], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))
+                .query_row([key_id], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+                })
                 .optional()
         })
         .ok()
@@ -175,7 +194,11 @@ impl SpendStore for SqliteStore {
     }
 
     fn save(&self, key_id: &str, period_start: u64, spent_nanos: u64) {
-        self.queue(Write::Spend { key_id: key_id.to_owned(), period_start, spent_nanos });
+        self.queue(Write::Spend {
+            key_id: key_id.to_owned(),
+            period_start,
+            spent_nanos,
+        });
     }
 }
 
