@@ -167,6 +167,9 @@ pub struct Config {
     pub server: Option<toml::Table>,
 }
 
+/// A validated provider: its name, its implementation and its kind.
+type BuiltProvider = (Arc<str>, Arc<dyn Provider>, ProviderKind);
+
 impl Config {
     /// Parses and validates a TOML document. `source` names it in errors;
     /// `secret` resolves the environment variables named by `api_key_env`.
@@ -193,8 +196,7 @@ impl Config {
             )
         })?;
 
-        let mut built: BTreeMap<String, (Arc<str>, Arc<dyn Provider>, ProviderKind)> =
-            BTreeMap::new();
+        let mut built: BTreeMap<String, BuiltProvider> = BTreeMap::new();
         for (name, p) in &raw.providers {
             let key = |field: &str| format!("providers.{name}.{field}");
             let kind = ProviderKind::parse(&p.kind).ok_or_else(|| {
