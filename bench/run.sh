@@ -119,6 +119,7 @@ if [[ -n $SCENARIOS ]]; then
 fi
 command -v curl >/dev/null || die "curl is required"
 
+LOADAVG_START=$(cut -d' ' -f1 /proc/loadavg)
 mkdir -p "$OUT/direct"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/conduit-bench.XXXXXX")
 trap 'cleanup; rm -rf "$WORK"' EXIT
@@ -215,7 +216,8 @@ for s in $SCENARIOS; do run_scenario "$s"; done
   echo "## Conduit benchmark"
   echo
   echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) · $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')) · $(uname -sr)"
-  echo "Load generator, mock upstream and gateway share the machine (no CPU pinning)."
+  echo "Load generator, mock upstream and gateway share the machine (no CPU pinning);" \
+    "1-min load average before the run: $LOADAVG_START."
   echo "Non-streaming chat; saturation: $SAT_CONNS keep-alive connections for ${SAT_DURATION}s;" \
     "fixed rate: $RATE req/s open loop for ${RATE_DURATION}s; streaming: $TTFE_REQUESTS sequential" \
     "requests, $STREAM_CHUNKS chunks, ${STREAM_DELAY_MS} ms between events."

@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS key_spend (
 
 /// What the writer thread writes.
 enum Write {
-    Usage(UsageRecord),
+    Usage(Box<UsageRecord>),
     Spend {
         key_id: String,
         period_start: u64,
@@ -273,7 +273,7 @@ port! {
 port! {
     impl UsageStore for SqliteStore {
         fn record(&self, record: UsageRecord) {
-            self.queue(Write::Usage(record));
+            self.queue(Write::Usage(Box::new(record)));
         }
 
         async fn query(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>, StoreError> {
