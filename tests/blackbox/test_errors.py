@@ -1,4 +1,4 @@
-"""Every row of the error table in docs/CONTRACT.md: status, exact envelope
+"""Every row of the error table in README.md (Errors): status, exact envelope
 {"error":{"message","type","param","code"}}, type and code; the SDK's exception classes; upstream
 timeout (504) and mid-stream upstream failure (final error event, SDK raises)."""
 from __future__ import annotations
