@@ -239,10 +239,9 @@ impl Gateway {
             .filter(|r| key.allows_model(&r.alias))
             .map(|r| self.model_object(r))
             .collect();
-        Ok(json_response(
-            StatusCode::OK,
-            &json!({"object": "list", "data": data}),
-        ))
+        let mut response = json_response(StatusCode::OK, &json!({"object": "list", "data": data}));
+        self.add_limit_status(&key, response.headers_mut()).await;
+        Ok(response)
     }
 
     async fn get_model(&self, headers: &HeaderMap, id: &str) -> Result<Response, GatewayError> {
@@ -259,7 +258,19 @@ impl Gateway {
             .ok_or_else(|| GatewayError::ModelNotFound {
                 model: id.to_owned(),
             })?;
-        Ok(json_response(StatusCode::OK, &self.model_object(route)))
+        let mut response = json_response(StatusCode::OK, &self.model_object(route));
+        self.add_limit_status(&key, response.headers_mut()).await;
+        Ok(response)
+    }
+
+    /// `x-ratelimit-*` for answers that do not go through admission.
+    async fn add_limit_status(&self, key: &VirtualKey, headers: &mut HeaderMap) {
+        if key.limits.is_empty() {
+            return;
+        }
+        if let Ok(status) = self.ports.limiter.status(key).await {
+            add_headers(headers, &crate::limits::headers(&status));
+        }
     }
 
     /// Stages *authenticate* to *respond* for the three inference endpoints.
@@ -320,7 +331,11 @@ impl Gateway {
             Err(e) => {
                 meter.finish(e.status().as_u16());
                 let mut response = self.error_response(&e);
-                add_headers(response.headers_mut(), &meter.limit_headers());
+                if meter.admission.is_some() {
+                    add_headers(response.headers_mut(), &meter.limit_headers());
+                } else {
+                    self.add_limit_status(&key, response.headers_mut()).await;
+                }
                 response.headers_mut().insert(
                     "x-conduit-overhead-ms",
                     overhead_header(meter.overhead_us()),

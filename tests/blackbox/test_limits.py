@@ -180,10 +180,14 @@ def test_headers_on_every_answer_of_a_limited_key(lgw):
     assert h["x-ratelimit-limit-tokens"] == "100000"
     assert int(h["x-ratelimit-remaining-tokens"]) < 100000
     assert h["x-ratelimit-reset-requests"].endswith("s")
-    # an error answer after admission carries them too
+    models = httpx.get(lgw + "/v1/models", headers=auth(key), timeout=10)
+    assert models.headers["x-ratelimit-limit-requests"] == "100"
+    assert models.headers["x-ratelimit-limit-tokens"] == "100000"
+    # error answers carry them too
     with pytest.raises(openai.APIStatusError) as ei:
         client(lgw, key).chat.completions.create(model="no-such-alias", messages=[{"role": "user", "content": "hi"}])
     assert ei.value.status_code == 404
+    assert ei.value.response.headers["x-ratelimit-limit-requests"] == "100"
 
 
 def test_budget_refuses_the_request_that_would_cross_it(lgw):
