@@ -41,7 +41,9 @@ use crate::error::GatewayError;
 use crate::keys::{extract_secret, hash_secret, random_id, VirtualKey};
 use crate::limits::{completion_allowance, estimate_prompt_tokens};
 use crate::meter::Meter;
-use crate::ports::{Admission, ByteStream, Clock, Demand, KeyStore, Limiter, Upstream, UsageStore};
+use crate::ports::{
+    Admission, ByteStream, Clock, Demand, KeyStore, Limiter, Spawner, Upstream, UsageStore,
+};
 use crate::providers::{Endpoint, Provider, ProviderRequest};
 use crate::stream::Relay;
 use crate::usage::{TokenUsage, UsageRecord};
@@ -54,6 +56,8 @@ pub struct Ports {
     pub upstream: Arc<dyn Upstream>,
     pub clock: Arc<dyn Clock>,
     pub limiter: Arc<dyn Limiter>,
+    /// Where work after the response goes, unless a request brings its own.
+    pub spawner: Arc<dyn Spawner>,
 }
 
 /// A response body: whole, or a stream of SSE bytes.
@@ -141,6 +145,16 @@ impl Gateway {
 
     /// Serves one request. Never fails: every failure is an OpenAI error answer.
     pub async fn handle(&self, request: http::Request<Bytes>) -> Response {
+        self.handle_with(request, &self.ports.spawner).await
+    }
+
+    /// [`handle`](Self::handle), with a spawner bound to this request
+    /// (Workers: one that calls `ctx.wait_until`).
+    pub async fn handle_with(
+        &self,
+        request: http::Request<Bytes>,
+        spawner: &Arc<dyn Spawner>,
+    ) -> Response {
         let started_us = self.ports.clock.now_micros();
         let request_id = random_id("req_");
         let (parts, body) = request.into_parts();
@@ -149,8 +163,15 @@ impl Gateway {
             Ok(Route::Models) => self.list_models(&parts.headers).await,
             Ok(Route::Model(id)) => self.get_model(&parts.headers, &id).await,
             Ok(Route::Inference(endpoint)) => {
-                self.inference(endpoint, &parts.headers, body, &request_id, started_us)
-                    .await
+                self.inference(
+                    endpoint,
+                    &parts.headers,
+                    body,
+                    &request_id,
+                    started_us,
+                    spawner,
+                )
+                .await
             }
             Ok(Route::Admin(r)) => admin::handle(self, r, &parts, body).await,
             Err(e) => Err(e),
@@ -281,6 +302,7 @@ impl Gateway {
         body: Bytes,
         request_id: &str,
         started_us: u64,
+        spawner: &Arc<dyn Spawner>,
     ) -> Result<Response, GatewayError> {
         let key = self.authenticate(headers).await?;
         // From here on, every outcome is metered exactly once.
@@ -288,6 +310,7 @@ impl Gateway {
             self.ports.usage.clone(),
             self.ports.limiter.clone(),
             self.ports.clock.clone(),
+            spawner.clone(),
             key.clone(),
             UsageRecord {
                 request_id: request_id.to_owned(),

@@ -688,7 +688,7 @@ crate::port! {
             }
         }
 
-        fn settle(&self, key: &VirtualKey, admission: &Admission, settlement: Settlement) {
+        async fn settle(&self, key: &VirtualKey, admission: &Admission, settlement: Settlement) {
             let Some(reservation) = admission.reservation else { return };
             let now = self.clock.now_micros() / 1_000_000;
             let spend = self.with_state(key, |s| {

@@ -10,7 +10,9 @@ use bytes::Bytes;
 use crate::compat::BoxFuture;
 use crate::keys::VirtualKey;
 use crate::port;
-use crate::ports::{ByteStream, Clock, KeyStore, StoreError, Upstream, UpstreamError, UsageStore};
+use crate::ports::{
+    ByteStream, Clock, KeyStore, Spawner, StoreError, Upstream, UpstreamError, UsageStore,
+};
 use crate::usage::{UsageQuery, UsageRecord};
 
 fn poisoned<T>(_: T) -> StoreError {
@@ -89,7 +91,7 @@ impl MemoryUsageStore {
 
 port! {
     impl UsageStore for MemoryUsageStore {
-        fn record(&self, record: UsageRecord) {
+        async fn record(&self, record: UsageRecord) {
             if let Ok(mut r) = self.records.lock() {
                 r.push(record);
             }
@@ -97,6 +99,41 @@ port! {
         async fn query(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>, StoreError> {
             let r = self.records.lock().map_err(poisoned)?;
             Ok(r.iter().filter(|x| query.matches(x)).cloned().collect())
+        }
+    }
+}
+
+/// A spawner for tests: keeps the tasks that did not finish at once, for
+/// the test to drive with [`QueueSpawner::run_all`].
+#[derive(Default)]
+pub struct QueueSpawner {
+    tasks: Mutex<Vec<BoxFuture<'static, ()>>>,
+}
+
+impl QueueSpawner {
+    /// Polls every queued task until it completes (tasks here must make
+    /// progress without outside wake-ups); returns how many are left.
+    pub fn run_all(&self) -> usize {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut left = Vec::new();
+        for mut t in tasks {
+            if (0..1000).all(|_| t.as_mut().poll(&mut cx).is_pending()) {
+                left.push(t);
+            }
+        }
+        let n = left.len();
+        if let Ok(mut t) = self.tasks.lock() {
+            t.extend(left);
+        }
+        n
+    }
+}
+
+impl Spawner for QueueSpawner {
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        if let Ok(mut t) = self.tasks.lock() {
+            t.push(task);
         }
     }
 }

@@ -11,10 +11,12 @@
 //! because the client left, and never counted twice.
 
 use std::sync::Arc;
+use std::task::{Context, Waker};
 
+use crate::compat::BoxFuture;
 use crate::keys::VirtualKey;
 use crate::limits::headers;
-use crate::ports::{Admission, Clock, Limiter, Settlement, UsageStore};
+use crate::ports::{Admission, Clock, Limiter, Settlement, Spawner, UsageStore};
 use crate::pricing::Price;
 use crate::usage::{TokenUsage, UsageRecord};
 
@@ -22,6 +24,7 @@ pub(crate) struct Meter {
     usage_store: Arc<dyn UsageStore>,
     limiter: Arc<dyn Limiter>,
     clock: Arc<dyn Clock>,
+    spawner: Arc<dyn Spawner>,
     key: Arc<VirtualKey>,
     started_us: u64,
     pub record: UsageRecord,
@@ -40,6 +43,7 @@ impl Meter {
         usage_store: Arc<dyn UsageStore>,
         limiter: Arc<dyn Limiter>,
         clock: Arc<dyn Clock>,
+        spawner: Arc<dyn Spawner>,
         key: Arc<VirtualKey>,
         record: UsageRecord,
         started_us: u64,
@@ -48,6 +52,7 @@ impl Meter {
             usage_store,
             limiter,
             clock,
+            spawner,
             key,
             started_us,
             record,
@@ -104,15 +109,37 @@ impl Meter {
             (true, Some(p)) => Some(p.cost_nanos(&self.record.usage)),
             (true, None) => None,
         };
-        if let Some(admission) = &self.admission {
-            let u = &self.record.usage;
-            let settlement = Settlement {
-                tokens: u.prompt_tokens + u.completion_tokens,
-                cost_nanos: self.record.cost_nanos.unwrap_or(0),
-            };
-            self.limiter.settle(&self.key, admission, settlement);
-        }
-        self.usage_store.record(self.record.clone());
+        let u = &self.record.usage;
+        let settlement = Settlement {
+            tokens: u.prompt_tokens + u.completion_tokens,
+            cost_nanos: self.record.cost_nanos.unwrap_or(0),
+        };
+        let admission = self.admission.clone().filter(|a| a.reservation.is_some());
+        let (limiter, store, key, record) = (
+            self.limiter.clone(),
+            self.usage_store.clone(),
+            self.key.clone(),
+            self.record.clone(),
+        );
+        run_or_spawn(
+            self.spawner.as_ref(),
+            Box::pin(async move {
+                if let Some(admission) = admission {
+                    limiter.settle(&key, &admission, settlement).await;
+                }
+                store.record(record).await;
+            }),
+        );
+    }
+}
+
+/// Runs `task` right here if it completes without waiting (the server's
+/// in-memory limiter and queued SQLite writes do), else hands it to the
+/// spawner: no task is spawned on the hot path when none is needed.
+fn run_or_spawn(spawner: &dyn Spawner, mut task: BoxFuture<'static, ()>) {
+    let mut cx = Context::from_waker(Waker::noop());
+    if task.as_mut().poll(&mut cx).is_pending() {
+        spawner.spawn(task);
     }
 }
 

@@ -55,9 +55,9 @@ port! {
 port! {
     /// Where usage records go, and how they are read back.
     pub trait UsageStore: MaybeSendSync {
-        /// Hands a record over. Must not block: implementations queue it and
-        /// write it off the hot path (it is called from a stream's `Drop`).
-        fn record(&self, record: UsageRecord);
+        /// Writes a record. Runs off the response path: the gateway hands
+        /// the future to the request's [`Spawner`] unless it completes at once.
+        async fn record(&self, record: UsageRecord);
         /// Records matching `query`, oldest first.
         async fn query(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>, StoreError>;
     }
@@ -82,6 +82,12 @@ port! {
     pub trait Upstream: MaybeSendSync {
         async fn send(&self, request: http::Request<Bytes>) -> Result<http::Response<ByteStream>, UpstreamError>;
     }
+}
+
+/// Runs work that must finish after the response is gone (settlement, usage
+/// writes): `tokio::spawn` on the server, `ctx.wait_until` on Workers.
+pub trait Spawner: MaybeSendSync {
+    fn spawn(&self, task: BoxFuture<'static, ()>);
 }
 
 /// Time, from the platform.
@@ -127,9 +133,9 @@ port! {
         /// Admits (reserving what the request may use) or refuses with a
         /// 429/402 and the key's status (for the rate-limit headers).
         async fn admit(&self, key: &VirtualKey, demand: &Demand) -> Result<Admission, Rejection>;
-        /// Replaces the reservation's estimates with actual use. Must not
-        /// block: it is called when a stream ends, from `Drop` if need be.
-        fn settle(&self, key: &VirtualKey, admission: &Admission, settlement: Settlement);
+        /// Replaces the reservation's estimates with actual use. Runs off
+        /// the response path, like [`UsageStore::record`].
+        async fn settle(&self, key: &VirtualKey, admission: &Admission, settlement: Settlement);
         /// The key's current use of its limits and budget.
         async fn status(&self, key: &VirtualKey) -> Result<LimitStatus, StoreError>;
     }
@@ -144,7 +150,7 @@ port! {
         async fn admit(&self, _key: &VirtualKey, _demand: &Demand) -> Result<Admission, Rejection> {
             Ok(Admission::default())
         }
-        fn settle(&self, _key: &VirtualKey, _admission: &Admission, _settlement: Settlement) {}
+        async fn settle(&self, _key: &VirtualKey, _admission: &Admission, _settlement: Settlement) {}
         async fn status(&self, _key: &VirtualKey) -> Result<LimitStatus, StoreError> {
             Ok(LimitStatus::default())
         }

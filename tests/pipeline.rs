@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use conduit::memory::{ManualClock, MemoryKeyStore, MemoryUsageStore, ScriptedUpstream};
+use conduit::memory::{
+    ManualClock, MemoryKeyStore, MemoryUsageStore, QueueSpawner, ScriptedUpstream,
+};
 use conduit::ports::{ByteStream, NoLimits, Upstream, UpstreamError};
 use conduit::{Config, Gateway, Ports, ResponseBody};
 use futures_executor::block_on;
@@ -108,6 +110,7 @@ fn harness_with(upstream: Arc<dyn Upstream>, scripted: Option<Arc<ScriptedUpstre
         upstream,
         clock: clock.clone(),
         limiter: Arc::new(NoLimits),
+        spawner: Arc::new(QueueSpawner::default()),
     };
     Harness {
         gateway: Gateway::new(config, ports, Some(MASTER)),

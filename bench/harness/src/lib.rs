@@ -134,23 +134,23 @@ pub fn clock_ticks_per_second() -> u64 {
     }
 }
 
-/// CPU time (user + system, all threads, in clock ticks) of process `pid`,
+/// CPU time (user, system; all threads; in clock ticks) of process `pid`,
 /// from fields 14 and 15 of `/proc/PID/stat`.
-pub fn process_cpu_ticks(pid: u32) -> Result<u64> {
+pub fn process_cpu_ticks(pid: u32) -> Result<(u64, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| err(format!("read /proc/{pid}/stat: {e}")))?;
     parse_stat_cpu_ticks(&text).ok_or_else(|| err(format!("unparsable /proc/{pid}/stat")))
 }
 
-/// Parse utime + stime out of the text of a `/proc/PID/stat` file.
-pub fn parse_stat_cpu_ticks(text: &str) -> Option<u64> {
+/// Parse (utime, stime) out of the text of a `/proc/PID/stat` file.
+pub fn parse_stat_cpu_ticks(text: &str) -> Option<(u64, u64)> {
     // The command name (field 2) is in parentheses and may contain spaces or ')'.
     let after = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = after.split_whitespace().collect();
     // `after` starts at field 3 (state); utime is field 14, stime field 15.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// A `kB` field (e.g. `VmHWM`, `VmRSS`) of `/proc/PID/status`, in KiB.
@@ -184,7 +184,7 @@ mod tests {
     #[test]
     fn stat_parsing() {
         let s = "1234 (my (odd) prog) S 1 2 3 4 5 6 7 8 9 10 250 40 0 0 20 0 3 0 100 0 0";
-        assert_eq!(parse_stat_cpu_ticks(s), Some(290));
+        assert_eq!(parse_stat_cpu_ticks(s), Some((250, 40)));
         assert_eq!(parse_stat_cpu_ticks("garbage"), None);
     }
 

@@ -28,7 +28,7 @@ use conduit::{Config, Gateway};
 use serde_json::{json, Value};
 
 use crate::store::SqliteStore;
-use crate::upstream::{HyperUpstream, SystemClock};
+use crate::upstream::{HyperUpstream, SystemClock, TokioSpawner};
 
 const USAGE: &str = "\
 usage:
@@ -195,6 +195,7 @@ fn serve(o: Options) -> Result<(), String> {
             upstream: Arc::new(HyperUpstream::new()),
             clock: clock.clone(),
             limiter: Arc::new(LocalLimiter::new(clock, Some(store.clone()))),
+            spawner: Arc::new(TokioSpawner),
         };
         let gateway = Arc::new(Gateway::new(config, ports, master_key.as_deref()));
         eprintln!(

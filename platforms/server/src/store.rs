@@ -272,7 +272,7 @@ port! {
 
 port! {
     impl UsageStore for SqliteStore {
-        fn record(&self, record: UsageRecord) {
+        async fn record(&self, record: UsageRecord) {
             self.queue(Write::Usage(Box::new(record)));
         }
 

@@ -1,11 +1,11 @@
-//! The upstream HTTP client (hyper, rustls) and the clock, on tokio.
+//! The upstream HTTP client (hyper, rustls), the clock and the spawner, on tokio.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use conduit::compat::BoxFuture;
 use conduit::port;
-use conduit::ports::{ByteStream, Clock, Upstream, UpstreamError};
+use conduit::ports::{ByteStream, Clock, Spawner, Upstream, UpstreamError};
 use futures_util::TryStreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -69,6 +69,15 @@ fn describe(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     s
+}
+
+/// Work after the response, on the tokio runtime.
+pub struct TokioSpawner;
+
+impl Spawner for TokioSpawner {
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        tokio::spawn(task);
+    }
 }
 
 /// Wall-clock time and tokio timers.

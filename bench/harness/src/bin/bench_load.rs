@@ -426,8 +426,8 @@ struct Watches {
 struct Watch {
     name: String,
     pid: u32,
-    before: Option<u64>,
-    after: Option<u64>,
+    before: Option<(u64, u64)>,
+    after: Option<(u64, u64)>,
 }
 
 impl Watches {
@@ -471,12 +471,15 @@ impl Watches {
     fn report(&self) -> Value {
         let mut m = Map::new();
         for w in &self.procs {
-            let cpu_us = match (w.before, w.after) {
-                (Some(b), Some(a)) => {
-                    Some(a.saturating_sub(b) as f64 * 1e6 / self.ticks_per_s as f64)
-                }
-                _ => None,
+            let us = |ticks: u64| ticks as f64 * 1e6 / self.ticks_per_s as f64;
+            let (user_us, system_us) = match (w.before, w.after) {
+                (Some(b), Some(a)) => (
+                    Some(us(a.0.saturating_sub(b.0))),
+                    Some(us(a.1.saturating_sub(b.1))),
+                ),
+                _ => (None, None),
             };
+            let cpu_us = user_us.zip(system_us).map(|(u, s)| u + s);
             let per_req =
                 cpu_us.and_then(|c| (self.completed > 0).then(|| c / self.completed as f64));
             m.insert(
@@ -484,6 +487,8 @@ impl Watches {
                 json!({
                     "pid": w.pid,
                     "cpu_ms": cpu_us.map(|c| c / 1000.0),
+                    "cpu_user_ms": user_us.map(|c| c / 1000.0),
+                    "cpu_system_ms": system_us.map(|c| c / 1000.0),
                     "cpu_us_per_request": per_req,
                     "vm_hwm_kib": process_status_kib(w.pid, "VmHWM").ok(),
                     "vm_rss_kib": process_status_kib(w.pid, "VmRSS").ok(),
