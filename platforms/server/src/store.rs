@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use conduit::keys::VirtualKey;
 use conduit::limits::SpendStore;
@@ -127,13 +128,19 @@ fn parse_key(record: String) -> rusqlite::Result<Option<VirtualKey>> {
     Ok(VirtualKey::from_storage_json(&v))
 }
 
-/// The writer thread: waits for a write, then drains whatever else is
-/// queued and applies the batch in one transaction.
+/// How long the writer gathers writes into one transaction. Bounds how
+/// late a record shows in `GET /admin/usage`; amortises the commit.
+const BATCH_WINDOW: Duration = Duration::from_millis(100);
+const BATCH_MAX: usize = 1024;
+
+/// The writer thread: waits for a write, gathers what else comes within
+/// [`BATCH_WINDOW`], and applies the batch in one transaction.
 fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
-        while batch.len() < 512 {
-            match rx.try_recv() {
+        let deadline = Instant::now() + BATCH_WINDOW;
+        while batch.len() < BATCH_MAX {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(w) => batch.push(w),
                 Err(_) => break,
             }
