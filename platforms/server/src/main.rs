@@ -1,7 +1,7 @@
 //! `conduit`: the native server and its key-management commands.
 //!
 //! ```text
-//! conduit serve [--config FILE] [--listen ADDR] [--database PATH]
+//! conduit serve [--config FILE] [--listen ADDR] [--database PATH] [--workers N]
 //! conduit keys create --name NAME [--allowed-model M]... [--config FILE | --database PATH]
 //! conduit keys list [--config FILE | --database PATH]
 //! conduit keys revoke ID [--config FILE | --database PATH]
@@ -32,7 +32,7 @@ use crate::upstream::{HyperUpstream, SystemClock, TokioSpawner};
 
 const USAGE: &str = "\
 usage:
-  conduit serve [--config FILE] [--listen ADDR] [--database PATH]
+  conduit serve [--config FILE] [--listen ADDR] [--database PATH] [--workers N]
   conduit keys create --name NAME [--allowed-model MODEL]... [--config FILE | --database PATH]
   conduit keys list [--config FILE | --database PATH]
   conduit keys revoke ID [--config FILE | --database PATH]
@@ -50,6 +50,7 @@ struct Options {
     config: Option<PathBuf>,
     listen: Option<String>,
     database: Option<PathBuf>,
+    workers: Option<String>,
     name: Option<String>,
     allowed_models: Vec<String>,
 }
@@ -72,6 +73,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--config" | "-c" => o.config = Some(PathBuf::from(value(flag)?)),
             "--listen" => o.listen = Some(value(flag)?),
             "--database" => o.database = Some(PathBuf::from(value(flag)?)),
+            "--workers" => o.workers = Some(value(flag)?),
             "--name" => o.name = Some(value(flag)?),
             "--allowed-model" => o.allowed_models.push(value(flag)?),
             f if f.starts_with('-') => return Err(format!("unknown option {f}")),
@@ -170,6 +172,29 @@ fn serve(o: Options) -> Result<(), String> {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATABASE)),
     };
+    let workers = match o.workers.clone() {
+        Some(w) => Some(w),
+        None => match config.server.as_ref().and_then(|s| s.get("workers")) {
+            None => None,
+            Some(toml::Value::Integer(n)) => Some(n.to_string()),
+            Some(_) => {
+                return Err(format!(
+                    "config error in {source}: `server.workers`: must be an integer"
+                ))
+            }
+        },
+    };
+    let workers = match workers {
+        None => None,
+        Some(w) => match w.parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => Some(n),
+            _ => {
+                return Err(format!(
+                    "`workers` must be an integer from 1 to 1024, not {w}"
+                ))
+            }
+        },
+    };
     let master_key = std::env::var("CONDUIT_MASTER_KEY")
         .ok()
         .filter(|k| !k.is_empty());
@@ -177,7 +202,11 @@ fn serve(o: Options) -> Result<(), String> {
         eprintln!("conduit: CONDUIT_MASTER_KEY is not set: the admin API is disabled");
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
