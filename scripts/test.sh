@@ -2,11 +2,15 @@
 # The whole test suite, from a fresh clone: installs what it needs, starts
 # and stops what its tests use.
 #   bash scripts/test.sh
+# CONDUIT_TEST_TARGETS="server worker" (the default) picks the platforms the
+# black-box suite runs against.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+targets="${CONDUIT_TEST_TARGETS:-server worker}"
 
 step() { printf '\n==> %s\n' "$*"; }
+wants() { case " $targets " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 step "toolchain"
 if command -v rustup >/dev/null 2>&1; then
@@ -16,16 +20,33 @@ fi
 
 step "format and lints"
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+# The Worker crate is wasm-only (its futures are !Send); it is linted for wasm32 below.
+cargo clippy --workspace --exclude conduit-cloudflare --all-targets --locked -- -D warnings
+cargo clippy --locked -p conduit-cloudflare --target wasm32-unknown-unknown -- -D warnings
 
 step "the core builds for wasm32-unknown-unknown"
 cargo build --locked -p conduit --lib --target wasm32-unknown-unknown
 
 step "unit and in-process tests"
-cargo test --workspace --locked
+cargo test --workspace --exclude conduit-cloudflare --locked
 
 step "release build of the server"
 cargo build --locked --release -p conduit-server
+
+if wants worker; then
+  step "worker toolchain (cargo install is a no-op when already installed) and npm packages"
+  cargo install worker-build --version 0.8.7
+  bindgen=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
+  cargo install wasm-bindgen-cli --version "$bindgen"
+  npm ci --no-audit --no-fund
+  step "worker build"
+  sh scripts/build-worker.sh
+  step "wrangler deploy --dry-run (bundle size)"
+  rm -rf dist
+  WRANGLER_SEND_METRICS=false node_modules/.bin/wrangler deploy --dry-run --outdir dist 2>&1 | grep -E "Total Upload|error|Error" || true
+  wasm=platforms/cloudflare/build/index_bg.wasm
+  printf 'worker wasm: %s bytes, gzip -9: %s bytes\n' "$(wc -c < $wasm)" "$(gzip -9c $wasm | wc -c)"
+fi
 
 step "python venv for the black-box suite"
 venv="${CONDUIT_TEST_VENV:-$root/.venv}"
@@ -34,7 +55,10 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 
-step "black-box suite (official openai SDK) against the native server"
 export CONDUIT_BIN="$root/target/release/conduit"
-export CONDUIT_TARGET="${CONDUIT_TARGET:-server}"
-"$venv/bin/python" -m pytest tests/blackbox -q -p no:cacheprovider
+status=0
+for t in $targets; do
+  step "black-box suite (official openai SDK) against: $t"
+  CONDUIT_TARGET=$t "$venv/bin/python" -m pytest tests/blackbox -q -p no:cacheprovider || status=1
+done
+exit $status

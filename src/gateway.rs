@@ -216,11 +216,12 @@ impl Gateway {
         r
     }
 
-    /// Stage *authenticate*: the key from the headers, through the cache.
+    /// Stage *authenticate*: the key from the headers, through the cache,
+    /// and the SHA-256 of the secret it was presented with.
     pub(crate) async fn authenticate(
         &self,
         headers: &HeaderMap,
-    ) -> Result<Arc<VirtualKey>, GatewayError> {
+    ) -> Result<(Arc<VirtualKey>, String), GatewayError> {
         let secret = extract_secret(headers).ok_or_else(|| {
             GatewayError::InvalidApiKey(
                 "Missing API key: send it as `Authorization: Bearer condt_…`, `X-API-Key` or `api-key`.".into(),
@@ -239,6 +240,17 @@ impl Gateway {
             }
         };
         key.check_usable(now_us / 1_000_000)?;
+        Ok((key, hash))
+    }
+
+    /// Authenticates a request that does not go through admission, with the
+    /// limiter's word on the key (authoritative where the store may lag).
+    async fn authenticate_and_verify(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Arc<VirtualKey>, GatewayError> {
+        let (key, hash) = self.authenticate(headers).await?;
+        self.ports.limiter.verify(&key, &hash).await?;
         Ok(key)
     }
 
@@ -252,7 +264,7 @@ impl Gateway {
     }
 
     async fn list_models(&self, headers: &HeaderMap) -> Result<Response, GatewayError> {
-        let key = self.authenticate(headers).await?;
+        let key = self.authenticate_and_verify(headers).await?;
         let data: Vec<Value> = self
             .config
             .models
@@ -266,7 +278,7 @@ impl Gateway {
     }
 
     async fn get_model(&self, headers: &HeaderMap, id: &str) -> Result<Response, GatewayError> {
-        let key = self.authenticate(headers).await?;
+        let key = self.authenticate_and_verify(headers).await?;
         if !key.allows_model(id) {
             return Err(GatewayError::ModelNotAllowed {
                 model: id.to_owned(),
@@ -304,7 +316,7 @@ impl Gateway {
         started_us: u64,
         spawner: &Arc<dyn Spawner>,
     ) -> Result<Response, GatewayError> {
-        let key = self.authenticate(headers).await?;
+        let (key, key_hash) = self.authenticate(headers).await?;
         // From here on, every outcome is metered exactly once.
         let mut meter = Meter::new(
             self.ports.usage.clone(),
@@ -332,7 +344,7 @@ impl Gateway {
             },
             started_us,
         );
-        match self.proxy(endpoint, &key, body, &mut meter).await {
+        match self.proxy(endpoint, &key, key_hash, body, &mut meter).await {
             Ok(Proxied::Full(mut response, usage)) => {
                 add_headers(response.headers_mut(), &meter.limit_headers());
                 response.headers_mut().insert(
@@ -374,6 +386,7 @@ impl Gateway {
         &self,
         endpoint: Endpoint,
         key: &VirtualKey,
+        key_hash: String,
         body: Bytes,
         meter: &mut Meter,
     ) -> Result<Proxied, GatewayError> {
@@ -481,6 +494,7 @@ impl Gateway {
             }
         }
         let demand = Demand {
+            key_hash,
             model: alias.clone(),
             tokens: estimate.total_tokens,
             cost_nanos: cost_estimate,

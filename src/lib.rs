@@ -15,6 +15,10 @@
 //! itself builds for `wasm32-unknown-unknown` as well as native targets,
 //! with no runtime, no threads and no system clock.
 
+// `Arc` everywhere: native targets share the gateway across threads; on
+// wasm32 the same types are single-threaded and the `Arc` costs nothing.
+#![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+
 #[doc(hidden)]
 pub use async_trait as __async_trait;
 

@@ -88,7 +88,7 @@ pub struct Ask<'a> {
 }
 
 /// Which limit refused, and for how long.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Refusal {
     /// `rpm`, `rpd` or `tpm`.
     Rate {
@@ -105,7 +105,7 @@ pub enum Refusal {
 }
 
 /// Remaining capacity, for the `x-ratelimit-*` headers and the admin API.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LimitStatus {
     /// (limit, remaining, seconds until one more request fits)
     pub requests: Option<(u64, u64, u64)>,
@@ -469,6 +469,26 @@ mod tests {
     }
 
     #[test]
+    fn refusal_round_trips_through_json() {
+        for r in [
+            Refusal::Rate {
+                limit: "tpm",
+                max: 5,
+                retry_after_secs: 7,
+            },
+            Refusal::Budget {
+                max_nanos: 1,
+                spent_nanos: 2,
+                reserved_nanos: 3,
+                asked_nanos: 4,
+            },
+        ] {
+            let v = serde_json::to_value(&r).unwrap();
+            assert_eq!(Refusal::from_json(&v), Some(r));
+        }
+    }
+
+    #[test]
     fn periods() {
         // 2026-11-24 is a Tuesday.
         let t = crate::time::parse_timestamp("2026-11-24T15:00:00Z").unwrap();
@@ -500,6 +520,31 @@ pub struct Rejection {
 }
 
 impl Refusal {
+    /// Reads [`Refusal`]'s JSON form back (adapters that decide admission
+    /// in another process, e.g. a Durable Object, pass it over the wire).
+    pub fn from_json(v: &Value) -> Option<Refusal> {
+        if let Some(r) = v.get("Rate") {
+            let limit = match r.get("limit")?.as_str()? {
+                "rpm" => "rpm",
+                "rpd" => "rpd",
+                "tpm" => "tpm",
+                _ => return None,
+            };
+            return Some(Refusal::Rate {
+                limit,
+                max: r.get("max")?.as_u64()?,
+                retry_after_secs: r.get("retry_after_secs")?.as_u64()?,
+            });
+        }
+        let b = v.get("Budget")?;
+        Some(Refusal::Budget {
+            max_nanos: b.get("max_nanos")?.as_u64()?,
+            spent_nanos: b.get("spent_nanos")?.as_u64()?,
+            reserved_nanos: b.get("reserved_nanos")?.as_u64()?,
+            asked_nanos: b.get("asked_nanos")?.as_u64()?,
+        })
+    }
+
     /// The 429 or 402 the client gets.
     pub fn to_error(&self, budget: Option<&Budget>) -> GatewayError {
         match self {

@@ -101,6 +101,9 @@ pub trait Clock: MaybeSendSync {
 /// What a request asks of its key's limits, known before the upstream call.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Demand {
+    /// SHA-256 of the secret the key was presented with (a limiter that is
+    /// authoritative for the key's state checks it against the current one).
+    pub key_hash: String,
     pub model: String,
     /// Estimated tokens: the prompt (approximated) plus the completion allowance.
     pub tokens: u64,
@@ -138,6 +141,12 @@ port! {
         async fn settle(&self, key: &VirtualKey, admission: &Admission, settlement: Settlement);
         /// The key's current use of its limits and budget.
         async fn status(&self, key: &VirtualKey) -> Result<LimitStatus, StoreError>;
+        /// For requests without admission (`/v1/models`): may this key, as
+        /// presented, still be used? Platforms whose key store is itself
+        /// authoritative need not check anything.
+        async fn verify(&self, _key: &VirtualKey, _key_hash: &str) -> Result<(), GatewayError> {
+            Ok(())
+        }
     }
 }
 

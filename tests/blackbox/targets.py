@@ -170,7 +170,123 @@ class ServerTarget(Target):
         return ("--- conduit stdout ---\n" + "\n".join(out) + "\n--- conduit stderr (tail) ---\n" + "\n".join(err))
 
 
-TARGETS = {"server": ServerTarget}
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dev_vars_value(v: str) -> str:
+    """A .dev.vars (dotenv) value: single quotes keep newlines and double quotes as they are."""
+    if "'" not in v:
+        return "'" + v + "'"
+    if "`" not in v:
+        return "`" + v + "`"
+    raise TargetError("value holds both ' and ` and cannot be written to .dev.vars")
+
+
+class WorkerTarget(Target):
+    """The Cloudflare Worker under ``wrangler dev --local`` (workerd, local KV and Durable Objects).
+
+    As the README documents: the root wrangler.toml and a ``.dev.vars`` holding CONDUIT_CONFIG,
+    CONDUIT_MASTER_KEY and the provider secrets. Each instance gets its own directory (a copy of
+    wrangler.toml pointing at the prebuilt bundle, so no build runs here), port and state.
+    """
+
+    name = "worker"
+    STARTUP_TIMEOUT = 120.0
+
+    def __init__(self) -> None:
+        self.proc: Optional[subprocess.Popen] = None
+        self.tmpdir: Optional[tempfile.TemporaryDirectory] = None
+        self.base_url: Optional[str] = None
+        self._lines: list[str] = []
+        self._threads: list[threading.Thread] = []
+
+    def start(self, config_toml: str, env: dict[str, str]) -> str:
+        bundle = REPO_ROOT / "platforms/cloudflare/build/index.js"
+        wrangler = REPO_ROOT / "node_modules/.bin/wrangler"
+        if not bundle.exists():
+            raise TargetError(f"worker bundle not built: {bundle} (run sh scripts/build-worker.sh)")
+        if not wrangler.exists():
+            raise TargetError("wrangler not installed (npm ci)")
+        self.tmpdir = tempfile.TemporaryDirectory(prefix="conduit-worker-")
+        d = Path(self.tmpdir.name)
+        toml = (REPO_ROOT / "wrangler.toml").read_text(encoding="utf-8")
+        toml = re.sub(r'^main = ".*"$', f'main = "{bundle}"', toml, flags=re.M)
+        toml = re.sub(r"^\[build\]\n(?:(?!\[).*\n)*", "", toml, flags=re.M)
+        (d / "wrangler.toml").write_text(toml, encoding="utf-8")
+        dev_vars = {"CONDUIT_CONFIG": config_toml, **env}
+        (d / ".dev.vars").write_text(
+            "".join(f"{k}={_dev_vars_value(v)}\n" for k, v in dev_vars.items()), encoding="utf-8")
+        port = _free_port()
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUIT_")}
+        full_env.update({"WRANGLER_SEND_METRICS": "false", "CLOUDFLARE_CF_FETCH_ENABLED": "false",
+                         "WRANGLER_HIDE_BANNER": "true", "WRANGLER_LOG_PATH": str(d / "logs"),
+                         "NO_COLOR": "1", "FORCE_COLOR": "0"})
+        cmd = [str(wrangler), "dev", "--config", str(d / "wrangler.toml"), "--local", "--ip", "127.0.0.1",
+               "--port", str(port), "--inspector-port", str(_free_port()),
+               "--show-interactive-dev-session=false", "--persist-to", str(d / "state")]
+        self.proc = subprocess.Popen(cmd, cwd=d, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        q: queue.Queue = queue.Queue()
+        t = threading.Thread(target=self._pump, args=(q,), daemon=True)
+        t.start()
+        self._threads = [t]
+        ready = f"Ready on http://127.0.0.1:{port}"
+        deadline = time.monotonic() + self.STARTUP_TIMEOUT
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.stop()
+                raise TargetError(f"wrangler dev not ready within {self.STARTUP_TIMEOUT}s\n" + self.logs())
+            try:
+                line = q.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    raise TargetError(f"wrangler dev exited with {self.proc.returncode}\n" + self.logs())
+                continue
+            if line is None:
+                raise TargetError("wrangler dev closed its output before it was ready\n" + self.logs())
+            if ready in line:
+                self.base_url = f"http://127.0.0.1:{port}"
+                return self.base_url
+
+    def _pump(self, q: queue.Queue) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self._lines.append(line)
+            q.put(line)
+        q.put(None)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(timeout=5)
+            for t in self._threads:
+                t.join(timeout=1)
+            self.proc = None
+        if self.tmpdir is not None:
+            self.tmpdir.cleanup()
+            self.tmpdir = None
+
+    def logs(self, last: int = 80) -> str:
+        return "--- wrangler dev (tail) ---\n" + "\n".join(self._lines[-last:])
+
+
+TARGETS = {"server": ServerTarget, "worker": WorkerTarget}
 
 
 def target_name() -> str:

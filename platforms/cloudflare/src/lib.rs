@@ -1,0 +1,266 @@
+//! Conduit as a Cloudflare Worker.
+//!
+//! A thin adapter: it maps the Worker's request, response and bindings onto
+//! the core's ports and hands every request to [`conduit::Gateway`].
+//!
+//! | port      | on Workers                                                     |
+//! |-----------|----------------------------------------------------------------|
+//! | keys      | KV namespace `KEYS` (by SHA-256), with the core's cache in front |
+//! | limiter   | Durable Object `KEY_OBJECT`, one per key: admission, settlement, and the authority on revocation |
+//! | usage     | the same Durable Object (queryable), plus one JSON log line per request |
+//! | upstream  | `fetch`, streamed both ways, aborted when the client goes away |
+//! | clock     | `Date.now()`, `setTimeout`                                     |
+//! | spawner   | `ctx.wait_until` (settlement and usage after the response)     |
+//!
+//! Configuration: the TOML document in the var or secret `CONDUIT_CONFIG`
+//! (the same as the server's, `[server]` ignored), the admin master key in
+//! `CONDUIT_MASTER_KEY`, provider keys in the secrets named by `api_key_env`.
+
+mod key_object;
+mod ports;
+
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::Bytes;
+use conduit::compat::BoxStream;
+use conduit::ports::Spawner;
+use conduit::{Config, Gateway, GatewayError, Ports, ResponseBody};
+use futures_util::future::{select, Either};
+use futures_util::{Stream, StreamExt};
+use http_body_util::BodyExt;
+use serde_json::json;
+use wasm_bindgen::JsValue;
+use worker::{event, Context, Env, HttpRequest};
+
+pub use key_object::KeyObject;
+use ports::{
+    ContextSpawner, FetchUpstream, KvKeyStore, ObjectLimiter, ObjectUsageStore, WorkerClock,
+};
+
+thread_local! {
+    /// The gateway of this isolate, built on its first request.
+    static GATEWAY: RefCell<Option<Rc<Gateway>>> = const { RefCell::new(None) };
+}
+
+/// A secret or a plain var, whichever the deployment used.
+fn binding(env: &Env, name: &str) -> Option<String> {
+    env.secret(name)
+        .map(|s| s.to_string())
+        .or_else(|_| env.var(name).map(|v| v.to_string()))
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+fn build(env: &Env) -> Result<Gateway, String> {
+    let text = binding(env, "CONDUIT_CONFIG").ok_or(
+        "CONDUIT_CONFIG is not set: put the TOML config in a var or secret (locally: .dev.vars)",
+    )?;
+    let config = Config::parse(&text, "CONDUIT_CONFIG", &|name| binding(env, name))
+        .map_err(|e| e.to_string())?;
+    let keys = Arc::new(KvKeyStore { env: env.clone() });
+    let ports = Ports {
+        keys: keys.clone(),
+        usage: Arc::new(ObjectUsageStore {
+            env: env.clone(),
+            keys,
+        }),
+        upstream: Arc::new(FetchUpstream),
+        clock: Arc::new(WorkerClock),
+        limiter: Arc::new(ObjectLimiter { env: env.clone() }),
+        // Replaced per request by one bound to the request's context.
+        spawner: Arc::new(LocalSpawner),
+    };
+    Ok(Gateway::new(
+        config,
+        ports,
+        binding(env, "CONDUIT_MASTER_KEY").as_deref(),
+    ))
+}
+
+/// Runs work on the isolate's event loop (used only outside a request).
+struct LocalSpawner;
+
+impl Spawner for LocalSpawner {
+    fn spawn(&self, task: conduit::compat::BoxFuture<'static, ()>) {
+        wasm_bindgen_futures::spawn_local(task);
+    }
+}
+
+fn gateway(env: &Env) -> Result<Rc<Gateway>, String> {
+    GATEWAY.with(|slot| {
+        if let Some(g) = slot.borrow().as_ref() {
+            return Ok(g.clone());
+        }
+        let g = Rc::new(build(env)?);
+        *slot.borrow_mut() = Some(g.clone());
+        Ok(g)
+    })
+}
+
+/// Bytes a refused body is read (and dropped) up to, so that the client's
+/// connection stays usable; past this it is simply abandoned.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Reads the request body, refusing it past `limit` bytes. An oversized
+/// body is still read to its end (up to [`DRAIN_LIMIT`]) before the 413: an
+/// unread body breaks the client's keep-alive connection in local dev.
+async fn read_body(mut body: worker::Body, limit: usize) -> Result<Bytes, GatewayError> {
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|_| GatewayError::invalid("The request body could not be read.", None))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= limit {
+                buf.extend_from_slice(&data);
+            } else if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    }
+    if seen > limit {
+        return Err(GatewayError::PayloadTooLarge { limit });
+    }
+    Ok(buf.freeze())
+}
+
+fn to_worker(
+    response: conduit::Response,
+    signal: Option<worker::AbortSignal>,
+    ctx: Arc<Context>,
+) -> worker::Result<http::Response<worker::Body>> {
+    let (parts, body) = response.into_parts();
+    let body = match body {
+        ResponseBody::Full(bytes) => {
+            worker::Body::from_stream(futures_util::stream::once(async move {
+                Ok::<Vec<u8>, worker::Error>(bytes.to_vec())
+            }))?
+        }
+        ResponseBody::Stream(stream) => {
+            let stream = match signal {
+                Some(signal) => watch_disconnect(stream, signal, ctx),
+                None => stream,
+            };
+            worker::Body::from_stream(
+                stream.map(|b: Bytes| Ok::<Vec<u8>, worker::Error>(b.to_vec())),
+            )?
+        }
+    };
+    Ok(http::Response::from_parts(parts, body))
+}
+
+type SharedStream = Rc<RefCell<Option<BoxStream<'static, Bytes>>>>;
+
+/// The response stream, shared with the disconnect watchdog.
+struct Watched {
+    shared: SharedStream,
+    done: Option<js_sys::Function>,
+}
+
+impl Watched {
+    fn finish(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.call0(&JsValue::NULL);
+        }
+    }
+}
+
+impl Stream for Watched {
+    type Item = Bytes;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Bytes>> {
+        let next = match self.shared.borrow_mut().as_mut() {
+            Some(s) => s.as_mut().poll_next(cx),
+            None => Poll::Ready(None),
+        };
+        if let Poll::Ready(None) = next {
+            self.shared.borrow_mut().take();
+            self.finish();
+        }
+        next
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// When the client goes away mid-stream, workerd stops pulling the body
+/// without dropping it, so the stream's metering would never run. The
+/// request's abort signal (`enable_request_signal`) tells us: a watchdog
+/// under `ctx.wait_until` then drops the stream, whose meter settles and
+/// records the request (billed as seen plus the estimate for the rest).
+fn watch_disconnect(
+    stream: BoxStream<'static, Bytes>,
+    signal: worker::AbortSignal,
+    ctx: Arc<Context>,
+) -> BoxStream<'static, Bytes> {
+    let shared: SharedStream = Rc::new(RefCell::new(Some(stream)));
+    let mut done_fn = None;
+    let done = js_sys::Promise::new(&mut |resolve, _| done_fn = Some(resolve));
+    let inner: web_sys::AbortSignal = (*signal).clone();
+    let aborted = js_sys::Promise::new(&mut |resolve, _| {
+        if inner.aborted() {
+            let _ = resolve.call0(&JsValue::NULL);
+        } else {
+            inner.set_onabort(Some(&resolve));
+        }
+    });
+    let watched = shared.clone();
+    ctx.wait_until(async move {
+        let aborted = wasm_bindgen_futures::JsFuture::from(aborted);
+        let done = wasm_bindgen_futures::JsFuture::from(done);
+        if let Either::Left(_) = select(aborted, done).await {
+            // Dropping the relay runs its meter's settlement (through wait_until).
+            let stream = watched.borrow_mut().take();
+            drop(stream);
+        }
+    });
+    Box::pin(Watched {
+        shared,
+        done: done_fn,
+    })
+}
+
+#[event(fetch)]
+pub async fn fetch(
+    request: HttpRequest,
+    env: Env,
+    ctx: Context,
+) -> worker::Result<http::Response<worker::Body>> {
+    let gateway = match gateway(&env) {
+        Ok(g) => g,
+        Err(message) => {
+            worker::console_error!("conduit: {message}");
+            let body = json!({"error": {"message": message, "type": "api_error", "param": null, "code": "config_error"}});
+            return http::Response::builder()
+                .status(500)
+                .header("content-type", "application/json")
+                .body(worker::Body::from_stream(futures_util::stream::once(
+                    async move { Ok::<Vec<u8>, worker::Error>(body.to_string().into_bytes()) },
+                ))?)
+                .map_err(|e| worker::Error::RustError(e.to_string()));
+        }
+    };
+    let ctx = Arc::new(ctx);
+    let spawner: Arc<dyn Spawner> = Arc::new(ContextSpawner(ctx.clone()));
+    let limit = gateway.max_body_bytes();
+    let (parts, body) = request.into_parts();
+    let signal = parts.extensions.get::<worker::AbortSignal>().cloned();
+    let response = match read_body(body, limit).await {
+        Ok(bytes) => {
+            gateway
+                .handle_with(http::Request::from_parts(parts, bytes), &spawner)
+                .await
+        }
+        Err(e) => gateway.refuse(&e),
+    };
+    to_worker(response, signal, ctx)
+}

@@ -1,0 +1,370 @@
+//! The core's ports on Workers: KV for keys, the key's Durable Object for
+//! admission, settlement and usage, `fetch` upstream, `Date.now()` and
+//! `ctx.wait_until`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use conduit::compat::BoxFuture;
+use conduit::keys::VirtualKey;
+use conduit::limits::{LimitStatus, Refusal, Rejection};
+use conduit::port;
+use conduit::ports::{
+    Admission, ByteStream, Clock, Demand, KeyStore, Limiter, Settlement, Spawner, StoreError,
+    Upstream, UpstreamError, UsageStore,
+};
+use conduit::usage::{UsageQuery, UsageRecord};
+use conduit::GatewayError;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use worker::{Context, Env, Fetch, Headers, Method, Request, RequestInit};
+
+/// The KV namespace binding that holds the keys.
+pub const KEYS_BINDING: &str = "KEYS";
+/// The Durable Object namespace binding of [`crate::KeyObject`].
+pub const OBJECT_BINDING: &str = "KEY_OBJECT";
+
+fn store_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+/// A JSON call to a key's Durable Object.
+async fn call_object(
+    env: &Env,
+    key_id: &str,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> worker::Result<Value> {
+    let stub = env
+        .durable_object(OBJECT_BINDING)?
+        .id_from_name(key_id)?
+        .get_stub()?;
+    let mut init = RequestInit::new();
+    init.with_method(method);
+    if let Some(b) = body {
+        let headers = Headers::new();
+        headers.set("content-type", "application/json")?;
+        init.with_headers(headers);
+        init.with_body(Some(wasm_bindgen::JsValue::from_str(&b.to_string())));
+    }
+    let req = Request::new_with_init(&format!("https://key-object{path}"), &init)?;
+    let mut resp = stub.fetch_with_request(req).await?;
+    if resp.status_code() >= 400 {
+        return Err(worker::Error::RustError(format!(
+            "key object answered {}",
+            resp.status_code()
+        )));
+    }
+    resp.json().await
+}
+
+/// Keys in KV: `key:{id}` → `{record, hash}`, `hash:{sha256}` → id. Every
+/// write also goes to the key's Durable Object, the authority on whether
+/// a presented key may be used.
+pub struct KvKeyStore {
+    pub env: Env,
+}
+
+impl KvKeyStore {
+    fn kv(&self) -> Result<worker::kv::KvStore, StoreError> {
+        self.env.kv(KEYS_BINDING).map_err(store_err)
+    }
+
+    async fn entry(&self, id: &str) -> Result<Option<(VirtualKey, String)>, StoreError> {
+        let v: Option<Value> = self
+            .kv()?
+            .get(&format!("key:{id}"))
+            .json()
+            .await
+            .map_err(store_err)?;
+        Ok(v.and_then(|v| {
+            let key = VirtualKey::from_storage_json(v.get("record")?)?;
+            Some((key, v.get("hash")?.as_str()?.to_owned()))
+        }))
+    }
+
+    async fn write(&self, key: &VirtualKey, hash: &str) -> Result<(), StoreError> {
+        let record = key.to_storage_json();
+        let entry = json!({ "record": record, "hash": hash });
+        self.kv()?
+            .put(&format!("key:{}", key.id), entry.to_string())
+            .map_err(store_err)?
+            .execute()
+            .await
+            .map_err(store_err)?;
+        self.kv()?
+            .put(&format!("hash:{hash}"), key.id.clone())
+            .map_err(store_err)?
+            .execute()
+            .await
+            .map_err(store_err)?;
+        call_object(&self.env, &key.id, Method::Put, "/key", Some(&entry))
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+}
+
+port! {
+    impl KeyStore for KvKeyStore {
+        async fn find_by_hash(&self, hash: &str) -> Result<Option<VirtualKey>, StoreError> {
+            let Some(id) = self.kv()?.get(&format!("hash:{hash}")).text().await.map_err(store_err)? else {
+                return Ok(None);
+            };
+            // A stale pointer (the key was rotated) does not match the entry's hash.
+            Ok(self.entry(&id).await?.filter(|(_, h)| h == hash).map(|(k, _)| k))
+        }
+
+        async fn get(&self, id: &str) -> Result<Option<VirtualKey>, StoreError> {
+            Ok(self.entry(id).await?.map(|(k, _)| k))
+        }
+
+        async fn list(&self) -> Result<Vec<VirtualKey>, StoreError> {
+            let mut keys = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut list = self.kv()?.list().prefix("key:".into());
+                if let Some(c) = cursor.take() {
+                    list = list.cursor(c);
+                }
+                let page = list.execute().await.map_err(store_err)?;
+                for k in &page.keys {
+                    if let Some((key, _)) = self.entry(k.name.trim_start_matches("key:")).await? {
+                        keys.push(key);
+                    }
+                }
+                match page.cursor {
+                    Some(c) if !page.list_complete => cursor = Some(c),
+                    _ => break,
+                }
+            }
+            keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+            Ok(keys)
+        }
+
+        async fn insert(&self, key: &VirtualKey, hash: &str) -> Result<(), StoreError> {
+            self.write(key, hash).await
+        }
+
+        async fn update(&self, key: &VirtualKey) -> Result<bool, StoreError> {
+            let Some((_, hash)) = self.entry(&key.id).await? else { return Ok(false) };
+            self.write(key, &hash).await?;
+            Ok(true)
+        }
+
+        async fn set_hash(&self, id: &str, hash: &str) -> Result<bool, StoreError> {
+            let Some((key, old)) = self.entry(id).await? else { return Ok(false) };
+            self.write(&key, hash).await?;
+            self.kv()?.delete(&format!("hash:{old}")).await.map_err(store_err)?;
+            Ok(true)
+        }
+
+        async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+            let Some((_, hash)) = self.entry(id).await? else { return Ok(false) };
+            // Revoke at the authority first: from here on the key is refused.
+            call_object(&self.env, id, Method::Delete, "/key", None).await.map_err(store_err)?;
+            let kv = self.kv()?;
+            kv.delete(&format!("key:{id}")).await.map_err(store_err)?;
+            kv.delete(&format!("hash:{hash}")).await.map_err(store_err)?;
+            Ok(true)
+        }
+    }
+}
+
+/// Admission in the key's Durable Object.
+pub struct ObjectLimiter {
+    pub env: Env,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Rejection {
+    Rejection {
+        error: GatewayError::Store(format!("key object: {e}")),
+        status: LimitStatus::default(),
+    }
+}
+
+#[allow(clippy::result_large_err)] // the shape of the Limiter port; a cold path
+fn parse_answer(answer: Value, key: &VirtualKey) -> Result<Admission, Rejection> {
+    if let Some(msg) = answer.get("unauthorized").and_then(Value::as_str) {
+        return Err(Rejection {
+            error: GatewayError::InvalidApiKey(msg.to_owned()),
+            status: LimitStatus::default(),
+        });
+    }
+    let status = |v: &Value| -> LimitStatus {
+        v.get("status")
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .unwrap_or_default()
+    };
+    if let Some(r) = answer.get("rejection") {
+        let refusal = r
+            .get("refusal")
+            .and_then(Refusal::from_json)
+            .ok_or_else(|| unavailable("bad refusal"))?;
+        return Err(Rejection {
+            error: refusal.to_error(key.budget.as_ref()),
+            status: status(r),
+        });
+    }
+    match answer.get("admission") {
+        Some(a) => Ok(Admission {
+            reservation: a
+                .get("reservation")
+                .and_then(|r| serde_json::from_value(r.clone()).ok()),
+            status: status(a),
+        }),
+        None => Ok(Admission::default()),
+    }
+}
+
+port! {
+    impl Limiter for ObjectLimiter {
+        async fn admit(&self, key: &VirtualKey, demand: &Demand) -> Result<Admission, Rejection> {
+            let body = json!({
+                "hash": demand.key_hash,
+                "fallback": key.to_storage_json(),
+                "demand": { "tokens": demand.tokens, "cost_nanos": demand.cost_nanos, "ttl_secs": demand.ttl_secs },
+            });
+            let answer = call_object(&self.env, &key.id, Method::Post, "/admit", Some(&body)).await.map_err(unavailable)?;
+            parse_answer(answer, key)
+        }
+
+        async fn settle(&self, key: &VirtualKey, admission: &Admission, settlement: Settlement) {
+            let Some(reservation) = admission.reservation else { return };
+            let body = json!({ "reservation": reservation, "tokens": settlement.tokens, "cost_nanos": settlement.cost_nanos });
+            if let Err(e) = call_object(&self.env, &key.id, Method::Post, "/settle", Some(&body)).await {
+                worker::console_error!("conduit: settlement for key {} failed: {e}", key.id);
+            }
+        }
+
+        async fn status(&self, key: &VirtualKey) -> Result<LimitStatus, StoreError> {
+            let v = call_object(&self.env, &key.id, Method::Get, "/status", None).await.map_err(store_err)?;
+            serde_json::from_value(v).map_err(store_err)
+        }
+
+        async fn verify(&self, key: &VirtualKey, key_hash: &str) -> Result<(), GatewayError> {
+            let body = json!({ "hash": key_hash, "fallback": key.to_storage_json() });
+            let answer = call_object(&self.env, &key.id, Method::Post, "/verify", Some(&body))
+                .await
+                .map_err(|e| GatewayError::Store(format!("key object: {e}")))?;
+            parse_answer(answer, key).map(|_| ()).map_err(|r| r.error)
+        }
+    }
+}
+
+/// Usage records in the key's Durable Object, and one JSON log line each.
+pub struct ObjectUsageStore {
+    pub env: Env,
+    pub keys: Arc<KvKeyStore>,
+}
+
+port! {
+    impl UsageStore for ObjectUsageStore {
+        async fn record(&self, record: UsageRecord) {
+            let v = record.to_json();
+            // Workers Logs: the record, which holds no key, secret or prompt.
+            worker::console_log!("{}", json!({ "conduit_usage": v }));
+            if let Err(e) = call_object(&self.env, &record.key_id, Method::Post, "/usage", Some(&v)).await {
+                worker::console_error!("conduit: usage record {} not stored: {e}", record.request_id);
+            }
+        }
+
+        async fn query(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>, StoreError> {
+            let ids: Vec<String> = match &query.key_id {
+                Some(id) => vec![id.clone()],
+                None => self.keys.list().await?.into_iter().map(|k| k.id).collect(),
+            };
+            let path = format!(
+                "/usage?since={}&until={}",
+                query.since_ms.unwrap_or(0),
+                // JavaScript numbers are exact up to 2^53.
+                query.until_ms.unwrap_or(9_007_199_254_740_991)
+            );
+            let mut out = Vec::new();
+            for id in ids {
+                let v = call_object(&self.env, &id, Method::Get, &path, None).await.map_err(store_err)?;
+                if let Some(data) = v.get("data").and_then(Value::as_array) {
+                    out.extend(data.iter().filter_map(UsageRecord::from_json));
+                }
+            }
+            out.sort_by_key(|r| r.created_at_ms);
+            Ok(out)
+        }
+    }
+}
+
+/// Outgoing `fetch`, streamed; dropping the body aborts the request.
+pub struct FetchUpstream;
+
+struct AbortOnDrop(Option<worker::AbortController>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.abort();
+        }
+    }
+}
+
+fn method_of(m: &http::Method) -> Method {
+    match *m {
+        http::Method::GET => Method::Get,
+        http::Method::PUT => Method::Put,
+        http::Method::DELETE => Method::Delete,
+        http::Method::PATCH => Method::Patch,
+        _ => Method::Post,
+    }
+}
+
+port! {
+    impl Upstream for FetchUpstream {
+        async fn send(&self, request: http::Request<Bytes>) -> Result<http::Response<ByteStream>, UpstreamError> {
+            let err = |e: worker::Error| UpstreamError(e.to_string());
+            let (parts, body) = request.into_parts();
+            let headers = Headers::from(&parts.headers);
+            let mut init = RequestInit::new();
+            init.with_method(method_of(&parts.method)).with_headers(headers);
+            if !body.is_empty() {
+                init.with_body(Some(js_sys::Uint8Array::from(&body[..]).into()));
+            }
+            let req = Request::new_with_init(&parts.uri.to_string(), &init).map_err(err)?;
+            let controller = worker::AbortController::default();
+            let mut resp = Fetch::Request(req).send_with_signal(&controller.signal()).await.map_err(err)?;
+            let mut builder = http::Response::builder().status(resp.status_code());
+            for (k, v) in resp.headers().entries() {
+                builder = builder.header(k, v);
+            }
+            let stream = resp.stream().map_err(err)?;
+            let guard = AbortOnDrop(Some(controller));
+            let body: ByteStream = Box::pin(stream.map(move |chunk| {
+                let _keep = &guard;
+                chunk.map(Bytes::from).map_err(|e| UpstreamError(e.to_string()))
+            }));
+            builder.body(body).map_err(|e| UpstreamError(e.to_string()))
+        }
+    }
+}
+
+/// `Date.now()` (which moves on I/O, as Workers do) and `setTimeout`.
+pub struct WorkerClock;
+
+impl Clock for WorkerClock {
+    fn now_micros(&self) -> u64 {
+        worker::Date::now().as_millis() * 1000
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(worker::Delay::from(duration))
+    }
+}
+
+/// `ctx.wait_until`: work after the response keeps the invocation alive.
+pub struct ContextSpawner(pub Arc<Context>);
+
+impl Spawner for ContextSpawner {
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        self.0.wait_until(task);
+    }
+}
