@@ -75,6 +75,12 @@ pub struct RawProvider {
     pub api_key_env: Option<String>,
     /// Azure OpenAI's `api-version` query parameter.
     pub api_version: Option<String>,
+    /// Bedrock: the AWS region (and the default endpoint).
+    pub region: Option<String>,
+    /// Bedrock: environment variables holding the AWS credentials.
+    pub access_key_id_env: Option<String>,
+    pub secret_access_key_env: Option<String>,
+    pub session_token_env: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -90,6 +96,9 @@ struct RawDeployment {
     model: String,
     /// Overrides the built-in price (USD per million tokens).
     price: Option<UsdPrice>,
+    /// Drop request parameters the provider cannot honour instead of answering 400.
+    #[serde(default)]
+    drop_unsupported_params: bool,
 }
 
 #[derive(Deserialize)]
@@ -99,6 +108,8 @@ struct RawGateway {
     upstream_timeout_ms: Option<u64>,
     key_cache_ttl_ms: Option<u64>,
     default_max_tokens: Option<u64>,
+    image_max_bytes: Option<usize>,
+    image_fetch_allow_private: Option<bool>,
 }
 
 /// Gateway-wide settings (`[gateway]`).
@@ -115,6 +126,10 @@ pub struct GatewaySettings {
     /// Completion tokens assumed for a chat request without `max_tokens` /
     /// `max_completion_tokens`, when estimating tokens and cost for admission.
     pub default_max_tokens: u64,
+    /// Largest image Conduit fetches for a provider that needs the bytes.
+    pub image_max_bytes: usize,
+    /// Whether such fetches may go to loopback, private or link-local addresses.
+    pub image_fetch_allow_private: bool,
 }
 
 impl Default for GatewaySettings {
@@ -124,6 +139,8 @@ impl Default for GatewaySettings {
             upstream_timeout_ms: 600_000,
             key_cache_ttl_ms: 1_000,
             default_max_tokens: 4_096,
+            image_max_bytes: 20 * 1024 * 1024,
+            image_fetch_allow_private: false,
         }
     }
 }
@@ -138,6 +155,8 @@ pub struct Deployment {
     pub model: String,
     /// Its price: the config's override, else the built-in table; `None` if unknown.
     pub price: Option<Price>,
+    /// Drop parameters the provider cannot honour instead of answering 400.
+    pub drop_unsupported_params: bool,
 }
 
 impl fmt::Debug for Deployment {
@@ -209,22 +228,7 @@ impl Config {
                     ),
                 )
             })?;
-            let api_key = match &p.api_key_env {
-                Some(var) if var.trim().is_empty() => {
-                    return Err(err(key("api_key_env"), "must name an environment variable".into()))
-                }
-                Some(var) => Some(secret(var).filter(|v| !v.is_empty()).ok_or_else(|| {
-                    err(key("api_key_env"), format!("the environment variable `{var}` is not set"))
-                })?),
-                None if kind.requires_api_key() => {
-                    return Err(err(
-                        key("api_key_env"),
-                        format!("required for kind `{}`: name the environment variable that holds the API key", p.kind),
-                    ))
-                }
-                None => None,
-            };
-            let provider = providers::build(kind, p, api_key)
+            let provider = providers::build(kind, p, secret)
                 .map_err(|(field, message)| err(key(field), message))?;
             built.insert(name.clone(), (Arc::from(name.as_str()), provider, kind));
         }
@@ -269,6 +273,7 @@ impl Config {
                     provider,
                     model: d.model,
                     price,
+                    drop_unsupported_params: d.drop_unsupported_params,
                 });
             }
             models.insert(alias.clone(), ModelRoute { alias, deployments });
@@ -299,6 +304,12 @@ impl Config {
             }
             if let Some(v) = g.default_max_tokens {
                 gateway.default_max_tokens = v;
+            }
+            if let Some(v) = g.image_max_bytes {
+                gateway.image_max_bytes = v;
+            }
+            if let Some(v) = g.image_fetch_allow_private {
+                gateway.image_fetch_allow_private = v;
             }
         }
         Ok(Config {

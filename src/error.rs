@@ -161,7 +161,9 @@ impl GatewayError {
     pub fn is_retryable(&self) -> bool {
         match self {
             GatewayError::Upstream(_) | GatewayError::UpstreamTimeout => true,
-            GatewayError::Provider { status, .. } => *status == StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::Provider { status, .. } => {
+                *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+            }
             _ => false,
         }
     }

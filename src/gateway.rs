@@ -44,7 +44,7 @@ use crate::meter::Meter;
 use crate::ports::{
     Admission, ByteStream, Clock, Demand, KeyStore, Limiter, Spawner, Upstream, UsageStore,
 };
-use crate::providers::{Endpoint, Provider, ProviderRequest};
+use crate::providers::{Call, Endpoint, Provider, StreamDecoder};
 use crate::stream::Relay;
 use crate::usage::{TokenUsage, UsageRecord};
 
@@ -137,6 +137,14 @@ impl Gateway {
 
     pub(crate) fn key_cache(&self) -> &KeyCache {
         &self.key_cache
+    }
+
+    pub(crate) fn upstream(&self) -> &dyn Upstream {
+        self.ports.upstream.as_ref()
+    }
+
+    pub(crate) fn now_micros(&self) -> u64 {
+        self.ports.clock.now_micros()
     }
 
     pub(crate) fn now_secs(&self) -> u64 {
@@ -519,6 +527,7 @@ impl Gateway {
         }
 
         // Stages *translate request* and *call upstream*, deployment by deployment.
+        let request_id = meter.record.request_id.clone();
         let timeout = Duration::from_millis(self.config.gateway.upstream_timeout_ms);
         let mut last_error = GatewayError::Internal("no deployment was tried".into());
         for (i, deployment) in route.deployments.iter().enumerate() {
@@ -527,12 +536,18 @@ impl Gateway {
             meter.record.provider_model = Some(deployment.model.clone());
             meter.price = deployment.price;
             let provider = &deployment.provider;
-            let upstream_request = provider.build_request(ProviderRequest {
+            let call = Call {
                 endpoint,
                 model: &deployment.model,
-                body: &mut request,
                 stream,
-            })?;
+                now_secs: meter.now() / 1_000_000,
+                request_id: &request_id,
+                drop_unsupported_params: deployment.drop_unsupported_params,
+            };
+            if provider.needs_image_bytes() {
+                self.inline_images(&mut request).await?;
+            }
+            let upstream_request = provider.build_request(&call, &mut request)?;
             let sent_us = meter.now();
             let deadline_us = sent_us + timeout.as_micros() as u64;
             let head = self
@@ -562,7 +577,7 @@ impl Gateway {
                         },
                         PendingRelay {
                             upstream: body,
-                            provider: provider.clone(),
+                            decoder: provider.stream_decoder(&call),
                             clock: self.ports.clock.clone(),
                             idle_timeout: timeout,
                             alias: Value::String(alias),
@@ -578,7 +593,7 @@ impl Gateway {
                             meter.add_upstream(meter.now().saturating_sub(sent_us));
                             return self.translate_whole(
                                 provider.as_ref(),
-                                endpoint,
+                                &call,
                                 &alias,
                                 parts.status,
                                 &bytes,
@@ -604,13 +619,13 @@ impl Gateway {
     fn translate_whole(
         &self,
         provider: &dyn Provider,
-        endpoint: Endpoint,
+        call: &Call<'_>,
         alias: &str,
         status: StatusCode,
         bytes: &[u8],
         meter: &Meter,
     ) -> Result<Proxied, GatewayError> {
-        let mut object = provider.translate_response(endpoint, bytes)?;
+        let mut object = provider.translate_response(call, bytes)?;
         let usage = object
             .get("usage")
             .and_then(TokenUsage::from_openai)
@@ -629,7 +644,7 @@ impl Gateway {
     }
 
     /// Runs `fut`, or fails with 504 after `timeout`.
-    async fn within<F: std::future::Future>(
+    pub(crate) async fn within<F: std::future::Future>(
         &self,
         timeout: Duration,
         fut: F,
@@ -641,7 +656,7 @@ impl Gateway {
     }
 
     /// Reads a whole upstream body by `deadline_us`, at most `limit` bytes.
-    async fn read_body(
+    pub(crate) async fn read_body(
         &self,
         mut body: ByteStream,
         deadline_us: u64,
@@ -706,7 +721,7 @@ struct StreamHead {
 /// request until the response is built.
 struct PendingRelay {
     upstream: ByteStream,
-    provider: Arc<dyn Provider>,
+    decoder: Box<dyn StreamDecoder>,
     clock: Arc<dyn Clock>,
     idle_timeout: Duration,
     alias: Value,
@@ -717,7 +732,7 @@ struct PendingRelay {
 impl PendingRelay {
     fn into_relay(self, meter: Meter) -> Relay {
         Relay {
-            decoder: self.provider.stream_decoder(self.endpoint),
+            decoder: self.decoder,
             upstream: self.upstream,
             clock: self.clock,
             idle_timeout: self.idle_timeout,

@@ -28,6 +28,7 @@ pub mod compat;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod images;
 pub mod keys;
 pub mod limits;
 pub mod memory;

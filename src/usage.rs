@@ -38,7 +38,8 @@ impl TokenUsage {
                 .and_then(Value::as_u64)
                 .unwrap_or(prompt + completion),
             cached_tokens: detail("prompt_tokens_details", "cached_tokens"),
-            cache_write_tokens: 0,
+            // Conduit's extension for providers that bill cache writes (Anthropic).
+            cache_write_tokens: detail("prompt_tokens_details", "cache_write_tokens"),
             reasoning_tokens: detail("completion_tokens_details", "reasoning_tokens"),
         })
     }
@@ -49,7 +50,7 @@ impl TokenUsage {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
-            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens, "cache_write_tokens": self.cache_write_tokens},
             "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
         })
     }

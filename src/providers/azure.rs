@@ -11,7 +11,7 @@ use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 
 use super::openai::{map_openai_error, prepare_body, translate_openai, OpenAiStream};
-use super::{json_post, Endpoint, Provider, ProviderRequest, StreamDecoder};
+use super::{json_post, Call, Provider, StreamDecoder};
 use crate::error::GatewayError;
 
 /// The `azure` kind.
@@ -47,14 +47,15 @@ fn segment(s: &str) -> String {
 impl Provider for Azure {
     fn build_request(
         &self,
-        request: ProviderRequest<'_>,
+        call: &Call<'_>,
+        body: &mut Map<String, Value>,
     ) -> Result<http::Request<Bytes>, GatewayError> {
-        let body = prepare_body(request.body, request.model, request.stream)?;
+        let body = prepare_body(body, call.model, call.stream)?;
         let url = format!(
             "{}/openai/deployments/{}/{}?api-version={}",
             self.base_url,
-            segment(request.model),
-            request.endpoint.path(),
+            segment(call.model),
+            call.endpoint.path(),
             segment(&self.api_version)
         );
         json_post(&url, &[("api-key", &self.api_key)], body)
@@ -62,13 +63,13 @@ impl Provider for Azure {
 
     fn translate_response(
         &self,
-        endpoint: Endpoint,
+        call: &Call<'_>,
         body: &[u8],
     ) -> Result<Map<String, Value>, GatewayError> {
-        translate_openai(endpoint, body)
+        translate_openai(call.endpoint, body)
     }
 
-    fn stream_decoder(&self, _endpoint: Endpoint) -> Box<dyn StreamDecoder> {
+    fn stream_decoder(&self, _call: &Call<'_>) -> Box<dyn StreamDecoder> {
         Box::new(OpenAiStream::new())
     }
 
@@ -93,14 +94,15 @@ mod tests {
             .as_object()
             .unwrap()
             .clone();
-        let req = p
-            .build_request(ProviderRequest {
-                endpoint: Endpoint::Embeddings,
-                model: "emb deploy",
-                body: &mut body,
-                stream: false,
-            })
-            .unwrap();
+        let call = Call {
+            endpoint: crate::providers::Endpoint::Embeddings,
+            model: "emb deploy",
+            stream: false,
+            now_secs: 0,
+            request_id: "req_1",
+            drop_unsupported_params: false,
+        };
+        let req = p.build_request(&call, &mut body).unwrap();
         assert_eq!(
             req.uri(),
             "https://r.openai.azure.com/openai/deployments/emb%20deploy/embeddings?api-version=2024-10-21"

@@ -9,8 +9,17 @@
 //! | `openai`            | [`openai`]             | OpenAI                           |
 //! | `openai-compatible` | [`openai`]             | OpenAI (answers normalised)      |
 //! | `azure`             | [`azure`]              | OpenAI on Azure deployment URLs  |
+//! | `anthropic`         | [`anthropic`]          | Messages API                     |
+//! | `gemini`            | [`gemini`]             | Google AI Studio generateContent |
+//! | `bedrock`           | [`bedrock`]            | Bedrock Converse, SigV4, eventstream |
+//! | `cohere`            | [`cohere`]             | Cohere v2 chat and embed         |
 
+pub mod anthropic;
 pub mod azure;
+pub mod bedrock;
+pub mod cohere;
+pub mod gemini;
+pub mod legacy;
 pub mod openai;
 
 use std::sync::Arc;
@@ -74,17 +83,26 @@ pub enum ProviderKind {
     OpenAi,
     OpenAiCompatible,
     Azure,
+    Anthropic,
+    Gemini,
+    Bedrock,
+    Cohere,
 }
 
 impl ProviderKind {
     /// For error messages.
-    pub const NAMES: &'static str = "openai, azure, openai-compatible";
+    pub const NAMES: &'static str =
+        "openai, azure, openai-compatible, anthropic, gemini, bedrock, cohere";
 
     pub fn parse(s: &str) -> Option<ProviderKind> {
         match s {
             "openai" => Some(ProviderKind::OpenAi),
             "openai-compatible" => Some(ProviderKind::OpenAiCompatible),
             "azure" => Some(ProviderKind::Azure),
+            "anthropic" => Some(ProviderKind::Anthropic),
+            "gemini" => Some(ProviderKind::Gemini),
+            "bedrock" => Some(ProviderKind::Bedrock),
+            "cohere" => Some(ProviderKind::Cohere),
             _ => None,
         }
     }
@@ -94,24 +112,43 @@ impl ProviderKind {
     pub fn price_family(self) -> Option<&'static str> {
         match self {
             ProviderKind::OpenAi | ProviderKind::Azure => Some("openai"),
-            ProviderKind::OpenAiCompatible => None,
+            ProviderKind::Anthropic => Some("anthropic"),
+            ProviderKind::Gemini => Some("google"),
+            ProviderKind::Cohere => Some("cohere"),
+            ProviderKind::OpenAiCompatible | ProviderKind::Bedrock => None,
         }
     }
 
-    /// Whether `api_key_env` must be given.
-    pub fn requires_api_key(self) -> bool {
-        !matches!(self, ProviderKind::OpenAiCompatible)
+    /// The public endpoint used when `base_url` is not given.
+    fn default_base_url(self, raw: &RawProvider) -> Option<String> {
+        match self {
+            ProviderKind::OpenAi => Some("https://api.openai.com/v1".into()),
+            ProviderKind::Anthropic => Some("https://api.anthropic.com".into()),
+            ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com".into()),
+            ProviderKind::Cohere => Some("https://api.cohere.com".into()),
+            ProviderKind::Bedrock => raw
+                .region
+                .as_ref()
+                .map(|r| format!("https://bedrock-runtime.{r}.amazonaws.com")),
+            ProviderKind::OpenAiCompatible | ProviderKind::Azure => None,
+        }
     }
 }
 
-/// A request as the provider gets it: the client's OpenAI body, which the
-/// provider may rewrite in place.
-pub struct ProviderRequest<'a> {
+/// What one upstream call is about.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
     pub endpoint: Endpoint,
     /// The provider's model name (the deployment's `model`).
     pub model: &'a str,
-    pub body: &'a mut Map<String, Value>,
     pub stream: bool,
+    /// Unix seconds, from the platform clock (request signing, `created`).
+    pub now_secs: u64,
+    /// Conduit's request id, for the ids of objects a provider does not name.
+    pub request_id: &'a str,
+    /// Drop parameters the provider cannot honour instead of refusing them
+    /// (the deployment's `drop_unsupported_params`).
+    pub drop_unsupported_params: bool,
 }
 
 /// What a stream decoder hands back to the core.
@@ -136,43 +173,95 @@ pub trait StreamDecoder: MaybeSend {
 
 /// One upstream API. Small on purpose: build, translate, decode, map errors.
 pub trait Provider: MaybeSendSync {
-    /// The HTTP request to send upstream.
+    /// The HTTP request to send upstream, from the client's OpenAI body
+    /// (which the provider may rewrite in place).
     fn build_request(
         &self,
-        request: ProviderRequest<'_>,
+        call: &Call<'_>,
+        body: &mut Map<String, Value>,
     ) -> Result<http::Request<Bytes>, GatewayError>;
     /// A whole 2xx body, as an OpenAI response object.
     fn translate_response(
         &self,
-        endpoint: Endpoint,
+        call: &Call<'_>,
         body: &[u8],
     ) -> Result<Map<String, Value>, GatewayError>;
     /// A decoder for a 2xx streamed body.
-    fn stream_decoder(&self, endpoint: Endpoint) -> Box<dyn StreamDecoder>;
+    fn stream_decoder(&self, call: &Call<'_>) -> Box<dyn StreamDecoder>;
     /// A non-2xx answer, in Conduit's error terms.
     fn map_error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GatewayError;
+    /// Whether `image_url` parts with http(s) URLs must be fetched and
+    /// inlined as `data:` URLs before [`build_request`](Self::build_request).
+    fn needs_image_bytes(&self) -> bool {
+        false
+    }
 }
 
-/// Builds the provider of a validated `[providers.NAME]` table. Errors name
-/// the field (below the table) and what is wrong.
+/// The secret named by `field` (an `*_env` setting): its value, or an error
+/// naming the field and the variable.
+pub(crate) fn required_secret(
+    var: Option<&String>,
+    field: &'static str,
+    secret: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, (&'static str, String)> {
+    let var = var.ok_or((
+        field,
+        "required: name the environment variable that holds the secret".to_owned(),
+    ))?;
+    if var.trim().is_empty() {
+        return Err((field, "must name an environment variable".into()));
+    }
+    secret(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+        (
+            field,
+            format!("the environment variable `{var}` is not set"),
+        )
+    })
+}
+
+/// Builds the provider of a `[providers.NAME]` table. Errors name the field
+/// (below the table) and what is wrong.
 pub fn build(
     kind: ProviderKind,
     raw: &RawProvider,
-    api_key: Option<String>,
+    secret: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Arc<dyn Provider>, (&'static str, String)> {
     if raw.api_version.is_some() && kind != ProviderKind::Azure {
         return Err(("api_version", "only used by kind `azure`".into()));
     }
-    let base_url = match (&raw.base_url, kind) {
-        (Some(u), _) => u.trim_end_matches('/').to_owned(),
-        (None, ProviderKind::OpenAi) => "https://api.openai.com/v1".to_owned(),
-        (None, _) => return Err(("base_url", "required for this kind".into())),
+    if kind != ProviderKind::Bedrock {
+        for (field, set) in [
+            ("region", raw.region.is_some()),
+            ("access_key_id_env", raw.access_key_id_env.is_some()),
+            ("secret_access_key_env", raw.secret_access_key_env.is_some()),
+            ("session_token_env", raw.session_token_env.is_some()),
+        ] {
+            if set {
+                return Err((field, "only used by kind `bedrock`".into()));
+            }
+        }
+    } else if raw.api_key_env.is_some() {
+        return Err(("api_key_env", "kind `bedrock` signs with AWS credentials: use access_key_id_env, secret_access_key_env, session_token_env".into()));
+    }
+    let base_url = match raw.base_url.clone().or_else(|| kind.default_base_url(raw)) {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None if kind == ProviderKind::Bedrock => {
+            return Err((
+                "region",
+                "required for kind `bedrock` (e.g. \"us-east-1\")".into(),
+            ))
+        }
+        None => return Err(("base_url", "required for this kind".into())),
     };
     if !(base_url.starts_with("http://") || base_url.starts_with("https://"))
         || base_url.parse::<http::Uri>().is_err()
     {
         return Err(("base_url", format!("`{base_url}` is not an http(s) URL")));
     }
+    let api_key = match (&raw.api_key_env, kind) {
+        (None, ProviderKind::OpenAiCompatible | ProviderKind::Bedrock) => None,
+        (var, _) => Some(required_secret(var.as_ref(), "api_key_env", secret)?),
+    };
     Ok(match kind {
         ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => {
             Arc::new(openai::OpenAi::new(base_url, api_key))
@@ -188,6 +277,17 @@ pub fn build(
                 version,
             ))
         }
+        ProviderKind::Anthropic => Arc::new(anthropic::Anthropic::new(
+            base_url,
+            api_key.unwrap_or_default(),
+        )),
+        ProviderKind::Gemini => {
+            Arc::new(gemini::Gemini::new(base_url, api_key.unwrap_or_default()))
+        }
+        ProviderKind::Cohere => {
+            Arc::new(cohere::Cohere::new(base_url, api_key.unwrap_or_default()))
+        }
+        ProviderKind::Bedrock => Arc::new(bedrock::Bedrock::from_config(raw, base_url, secret)?),
     })
 }
 

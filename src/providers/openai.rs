@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 
-use super::{json_post, Endpoint, Provider, ProviderRequest, StreamDecoder, StreamEvent};
+use super::{json_post, Call, Endpoint, Provider, StreamDecoder, StreamEvent};
 use crate::error::GatewayError;
 use crate::sse::{SseEvent, SseParser};
 
@@ -34,10 +34,11 @@ impl OpenAi {
 impl Provider for OpenAi {
     fn build_request(
         &self,
-        request: ProviderRequest<'_>,
+        call: &Call<'_>,
+        body: &mut Map<String, Value>,
     ) -> Result<http::Request<Bytes>, GatewayError> {
-        let body = prepare_body(request.body, request.model, request.stream)?;
-        let url = format!("{}/{}", self.base_url, request.endpoint.path());
+        let body = prepare_body(body, call.model, call.stream)?;
+        let url = format!("{}/{}", self.base_url, call.endpoint.path());
         match &self.authorization {
             Some(auth) => json_post(&url, &[("authorization", auth)], body),
             None => json_post(&url, &[], body),
@@ -46,13 +47,13 @@ impl Provider for OpenAi {
 
     fn translate_response(
         &self,
-        endpoint: Endpoint,
+        call: &Call<'_>,
         body: &[u8],
     ) -> Result<Map<String, Value>, GatewayError> {
-        translate_openai(endpoint, body)
+        translate_openai(call.endpoint, body)
     }
 
-    fn stream_decoder(&self, _endpoint: Endpoint) -> Box<dyn StreamDecoder> {
+    fn stream_decoder(&self, _call: &Call<'_>) -> Box<dyn StreamDecoder> {
         Box::new(OpenAiStream::new())
     }
 
@@ -314,14 +315,15 @@ mod tests {
         .as_object()
         .unwrap()
         .clone();
-        let req = p
-            .build_request(ProviderRequest {
-                endpoint: Endpoint::ChatCompletions,
-                model: "gpt-4o",
-                body: &mut body,
-                stream: true,
-            })
-            .unwrap();
+        let call = Call {
+            endpoint: Endpoint::ChatCompletions,
+            model: "gpt-4o",
+            stream: true,
+            now_secs: 0,
+            request_id: "req_1",
+            drop_unsupported_params: false,
+        };
+        let req = p.build_request(&call, &mut body).unwrap();
         assert_eq!(req.uri(), "http://h/v1/chat/completions");
         assert_eq!(req.headers()["authorization"], "Bearer sk");
         let sent: Value = serde_json::from_slice(req.body()).unwrap();
