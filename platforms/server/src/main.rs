@@ -13,7 +13,6 @@
 
 mod http;
 mod store;
-mod upstream;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,7 +27,7 @@ use conduit::{Config, Gateway};
 use serde_json::{json, Value};
 
 use crate::store::SqliteStore;
-use crate::upstream::{HyperUpstream, SystemClock, TokioSpawner};
+use conduit_native::{HyperUpstream, SystemClock, TokioSpawner};
 
 const USAGE: &str = "\
 usage:

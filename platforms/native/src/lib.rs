@@ -1,4 +1,6 @@
-//! The upstream HTTP client (hyper, rustls), the clock and the spawner, on tokio.
+//! Conduit's ports on native tokio platforms (the server and the Lambda
+//! function share them): the upstream HTTP client (hyper, rustls with
+//! webpki roots), the wall clock and tokio timers, and the spawner.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +19,12 @@ type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 /// A pooled HTTP/1.1 and HTTP/2 client for `http://` and `https://` providers.
 pub struct HyperUpstream {
     client: Client<Https, Full<Bytes>>,
+}
+
+impl Default for HyperUpstream {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl HyperUpstream {
