@@ -237,16 +237,17 @@ impl Gateway {
         })?;
         let hash = hash_secret(secret);
         let now_us = self.ports.clock.now_micros();
-        let key = match self.key_cache.get(&hash, now_us) {
-            Some(k) => k,
-            None => {
-                let k = Arc::new(self.ports.keys.find_by_hash(&hash).await?.ok_or_else(|| {
-                    GatewayError::InvalidApiKey("Incorrect API key provided.".into())
-                })?);
-                self.key_cache.put(&hash, k.clone(), now_us);
-                k
+        if let Some(k) = self.key_cache.get(&hash, now_us) {
+            if k.check_usable(now_us / 1_000_000).is_ok() {
+                return Ok((k, hash));
             }
-        };
+            // A cached refusal may be stale (re-enabled elsewhere): ask the store.
+        }
+        let key =
+            Arc::new(self.ports.keys.find_by_hash(&hash).await?.ok_or_else(|| {
+                GatewayError::InvalidApiKey("Incorrect API key provided.".into())
+            })?);
+        self.key_cache.put(&hash, key.clone(), now_us);
         key.check_usable(now_us / 1_000_000)?;
         Ok((key, hash))
     }
@@ -258,8 +259,15 @@ impl Gateway {
         headers: &HeaderMap,
     ) -> Result<Arc<VirtualKey>, GatewayError> {
         let (key, hash) = self.authenticate(headers).await?;
-        self.ports.limiter.verify(&key, &hash).await?;
-        Ok(key)
+        match self.ports.limiter.verify(&key, &hash).await? {
+            Some(fresh) if fresh != *key => {
+                let fresh = Arc::new(fresh);
+                self.key_cache
+                    .put(&hash, fresh.clone(), self.ports.clock.now_micros());
+                Ok(fresh)
+            }
+            _ => Ok(key),
+        }
     }
 
     fn model_object(&self, route: &ModelRoute) -> Value {
@@ -460,9 +468,18 @@ impl Gateway {
             .unwrap_or(false);
         meter.record.streamed = stream;
 
-        // Stage *authorize*.
+        // Stage *authorize*. The cached record may lag a change made through
+        // another instance; where the limiter is the authority, ask it before refusing.
+        let mut key = key;
+        let refreshed;
         if !key.allows_model(&alias) {
-            return Err(GatewayError::ModelNotAllowed { model: alias });
+            match self.ports.limiter.verify(key, &key_hash).await? {
+                Some(fresh) if fresh.allows_model(&alias) => {
+                    refreshed = fresh;
+                    key = &refreshed;
+                }
+                _ => return Err(GatewayError::ModelNotAllowed { model: alias }),
+            }
         }
         // Stage *select deployment* (before admission: an unknown alias costs nothing).
         let route = self
@@ -509,7 +526,17 @@ impl Gateway {
             ttl_secs: self.config.gateway.upstream_timeout_ms / 1000 * 2 + 60,
         };
         match self.ports.limiter.admit(key, &demand).await {
-            Ok(admission) => meter.admission = Some(admission),
+            Ok(mut admission) => {
+                let fresh = admission.key.take();
+                meter.admission = Some(admission);
+                // The limiter's record is authoritative: a change made through
+                // another instance (allowed models) applies at once.
+                if let Some(fresh) = fresh.filter(|f| f != key) {
+                    if !fresh.allows_model(&alias) {
+                        return Err(GatewayError::ModelNotAllowed { model: alias });
+                    }
+                }
+            }
             Err(rejection) => {
                 meter.record.refused_by = Some(
                     match &rejection.error {
@@ -521,11 +548,16 @@ impl Gateway {
                 meter.admission = Some(Admission {
                     reservation: None,
                     status: rejection.status,
+                    key: None,
                 });
                 return Err(rejection.error);
             }
         }
 
+        // The OpenAI SDKs ask for base64 embeddings; providers that answer
+        // with float arrays get them encoded (little-endian float32).
+        let base64_embeddings = endpoint == Endpoint::Embeddings
+            && request.get("encoding_format").and_then(Value::as_str) == Some("base64");
         // Stages *translate request* and *call upstream*, deployment by deployment.
         let request_id = meter.record.request_id.clone();
         let timeout = Duration::from_millis(self.config.gateway.upstream_timeout_ms);
@@ -547,7 +579,16 @@ impl Gateway {
             if provider.needs_image_bytes() {
                 self.inline_images(&mut request).await?;
             }
-            let upstream_request = provider.build_request(&call, &mut request)?;
+            // A provider may rewrite the body destructively (legacy
+            // completions through chat): a fallback gets the client's own.
+            let mut attempt;
+            let body = if last {
+                &mut request
+            } else {
+                attempt = request.clone();
+                &mut attempt
+            };
+            let upstream_request = provider.build_request(&call, body)?;
             let sent_us = meter.now();
             let deadline_us = sent_us + timeout.as_micros() as u64;
             let head = self
@@ -595,6 +636,7 @@ impl Gateway {
                                 provider.as_ref(),
                                 &call,
                                 &alias,
+                                base64_embeddings,
                                 parts.status,
                                 &bytes,
                                 meter,
@@ -621,15 +663,25 @@ impl Gateway {
         provider: &dyn Provider,
         call: &Call<'_>,
         alias: &str,
+        base64_embeddings: bool,
         status: StatusCode,
         bytes: &[u8],
         meter: &Meter,
     ) -> Result<Proxied, GatewayError> {
         let mut object = provider.translate_response(call, bytes)?;
-        let usage = object
+        if base64_embeddings {
+            encode_embeddings(&mut object);
+        }
+        let mut usage = object
             .get("usage")
             .and_then(TokenUsage::from_openai)
             .unwrap_or_default();
+        if call.endpoint == Endpoint::Embeddings && usage.total_tokens == 0 {
+            // Some providers do not count embedding tokens: meter the estimate
+            // rather than record the request as free.
+            usage.prompt_tokens = meter.record.estimated_prompt_tokens;
+            usage.total_tokens = usage.prompt_tokens;
+        }
         object.insert("model".into(), Value::String(alias.to_owned()));
         let body = serde_json::to_vec(&object)
             .map_err(|e| GatewayError::Internal(format!("cannot encode the response: {e}")))?;
@@ -741,6 +793,27 @@ impl PendingRelay {
             include_usage: self.include_usage,
             meter,
         }
+    }
+}
+
+/// Float-array embeddings as OpenAI's base64 form (little-endian float32).
+fn encode_embeddings(object: &mut Map<String, Value>) {
+    use base64::Engine;
+    let Some(Value::Array(data)) = object.get_mut("data") else {
+        return;
+    };
+    for item in data {
+        let Some(slot) = item.get_mut("embedding") else {
+            continue;
+        };
+        let Value::Array(numbers) = slot else {
+            continue;
+        };
+        let mut bytes = Vec::with_capacity(numbers.len() * 4);
+        for n in numbers.iter() {
+            bytes.extend_from_slice(&(n.as_f64().unwrap_or(0.0) as f32).to_le_bytes());
+        }
+        *slot = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
     }
 }
 

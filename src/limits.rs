@@ -728,7 +728,7 @@ crate::port! {
                     status: LimitStatus::default(),
                 })?;
             match result {
-                (Ok(reservation), status) => Ok(Admission { reservation: Some(reservation), status }),
+                (Ok(reservation), status) => Ok(Admission { reservation: Some(reservation), status, key: None }),
                 (Err(refusal), status) => Err(Rejection { error: refusal.to_error(key.budget.as_ref()), status }),
             }
         }

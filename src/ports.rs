@@ -114,12 +114,16 @@ pub struct Demand {
 }
 
 /// A granted admission: what the limiter reserved, to settle later.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Admission {
     /// The reservation, when the key has limits or a budget.
     pub reservation: Option<Reservation>,
     /// The key's remaining capacity after admission, for `x-ratelimit-*`.
     pub status: LimitStatus,
+    /// The key's record as the limiter holds it, where the limiter is the
+    /// authority and the key store may lag (a Durable Object, a strongly
+    /// consistent read): the gateway re-checks the request against it.
+    pub key: Option<VirtualKey>,
 }
 
 /// What settles a reservation.
@@ -144,8 +148,9 @@ port! {
         /// For requests without admission (`/v1/models`): may this key, as
         /// presented, still be used? Platforms whose key store is itself
         /// authoritative need not check anything.
-        async fn verify(&self, _key: &VirtualKey, _key_hash: &str) -> Result<(), GatewayError> {
-            Ok(())
+        /// Returns the authoritative record where the limiter has one.
+        async fn verify(&self, _key: &VirtualKey, _key_hash: &str) -> Result<Option<VirtualKey>, GatewayError> {
+            Ok(None)
         }
     }
 }

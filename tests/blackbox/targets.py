@@ -286,7 +286,119 @@ class WorkerTarget(Target):
         return "--- wrangler dev (tail) ---\n" + "\n".join(self._lines[-last:])
 
 
-TARGETS = {"server": ServerTarget, "worker": WorkerTarget}
+class LambdaTarget(Target):
+    """The Lambda function run as Lambda runs it: ``conduit-lambda-local`` (the real
+    ``conduit-lambda`` binary behind a Runtime API and a Function-URL front), against a
+    local DynamoDB (dynalite from npm) that each instance starts for itself.
+    ``CONDUIT_LAMBDA_LOCAL`` names the runner (default target/release/conduit-lambda-local).
+    """
+
+    name = "lambda"
+    STARTUP_TIMEOUT = 60.0
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+        self.base_url: Optional[str] = None
+        self._lines: list[str] = []
+        self._threads: list[threading.Thread] = []
+        self.tmpdir: Optional[tempfile.TemporaryDirectory] = None
+
+    def _spawn(self, cmd: list[str], env: dict[str, str], q: Optional[queue.Queue]) -> subprocess.Popen:
+        p = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        self.procs.append(p)
+
+        def pump() -> None:
+            assert p.stdout is not None
+            for raw in p.stdout:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                self._lines.append(line)
+                if q is not None:
+                    q.put(line)
+            if q is not None:
+                q.put(None)
+
+        t = threading.Thread(target=pump, daemon=True)
+        t.start()
+        self._threads.append(t)
+        return p
+
+    def start(self, config_toml: str, env: dict[str, str]) -> str:
+        runner = Path(os.environ.get("CONDUIT_LAMBDA_LOCAL") or "target/release/conduit-lambda-local")
+        if not runner.is_absolute():
+            runner = REPO_ROOT / runner
+        dynalite = REPO_ROOT / "node_modules/dynalite/cli.js"
+        if not runner.exists():
+            raise TargetError(f"{runner} not built (cargo build --release -p conduit-lambda)")
+        if not dynalite.exists():
+            raise TargetError("dynalite not installed (npm ci)")
+        self.tmpdir = tempfile.TemporaryDirectory(prefix="conduit-lambda-")
+        ddb_port = _free_port()
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUIT_") and not k.startswith("AWS_")}
+        self._spawn(["node", str(dynalite), "--host", "127.0.0.1", "--port", str(ddb_port), "--createTableMs", "0",
+                     "--deleteTableMs", "0", "--updateTableMs", "0"], base_env, None)
+        import socket
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", ddb_port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TargetError("dynalite did not start\n" + self.logs())
+                time.sleep(0.05)
+        full_env = dict(base_env)
+        full_env.update({"AWS_ENDPOINT_URL_DYNAMODB": f"http://127.0.0.1:{ddb_port}", "AWS_REGION": "us-east-1",
+                         "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
+                         "AWS_EC2_METADATA_DISABLED": "true", "CONDUIT_CONFIG": config_toml})
+        full_env.update(env)
+        q: queue.Queue = queue.Queue()
+        self._spawn([str(runner), "--listen", "127.0.0.1:0"], full_env, q)
+        deadline = time.monotonic() + self.STARTUP_TIMEOUT
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.stop()
+                raise TargetError("conduit-lambda-local did not start\n" + self.logs())
+            try:
+                line = q.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
+            if line is None:
+                raise TargetError("conduit-lambda-local exited\n" + self.logs())
+            m = re.match(r"^conduit-lambda-local listening on (http://127\.0\.0\.1:\d+)", line)
+            if m:
+                self.base_url = m.group(1)
+                return self.base_url
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in reversed(self.procs):
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait(timeout=5)
+        self.procs = []
+        for t in self._threads:
+            t.join(timeout=1)
+        if self.tmpdir is not None:
+            self.tmpdir.cleanup()
+            self.tmpdir = None
+
+    def logs(self, last: int = 80) -> str:
+        return "--- lambda (tail) ---\n" + "\n".join(self._lines[-last:])
+
+
+TARGETS = {"server": ServerTarget, "worker": WorkerTarget, "lambda": LambdaTarget}
 
 
 def target_name() -> str:

@@ -169,14 +169,19 @@ impl KeyObject {
             if let Err(msg) = Self::check(loaded, &input.hash, &input.fallback) {
                 return (json!({ "unauthorized": msg }), false);
             }
-            let Some(demand) = &input.demand else {
-                return (json!({ "ok": true }), false);
-            };
             let Some(key) = loaded.record.clone() else {
                 return (json!({ "unauthorized": "Incorrect API key provided." }), false);
             };
+            // The authoritative record goes back with every answer.
+            let record = key.to_storage_json();
+            let Some(demand) = &input.demand else {
+                return (json!({ "ok": true, "key": record }), false);
+            };
             if key.limits.is_empty() && key.budget.is_none() {
-                return (json!({ "admission": { "reservation": null, "status": LimitStatus::default() } }), false);
+                return (
+                    json!({ "admission": { "reservation": null, "status": LimitStatus::default() }, "key": record }),
+                    false,
+                );
             }
             let ask = Ask {
                 now_secs: now,
@@ -189,7 +194,7 @@ impl KeyObject {
             let result = loaded.limits.admit(&ask);
             let status = loaded.limits.status(now, &key.limits, key.budget.as_ref());
             match result {
-                Ok(r) => (json!({ "admission": { "reservation": r, "status": status } }), true),
+                Ok(r) => (json!({ "admission": { "reservation": r, "status": status }, "key": record }), true),
                 Err(refusal) => (json!({ "rejection": { "refusal": refusal, "status": status } }), true),
             }
         })?;

@@ -208,14 +208,20 @@ fn parse_answer(answer: Value, key: &VirtualKey) -> Result<Admission, Rejection>
             status: status(r),
         });
     }
+    // The object's record is authoritative: it goes back to the gateway.
+    let fresh = answer.get("key").and_then(VirtualKey::from_storage_json);
     match answer.get("admission") {
         Some(a) => Ok(Admission {
             reservation: a
                 .get("reservation")
                 .and_then(|r| serde_json::from_value(r.clone()).ok()),
             status: status(a),
+            key: fresh,
         }),
-        None => Ok(Admission::default()),
+        None => Ok(Admission {
+            key: fresh,
+            ..Admission::default()
+        }),
     }
 }
 
@@ -244,12 +250,12 @@ port! {
             serde_json::from_value(v).map_err(store_err)
         }
 
-        async fn verify(&self, key: &VirtualKey, key_hash: &str) -> Result<(), GatewayError> {
+        async fn verify(&self, key: &VirtualKey, key_hash: &str) -> Result<Option<VirtualKey>, GatewayError> {
             let body = json!({ "hash": key_hash, "fallback": key.to_storage_json() });
             let answer = call_object(&self.env, &key.id, Method::Post, "/verify", Some(&body))
                 .await
                 .map_err(|e| GatewayError::Store(format!("key object: {e}")))?;
-            parse_answer(answer, key).map(|_| ()).map_err(|r| r.error)
+            parse_answer(answer, key).map(|a| a.key).map_err(|r| r.error)
         }
     }
 }

@@ -33,8 +33,17 @@ impl HyperUpstream {
         http.set_nodelay(true);
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(10)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+        // The crypto provider is named, not left to crate features: a binary
+        // that also links the AWS SDK has both ring and aws-lc-rs.
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let builder = match builder
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        {
+            Ok(b) => b,
+            // Only fails for a provider without safe defaults, which ring is not.
+            Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
+        };
+        let https = builder
             .https_or_http()
             .enable_http1()
             .enable_http2()

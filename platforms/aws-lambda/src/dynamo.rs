@@ -1,0 +1,584 @@
+//! The core's stores on DynamoDB.
+//!
+//! Two tables (names from `CONDUIT_KEYS_TABLE` and `CONDUIT_USAGE_TABLE`):
+//!
+//! | table | item | attributes |
+//! |-------|------|------------|
+//! | keys  | `pk = key#{id}` | `record` (the key's JSON), `hash` (SHA-256 of the secret), `limits` (the core's [`KeyLimitState`] as JSON), `version` |
+//! | keys  | `pk = hash#{sha256}` | `id`: the lookup from a presented secret |
+//! | usage | `pk = {key id}`, `sk = {unix ms, 13 digits}#{request id}` | `record` (JSON), `expires_at` (TTL) |
+//!
+//! **Admission** reads the key item with a strongly consistent read (so a
+//! deleted, disabled or rotated key is refused at once, whatever the
+//! in-container key cache holds), runs the core's [`KeyLimitState`] — the
+//! very arithmetic the server and the Durable Object run — and writes the new
+//! state back with a conditional write on `version`. A concurrent admission
+//! makes the condition fail and the step is retried on fresh state, so the
+//! result is the same as if admissions were serialised: with `rpm = N`,
+//! exactly N are admitted, whatever the number of concurrent Lambda
+//! instances. Settlement is the same read-modify-conditional-write.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType, TimeToLiveSpecification,
+};
+use aws_sdk_dynamodb::Client;
+use conduit::keys::VirtualKey;
+use conduit::limits::{Ask, KeyLimitState, LimitStatus, Rejection};
+use conduit::port;
+use conduit::ports::{Admission, Demand, KeyStore, Limiter, Settlement, StoreError, UsageStore};
+use conduit::usage::{UsageQuery, UsageRecord};
+use conduit::GatewayError;
+use serde_json::Value;
+
+type Item = HashMap<String, AttributeValue>;
+
+/// Table names and the usage retention.
+#[derive(Clone, Debug)]
+pub struct Tables {
+    pub keys: String,
+    pub usage: String,
+    /// Usage records expire (DynamoDB TTL) after this many days; 0 keeps them.
+    pub usage_ttl_days: u64,
+}
+
+impl Tables {
+    pub fn from_env() -> Tables {
+        let var = |name: &str, default: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| default.to_owned())
+        };
+        Tables {
+            keys: var("CONDUIT_KEYS_TABLE", "conduit-keys"),
+            usage: var("CONDUIT_USAGE_TABLE", "conduit-usage"),
+            usage_ttl_days: var("CONDUIT_USAGE_TTL_DAYS", "90").parse().unwrap_or(90),
+        }
+    }
+}
+
+fn err(e: impl std::error::Error) -> StoreError {
+    StoreError(format!("dynamodb: {}", DisplayErrorContext(e)))
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn get_s<'a>(item: &'a Item, k: &str) -> Option<&'a str> {
+    item.get(k).and_then(|v| v.as_s().ok()).map(String::as_str)
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Everything on DynamoDB: keys, admission state, usage.
+pub struct Dynamo {
+    pub client: Client,
+    pub tables: Tables,
+}
+
+/// A key item, as read.
+struct KeyItem {
+    key: Option<VirtualKey>,
+    hash: String,
+    limits: KeyLimitState,
+    version: u64,
+}
+
+impl Dynamo {
+    /// Creates the tables if they are missing (local runs; in AWS the
+    /// template creates them and the function has no right to).
+    pub async fn create_tables(&self) -> Result<(), StoreError> {
+        for (name, sort) in [(&self.tables.keys, false), (&self.tables.usage, true)] {
+            if self
+                .client
+                .describe_table()
+                .table_name(name)
+                .send()
+                .await
+                .is_ok()
+            {
+                continue;
+            }
+            let mut create = self
+                .client
+                .create_table()
+                .table_name(name)
+                .billing_mode(BillingMode::PayPerRequest)
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name("pk")
+                        .key_type(KeyType::Hash)
+                        .build()
+                        .map_err(err)?,
+                )
+                .attribute_definitions(
+                    AttributeDefinition::builder()
+                        .attribute_name("pk")
+                        .attribute_type(ScalarAttributeType::S)
+                        .build()
+                        .map_err(err)?,
+                );
+            if sort {
+                create = create
+                    .key_schema(
+                        KeySchemaElement::builder()
+                            .attribute_name("sk")
+                            .key_type(KeyType::Range)
+                            .build()
+                            .map_err(err)?,
+                    )
+                    .attribute_definitions(
+                        AttributeDefinition::builder()
+                            .attribute_name("sk")
+                            .attribute_type(ScalarAttributeType::S)
+                            .build()
+                            .map_err(err)?,
+                    );
+            }
+            if let Err(e) = create.send().await {
+                // Another instance may have created it meanwhile.
+                if e.code() != Some("ResourceInUseException") {
+                    return Err(err(e));
+                }
+            }
+            for _ in 0..100 {
+                let ready = self
+                    .client
+                    .describe_table()
+                    .table_name(name)
+                    .send()
+                    .await
+                    .ok()
+                    .and_then(|d| d.table().and_then(|t| t.table_status().cloned()))
+                    .is_some_and(|s| s.as_str() == "ACTIVE");
+                if ready {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if sort {
+                let ttl = TimeToLiveSpecification::builder()
+                    .attribute_name("expires_at")
+                    .enabled(true)
+                    .build()
+                    .map_err(err)?;
+                if let Err(e) = self
+                    .client
+                    .update_time_to_live()
+                    .table_name(name)
+                    .time_to_live_specification(ttl)
+                    .send()
+                    .await
+                {
+                    // dynalite does not implement TTL; real DynamoDB and moto do.
+                    if e.code() != Some("UnknownOperationException") {
+                        return Err(err(e));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn key_item(&self, id: &str) -> Result<Option<KeyItem>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.keys)
+            .key("pk", s(format!("key#{id}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(out.item.map(|item| KeyItem {
+            key: get_s(&item, "record")
+                .and_then(|r| serde_json::from_str::<Value>(r).ok())
+                .and_then(|v| VirtualKey::from_storage_json(&v)),
+            hash: get_s(&item, "hash").unwrap_or_default().to_owned(),
+            limits: get_s(&item, "limits")
+                .and_then(|l| serde_json::from_str(l).ok())
+                .unwrap_or_default(),
+            version: item
+                .get("version")
+                .and_then(|v| v.as_n().ok())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
+        }))
+    }
+
+    /// Writes `limits` if the item is still at `version`; `Ok(false)` when
+    /// another writer came first (or the key is gone).
+    async fn put_limits(
+        &self,
+        id: &str,
+        limits: &KeyLimitState,
+        version: u64,
+    ) -> Result<bool, StoreError> {
+        let state = serde_json::to_string(limits).map_err(|e| StoreError(e.to_string()))?;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.tables.keys)
+            .key("pk", s(format!("key#{id}")))
+            .update_expression("SET #l = :l, #v = :next")
+            .condition_expression("attribute_exists(pk) AND (attribute_not_exists(#v) OR #v = :v)")
+            .expression_attribute_names("#l", "limits")
+            .expression_attribute_names("#v", "version")
+            .expression_attribute_values(":l", s(state))
+            .expression_attribute_values(":v", AttributeValue::N(version.to_string()))
+            .expression_attribute_values(":next", AttributeValue::N((version + 1).to_string()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// The authoritative check of a presented key.
+    fn check(item: &Option<KeyItem>, hash: &str) -> Result<VirtualKey, GatewayError> {
+        let Some(item) = item else {
+            return Err(GatewayError::InvalidApiKey(
+                "This API key has been revoked.".into(),
+            ));
+        };
+        if item.hash != hash {
+            return Err(GatewayError::InvalidApiKey(
+                "Incorrect API key provided.".into(),
+            ));
+        }
+        let key = item
+            .key
+            .clone()
+            .ok_or_else(|| GatewayError::InvalidApiKey("Incorrect API key provided.".into()))?;
+        key.check_usable(now_secs())?;
+        Ok(key)
+    }
+
+    async fn backoff(attempt: u32) {
+        // Jittered, growing waits: contention is between admissions of one key.
+        let jitter = u64::from(std::process::id() % 7 + attempt % 5);
+        tokio::time::sleep(Duration::from_millis(
+            u64::from(attempt.min(20)) * 2 + jitter,
+        ))
+        .await;
+    }
+}
+
+/// Attempts at a conditional write before giving up with 503.
+const MAX_ATTEMPTS: u32 = 200;
+
+fn unavailable(e: impl std::fmt::Display) -> Rejection {
+    Rejection {
+        error: GatewayError::Store(e.to_string()),
+        status: LimitStatus::default(),
+    }
+}
+
+port! {
+    impl Limiter for Dynamo {
+        async fn admit(&self, key: &VirtualKey, demand: &Demand) -> Result<Admission, Rejection> {
+            for attempt in 0..MAX_ATTEMPTS {
+                let item = self.key_item(&key.id).await.map_err(unavailable)?;
+                let current = Self::check(&item, &demand.key_hash).map_err(|error| Rejection { error, status: LimitStatus::default() })?;
+                let Some(mut item) = item else { break };
+                if current.limits.is_empty() && current.budget.is_none() {
+                    return Ok(Admission { key: Some(current), ..Admission::default() });
+                }
+                let now = now_secs();
+                let ask = Ask {
+                    now_secs: now,
+                    limits: &current.limits,
+                    budget: current.budget.as_ref(),
+                    tokens: demand.tokens,
+                    cost_nanos: demand.cost_nanos,
+                    ttl_secs: demand.ttl_secs,
+                };
+                let result = item.limits.admit(&ask);
+                let status = item.limits.status(now, &current.limits, current.budget.as_ref());
+                match result {
+                    Err(refusal) => return Err(Rejection { error: refusal.to_error(current.budget.as_ref()), status }),
+                    Ok(reservation) => {
+                        if self.put_limits(&key.id, &item.limits, item.version).await.map_err(unavailable)? {
+                            return Ok(Admission { reservation: Some(reservation), status, key: Some(current) });
+                        }
+                    }
+                }
+                Self::backoff(attempt).await;
+            }
+            Err(unavailable("admission could not be written: too much contention on this key"))
+        }
+
+        async fn settle(&self, key: &VirtualKey, admission: &Admission, settlement: Settlement) {
+            let Some(reservation) = admission.reservation else { return };
+            for attempt in 0..MAX_ATTEMPTS {
+                let Ok(Some(mut item)) = self.key_item(&key.id).await else { return };
+                let budget = item.key.as_ref().and_then(|k| k.budget.clone());
+                item.limits.settle(now_secs(), budget.as_ref(), reservation.id, settlement.tokens, settlement.cost_nanos);
+                match self.put_limits(&key.id, &item.limits, item.version).await {
+                    Ok(true) => return,
+                    Ok(false) => Self::backoff(attempt).await,
+                    Err(e) => {
+                        eprintln!("conduit: settlement for key {} failed: {}", key.id, e);
+                        return;
+                    }
+                }
+            }
+        }
+
+        async fn status(&self, key: &VirtualKey) -> Result<LimitStatus, StoreError> {
+            let Some(mut item) = self.key_item(&key.id).await? else { return Ok(LimitStatus::default()) };
+            let current = item.key.clone().unwrap_or_else(|| key.clone());
+            Ok(item.limits.status(now_secs(), &current.limits, current.budget.as_ref()))
+        }
+
+        async fn verify(&self, key: &VirtualKey, key_hash: &str) -> Result<Option<VirtualKey>, GatewayError> {
+            let item = self.key_item(&key.id).await?;
+            Self::check(&item, key_hash).map(Some)
+        }
+    }
+}
+
+port! {
+    impl KeyStore for Dynamo {
+        async fn find_by_hash(&self, hash: &str) -> Result<Option<VirtualKey>, StoreError> {
+            let out = self
+                .client
+                .get_item()
+                .table_name(&self.tables.keys)
+                .key("pk", s(format!("hash#{hash}")))
+                .send()
+                .await
+                .map_err(err)?;
+            let Some(id) = out.item.as_ref().and_then(|i| get_s(i, "id")).map(str::to_owned) else { return Ok(None) };
+            Ok(self.key_item(&id).await?.filter(|i| i.hash == hash).and_then(|i| i.key))
+        }
+
+        async fn get(&self, id: &str) -> Result<Option<VirtualKey>, StoreError> {
+            Ok(self.key_item(id).await?.and_then(|i| i.key))
+        }
+
+        async fn list(&self) -> Result<Vec<VirtualKey>, StoreError> {
+            let mut keys = Vec::new();
+            let mut start: Option<Item> = None;
+            loop {
+                let out = self
+                    .client
+                    .scan()
+                    .table_name(&self.tables.keys)
+                    .filter_expression("begins_with(pk, :p)")
+                    .expression_attribute_values(":p", s("key#"))
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(err)?;
+                for item in out.items() {
+                    if let Some(k) = get_s(item, "record")
+                        .and_then(|r| serde_json::from_str::<Value>(r).ok())
+                        .and_then(|v| VirtualKey::from_storage_json(&v))
+                    {
+                        keys.push(k);
+                    }
+                }
+                match out.last_evaluated_key {
+                    Some(k) if !k.is_empty() => start = Some(k),
+                    _ => break,
+                }
+            }
+            keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+            Ok(keys)
+        }
+
+        async fn insert(&self, key: &VirtualKey, hash: &str) -> Result<(), StoreError> {
+            self.client
+                .put_item()
+                .table_name(&self.tables.keys)
+                .item("pk", s(format!("key#{}", key.id)))
+                .item("record", s(key.to_storage_json().to_string()))
+                .item("hash", s(hash))
+                .item("version", AttributeValue::N("0".into()))
+                .condition_expression("attribute_not_exists(pk)")
+                .send()
+                .await
+                .map_err(err)?;
+            self.client
+                .put_item()
+                .table_name(&self.tables.keys)
+                .item("pk", s(format!("hash#{hash}")))
+                .item("id", s(key.id.clone()))
+                .send()
+                .await
+                .map_err(err)?;
+            Ok(())
+        }
+
+        async fn update(&self, key: &VirtualKey) -> Result<bool, StoreError> {
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.tables.keys)
+                .key("pk", s(format!("key#{}", key.id)))
+                .update_expression("SET #r = :r")
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_names("#r", "record")
+                .expression_attribute_values(":r", s(key.to_storage_json().to_string()))
+                .send()
+                .await;
+            match result {
+                Ok(_) => Ok(true),
+                Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
+                Err(e) => Err(err(e)),
+            }
+        }
+
+        async fn set_hash(&self, id: &str, hash: &str) -> Result<bool, StoreError> {
+            let Some(item) = self.key_item(id).await? else { return Ok(false) };
+            // The key item is the authority: once its hash changes, the old secret is refused.
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.tables.keys)
+                .key("pk", s(format!("key#{id}")))
+                .update_expression("SET #h = :h")
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_names("#h", "hash")
+                .expression_attribute_values(":h", s(hash))
+                .send()
+                .await;
+            match result {
+                Ok(_) => {}
+                Err(e) if e.code() == Some("ConditionalCheckFailedException") => return Ok(false),
+                Err(e) => return Err(err(e)),
+            }
+            self.client
+                .put_item()
+                .table_name(&self.tables.keys)
+                .item("pk", s(format!("hash#{hash}")))
+                .item("id", s(id))
+                .send()
+                .await
+                .map_err(err)?;
+            self.client
+                .delete_item()
+                .table_name(&self.tables.keys)
+                .key("pk", s(format!("hash#{}", item.hash)))
+                .send()
+                .await
+                .map_err(err)?;
+            Ok(true)
+        }
+
+        async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+            let Some(item) = self.key_item(id).await? else { return Ok(false) };
+            self.client
+                .delete_item()
+                .table_name(&self.tables.keys)
+                .key("pk", s(format!("key#{id}")))
+                .send()
+                .await
+                .map_err(err)?;
+            self.client
+                .delete_item()
+                .table_name(&self.tables.keys)
+                .key("pk", s(format!("hash#{}", item.hash)))
+                .send()
+                .await
+                .map_err(err)?;
+            Ok(true)
+        }
+    }
+}
+
+fn sort_key(ms: u64, request_id: &str) -> String {
+    format!("{ms:013}#{request_id}")
+}
+
+port! {
+    impl UsageStore for Dynamo {
+        async fn record(&self, record: UsageRecord) {
+            let json = record.to_json();
+            // CloudWatch: one structured line per request (no key, secret or prompt in it).
+            println!("{}", serde_json::json!({ "conduit_usage": json }));
+            let mut put = self
+                .client
+                .put_item()
+                .table_name(&self.tables.usage)
+                .item("pk", s(record.key_id.clone()))
+                .item("sk", s(sort_key(record.created_at_ms, &record.request_id)))
+                .item("record", s(json.to_string()));
+            if self.tables.usage_ttl_days > 0 {
+                let expires = record.created_at_ms / 1000 + self.tables.usage_ttl_days * 86_400;
+                put = put.item("expires_at", AttributeValue::N(expires.to_string()));
+            }
+            if let Err(e) = put.send().await {
+                eprintln!("conduit: usage record {} not stored: {}", record.request_id, DisplayErrorContext(e));
+            }
+        }
+
+        async fn query(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>, StoreError> {
+            let from = sort_key(query.since_ms.unwrap_or(0), "");
+            let to = sort_key(query.until_ms.unwrap_or(9_999_999_999_999), "");
+            let mut out = Vec::new();
+            let mut start: Option<Item> = None;
+            loop {
+                let (items, last) = match &query.key_id {
+                    Some(key_id) => {
+                        let r = self
+                            .client
+                            .query()
+                            .table_name(&self.tables.usage)
+                            .key_condition_expression("pk = :k AND sk BETWEEN :a AND :b")
+                            .expression_attribute_values(":k", s(key_id.clone()))
+                            .expression_attribute_values(":a", s(from.clone()))
+                            .expression_attribute_values(":b", s(to.clone()))
+                            .set_exclusive_start_key(start.take())
+                            .send()
+                            .await
+                            .map_err(err)?;
+                        (r.items.unwrap_or_default(), r.last_evaluated_key)
+                    }
+                    None => {
+                        let r = self
+                            .client
+                            .scan()
+                            .table_name(&self.tables.usage)
+                            .filter_expression("sk BETWEEN :a AND :b")
+                            .expression_attribute_values(":a", s(from.clone()))
+                            .expression_attribute_values(":b", s(to.clone()))
+                            .set_exclusive_start_key(start.take())
+                            .send()
+                            .await
+                            .map_err(err)?;
+                        (r.items.unwrap_or_default(), r.last_evaluated_key)
+                    }
+                };
+                out.extend(
+                    items
+                        .iter()
+                        .filter_map(|i| get_s(i, "record"))
+                        .filter_map(|r| serde_json::from_str::<Value>(r).ok())
+                        .filter_map(|v| UsageRecord::from_json(&v))
+                        .filter(|r| query.matches(r)),
+                );
+                match last {
+                    Some(k) if !k.is_empty() => start = Some(k),
+                    _ => break,
+                }
+            }
+            out.sort_by_key(|r| r.created_at_ms);
+            Ok(out)
+        }
+    }
+}

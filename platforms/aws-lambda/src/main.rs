@@ -1,0 +1,157 @@
+//! `conduit-lambda`: Conduit as an AWS Lambda function behind a Function URL
+//! with response streaming (`InvokeMode: RESPONSE_STREAM`).
+//!
+//! A thin adapter: the Function URL's request becomes an `http::Request`
+//! for [`conduit::Gateway`], whose answer is streamed back. Ports: keys,
+//! admission and usage on DynamoDB ([`dynamo`]), the hyper upstream and the
+//! clock from `conduit-native`, and a spawner whose tasks (settlement, usage
+//! writes) the response waits for before it ends, since Lambda may freeze
+//! the sandbox as soon as the invocation returns.
+//!
+//! Environment: `CONDUIT_CONFIG` (the TOML document; `[server]` is ignored),
+//! `CONDUIT_MASTER_KEY`, the provider secrets named by `api_key_env`,
+//! `CONDUIT_KEYS_TABLE` / `CONDUIT_USAGE_TABLE` (default `conduit-keys`,
+//! `conduit-usage`), `CONDUIT_USAGE_TTL_DAYS` (90), and
+//! `CONDUIT_CREATE_TABLES=1` to create missing tables at start (local runs).
+
+mod dynamo;
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use conduit::compat::BoxFuture;
+use conduit::ports::Spawner;
+use conduit::{Config, Gateway, GatewayError, Ports, ResponseBody};
+use conduit_native::{HyperUpstream, SystemClock};
+use futures_util::StreamExt;
+use http_body::Frame;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, StreamBody};
+use lambda_http::{service_fn, Error, Request};
+use tokio::task::JoinHandle;
+
+use crate::dynamo::{Dynamo, Tables};
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// How long a response waits, after its last byte, for its settlement and
+/// usage write.
+const TASKS_GRACE: Duration = Duration::from_secs(10);
+
+/// The tasks one invocation started, awaited before it returns.
+#[derive(Default)]
+struct InvocationTasks(Mutex<Vec<JoinHandle<()>>>);
+
+impl Spawner for InvocationTasks {
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        let handle = tokio::spawn(task);
+        if let Ok(mut tasks) = self.0.lock() {
+            tasks.push(handle);
+        }
+    }
+}
+
+impl InvocationTasks {
+    async fn join(&self) {
+        let handles = self
+            .0
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        for h in handles {
+            let _ = tokio::time::timeout(TASKS_GRACE, h).await;
+        }
+    }
+}
+
+/// Runs after the last body chunk: waits for the invocation's tasks.
+fn then_join(
+    tasks: Arc<InvocationTasks>,
+) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> {
+    futures_util::stream::once(async move {
+        tasks.join().await;
+    })
+    .filter_map(|()| async { None })
+}
+
+async fn handle(gateway: Arc<Gateway>, request: Request) -> Result<http::Response<Body>, Error> {
+    let tasks = Arc::new(InvocationTasks::default());
+    let spawner: Arc<dyn Spawner> = tasks.clone();
+    let (parts, body) = request.into_parts();
+    let bytes = match body {
+        lambda_http::Body::Empty => Bytes::new(),
+        lambda_http::Body::Text(t) => Bytes::from(t),
+        lambda_http::Body::Binary(b) => Bytes::from(b),
+        _ => Bytes::new(),
+    };
+    let response = if bytes.len() > gateway.max_body_bytes() {
+        gateway.refuse(&GatewayError::PayloadTooLarge {
+            limit: gateway.max_body_bytes(),
+        })
+    } else {
+        gateway
+            .handle_with(http::Request::from_parts(parts, bytes), &spawner)
+            .await
+    };
+    let (parts, body) = response.into_parts();
+    let stream = match body {
+        ResponseBody::Full(b) => futures_util::stream::once(async move { b }).boxed(),
+        ResponseBody::Stream(s) => s,
+    };
+    let frames = stream
+        .map(|b| Ok::<_, Infallible>(Frame::data(b)))
+        .chain(then_join(tasks));
+    Ok(http::Response::from_parts(
+        parts,
+        StreamBody::new(frames).boxed_unsync(),
+    ))
+}
+
+async fn gateway() -> Result<Gateway, String> {
+    let text =
+        std::env::var("CONDUIT_CONFIG").map_err(|_| "CONDUIT_CONFIG is not set".to_owned())?;
+    let config = Config::parse(&text, "CONDUIT_CONFIG", &|v| std::env::var(v).ok())
+        .map_err(|e| e.to_string())?;
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let dynamo = Arc::new(Dynamo {
+        client: aws_sdk_dynamodb::Client::new(&aws),
+        tables: Tables::from_env(),
+    });
+    if std::env::var("CONDUIT_CREATE_TABLES").is_ok_and(|v| v == "1" || v == "true") {
+        dynamo
+            .create_tables()
+            .await
+            .map_err(|e| format!("cannot create the tables: {e}"))?;
+    }
+    let ports = Ports {
+        keys: dynamo.clone(),
+        usage: dynamo.clone(),
+        upstream: Arc::new(HyperUpstream::new()),
+        clock: Arc::new(SystemClock),
+        limiter: dynamo,
+        spawner: Arc::new(conduit_native::TokioSpawner),
+    };
+    let master = std::env::var("CONDUIT_MASTER_KEY").ok();
+    Ok(Gateway::new(config, ports, master.as_deref()))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let gateway = match gateway().await {
+        Ok(g) => Arc::new(g),
+        Err(message) => {
+            // An init error: Lambda reports it and retries the cold start.
+            eprintln!("conduit: {message}");
+            return Err(message.into());
+        }
+    };
+    lambda_http::run_with_streaming_response(service_fn(move |request: Request| {
+        let gateway = gateway.clone();
+        async move { handle(gateway, request).await }
+    }))
+    .await
+}
