@@ -635,7 +635,6 @@ impl Gateway {
                             return self.translate_whole(
                                 provider.as_ref(),
                                 &call,
-                                &alias,
                                 base64_embeddings,
                                 parts.status,
                                 &bytes,
@@ -662,7 +661,6 @@ impl Gateway {
         &self,
         provider: &dyn Provider,
         call: &Call<'_>,
-        alias: &str,
         base64_embeddings: bool,
         status: StatusCode,
         bytes: &[u8],
@@ -682,7 +680,8 @@ impl Gateway {
             usage.prompt_tokens = meter.record.estimated_prompt_tokens;
             usage.total_tokens = usage.prompt_tokens;
         }
-        object.insert("model".into(), Value::String(alias.to_owned()));
+        // `model` is the alias the client sent.
+        object.insert("model".into(), Value::String(meter.record.model.clone()));
         let body = serde_json::to_vec(&object)
             .map_err(|e| GatewayError::Internal(format!("cannot encode the response: {e}")))?;
         let mut response = http::Response::new(ResponseBody::Full(Bytes::from(body)));
