@@ -94,9 +94,12 @@ impl AsyncWrite for QuickAck {
     }
 }
 
+/// A response head: status and headers.
+type Head = (u16, Vec<(String, String)>);
+
 /// What the front waits for: the response head, then body chunks.
 struct Waiting {
-    head: Option<oneshot::Sender<(u16, Vec<(String, String)>)>>,
+    head: Option<oneshot::Sender<Head>>,
     chunks: mpsc::Sender<Bytes>,
 }
 
@@ -290,7 +293,7 @@ fn tokio_stream(mut rx: mpsc::Receiver<Bytes>) -> impl futures_util::Stream<Item
 }
 
 /// Parses the streaming prelude: `{"statusCode", "headers", "cookies"}`.
-fn prelude(json: &[u8]) -> (u16, Vec<(String, String)>) {
+fn prelude(json: &[u8]) -> Head {
     let v: Value = serde_json::from_slice(json).unwrap_or(Value::Null);
     let status = v.get("statusCode").and_then(Value::as_u64).unwrap_or(200) as u16;
     let mut headers: Vec<(String, String)> = v
