@@ -248,6 +248,7 @@ impl Dynamo {
     }
 
     /// The authoritative check of a presented key.
+    #[allow(clippy::result_large_err)] // the core's error type, on a cold path
     fn check(item: &Option<KeyItem>, hash: &str) -> Result<VirtualKey, GatewayError> {
         let Some(item) = item else {
             return Err(GatewayError::InvalidApiKey(
