@@ -2,12 +2,12 @@
 # The whole test suite, from a fresh clone: installs what it needs, starts
 # and stops what its tests use.
 #   bash scripts/test.sh
-# CONDUIT_TEST_TARGETS="server worker" (the default) picks the platforms the
-# black-box suite runs against.
+# CONDUIT_TEST_TARGETS="server worker lambda" (the default) picks the
+# platforms the black-box suite runs against.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-targets="${CONDUIT_TEST_TARGETS:-server worker}"
+targets="${CONDUIT_TEST_TARGETS:-server worker lambda}"
 
 step() { printf '\n==> %s\n' "$*"; }
 wants() { case " $targets " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
@@ -30,15 +30,21 @@ cargo build --locked -p conduit --lib --target wasm32-unknown-unknown
 step "unit and in-process tests"
 cargo test --workspace --exclude conduit-cloudflare --locked
 
-step "release build of the server"
+step "release build of the server; the Lambda function and its local runner"
 cargo build --locked --release -p conduit-server
+# The Lambda target runs the debug build (cargo test built it): the release
+# build is what `sam build` makes, through cargo-lambda.
+cargo build --locked -p conduit-lambda
+
+npm_ready=
+npm_ci() { [ -n "$npm_ready" ] || { npm ci --no-audit --no-fund; npm_ready=1; }; }
 
 if wants worker; then
   step "worker toolchain (cargo install is a no-op when already installed) and npm packages"
   cargo install worker-build --version 0.8.7
   bindgen=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
   cargo install wasm-bindgen-cli --version "$bindgen"
-  npm ci --no-audit --no-fund
+  npm_ci
   step "worker build"
   sh scripts/build-worker.sh
   step "wrangler deploy --dry-run (bundle size)"
@@ -46,6 +52,15 @@ if wants worker; then
   WRANGLER_SEND_METRICS=false node_modules/.bin/wrangler deploy --dry-run --outdir dist 2>&1 | grep -E "Total Upload|error|Error" || true
   wasm=platforms/cloudflare/build/index_bg.wasm
   printf 'worker wasm: %s bytes, gzip -9: %s bytes\n' "$(wc -c < $wasm)" "$(gzip -9c $wasm | wc -c)"
+fi
+
+if wants lambda; then
+  npm_ci   # dynalite, the local DynamoDB the Lambda target starts
+  step "template.yaml: sam validate --lint and cfn-lint"
+  samvenv="${CONDUIT_SAM_VENV:-$root/.venv-sam}"
+  [ -x "$samvenv/bin/sam" ] || { python3 -m venv "$samvenv" && "$samvenv/bin/pip" install --quiet --disable-pip-version-check aws-sam-cli==1.170.0; }
+  SAM_CLI_TELEMETRY=0 AWS_EC2_METADATA_DISABLED=true "$samvenv/bin/sam" validate --lint -t template.yaml
+  "$samvenv/bin/cfn-lint" template.yaml
 fi
 
 step "python venv for the black-box suite"
@@ -56,6 +71,7 @@ fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 
 export CONDUIT_BIN="$root/target/release/conduit"
+export CONDUIT_LAMBDA_LOCAL="$root/target/debug/conduit-lambda-local"
 status=0
 for t in $targets; do
   step "black-box suite (official openai SDK) against: $t"
