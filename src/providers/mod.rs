@@ -197,6 +197,22 @@ pub trait Provider: MaybeSendSync {
     }
 }
 
+/// OpenAI's `stop` (a string or a list of strings) as a list, or `None`
+/// when absent or empty; a 400 naming `stop` otherwise.
+pub(crate) fn stop_sequences(stop: Option<&Value>) -> Result<Option<Value>, GatewayError> {
+    match stop {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(Value::Array(vec![Value::String(s.clone())]))),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
+            Ok((!items.is_empty()).then(|| Value::Array(items.clone())))
+        }
+        Some(_) => Err(GatewayError::invalid(
+            "`stop` must be a string or an array of strings.",
+            Some("stop"),
+        )),
+    }
+}
+
 /// The secret named by `field` (an `*_env` setting): its value, or an error
 /// naming the field and the variable.
 pub(crate) fn required_secret(

@@ -282,7 +282,7 @@ fn to_messages(
         }
     }
     out.insert("messages".into(), Value::Array(messages));
-    if let Some(stop) = stop_sequences(body.get("stop"))? {
+    if let Some(stop) = super::stop_sequences(body.get("stop"))? {
         out.insert("stop_sequences".into(), stop);
     }
     if let Some(t) = number(body, "temperature")? {
@@ -340,20 +340,6 @@ fn number(body: &Map<String, Value>, field: &str) -> Result<Option<f64>, Gateway
             .as_f64()
             .map(Some)
             .ok_or_else(|| invalid(format!("`{field}` must be a number."), field)),
-    }
-}
-
-fn stop_sequences(stop: Option<&Value>) -> Result<Option<Value>, GatewayError> {
-    match stop {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(json!([s]))),
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
-            Ok((!items.is_empty()).then(|| Value::Array(items.clone())))
-        }
-        Some(_) => Err(invalid(
-            "`stop` must be a string or a list of strings.",
-            "stop",
-        )),
     }
 }
 

@@ -484,22 +484,8 @@ fn inference_config(body: &Map<String, Value>) -> Result<Map<String, Value>, Gat
             Some(_) => return Err(invalid(format!("`{p}` must be a number."), p)),
         }
     }
-    match body.get("stop") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => {
-            cfg.insert("stopSequences".into(), json!([s]));
-        }
-        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
-            if !a.is_empty() {
-                cfg.insert("stopSequences".into(), Value::Array(a.clone()));
-            }
-        }
-        Some(_) => {
-            return Err(invalid(
-                "`stop` must be a string or an array of strings.",
-                "stop",
-            ))
-        }
+    if let Some(stop) = super::stop_sequences(body.get("stop"))? {
+        cfg.insert("stopSequences".into(), stop);
     }
     Ok(cfg)
 }

@@ -293,22 +293,8 @@ fn chat_body(
             }
         }
     }
-    match body.get("stop") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => {
-            out.insert("stop_sequences".into(), json!([s]));
-        }
-        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
-            if !a.is_empty() {
-                out.insert("stop_sequences".into(), Value::Array(a.clone()));
-            }
-        }
-        Some(_) => {
-            return Err(invalid(
-                "`stop` must be a string or an array of strings.",
-                "stop",
-            ))
-        }
+    if let Some(stop) = super::stop_sequences(body.get("stop"))? {
+        out.insert("stop_sequences".into(), stop);
     }
     for (from, to) in [
         ("temperature", "temperature"),

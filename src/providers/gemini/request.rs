@@ -126,22 +126,8 @@ fn generation_config(body: &Map<String, Value>) -> Result<Map<String, Value>, Ga
         }
         _ => {}
     }
-    match body.get("stop") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => {
-            g.insert("stopSequences".into(), json!([s]));
-        }
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
-            if !items.is_empty() {
-                g.insert("stopSequences".into(), Value::Array(items.clone()));
-            }
-        }
-        Some(_) => {
-            return Err(invalid(
-                "`stop` must be a string or an array of strings.",
-                "stop",
-            ))
-        }
+    if let Some(stop) = crate::providers::stop_sequences(body.get("stop"))? {
+        g.insert("stopSequences".into(), stop);
     }
     match body.get("response_format") {
         None | Some(Value::Null) => {}
