@@ -1,24 +1,25 @@
 //! The request pipeline: every request to Conduit, stage by stage.
 //!
 //! ```text
-//!  request ──► route ──► authenticate ──► parse ──► authorize ──► admit ──► select deployment
-//!                                                                              │
-//!  response ◄── respond ◄── meter ◄── translate response ◄── call upstream ◄── translate request
+//!  request ─► route ─► authenticate ─► parse ─► authorize ─► select deployment ─► estimate ─► admit
+//!                                                                                              │
+//!  response ◄─ respond ◄─ meter ◄─ translate response ◄─ call upstream ◄─ translate request ◄──┘
 //! ```
 //!
 //! | stage               | reads                                          | adds                                        |
 //! |---------------------|------------------------------------------------|---------------------------------------------|
 //! | route               | method, path                                   | the [`Route`] (405/404 otherwise)           |
-//! | authenticate        | `Authorization`/`X-API-Key`/`api-key`, [`KeyStore`] via [`KeyCache`] | the [`VirtualKey`] (401: missing, unknown, disabled, expired) |
+//! | authenticate        | `Authorization`/`X-API-Key`/`api-key`, [`KeyStore`] via [`KeyCache`] | the [`VirtualKey`] and the secret's hash (401: missing, unknown, disabled, expired) |
 //! | parse               | the body (≤ `max_body_bytes`, else 413)        | the JSON object, `model`, `stream` (400)    |
-//! | authorize           | the key's `allowed_models`                     | — (403 `model_not_allowed`)                 |
-//! | admit               | [`Limiter`] with the key and the [`Demand`]    | an [`Admission`] and its headers (429/402)  |
+//! | authorize           | the key's `allowed_models` (the limiter's record when the cache says no) | — (403 `model_not_allowed`) |
 //! | select deployment   | `[models.ALIAS]`                               | the [`ModelRoute`] (404 `model_not_found`)  |
-//! | translate request   | the deployment's [`Provider`]                  | the upstream `http::Request`                |
+//! | estimate            | the body, the deployments' prices              | the [`Demand`]: tokens and cost (403 `model_price_unknown` for a budget without a price) |
+//! | admit               | [`Limiter`] with the key and the [`Demand`]    | an [`Admission`]: reservation, `x-ratelimit-*`, the authoritative key (429/402/401) |
+//! | translate request   | the deployment's [`Provider`], a [`Call`]      | the upstream `http::Request`                |
 //! | call upstream       | [`Upstream`], [`Clock`] for the timeout        | the response head; a retryable failure (5xx, 429, timeout, connection) moves on to the next deployment |
 //! | translate response  | the provider's body or stream decoder          | an OpenAI object with `model` = the alias, or the [`Relay`] |
-//! | meter               | the usage the provider reported, timings      | one [`UsageRecord`] to the [`UsageStore`] (from the stream's end, or its `Drop`) |
-//! | respond             | —                                              | `x-request-id`, `x-conduit-overhead-ms`, admission headers |
+//! | meter               | the usage the provider reported, timings, price | the cost, the settlement, one [`UsageRecord`], handed to the [`Spawner`] unless done at once (from the stream's end, or its `Drop`) |
+//! | respond             | —                                              | `x-request-id`, `x-conduit-overhead-ms`, `x-ratelimit-*` |
 //!
 //! Admin routes (`/admin/…`) go to [`crate::admin`] after the master-key check.
 
