@@ -21,6 +21,8 @@ pub mod cohere;
 pub mod gemini;
 pub mod legacy;
 pub mod openai;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::sync::Arc;
 

@@ -1,6 +1,7 @@
 //! Unit tests on the recorded payloads in `tests/fixtures/anthropic/`.
 
 use super::*;
+use crate::providers::testing::{self, chunks, obj};
 use serde_json::json;
 
 const TEXT_JSON: &str = include_str!("../../../tests/fixtures/anthropic/messages.text.json");
@@ -44,10 +45,6 @@ fn provider() -> Anthropic {
     Anthropic::new("http://mock".into(), "sk-ant".into())
 }
 
-fn obj(v: Value) -> Map<String, Value> {
-    v.as_object().unwrap().clone()
-}
-
 /// The JSON body sent upstream.
 fn sent(call: &Call<'_>, body: Value) -> Value {
     let req = provider().build_request(call, &mut obj(body)).unwrap();
@@ -72,40 +69,9 @@ fn jsonl_to_sse(jsonl: &str) -> Vec<u8> {
     out.into_bytes()
 }
 
-fn decode_with(call: &Call<'_>, pieces: &[&[u8]]) -> Vec<StreamEvent> {
-    let mut d = provider().stream_decoder(call);
-    let mut out = Vec::new();
-    for p in pieces {
-        d.feed(p, &mut out);
-    }
-    d.finish(&mut out);
-    out
-}
-
-/// Decodes the whole body, and checks that every two-piece split gives the
-/// same events.
+/// Decodes the whole body, and checks that every split gives the same events.
 fn decode(call: &Call<'_>, body: &[u8]) -> Vec<StreamEvent> {
-    let whole = decode_with(call, &[body]);
-    for i in 0..=body.len() {
-        assert_eq!(
-            decode_with(call, &[&body[..i], &body[i..]]),
-            whole,
-            "split at byte {i}"
-        );
-    }
-    let bytewise: Vec<&[u8]> = body.chunks(1).collect();
-    assert_eq!(decode_with(call, &bytewise), whole, "byte by byte");
-    whole
-}
-
-fn chunks(events: &[StreamEvent]) -> Vec<&Map<String, Value>> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            StreamEvent::Chunk(c) => Some(c),
-            _ => None,
-        })
-        .collect()
+    testing::assert_split_invariant(&|| provider().stream_decoder(call), body)
 }
 
 fn streamed_text(events: &[StreamEvent]) -> String {

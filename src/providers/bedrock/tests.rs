@@ -1,6 +1,7 @@
 //! Unit tests on the recorded payloads (tests/fixtures/bedrock/SOURCES.md).
 
 use super::*;
+use crate::providers::testing::{self, chunks, obj};
 use base64::Engine;
 use serde_json::json;
 
@@ -68,45 +69,16 @@ fn call(endpoint: Endpoint, model: &str, stream: bool) -> Call<'_> {
     }
 }
 
-fn obj(v: Value) -> Map<String, Value> {
-    v.as_object().unwrap().clone()
-}
-
 fn sent(req: &http::Request<Bytes>) -> Value {
     serde_json::from_slice(req.body()).unwrap()
 }
 
-/// The decoder's events for `bytes` fed in one piece.
 fn decode(dec: &mut dyn StreamDecoder, pieces: &[&[u8]]) -> Vec<StreamEvent> {
-    let mut out = Vec::new();
-    for p in pieces {
-        dec.feed(p, &mut out);
-    }
-    dec.finish(&mut out);
-    out
+    testing::decode(dec, pieces)
 }
 
-/// Every split of `bytes` gives the events of the whole.
 fn assert_split_invariant(p: &Bedrock, c: &Call<'_>, bytes: &[u8]) -> Vec<StreamEvent> {
-    let whole = decode(p.stream_decoder(c).as_mut(), &[bytes]);
-    for i in 0..=bytes.len() {
-        let split = decode(p.stream_decoder(c).as_mut(), &[&bytes[..i], &bytes[i..]]);
-        assert_eq!(split, whole, "split at byte {i}");
-    }
-    // And byte by byte.
-    let pieces: Vec<&[u8]> = bytes.chunks(1).collect();
-    assert_eq!(decode(p.stream_decoder(c).as_mut(), &pieces), whole);
-    whole
-}
-
-fn chunks(events: &[StreamEvent]) -> Vec<&Map<String, Value>> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            StreamEvent::Chunk(c) => Some(c),
-            _ => None,
-        })
-        .collect()
+    testing::assert_split_invariant(&|| p.stream_decoder(c), bytes)
 }
 
 /// The text stream fixture (AWS SDK shape, one `{event: body}` per line) as eventstream bytes.

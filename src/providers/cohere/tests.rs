@@ -1,6 +1,7 @@
 //! Unit tests of the `cohere` provider on the recorded payloads (tests/fixtures/cohere/).
 
 use super::*;
+use crate::providers::testing::{self, chunks, obj};
 
 const TEXT_JSONL: &str =
     include_str!("../../../tests/fixtures/cohere/chat.v2.stream.text.decoded.jsonl");
@@ -24,10 +25,6 @@ fn call(endpoint: Endpoint, stream: bool) -> Call<'static> {
     }
 }
 
-fn obj(v: Value) -> Map<String, Value> {
-    v.as_object().unwrap().clone()
-}
-
 fn provider() -> Cohere {
     Cohere::new("http://h".into(), "co-key".into())
 }
@@ -44,23 +41,7 @@ fn refused(call: &Call<'_>, body: Value) -> GatewayError {
 
 /// Runs a decoder over pieces of a body.
 fn decode(call: &Call<'_>, pieces: &[&[u8]]) -> Vec<StreamEvent> {
-    let mut d = provider().stream_decoder(call);
-    let mut out = Vec::new();
-    for p in pieces {
-        d.feed(p, &mut out);
-    }
-    d.finish(&mut out);
-    out
-}
-
-fn chunks(events: &[StreamEvent]) -> Vec<&Map<String, Value>> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            StreamEvent::Chunk(c) => Some(c),
-            _ => None,
-        })
-        .collect()
+    testing::decode(provider().stream_decoder(call).as_mut(), pieces)
 }
 
 /// The SSE framing of 3.5 over the decoded events.

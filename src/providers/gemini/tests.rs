@@ -1,6 +1,7 @@
 //! On the recorded payloads in tests/fixtures/gemini (see its SOURCES.md).
 
 use super::*;
+use crate::providers::testing::{self, chunks, obj};
 use crate::providers::StreamEvent;
 use serde_json::json;
 
@@ -42,10 +43,6 @@ fn provider() -> Gemini {
     )
 }
 
-fn obj(v: Value) -> Map<String, Value> {
-    v.as_object().unwrap().clone()
-}
-
 /// Builds the request and returns (url, body sent).
 fn build(c: &Call<'_>, body: Value) -> Result<(String, Value), GatewayError> {
     let req = provider().build_request(c, &mut obj(body))?;
@@ -69,35 +66,11 @@ fn sse_of(jsonl: &str) -> Vec<u8> {
 }
 
 fn decode(c: &Call<'_>, pieces: &[&[u8]]) -> Vec<StreamEvent> {
-    let mut d = provider().stream_decoder(c);
-    let mut out = Vec::new();
-    for p in pieces {
-        d.feed(p, &mut out);
-    }
-    d.finish(&mut out);
-    out
+    testing::decode(provider().stream_decoder(c).as_mut(), pieces)
 }
 
-fn chunks(events: &[StreamEvent]) -> Vec<&Map<String, Value>> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            StreamEvent::Chunk(c) => Some(c),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Every split in two gives the same events as the whole body.
 fn assert_split_invariant(c: &Call<'_>, body: &[u8]) {
-    let whole = decode(c, &[body]);
-    for i in 0..=body.len() {
-        assert_eq!(
-            decode(c, &[&body[..i], &body[i..]]),
-            whole,
-            "split at byte {i}"
-        );
-    }
+    testing::assert_split_invariant(&|| provider().stream_decoder(c), body);
 }
 
 #[test]
