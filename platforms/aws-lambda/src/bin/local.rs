@@ -112,7 +112,10 @@ struct Shared {
     queue_tx: mpsc::UnboundedSender<Invocation>,
     queue_rx: AsyncMutex<mpsc::UnboundedReceiver<Invocation>>,
     waiting: Mutex<HashMap<String, Waiting>>,
+    /// Instances waiting in `GET /next`.
     idle: AtomicUsize,
+    /// Invocations queued and not yet taken by an instance.
+    queued: AtomicUsize,
     instances: AtomicUsize,
     max_instances: usize,
     function: String,
@@ -264,7 +267,9 @@ async fn front(
             },
         );
     }
-    if shared.idle.load(Ordering::SeqCst) == 0
+    // Like Lambda: an invocation that no idle instance will take starts a new one.
+    let queued = shared.queued.fetch_add(1, Ordering::SeqCst) + 1;
+    if queued > shared.idle.load(Ordering::SeqCst)
         && shared.instances.load(Ordering::SeqCst) < shared.max_instances
     {
         if let Err(e) = shared.spawn_instance() {
@@ -326,6 +331,9 @@ async fn runtime(
         shared.idle.fetch_add(1, Ordering::SeqCst);
         let next = shared.queue_rx.lock().await.recv().await;
         shared.idle.fetch_sub(1, Ordering::SeqCst);
+        if next.is_some() {
+            shared.queued.fetch_sub(1, Ordering::SeqCst);
+        }
         let Some(inv) = next else {
             return Ok(error_body(500, "shutting down"));
         };
@@ -502,6 +510,7 @@ async fn main() -> std::process::ExitCode {
         queue_rx: AsyncMutex::new(queue_rx),
         waiting: Mutex::new(HashMap::new()),
         idle: AtomicUsize::new(0),
+        queued: AtomicUsize::new(0),
         instances: AtomicUsize::new(0),
         max_instances,
         function,
