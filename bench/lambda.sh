@@ -7,6 +7,9 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_TAG=bench-lambda
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN_DIR=${BENCH_BIN_DIR:-$TARGET_DIR/release}                   # bench-mock, bench-load, bench-report
 SIZE_TARGET_DIR=${BENCH_LAMBDA_TARGET_DIR:-$TARGET_DIR/lambda-size} # the deployable (size profile) build
@@ -40,84 +43,8 @@ ALIAS="bench"
 SLOW_ALIAS="bench-slow"
 UPSTREAM_MODEL="gpt-4o-mini"
 
-log() { printf '[bench-lambda] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-# ---- process handling (as bench/run.sh): each process we start gets its own session (setsid)
-# ---- and is stopped through its process group: the runner and its conduit-lambda children
-# ---- (same group) go together; dynalite's node likewise.
-PIDS=()
-stop_proc() {
-  local pid=$1 i
-  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "pid $pid did not stop on SIGTERM, sending SIGKILL"
-  fi
-  # SIGKILL the group in any case: function instances may outlive their runner.
-  kill -KILL -- "-$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do stop_proc "$pid"; done
-  PIDS=()
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-start_bg() { # VAR OUT_FILE ERR_FILE CMD...
-  local var=$1 out=$2 errf=$3
-  shift 3
-  setsid "$@" >"$out" 2>"$errf" </dev/null &
-  local pid=$!
-  PIDS+=("$pid")
-  [[ -z ${WORK:-} ]] || echo "$pid" >>"$WORK/sessions" # our sessions, for the load sampler
-  printf -v "$var" '%s' "$pid"
-}
-forget_pid() {
-  local keep=() p
-  for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-  PIDS=("${keep[@]}")
-}
 stop_and_forget() { stop_proc "$1"; forget_pid "$1"; }
-run_fg() { # CMD... : a tracked child, so Ctrl-C stops the run without finishing the phase
-  "$@" &
-  local pid=$! rc=0
-  PIDS+=("$pid")
-  wait "$pid" || rc=$?
-  forget_pid "$pid"
-  return "$rc"
-}
-wait_url() { # PID OUT_FILE PREFIX ERR_FILE [TRIES] : prints the URL after PREFIX in OUT_FILE
-  local pid=$1 out=$2 prefix=$3 errf=$4 tries=${5:-200} i line
-  for ((i = 0; i < tries; i++)); do
-    line=$(grep -m1 "^$prefix" "$out" 2>/dev/null || true)
-    if [[ -n $line ]]; then
-      printf '%s\n' "${line#"$prefix"}"
-      return 0
-    fi
-    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$errf" "$out" >&2 || true; die "process $pid exited before listening"; }
-    sleep 0.02
-  done
-  tail -n 20 "$errf" "$out" >&2 || true
-  die "process $pid did not print '$prefix' in time"
-}
 
-# Other builds and test runs skew every number: report them and how busy the CPUs are.
-cpu_busy_pct() {
-  local u1 n1 s1 i1 w1 q1 sq1 st1 u2 n2 s2 i2 w2 q2 sq2 st2 busy total
-  read -r _ u1 n1 s1 i1 w1 q1 sq1 st1 _ </proc/stat
-  sleep 1
-  read -r _ u2 n2 s2 i2 w2 q2 sq2 st2 _ </proc/stat
-  busy=$(((u2 + n2 + s2 + q2 + sq2 + st2) - (u1 + n1 + s1 + q1 + sq1 + st1)))
-  total=$((busy + (i2 + w2) - (i1 + w1)))
-  ((total > 0)) || total=1
-  echo $((100 * busy / total))
-}
 busy_procs() { # cargo / rustc / pytest processes running now (by command name, not ours)
   ps -eo comm=,args= 2>/dev/null | awk '$1 == "cargo" || $1 == "rustc" || ($1 ~ /^(python|pytest)/ && /pytest/)' | wc -l
 }
@@ -164,6 +91,7 @@ LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
 
 mkdir -p "$OUT/direct" "$OUT/lambda" "$OUT/cold"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/conduit-bench-lambda.XXXXXX")
+BENCH_SESSIONS="$WORK/sessions" # our sessions, for the load sampler
 trap 'cleanup; rm -rf "$WORK"' EXIT
 log "results in $OUT"
 
@@ -172,18 +100,15 @@ cat >"$WORK/lambda_bench.py" <<'PY'
 import http.client, json, math, os, sys, time
 from urllib.parse import urlsplit
 
-
 def conn(base):
     u = urlsplit(base)
     return http.client.HTTPConnection(u.hostname, u.port, timeout=30)
-
 
 def hdrs(token, body):
     h = {"Authorization": "Bearer " + token}
     if body is not None:
         h["Content-Type"] = "application/json"
     return h
-
 
 def cold(base, token, hold_body_file, method, path, body_file, spawn_log):
     # 1. Keep the runner's first instance busy: a slow stream, read until its first event.
@@ -224,7 +149,6 @@ def cold(base, token, hold_body_file, method, path, body_file, spawn_log):
     }))
     hold.close()
 
-
 def warm_health(base, n):
     c = conn(base)
     lat = []
@@ -238,7 +162,6 @@ def warm_health(base, n):
         if i >= 20:
             lat.append((time.perf_counter() - t) * 1e3)
     print(json.dumps({"count": len(lat), "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90), "p99_ms": pct(lat, 99)}))
-
 
 def others(our_pid, sessions_file, out_file):
     """Until killed: CPU time of the processes that are not ours (not in the script's session
@@ -288,7 +211,6 @@ def others(our_pid, sessions_file, out_file):
                        "top": [[c, 100.0 * t / hz / el] for c, t in top]}, fh)
         os.replace(out_file + ".tmp", out_file)
 
-
 def others_summary(path):
     d = load(path)
     if not d:
@@ -296,13 +218,11 @@ def others_summary(path):
     top = ", ".join(f"{c} {p:.0f}%" for c, p in d["top"] if p >= 1) or "none above 1%"
     return f"{d['avg_pct']:.0f}% of one core on average, {d['peak_pct']:.0f}% in the busiest second (top: {top})"
 
-
 def pct(xs, p):  # nearest rank
     xs = sorted(xs)
     if not xs:
         return None
     return xs[max(0, math.ceil(p / 100 * len(xs)) - 1)]
-
 
 def load(path):
     try:
@@ -311,14 +231,12 @@ def load(path):
     except (OSError, ValueError):
         return None
 
-
 def get(d, *keys):
     for k in keys:
         if not isinstance(d, dict):
             return None
         d = d.get(k)
     return d
-
 
 def report(out):
     E = os.environ
@@ -443,7 +361,6 @@ def report(out):
         lines += ["", f"{len(missed)} target(s) missed or not measured: {', '.join(missed)}."]
     print("\n".join(lines))
     sys.exit(1 if missed and E.get("R_STRICT") == "1" else 0)
-
 
 if __name__ == "__main__":
     cmd = sys.argv[1]

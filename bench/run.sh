@@ -4,6 +4,9 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_TAG=bench
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN_DIR=${BENCH_BIN_DIR:-$TARGET_DIR/release}
 CONDUIT_BIN=${CONDUIT_BIN:-$TARGET_DIR/release/conduit}
@@ -35,79 +38,6 @@ MASTER_KEY="bench-master-$$-$RANDOM$RANDOM"
 ALIAS="bench-model"
 UPSTREAM_MODEL="gpt-4o-mini"
 
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-# ---- process handling: every process we start gets its own session (setsid), and we
-# ---- stop it by its process group id, on success and on error alike.
-PIDS=()
-stop_proc() {
-  local pid=$1 i
-  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "pid $pid did not stop on SIGTERM, sending SIGKILL"
-    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do stop_proc "$pid"; done
-  PIDS=()
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# start_bg VAR OUT_FILE ERR_FILE CMD... : runs CMD in a new session; VAR gets its pid.
-start_bg() {
-  local var=$1 out=$2 errf=$3
-  shift 3
-  setsid "$@" >"$out" 2>"$errf" </dev/null &
-  local pid=$!
-  PIDS+=("$pid")
-  printf -v "$var" '%s' "$pid"
-}
-
-forget_pid() {
-  local keep=() p
-  for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-  PIDS=("${keep[@]}")
-}
-
-# run_fg CMD... : runs CMD as a tracked child and waits for it; `wait` returns at once when
-# a trapped signal arrives, so Ctrl-C / SIGTERM stop the run without finishing the phase.
-run_fg() {
-  "$@" &
-  local pid=$! rc=0
-  PIDS+=("$pid")
-  wait "$pid" || rc=$?
-  forget_pid "$pid"
-  return "$rc"
-}
-
-# wait_url PID OUT_FILE PREFIX ERR_FILE : prints the URL after PREFIX in OUT_FILE.
-wait_url() {
-  local pid=$1 out=$2 prefix=$3 errf=$4 i line
-  for ((i = 0; i < 200; i++)); do
-    line=$(grep -m1 "^$prefix" "$out" 2>/dev/null || true)
-    if [[ -n $line ]]; then
-      printf '%s\n' "${line#"$prefix"}"
-      return 0
-    fi
-    if ! kill -0 "$pid" 2>/dev/null; then
-      tail -n 20 "$errf" >&2 || true
-      die "process $pid exited before listening"
-    fi
-    sleep 0.05
-  done
-  tail -n 20 "$errf" >&2 || true
-  die "process $pid did not print '$prefix' within 10 s"
-}
-
 # ---- build
 if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
   log "building (release): conduit-server, conduit-bench"
@@ -121,17 +51,6 @@ if [[ -n $SCENARIOS ]]; then
 fi
 command -v curl >/dev/null || die "curl is required"
 
-# How busy the machine is without us: CPU use of everything over 1 s, before we start.
-cpu_busy_pct() {
-  local u1 n1 s1 i1 w1 q1 sq1 st1 u2 n2 s2 i2 w2 q2 sq2 st2 busy total
-  read -r _ u1 n1 s1 i1 w1 q1 sq1 st1 _ </proc/stat
-  sleep 1
-  read -r _ u2 n2 s2 i2 w2 q2 sq2 st2 _ </proc/stat
-  busy=$(((u2 + n2 + s2 + q2 + sq2 + st2) - (u1 + n1 + s1 + q1 + sq1 + st1)))
-  total=$((busy + (i2 + w2) - (i1 + w1)))
-  ((total > 0)) || total=1
-  echo $((100 * busy / total))
-}
 BUSY_START=$(cpu_busy_pct)
 ((BUSY_START < 20)) || log "warning: the machine is ${BUSY_START}% busy before the run; results will be noisy"
 mkdir -p "$OUT/direct"

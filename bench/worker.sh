@@ -6,6 +6,9 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_TAG=bench-worker
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN_DIR=${BENCH_BIN_DIR:-$TARGET_DIR/release}
 OUT=${BENCH_OUT:-$TARGET_DIR/bench/worker-$(date -u +%Y%m%dT%H%M%SZ)}
@@ -32,69 +35,6 @@ MASTER_KEY="bench-master-$$-$RANDOM$RANDOM"
 ALIAS="bench"
 UPSTREAM_MODEL="gpt-4o-mini"
 
-log() { printf '[bench-worker] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-# ---- process handling (as bench/run.sh): each process we start gets its own session
-# ---- (setsid) and is stopped through its process group: wrangler's node and its two
-# ---- workerd children go together.
-PIDS=()
-stop_proc() {
-  local pid=$1 i
-  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "pid $pid did not stop on SIGTERM, sending SIGKILL"
-  fi
-  # SIGKILL the group in any case: workerd children may outlive their wrangler parent.
-  kill -KILL -- "-$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do stop_proc "$pid"; done
-  PIDS=()
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-start_bg() { # VAR OUT_FILE ERR_FILE CMD...
-  local var=$1 out=$2 errf=$3
-  shift 3
-  setsid "$@" >"$out" 2>"$errf" </dev/null &
-  local pid=$!
-  PIDS+=("$pid")
-  printf -v "$var" '%s' "$pid"
-}
-forget_pid() {
-  local keep=() p
-  for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-  PIDS=("${keep[@]}")
-}
-run_fg() { # CMD... : a tracked child, so Ctrl-C stops the run without finishing the phase
-  "$@" &
-  local pid=$! rc=0
-  PIDS+=("$pid")
-  wait "$pid" || rc=$?
-  forget_pid "$pid"
-  return "$rc"
-}
-wait_url() { # PID OUT_FILE PREFIX ERR_FILE : prints the URL after PREFIX in OUT_FILE
-  local pid=$1 out=$2 prefix=$3 errf=$4 i line
-  for ((i = 0; i < 200; i++)); do
-    line=$(grep -m1 "^$prefix" "$out" 2>/dev/null || true)
-    if [[ -n $line ]]; then
-      printf '%s\n' "${line#"$prefix"}"
-      return 0
-    fi
-    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$errf" >&2 || true; die "process $pid exited before listening"; }
-    sleep 0.05
-  done
-  die "process $pid did not print '$prefix' within 10 s"
-}
 free_port() {
   node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
 }
@@ -113,17 +53,6 @@ for b in bench-mock bench-load; do
 done
 [[ -f $BUNDLE_DIR/index.js && -f $BUNDLE_DIR/index_bg.wasm ]] || die "missing Worker bundle in $BUNDLE_DIR (sh scripts/build-worker.sh)"
 
-# Other work on the machine skews every number: report how busy it was before we start.
-cpu_busy_pct() {
-  local u1 n1 s1 i1 w1 q1 sq1 st1 u2 n2 s2 i2 w2 q2 sq2 st2 busy total
-  read -r _ u1 n1 s1 i1 w1 q1 sq1 st1 _ </proc/stat
-  sleep 1
-  read -r _ u2 n2 s2 i2 w2 q2 sq2 st2 _ </proc/stat
-  busy=$(((u2 + n2 + s2 + q2 + sq2 + st2) - (u1 + n1 + s1 + q1 + sq1 + st1)))
-  total=$((busy + (i2 + w2) - (i1 + w1)))
-  ((total > 0)) || total=1
-  echo $((100 * busy / total))
-}
 BUSY_START=$(cpu_busy_pct)
 ((BUSY_START < 20)) || log "warning: the machine is ${BUSY_START}% busy before the run; results will be noisy"
 
