@@ -199,6 +199,28 @@ pub trait Provider: MaybeSendSync {
     }
 }
 
+/// An OpenAI `chat.completion.chunk`, for the stream decoders of providers
+/// whose events are not OpenAI's (the core sets `model` to the alias).
+pub(crate) fn chat_chunk(
+    id: impl Into<Value>,
+    created: u64,
+    model: impl Into<Value>,
+    choices: Vec<Value>,
+) -> Map<String, Value> {
+    let mut c = Map::new();
+    c.insert("id".into(), id.into());
+    c.insert("object".into(), "chat.completion.chunk".into());
+    c.insert("created".into(), created.into());
+    c.insert("model".into(), model.into());
+    c.insert("choices".into(), Value::Array(choices));
+    c
+}
+
+/// One choice of a chunk: `{index, delta, logprobs: null, finish_reason}`.
+pub(crate) fn chunk_choice(index: u64, delta: impl Into<Value>, finish: Option<&str>) -> Value {
+    serde_json::json!({"index": index, "delta": delta.into(), "logprobs": null, "finish_reason": finish})
+}
+
 /// OpenAI's `stop` (a string or a list of strings) as a list, or `None`
 /// when absent or empty; a 400 naming `stop` otherwise.
 pub(crate) fn stop_sequences(stop: Option<&Value>) -> Result<Option<Value>, GatewayError> {

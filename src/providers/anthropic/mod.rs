@@ -959,16 +959,12 @@ impl MessagesStream {
     }
 
     fn chunk(&self, delta: Value, finish: Option<&str>) -> Map<String, Value> {
-        let mut c = Map::new();
-        c.insert("id".into(), self.id.clone());
-        c.insert("object".into(), "chat.completion.chunk".into());
-        c.insert("created".into(), self.created.into());
-        c.insert("model".into(), self.model.clone());
-        c.insert(
-            "choices".into(),
-            json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]),
-        );
-        c
+        super::chat_chunk(
+            self.id.clone(),
+            self.created,
+            self.model.clone(),
+            vec![super::chunk_choice(0, delta, finish)],
+        )
     }
 
     fn content(&self, text: &str, out: &mut Vec<StreamEvent>) {

@@ -1165,16 +1165,12 @@ impl ConverseStream {
     }
 
     fn chunk(&self, delta: Value, finish: Option<&str>) -> Map<String, Value> {
-        let mut c = Map::new();
-        c.insert("id".into(), self.id.clone().into());
-        c.insert("object".into(), "chat.completion.chunk".into());
-        c.insert("created".into(), self.created.into());
-        c.insert("model".into(), self.model.clone().into());
-        c.insert(
-            "choices".into(),
-            json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]),
-        );
-        c
+        super::chat_chunk(
+            self.id.clone(),
+            self.created,
+            self.model.clone(),
+            vec![super::chunk_choice(0, delta, finish)],
+        )
     }
 
     fn fail(&mut self, out: &mut Vec<StreamEvent>, e: GatewayError) {

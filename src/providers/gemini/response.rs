@@ -235,16 +235,12 @@ impl GeminiStream {
     }
 
     fn chunk(&self, index: u64, delta: Map<String, Value>, finish: Option<&str>) -> StreamEvent {
-        let mut c = Map::new();
-        c.insert("id".into(), self.id.clone().unwrap_or_default().into());
-        c.insert("object".into(), "chat.completion.chunk".into());
-        c.insert("created".into(), self.created.into());
-        c.insert("model".into(), self.model.clone().into());
-        c.insert(
-            "choices".into(),
-            json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}]),
-        );
-        StreamEvent::Chunk(c)
+        StreamEvent::Chunk(crate::providers::chat_chunk(
+            self.id.clone().unwrap_or_default(),
+            self.created,
+            self.model.clone(),
+            vec![crate::providers::chunk_choice(index, delta, finish)],
+        ))
     }
 
     fn drain(&mut self, out: &mut Vec<StreamEvent>) {
@@ -380,12 +376,12 @@ impl StreamDecoder for GeminiStream {
             return;
         }
         if let Some(u) = self.usage.take() {
-            let mut c = Map::new();
-            c.insert("id".into(), self.id.clone().unwrap_or_default().into());
-            c.insert("object".into(), "chat.completion.chunk".into());
-            c.insert("created".into(), self.created.into());
-            c.insert("model".into(), self.model.clone().into());
-            c.insert("choices".into(), Value::Array(Vec::new()));
+            let mut c = crate::providers::chat_chunk(
+                self.id.clone().unwrap_or_default(),
+                self.created,
+                self.model.clone(),
+                Vec::new(),
+            );
             c.insert("usage".into(), usage(&u));
             out.push(StreamEvent::Chunk(c));
         }
