@@ -10,6 +10,7 @@
 //! deployments = [{ provider = "openai", model = "gpt-4o" }]
 //! [gateway]                 # optional
 //! max_body_bytes = 10485760
+//! max_response_bytes = 33554432
 //! upstream_timeout_ms = 600000
 //! ```
 //!
@@ -110,6 +111,7 @@ struct RawGateway {
     default_max_tokens: Option<u64>,
     image_max_bytes: Option<usize>,
     image_fetch_allow_private: Option<bool>,
+    max_response_bytes: Option<usize>,
 }
 
 /// Gateway-wide settings (`[gateway]`).
@@ -130,6 +132,9 @@ pub struct GatewaySettings {
     pub image_max_bytes: usize,
     /// Whether such fetches may go to loopback, private or link-local addresses.
     pub image_fetch_allow_private: bool,
+    /// Largest whole (non-streamed) answer read from a provider; a larger one
+    /// is a 502. Streams are bounded per event instead ([`crate::sse::MAX_EVENT_BYTES`]).
+    pub max_response_bytes: usize,
 }
 
 impl Default for GatewaySettings {
@@ -141,6 +146,7 @@ impl Default for GatewaySettings {
             default_max_tokens: 4_096,
             image_max_bytes: 20 * 1024 * 1024,
             image_fetch_allow_private: false,
+            max_response_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -310,6 +316,15 @@ impl Config {
             }
             if let Some(v) = g.image_fetch_allow_private {
                 gateway.image_fetch_allow_private = v;
+            }
+            if let Some(v) = g.max_response_bytes {
+                if v == 0 {
+                    return Err(err(
+                        "gateway.max_response_bytes".into(),
+                        "must be greater than 0".into(),
+                    ));
+                }
+                gateway.max_response_bytes = v;
             }
         }
         Ok(Config {

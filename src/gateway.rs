@@ -99,8 +99,6 @@ pub struct Gateway {
 
 /// Body bytes read from an upstream error answer, at most.
 const MAX_ERROR_BODY: usize = 64 * 1024;
-/// Body bytes read from an upstream success answer, at most.
-const MAX_RESPONSE_BODY: usize = 256 * 1024 * 1024;
 
 impl Gateway {
     /// `master_key` enables the admin API; without it, admin routes answer 401.
@@ -495,9 +493,9 @@ impl Gateway {
         let completion_estimate = match endpoint {
             Endpoint::Embeddings => 0,
             // The legacy API's own default for `max_tokens` is 16.
-            Endpoint::Completions => completion_allowance(&request, 16),
+            Endpoint::Completions => completion_allowance(&request, 16)?,
             Endpoint::ChatCompletions => {
-                completion_allowance(&request, self.config.gateway.default_max_tokens)
+                completion_allowance(&request, self.config.gateway.default_max_tokens)?
             }
         };
         meter.record.estimated_prompt_tokens = prompt_estimate;
@@ -505,7 +503,7 @@ impl Gateway {
         let estimate = TokenUsage {
             prompt_tokens: prompt_estimate,
             completion_tokens: completion_estimate,
-            total_tokens: prompt_estimate + completion_estimate,
+            total_tokens: prompt_estimate.saturating_add(completion_estimate),
             ..TokenUsage::default()
         };
         // A budget needs a price for every deployment the alias may use.
@@ -630,7 +628,10 @@ impl Gateway {
                 }
                 Ok(Ok(response)) => {
                     let (parts, body) = response.into_parts();
-                    match self.read_body(body, deadline_us, MAX_RESPONSE_BODY).await {
+                    match self
+                        .read_body(body, deadline_us, self.config.gateway.max_response_bytes)
+                        .await
+                    {
                         Ok(bytes) => {
                             meter.add_upstream(meter.now().saturating_sub(sent_us));
                             return self.translate_whole(

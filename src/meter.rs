@@ -7,8 +7,10 @@
 //! request is dropped first (the client went away), `Drop` does it with
 //! status 499 and, when the provider has not reported usage yet, the
 //! estimate: the prompt estimate plus the larger of the completion allowance
-//! and the chunks already relayed. A request is never recorded as free
-//! because the client left, and never counted twice.
+//! and the chunks already relayed. A stream that fails after content reached
+//! the client is billed the same way ([`Meter::charge_estimate`]): the client
+//! got tokens and the provider bills for them. A request is never recorded
+//! as free because the client left or the stream broke, and never counted twice.
 
 use std::sync::Arc;
 use std::task::{Context, Waker};
@@ -111,7 +113,7 @@ impl Meter {
         };
         let u = &self.record.usage;
         let settlement = Settlement {
-            tokens: u.prompt_tokens + u.completion_tokens,
+            tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
             cost_nanos: self.record.cost_nanos.unwrap_or(0),
         };
         let admission = self.admission.clone().filter(|a| a.reservation.is_some());
@@ -143,27 +145,38 @@ fn run_or_spawn(spawner: &dyn Spawner, mut task: BoxFuture<'static, ()>) {
     }
 }
 
+impl Meter {
+    /// Unless the provider reported usage, bills the estimate: the prompt
+    /// estimate plus the larger of the completion allowance and the chunks
+    /// already relayed. For requests whose answer reached the client in part
+    /// (a disconnect, a stream that broke after content).
+    pub fn charge_estimate(&mut self) {
+        if self.usage_reported || self.admission.is_none() {
+            return;
+        }
+        let prompt = self.record.estimated_prompt_tokens;
+        let completion = self
+            .record
+            .estimated_completion_tokens
+            .max(self.seen_completion);
+        self.record.usage = TokenUsage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt.saturating_add(completion),
+            ..TokenUsage::default()
+        };
+        self.usage_reported = true;
+    }
+}
+
 impl Drop for Meter {
     fn drop(&mut self) {
         if self.finished {
             return;
         }
-        if !self.usage_reported && self.admission.is_some() {
-            // The client went away before the provider said what it used:
-            // bill what was seen, and the estimate for the rest.
-            let prompt = self.record.estimated_prompt_tokens;
-            let completion = self
-                .record
-                .estimated_completion_tokens
-                .max(self.seen_completion);
-            self.record.usage = TokenUsage {
-                prompt_tokens: prompt,
-                completion_tokens: completion,
-                total_tokens: prompt + completion,
-                ..TokenUsage::default()
-            };
-            self.usage_reported = true;
-        }
+        // The client went away before the provider said what it used:
+        // bill what was seen, and the estimate for the rest.
+        self.charge_estimate();
         self.finish(499);
     }
 }

@@ -36,7 +36,7 @@ impl TokenUsage {
             total_tokens: o
                 .get("total_tokens")
                 .and_then(Value::as_u64)
-                .unwrap_or(prompt + completion),
+                .unwrap_or(prompt.saturating_add(completion)),
             cached_tokens: detail("prompt_tokens_details", "cached_tokens"),
             // Conduit's extension for providers that bill cache writes (Anthropic).
             cache_write_tokens: detail("prompt_tokens_details", "cache_write_tokens"),
@@ -117,7 +117,7 @@ impl UsageRecord {
             "cache_write_tokens": self.usage.cache_write_tokens,
             "estimated_prompt_tokens": self.estimated_prompt_tokens,
             "estimated_completion_tokens": self.estimated_completion_tokens,
-            "estimated_tokens": self.estimated_prompt_tokens + self.estimated_completion_tokens,
+            "estimated_tokens": self.estimated_prompt_tokens.saturating_add(self.estimated_completion_tokens),
             "cost_nano_usd": self.cost_nanos,
             "cost_usd": self.cost_nanos.map(crate::pricing::usd),
             "price_known": self.cost_nanos.is_some(),

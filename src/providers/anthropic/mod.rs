@@ -1167,6 +1167,9 @@ impl StreamDecoder for MessagesStream {
         }
         self.sse.feed(bytes, &mut self.events);
         self.drain(out);
+        if let Some(e) = self.sse.take_overflow() {
+            out.push(StreamEvent::Error(e));
+        }
     }
 
     fn finish(&mut self, out: &mut Vec<StreamEvent>) {

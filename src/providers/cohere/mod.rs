@@ -1054,6 +1054,9 @@ impl StreamDecoder for CohereStream {
     fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) {
         self.sse.feed(bytes, &mut self.events);
         self.drain(out);
+        if let Some(e) = self.sse.take_overflow() {
+            out.push(StreamEvent::Error(e));
+        }
     }
 
     fn finish(&mut self, out: &mut Vec<StreamEvent>) {
