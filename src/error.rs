@@ -36,6 +36,8 @@ pub enum GatewayError {
     MethodNotAllowed,
     /// Request body over `gateway.max_body_bytes`.
     PayloadTooLarge { limit: usize },
+    /// The client did not send its whole request body in time.
+    RequestTimeout,
     /// A rate limit of the key refused the request.
     RateLimited {
         message: String,
@@ -87,6 +89,7 @@ impl GatewayError {
             NotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", Some("not_found")),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", Some("method_not_allowed")),
             PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", Some("request_too_large")),
+            RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "invalid_request_error", Some("request_timeout")),
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", Some("rate_limit_exceeded")),
             BudgetExceeded(_) => (StatusCode::PAYMENT_REQUIRED, "insufficient_quota", Some("budget_exceeded")),
             Provider { status, kind, code, .. } => (*status, kind.as_str(), code.as_deref()),
@@ -123,6 +126,7 @@ impl GatewayError {
             PayloadTooLarge { limit } => {
                 format!("Request body too large: the limit is {limit} bytes.")
             }
+            RequestTimeout => "The request body did not arrive in time.".into(),
             RateLimited { message, .. } => message.clone(),
             BudgetExceeded(m) => m.clone(),
             Provider { message, .. } => message.clone(),

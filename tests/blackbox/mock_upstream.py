@@ -53,6 +53,9 @@ BEHAVIOURS = {
     "mock-garbage": "200 with a non-JSON body",
     "mock-stream-fail": "stream: 2 chunks then the connection is cut (no [DONE]); non-stream: connection cut",
     "mock-slow-stream": "stream events spaced SLOW_GAP seconds apart",
+    "mock-error-in-200": "200 with an OpenAI error object as the body (some compatible hosts do this)",
+    "mock-error-after-content": "stream: 2 chunks (role, content), then an OpenAI error event",
+    "mock-drip": "stream: 2 chunks, then an event that never ends, one byte every DRIP_GAP seconds",
     "mock-close-delimited": "stream body without chunked encoding or Content-Length, ended by closing the connection",
     "mock-tools": "recorded OpenAI tool_calls stream (non-stream: assembled from it)",
     "mock-cached": "like the default, but usage reports prompt_tokens_details.cached_tokens = CACHED_TOKENS",
@@ -61,6 +64,8 @@ BEHAVIOURS = {
     "<anything else>": "recorded OpenAI payload (or Azure for the Azure routes)",
 }
 HANG_SECONDS = 6.0
+DRIP_GAP = 0.2
+DRIP_BYTES = 40
 SLOW_GAP = 0.2
 CACHED_TOKENS = 64
 
@@ -418,6 +423,8 @@ class _Handler(BaseHTTPRequestHandler):
             # fall through to a normal answer (the gateway should have given up already)
         if model == "mock-garbage":
             return self._send_bytes(200, GARBAGE_BODY, "text/html")
+        if model == "mock-error-in-200":
+            return self._send_json(200, _PROVIDER_ERROR_500)
         if model == "mock-stream-fail" and not stream:
             return self._cut_connection()
 
@@ -472,6 +479,19 @@ class _Handler(BaseHTTPRequestHandler):
         gap = self.mock.slow_gap if model == "mock-slow-stream" else 0.0
         for i, ev in enumerate(events):
             if model == "mock-stream-fail" and i == 2:
+                return self._cut_connection()
+            if model == "mock-error-after-content" and i == 2:
+                self._event(_PROVIDER_ERROR_500)
+                return self._end_stream()
+            if model == "mock-drip" and i == 2:
+                self._chunk(b"data: {")
+                for _ in range(DRIP_BYTES):
+                    if self.mock._stopping.wait(DRIP_GAP):
+                        break
+                    try:
+                        self._chunk(b"x")
+                    except OSError:
+                        return  # the gateway gave up on us, as it should
                 return self._cut_connection()
             if gap and i:
                 if self.mock._stopping.wait(gap):

@@ -26,6 +26,7 @@ use conduit::Ports;
 use conduit::{Config, Gateway};
 use serde_json::{json, Value};
 
+use crate::http::ClientLimits;
 use crate::store::SqliteStore;
 use conduit_native::{HyperUpstream, SystemClock, TokioSpawner};
 
@@ -107,6 +108,37 @@ fn server_setting(
             "config error in {source}: `server.{key}`: must be a string"
         )),
     }
+}
+
+/// A `[server]` setting, checked to be a whole number from 1 to `max`.
+fn server_number(
+    server: Option<&toml::Table>,
+    key: &str,
+    max: u64,
+    source: &str,
+) -> Result<Option<u64>, String> {
+    match server.and_then(|s| s.get(key)) {
+        None => Ok(None),
+        Some(toml::Value::Integer(n)) if (1..=max as i64).contains(n) => Ok(Some(*n as u64)),
+        Some(_) => Err(format!(
+            "config error in {source}: `server.{key}`: must be an integer from 1 to {max}"
+        )),
+    }
+}
+
+/// `[server]` `header_read_timeout_ms`, `body_read_timeout_ms`, `max_header_bytes`.
+fn client_limits(server: Option<&toml::Table>, source: &str) -> Result<ClientLimits, String> {
+    let mut limits = ClientLimits::default();
+    if let Some(ms) = server_number(server, "header_read_timeout_ms", 3_600_000, source)? {
+        limits.header_read_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = server_number(server, "body_read_timeout_ms", 3_600_000, source)? {
+        limits.body_read_timeout = Duration::from_millis(ms);
+    }
+    if let Some(n) = server_number(server, "max_header_bytes", 16 * 1024 * 1024, source)? {
+        limits.max_header_bytes = n as usize;
+    }
+    Ok(limits)
 }
 
 fn database_for_keys(o: &Options) -> Result<PathBuf, String> {
@@ -194,6 +226,7 @@ fn serve(o: Options) -> Result<(), String> {
             }
         },
     };
+    let client_limits = client_limits(config.server.as_ref(), &source)?;
     let master_key = std::env::var("CONDUIT_MASTER_KEY")
         .ok()
         .filter(|k| !k.is_empty());
@@ -234,7 +267,7 @@ fn serve(o: Options) -> Result<(), String> {
         println!("conduit listening on http://{local}");
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        http::run(listener, gateway).await;
+        http::run(listener, gateway, client_limits).await;
         Ok::<(), String>(())
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
