@@ -398,7 +398,25 @@ class LambdaTarget(Target):
         return "--- lambda (tail) ---\n" + "\n".join(self._lines[-last:])
 
 
-TARGETS = {"server": ServerTarget, "worker": WorkerTarget, "lambda": LambdaTarget}
+class PostgresServerTarget(ServerTarget):
+    """The native server with `[server] store = "postgres"`, on the test process's throwaway
+    PostgreSQL (tests/blackbox/pg.py): keys, admission state and usage live in the database."""
+
+    name = "server-postgres"
+
+    def start(self, config_toml: str, env: dict[str, str]) -> str:
+        from pg import shared_postgres
+
+        pg = shared_postgres()
+        if "[server]\n" in config_toml:
+            config_toml = config_toml.replace("[server]\n", '[server]\nstore = "postgres"\n', 1)
+        else:
+            config_toml = '[server]\nstore = "postgres"\n' + config_toml
+        return super().start(config_toml, {**env, "CONDUIT_POSTGRES_URL": pg.url})
+
+
+TARGETS = {"server": ServerTarget, "server-postgres": PostgresServerTarget, "worker": WorkerTarget,
+           "lambda": LambdaTarget}
 
 
 def target_name() -> str:

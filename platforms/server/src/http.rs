@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use conduit::ports::Spawner;
 use conduit::{Gateway, GatewayError, ResponseBody};
+use conduit_native::RequestTasks;
 use futures_util::StreamExt;
 use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -39,6 +41,15 @@ pub struct ClientLimits {
     pub max_header_bytes: usize,
 }
 
+/// How the server runs each request.
+#[derive(Clone, Copy, Debug)]
+pub struct Serving {
+    pub limits: ClientLimits,
+    /// The response ends only after its settlement and usage write: set when
+    /// the store is shared with other servers (see [`RequestTasks`]).
+    pub settle_before_end: bool,
+}
+
 impl Default for ClientLimits {
     fn default() -> Self {
         ClientLimits {
@@ -52,9 +63,13 @@ impl Default for ClientLimits {
 /// Reads the request (up to the body limit), runs the pipeline, converts the answer.
 async fn serve(
     gateway: Arc<Gateway>,
-    limits: ClientLimits,
+    serving: Serving,
     request: http::Request<Incoming>,
 ) -> Result<http::Response<Body>, Infallible> {
+    let limits = serving.limits;
+    let tasks = serving
+        .settle_before_end
+        .then(|| Arc::new(RequestTasks::default()));
     let limit = gateway.max_body_bytes();
     let (parts, body) = request.into_parts();
     let declared = parts
@@ -81,16 +96,35 @@ async fn serve(
             Err(_elapsed) => Err(GatewayError::RequestTimeout),
         };
         match body {
-            Ok(body) => gateway.handle(http::Request::from_parts(parts, body)).await,
+            Ok(body) => {
+                let request = http::Request::from_parts(parts, body);
+                match &tasks {
+                    Some(tasks) => {
+                        let spawner: Arc<dyn Spawner> = tasks.clone();
+                        gateway.handle_with(request, &spawner).await
+                    }
+                    None => gateway.handle(request).await,
+                }
+            }
             Err(e) => gateway.refuse(&e),
         }
     };
     let (parts, body) = response.into_parts();
-    let body: Body = match body {
-        ResponseBody::Full(bytes) => Full::new(bytes).boxed_unsync(),
-        ResponseBody::Stream(stream) => {
+    let body: Body = match (body, tasks) {
+        (ResponseBody::Full(bytes), None) => Full::new(bytes).boxed_unsync(),
+        (ResponseBody::Full(bytes), Some(tasks)) => {
+            tasks.join().await;
+            Full::new(bytes).boxed_unsync()
+        }
+        (ResponseBody::Stream(stream), None) => {
             StreamBody::new(stream.map(|b| Ok::<_, Infallible>(Frame::data(b)))).boxed_unsync()
         }
+        (ResponseBody::Stream(stream), Some(tasks)) => StreamBody::new(
+            stream
+                .map(|b| Ok::<_, Infallible>(Frame::data(b)))
+                .chain(tasks.joined()),
+        )
+        .boxed_unsync(),
     };
     Ok(http::Response::from_parts(parts, body))
 }
@@ -116,7 +150,8 @@ async fn shutdown_signal() {
 
 /// Serves until a shutdown signal, then waits for open requests and streams
 /// to finish; a second signal stops at once.
-pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, limits: ClientLimits) {
+pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, serving: Serving) {
+    let limits = serving.limits;
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -143,7 +178,7 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, limits: ClientLim
                 };
                 let _ = stream.set_nodelay(true);
                 let gateway = gateway.clone();
-                let service = service_fn(move |req| serve(gateway.clone(), limits, req));
+                let service = service_fn(move |req| serve(gateway.clone(), serving, req));
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn.into_owned());
                 tokio::spawn(async move {
