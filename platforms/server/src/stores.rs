@@ -4,11 +4,14 @@
 //! |-------|----------------|-----------------------------|
 //! | `sqlite` | the SQLite file | in this process ([`LocalLimiter`]), spend saved in the file |
 //! | `postgres` | PostgreSQL | PostgreSQL, under the key's row lock: shared by every server |
+//! | `dynamodb` | DynamoDB (the Lambda function's tables and code) | DynamoDB, conditional writes on the key's item: shared |
 
 use std::sync::Arc;
 
 use conduit::limits::LocalLimiter;
 use conduit::ports::{Clock, KeyStore, Limiter, UsageStore};
+
+use conduit_dynamodb::{Dynamo, Tables};
 
 use crate::postgres::PgStore;
 use crate::settings::StoreSettings;
@@ -71,8 +74,37 @@ pub async fn open(settings: &StoreSettings, clock: Arc<dyn Clock>) -> Result<Ope
                 sqlite: None,
             })
         }
-        StoreSettings::Dynamodb { .. } => {
-            Err("store = \"dynamodb\" is not available in this build".to_owned())
+        StoreSettings::Dynamodb {
+            keys_table,
+            usage_table,
+            create_tables,
+        } => {
+            // Endpoint, region and credentials from the usual AWS environment
+            // (AWS_ENDPOINT_URL_DYNAMODB included).
+            let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .load()
+                .await;
+            let mut tables = Tables::from_env();
+            tables.keys = keys_table.clone();
+            tables.usage = usage_table.clone();
+            let store = Arc::new(Dynamo {
+                client: aws_sdk_dynamodb::Client::new(&aws),
+                tables,
+            });
+            if *create_tables {
+                store
+                    .create_tables()
+                    .await
+                    .map_err(|e| format!("cannot create the DynamoDB tables: {e}"))?;
+            }
+            Ok(OpenStore {
+                keys: store.clone(),
+                usage: store.clone(),
+                limiter: store,
+                description: format!("DynamoDB (tables {keys_table}, {usage_table})"),
+                shared: true,
+                sqlite: None,
+            })
         }
     }
 }
