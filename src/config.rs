@@ -481,6 +481,46 @@ upstream_timeout_ms = 5000
     }
 
     #[test]
+    fn routing_keys_default_and_validate() {
+        let c = Config::parse(GOOD, "test", &env).unwrap();
+        let p = &c.models["my-gpt4"].policy;
+        assert_eq!(p.strategy, Strategy::Ordered);
+        assert_eq!((p.retries, p.retry_backoff_ms, p.timeout_ms), (0, 0, 5000));
+        assert_eq!(p.cooldown_after_failures, 0);
+        assert_eq!(c.models["my-gpt4"].deployments[0].weight, 1);
+
+        let routed = GOOD.replace(
+            "[models.\"my-gpt4\"]\n",
+            "[models.\"my-gpt4\"]\nstrategy = \"least-cost\"\nretries = 4\nretry_backoff_ms = 100\n\
+             timeout_ms = 9000\nstream_first_event_timeout_ms = 700\ncooldown_after_failures = 2\n\
+             cooldown_ms = 50\nfallbacks = [\"backup\"]\ncontext_window_fallbacks = [\"backup\"]\n",
+        ) + "[models.backup]\ndeployments = [{ provider = \"local\", model = \"x\", weight = 5 }]\n";
+        let c = Config::parse(&routed, "test", &env).unwrap();
+        let p = &c.models["my-gpt4"].policy;
+        assert_eq!(p.strategy, Strategy::LeastCost);
+        assert_eq!((p.retries, p.retry_backoff_ms, p.timeout_ms), (4, 100, 9000));
+        assert_eq!(p.stream_first_event_timeout_ms, Some(700));
+        assert_eq!((p.cooldown_after_failures, p.cooldown_ms), (2, 50));
+        assert_eq!(p.fallbacks, ["backup"]);
+        assert_eq!(c.models["backup"].deployments[0].weight, 5);
+        assert_eq!(c.models["backup"].policy.retries, 0);
+
+        let bad = |from: &str, to: &str| {
+            Config::parse(&routed.replace(from, to), "test", &env).unwrap_err()
+        };
+        let e = bad("least-cost", "fastest");
+        assert_eq!(e.key, "models.my-gpt4.strategy");
+        assert!(e.message.contains("round-robin"), "{e}");
+        assert_eq!(bad("fallbacks = [\"backup\"]", "fallbacks = [\"nope\"]").key, "models.my-gpt4.fallbacks[0]");
+        assert_eq!(
+            bad("context_window_fallbacks = [\"backup\"]", "context_window_fallbacks = [\"my-gpt4\"]").key,
+            "models.my-gpt4.context_window_fallbacks[0]"
+        );
+        assert_eq!(bad("timeout_ms = 9000", "timeout_ms = 0").key, "models.my-gpt4.timeout_ms");
+        assert_eq!(bad("weight = 5", "weight = 0").key, "models.backup.deployments[0].weight");
+    }
+
+    #[test]
     fn errors_name_source_key_and_problem() {
         let e = Config::parse(
             &GOOD.replace("provider = \"openai\"", "provider = \"nope\""),
