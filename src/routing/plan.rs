@@ -282,12 +282,16 @@ impl<'a> AttemptPlan<'a> {
                 }
                 (index, ready, InFlight::claim(state, index, None))
             };
-            let backoff_us = full_jitter_us(
-                route.policy.retry_backoff_ms,
-                route.policy.retry_backoff_max_ms,
-                self.attempts,
-                self.router.rng.next_u64(),
-            );
+            let backoff_us = if self.attempts > 0 && route.policy.retry_backoff_ms > 0 {
+                full_jitter_us(
+                    route.policy.retry_backoff_ms,
+                    route.policy.retry_backoff_max_ms,
+                    self.attempts,
+                    self.router.rng.next_u64(),
+                )
+            } else {
+                0
+            };
             let start_us = ready_us.max(now_us + backoff_us);
             if start_us >= self.deadline_us {
                 // No time left for this retry: the last failure stands.
