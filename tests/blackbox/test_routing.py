@@ -249,7 +249,7 @@ def test_weighted_three_to_one(rc):
     def one(_):
         return deployment_of(chat(rc, "rt-weighted")[1])
 
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(8) as pool:
         seen = Counter(pool.map(one, range(400)))
     assert set(seen) == {"p1/w-a", "p2/w-b"}, seen
     assert 257 <= seen["p1/w-a"] <= 343, seen
