@@ -14,6 +14,7 @@
 //! | `DELETE /admin/keys/{id}`          | `{"id", "object", "deleted": true}`      |
 //! | `POST /admin/keys/{id}/rotate`     | `{"id", "key"}`; the old secret is dead  |
 //! | `GET /admin/usage?key_id=&since=&until=` | `{"data": [usage], "totals": {…}}` |
+//! | `GET /admin/routes`                | every alias's routing policy and its deployments' health on this instance |
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -39,6 +40,7 @@ pub enum AdminRoute {
     DeleteKey(String),
     RotateKey(String),
     Usage,
+    Routes,
 }
 
 /// Matches `/admin/…` paths; `Ok(None)` when the path is not an admin one.
@@ -68,6 +70,8 @@ pub fn route(method: &Method, path: &str) -> Result<Option<AdminRoute>, GatewayE
         }
         (["usage"], Method::GET) => AdminRoute::Usage,
         (["usage"], _) => return Err(GatewayError::MethodNotAllowed),
+        (["routes"], Method::GET) => AdminRoute::Routes,
+        (["routes"], _) => return Err(GatewayError::MethodNotAllowed),
         _ => return Ok(None),
     };
     Ok(Some(r))
@@ -198,6 +202,10 @@ pub(crate) async fn handle(
                 &json!({"object": "list", "data": data, "totals": totals(&records)}),
             ))
         }
+        AdminRoute::Routes => Ok(json_response(
+            StatusCode::OK,
+            &gw.router().to_json(gw.config(), gw.now_micros()),
+        )),
     }
 }
 

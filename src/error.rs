@@ -60,6 +60,14 @@ pub enum GatewayError {
     Upstream(String),
     /// The provider did not answer within `gateway.upstream_timeout_ms`.
     UpstreamTimeout,
+    /// The alias's `timeout_ms` ran out: no deployment answered in time.
+    DeadlineExceeded {
+        model: String,
+        timeout_ms: u64,
+        attempts: u32,
+        /// The attempts made: `provider/model (status code)`, in order.
+        detail: String,
+    },
     /// A store (keys, usage) failed.
     Store(String),
     /// A bug or an impossible state; never caused by input.
@@ -95,6 +103,7 @@ impl GatewayError {
             Provider { status, kind, code, .. } => (*status, kind.as_str(), code.as_deref()),
             Upstream(_) => (StatusCode::BAD_GATEWAY, "api_error", Some("upstream_error")),
             UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "api_error", Some("upstream_timeout")),
+            DeadlineExceeded { .. } => (StatusCode::GATEWAY_TIMEOUT, "api_error", Some("upstream_timeout")),
             Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "api_error", Some("store_unavailable")),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "api_error", Some("internal_error")),
         }
@@ -132,6 +141,10 @@ impl GatewayError {
             Provider { message, .. } => message.clone(),
             Upstream(m) => format!("Upstream provider error: {m}"),
             UpstreamTimeout => "The upstream provider did not answer in time.".into(),
+            DeadlineExceeded { model, timeout_ms, attempts, detail } => format!(
+                "No deployment of `{model}` answered within its timeout ({timeout_ms} ms); {attempts} attempt(s): {}.",
+                if detail.is_empty() { "none finished" } else { detail }
+            ),
             Store(m) => format!("Storage unavailable: {m}"),
             Internal(m) => format!("Internal error: {m}"),
         }

@@ -296,7 +296,9 @@ class LambdaTarget(Target):
     name = "lambda"
     STARTUP_TIMEOUT = 60.0
 
-    def __init__(self) -> None:
+    def __init__(self, instances: Optional[int] = None) -> None:
+        # --instances of the runner (default: its own, 10); 1 keeps every request in one container.
+        self.instances = instances
         self.procs: list[subprocess.Popen] = []
         self.base_url: Optional[str] = None
         self._lines: list[str] = []
@@ -354,7 +356,10 @@ class LambdaTarget(Target):
                          "AWS_EC2_METADATA_DISABLED": "true", "CONDUIT_CONFIG": config_toml})
         full_env.update(env)
         q: queue.Queue = queue.Queue()
-        self._spawn([str(runner), "--listen", "127.0.0.1:0"], full_env, q)
+        cmd = [str(runner), "--listen", "127.0.0.1:0"]
+        if self.instances:
+            cmd += ["--instances", str(self.instances)]
+        self._spawn(cmd, full_env, q)
         deadline = time.monotonic() + self.STARTUP_TIMEOUT
         while True:
             left = deadline - time.monotonic()
