@@ -38,7 +38,9 @@ pub mod pricing;
 pub mod providers;
 pub mod sse;
 mod stream;
+pub mod summary;
 pub mod time;
+pub mod ui;
 pub mod usage;
 
 pub use config::{Config, ConfigError};

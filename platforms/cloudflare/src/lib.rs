@@ -134,7 +134,12 @@ fn to_worker(
     signal: Option<worker::AbortSignal>,
     ctx: Arc<Context>,
 ) -> worker::Result<http::Response<worker::Body>> {
-    let (parts, body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
+    // Precompressed bodies (the web UI's assets) go out as they are: without
+    // this, workerd would compress them again per their Content-Encoding.
+    if parts.headers.contains_key(http::header::CONTENT_ENCODING) {
+        parts.extensions.insert(worker::EncodeBody::Manual);
+    }
     let body = match body {
         ResponseBody::Full(bytes) => {
             worker::Body::from_stream(futures_util::stream::once(async move {
