@@ -6,7 +6,7 @@ export const num = (n) => (n === null || n === undefined ? "–" : nf.format(n))
 export function usd(n) {
   if (n === null || n === undefined) return "–";
   if (n === 0) return "$0.00";
-  if (Math.abs(n) < 0.01) return "$" + n.toPrecision(2);
+  if (Math.abs(n) < 0.01) return "$" + n.toFixed(9).replace(/0+$/, "");
   return "$" + n.toFixed(2).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
 }
 
