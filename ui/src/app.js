@@ -329,7 +329,8 @@ function KeyDialogs({ dialog, models, onClose }) {
   if (kind === "edit") return html`<${KeyForm} models=${models} existing=${key} onClose=${onClose} />`;
   if (kind === "rotate") return html`<${Confirm} title=${"Rotate " + key.name + "?"} action="Rotate key"
     text=${`A new secret replaces the current one at once: applications using "${key.name}" get 401 until they use the new secret.`}
-    run=${async () => setSecret((await api("POST", `/admin/keys/${encodeURIComponent(key.id)}/rotate`)).key)} onClose=${onClose} />`;
+    run=${async () => setSecret((await api("POST", `/admin/keys/${encodeURIComponent(key.id)}/rotate`)).key)}
+    onClose=${(changed) => changed || onClose(false)} />`;
   if (kind === "delete") return html`<${Confirm} title=${"Delete " + key.name + "?"} action=${"Delete " + key.name} danger=${true}
     text=${`The key "${key.name}" (${key.id}) stops working at once. This cannot be undone.`}
     run=${() => api("DELETE", `/admin/keys/${encodeURIComponent(key.id)}`)} onClose=${onClose} />`;

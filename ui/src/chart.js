@@ -22,7 +22,7 @@ export function Chart({ title, xs, series, money }) {
         {
           stroke: "#4b5563",
           grid: { stroke: "#e5e7eb" },
-          size: 60,
+          size: money ? 84 : 60,
           values: (u, ticks) => ticks.map((v) => (money ? "$" + +v.toPrecision(3) : +v.toPrecision(4))),
         },
       ],
