@@ -529,7 +529,7 @@ def test_ui_pages_accessibility_phone_and_screenshots(ui, admin, make_client):
     for _ in range(60):
         page.keyboard.press("Tab")
         info = page.evaluate("""() => { const e = document.activeElement; const s = getComputedStyle(e);
-            return {tag: e.tagName, text: (e.innerText || e.value || e.getAttribute('aria-label') || '').slice(0, 40),
+            return {tag: e.tagName, text: (e.getAttribute('aria-label') || e.innerText || e.value || '').slice(0, 40),
                     outline: s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0}; }""")
         if info["tag"] == "BODY":
             continue

@@ -205,7 +205,7 @@ function Overview() {
 
 function TopTable({ rows, first, name }) {
   if (!rows.length) return html`<p class="muted">No requests in this range.</p>`;
-  return html`<div class="scroll"><table>
+  return html`<div class="scroll" tabindex="0" role="region" aria-label=${"Top " + first.toLowerCase() + "s"}><table>
     <thead><tr><th scope="col">${first}</th><th scope="col" class="n">Requests</th><th scope="col" class="n">Tokens</th><th scope="col" class="n">Spend</th></tr></thead>
     <tbody>${rows.map((r) => html`<tr><td>${name(r)}</td><td class="n">${num(r.requests)}</td><td class="n">${num(r.total_tokens)}</td><td class="n">${usd(r.cost_usd)}</td></tr>`)}</tbody>
   </table></div>`;
@@ -269,7 +269,7 @@ function matches(k, search) {
 
 function KeyTable({ keys, onAction }) {
   if (!keys.length) return html`<p class="muted">No keys match.</p>`;
-  return html`<div class="scroll"><table class="keys">
+  return html`<div class="scroll" tabindex="0" role="region" aria-label="Keys table"><table class="keys">
     <caption class="sr">Virtual keys</caption>
     <thead><tr>
       <th scope="col">Name</th><th scope="col">Status</th><th scope="col">Allowed models</th><th scope="col">Limits</th>
@@ -554,7 +554,7 @@ function statusText(r) {
 
 function RequestTable({ rows, names }) {
   if (!rows.length) return html`<p class="muted">No requests.</p>`;
-  return html`<div class="scroll"><table class="requests">
+  return html`<div class="scroll" tabindex="0" role="region" aria-label="Requests table"><table class="requests">
     <thead><tr><th scope="col">Time</th><th scope="col">Key</th><th scope="col">Model</th><th scope="col">Status</th>
       <th scope="col" class="n">Prompt</th><th scope="col" class="n">Completion</th><th scope="col" class="n">Total tokens</th><th scope="col" class="n">Cost</th><th scope="col" class="n">Latency</th></tr></thead>
     <tbody>${rows.map((r) => html`<tr key=${r.request_id} data-request-id=${r.request_id}>
@@ -655,7 +655,7 @@ function Models() {
   const [state] = useLoad(() => get("/admin/models"), []);
   return html`<h1>Models</h1>
     <p class="muted">Prices are USD per million tokens. Deployments are tried in order.</p>
-    <${Loading} state=${state}>${(d) => html`<div class="scroll"><table class="models">
+    <${Loading} state=${state}>${(d) => html`<div class="scroll" tabindex="0" role="region" aria-label="Models table"><table class="models">
       <thead><tr><th scope="col">Alias</th><th scope="col">#</th><th scope="col">Provider</th><th scope="col">Kind</th><th scope="col">Model</th><th scope="col">Price per 1M tokens</th><th scope="col">Routing</th></tr></thead>
       <tbody>${d.data.flatMap((m) => m.deployments.map((dep, i) => html`<tr>
         ${i === 0 && html`<th scope="rowgroup" rowspan=${m.deployments.length}>${m.id}</th>`}

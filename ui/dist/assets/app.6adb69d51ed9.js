@@ -59,7 +59,7 @@ var Pn,_e,Ji,Va,jt,Gi,Zi,Qi,xo,Sn,ln,Xi,To,ko,So,Wa,En={},Mn=[],qa=/acit|ex(?:s|
           <h2 id="top-models">Top models by spend</h2>
           <${ta} rows=${n.top_models} first="Model" name=${o=>o.model} />
         </section>
-      </div>`}<//>`}function ta({rows:e,first:t,name:l}){return e.length?M`<div class="scroll"><table>
+      </div>`}<//>`}function ta({rows:e,first:t,name:l}){return e.length?M`<div class="scroll" tabindex="0" role="region" aria-label=${"Top "+t.toLowerCase()+"s"}><table>
     <thead><tr><th scope="col">${t}</th><th scope="col" class="n">Requests</th><th scope="col" class="n">Tokens</th><th scope="col" class="n">Spend</th></tr></thead>
     <tbody>${e.map(n=>M`<tr><td>${l(n)}</td><td class="n">${Be(n.requests)}</td><td class="n">${Be(n.total_tokens)}</td><td class="n">${Gl(n.cost_usd)}</td></tr>`)}</tbody>
   </table></div>`:M`<p class="muted">No requests in this range.</p>`}function mi(){let[e]=Lt(()=>it("/admin/models"),[]);return e.data?e.data.data.map(t=>t.id):[]}function aa(e){let t=[];return e.rpm!=null&&t.push(`${Be(e.rpm)} rpm`),e.rpd!=null&&t.push(`${Be(e.rpd)} rpd`),e.tpm!=null&&t.push(`${Be(e.tpm)} tpm`),t.length?t.join(", "):"none"}function ua({spent:e,max:t}){if(t==null)return M`<span class="muted">no budget</span>`;let l=t>0?Math.min(100,e/t*100):100;return M`<span class="spend">
@@ -78,7 +78,7 @@ var Pn,_e,Ji,Va,jt,Gi,Zi,Qi,xo,Sn,ln,Xi,To,ko,So,Wa,En={},Mn=[],qa=/acit|ex(?:s|
       </select></label>
     </div>
     <${hl} state=${e}>${g=>M`<${lf} keys=${g.data.filter(_=>(o==="all"||jl(_)===o)&&tf(_,l))} onAction=${(_,d)=>f({kind:_,key:d})} />`}<//>
-    ${a&&M`<${ca} dialog=${a} models=${m} onClose=${g=>{f(null),g&&t()}} />`}`}function tf(e,t){let l=t.trim().toLowerCase();return l?[e.name,e.id,JSON.stringify(e.metadata||{})].some(n=>n.toLowerCase().includes(l)):!0}function lf({keys:e,onAction:t}){return e.length?M`<div class="scroll"><table class="keys">
+    ${a&&M`<${ca} dialog=${a} models=${m} onClose=${g=>{f(null),g&&t()}} />`}`}function tf(e,t){let l=t.trim().toLowerCase();return l?[e.name,e.id,JSON.stringify(e.metadata||{})].some(n=>n.toLowerCase().includes(l)):!0}function lf({keys:e,onAction:t}){return e.length?M`<div class="scroll" tabindex="0" role="region" aria-label="Keys table"><table class="keys">
     <caption class="sr">Virtual keys</caption>
     <thead><tr>
       <th scope="col">Name</th><th scope="col">Status</th><th scope="col">Allowed models</th><th scope="col">Limits</th>
@@ -202,7 +202,7 @@ var Pn,_e,Ji,Va,jt,Gi,Zi,Qi,xo,Sn,ln,Xi,To,ko,So,Wa,En={},Mn=[],qa=/acit|ex(?:s|
     <${hl} state=${a}>${_=>M`<${fa} rows=${_.data} names=${{[g.id]:g.name}} />`}<//>
     <p><a href=${"#/requests?key_id="+encodeURIComponent(g.id)}>All requests of this key</a></p>
     ${f&&M`<${ca} dialog=${f} models=${p} onClose=${_=>{m(null),_&&f.kind==="delete"?location.hash="#/keys":_&&l()}} />`}
-  `}<//>`}function af(e){return e.refused_by?`${e.status} refused (${e.refused_by})`:String(e.status)}function fa({rows:e,names:t}){return e.length?M`<div class="scroll"><table class="requests">
+  `}<//>`}function af(e){return e.refused_by?`${e.status} refused (${e.refused_by})`:String(e.status)}function fa({rows:e,names:t}){return e.length?M`<div class="scroll" tabindex="0" role="region" aria-label="Requests table"><table class="requests">
     <thead><tr><th scope="col">Time</th><th scope="col">Key</th><th scope="col">Model</th><th scope="col">Status</th>
       <th scope="col" class="n">Prompt</th><th scope="col" class="n">Completion</th><th scope="col" class="n">Total tokens</th><th scope="col" class="n">Cost</th><th scope="col" class="n">Latency</th></tr></thead>
     <tbody>${e.map(l=>M`<tr key=${l.request_id} data-request-id=${l.request_id}>
@@ -239,7 +239,7 @@ var Pn,_e,Ji,Va,jt,Gi,Zi,Qi,xo,Sn,ln,Xi,To,ko,So,Wa,En={},Mn=[],qa=/acit|ex(?:s|
         <button type="button" disabled=${!x.next_cursor} onClick=${()=>o([...n,x.next_cursor])}>Older</button>
       </nav>`}<//>`}function ff(e){if(!e)return M`<span class="muted">unknown</span>`;let t=l=>l==null?"\u2013":"$"+ +l.toPrecision(6);return M`${t(e.input_usd)} in / ${t(e.output_usd)} out${e.cached_input_usd!=null?M` / ${t(e.cached_input_usd)} cached`:""}`}function df(){let[e]=Lt(()=>it("/admin/models"),[]);return M`<h1>Models</h1>
     <p class="muted">Prices are USD per million tokens. Deployments are tried in order.</p>
-    <${hl} state=${e}>${t=>M`<div class="scroll"><table class="models">
+    <${hl} state=${e}>${t=>M`<div class="scroll" tabindex="0" role="region" aria-label="Models table"><table class="models">
       <thead><tr><th scope="col">Alias</th><th scope="col">#</th><th scope="col">Provider</th><th scope="col">Kind</th><th scope="col">Model</th><th scope="col">Price per 1M tokens</th><th scope="col">Routing</th></tr></thead>
       <tbody>${t.data.flatMap(l=>l.deployments.map((n,o)=>M`<tr>
         ${o===0&&M`<th scope="rowgroup" rowspan=${l.deployments.length}>${l.id}</th>`}
