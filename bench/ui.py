@@ -10,6 +10,7 @@ records itself.
 """
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import random
@@ -44,28 +45,42 @@ def seed(db: Path) -> None:
     now_ms = int(time.time() * 1000)
     rng = random.Random(7)
     keys = []
+    teams = ["search", "support-bot", "checkout", "analytics", "mobile-app", "data-eng", "growth", "docs-assistant"]
+    t = time.gmtime(now_ms // 1000)
+    month_start = calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0))
+    spend = {}
     for i in range(50):
         kid = f"key_bench{i:02d}"
-        rec = {"id": kid, "name": f"bench-{i}", "enabled": True, "expires_at": None, "allowed_models": [],
-               "metadata": {}, "limits": {"rpm": None, "rpd": None, "tpm": None}, "budget": None,
-               "created_at": now_ms // 1000 - 40 * 86400, "updated_at": now_ms // 1000 - 40 * 86400}
+        team = teams[i % len(teams)]
+        budget = {"max_nanos": (i % 5 + 1) * 20 * 10**9, "period": "monthly"} if i % 3 else None
+        rec = {"id": kid, "name": f"{team}-{'prod' if i % 2 else 'staging'}-{i}", "enabled": i % 11 != 5,
+               "expires_at": None if i % 7 else now_ms // 1000 + 90 * 86400,
+               "allowed_models": [] if i % 4 == 0 else [f"m{i % 6}", f"m{(i + 1) % 6}"],
+               "metadata": {"team": team}, "limits": {"rpm": 600 if i % 2 else None, "rpd": None, "tpm": 200000 if i % 3 == 1 else None},
+               "budget": budget, "created_at": now_ms // 1000 - 40 * 86400 + i * 3600, "updated_at": now_ms // 1000 - 40 * 86400}
         con.execute("INSERT INTO virtual_keys (id, key_hash, record, created_at) VALUES (?, ?, ?, ?)",
                     (kid, uuid.uuid4().hex + uuid.uuid4().hex, json.dumps(rec), rec["created_at"]))
         keys.append(kid)
+        if budget:
+            spend[kid] = 0
     rows = []
     for n in range(RECORDS):
         at = now_ms - rng.randrange(30 * 86400 * 1000)
         status = rng.choice([200] * 18 + [429, 502])
         p, c = rng.randrange(10, 2000), rng.randrange(0, 800)
-        r = {"request_id": f"req_bench{n:07d}", "key_id": rng.choice(keys), "model": f"m{rng.randrange(6)}",
+        r = {"request_id": f"req_bench{n:07d}", "key_id": keys[min(int(rng.expovariate(0.12)), len(keys) - 1)], "model": f"m{rng.randrange(6)}",
              "provider": "openai", "provider_model": "gpt-4o-mini", "endpoint": "/v1/chat/completions",
              "status": status, "streamed": n % 3 == 0, "prompt_tokens": p if status == 200 else 0,
              "completion_tokens": c if status == 200 else 0, "total_tokens": p + c if status == 200 else 0,
              "cached_tokens": 0, "reasoning_tokens": 0, "cache_write_tokens": 0, "estimated_prompt_tokens": p,
-             "estimated_completion_tokens": 4096, "cost_nano_usd": (p * 150 + c * 600) if status == 200 else 0,
+             "estimated_completion_tokens": 4096, "cost_nano_usd": (p * 2500 + c * 10000) if status == 200 else 0,
              "refused_by": "rpm" if status == 429 else None, "latency_ms": 12.5, "upstream_latency_ms": 12.0,
              "created_at_ms": at}
         rows.append((r["request_id"], r["key_id"], at, json.dumps(r)))
+        if r["key_id"] in spend and at // 1000 >= month_start:
+            spend[r["key_id"]] += r["cost_nano_usd"]
+    con.executemany("INSERT INTO key_spend (key_id, period_start, spent_nanos) VALUES (?, ?, ?)",
+                    [(k, month_start, v) for k, v in spend.items()])
     con.executemany("INSERT INTO usage_records (request_id, key_id, created_at_ms, record) VALUES (?, ?, ?, ?)", rows)
     con.commit()
     con.close()
@@ -144,6 +159,18 @@ def main() -> int:
                 overview = (time.perf_counter() - t) * 1000
                 time.sleep(0.2)
                 loads.append((sum(sizes.values()), tti_signin, json.loads(nav)["domInteractive"], overview))
+                if i == 0 and os.environ.get("BENCH_UI_DOCS"):
+                    # the README's screenshots, on this seeded database
+                    docs = ROOT / "docs"
+                    docs.mkdir(exist_ok=True)
+                    page.get_by_role("button", name="Last 7 days").click()
+                    page.locator("p.muted", has_text="Loading…").first.wait_for(state="detached")
+                    time.sleep(0.5)
+                    page.screenshot(path=str(docs / "ui-overview.png"), full_page=True)
+                    page.goto(base + "/ui/#/keys")
+                    page.get_by_role("row").nth(12).wait_for()
+                    time.sleep(1.0)
+                    page.screenshot(path=str(docs / "ui-keys.png"))
                 ctx.close()
             browser.close()
         first = loads[0][0]

@@ -392,9 +392,9 @@ fn usage_query(query: &str) -> Result<UsageQuery, GatewayError> {
     Ok(q)
 }
 
-/// `since` (default: 24 hours before `until`), `until` (default: the end
-/// of the current hour), both rounded to the hour (`since` down, `until`
-/// up); `bucket` (`hour` by default, `day`); `key_id`, `model`.
+/// `since` (default: 24 hours before `until`), `until` (default: now),
+/// both rounded to the bucket (`since` down, `until` up); `bucket` (`hour`
+/// by default, `day`: UTC days); `key_id`, `model`.
 fn summary_query(query: &str, now: u64) -> Result<(SummaryQuery, Bucket), GatewayError> {
     let mut since = None;
     let mut until = None;
@@ -432,8 +432,9 @@ fn summary_query(query: &str, now: u64) -> Result<(SummaryQuery, Bucket), Gatewa
             _ => {}
         }
     }
-    let until = until.unwrap_or(now).div_ceil(HOUR) * HOUR;
-    let since = since.unwrap_or(until.saturating_sub(24 * HOUR)) / HOUR * HOUR;
+    let width = bucket.secs();
+    let until = until.unwrap_or(now).div_ceil(width) * width;
+    let since = since.unwrap_or(until.saturating_sub(24 * HOUR)) / width * width;
     if since >= until {
         return Err(GatewayError::invalid(
             "`since` must be before `until`.",
@@ -452,6 +453,7 @@ fn summary_query(query: &str, now: u64) -> Result<(SummaryQuery, Bucket), Gatewa
             until,
             key_id,
             model,
+            bucket,
         },
         bucket,
     ))

@@ -129,7 +129,8 @@ impl Counters {
     }
 }
 
-/// The counters of one (hour, key, model alias).
+/// The counters of one (hour, key, model alias); of one day for stores
+/// that keep day rows too (see [`SummaryQuery`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HourRow {
     /// Unix seconds of the hour's start.
@@ -157,8 +158,10 @@ pub fn hour_of_ms(ms: u64) -> u64 {
 }
 
 /// Bucket width of a summary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Bucket {
+    #[default]
     Hour,
     Day,
 }
@@ -179,15 +182,20 @@ impl Bucket {
     }
 }
 
-/// What `GET /admin/usage/summary` asks of a store: the hour rows in
-/// `[since, until)` (hour-aligned Unix seconds), optionally for one key
-/// and one model alias.
+/// What `GET /admin/usage/summary` asks of a store: the counter rows in
+/// `[since, until)` (Unix seconds aligned to `bucket`), optionally for one
+/// key and one model alias. A store may answer with hour rows whatever the
+/// bucket, or with day rows (`hour` = the day's start) when `bucket` is
+/// [`Bucket::Day`] (the server keeps both, so a month is 30 rows per key
+/// and model however sparse the traffic).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SummaryQuery {
     pub since: u64,
     pub until: u64,
     pub key_id: Option<String>,
     pub model: Option<String>,
+    #[serde(default)]
+    pub bucket: Bucket,
 }
 
 impl SummaryQuery {
@@ -332,6 +340,7 @@ mod tests {
             until: day0 + 2 * DAY,
             key_id: None,
             model: None,
+            bucket: Bucket::Hour,
         };
         let names = |id: &str| (id == "k1").then(|| "first".to_owned());
         let days = summarize(&q, Bucket::Day, &rows, &names);

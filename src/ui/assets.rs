@@ -21,7 +21,7 @@ pub static ASSETS: &[Asset] = &[
         raw: include_bytes!("../../ui/dist/index.html"),
         gzip: include_bytes!("../../ui/dist/index.html.gz"),
         brotli: include_bytes!("../../ui/dist/index.html.br"),
-        etag: "\"261f1803d57b\"",
+        etag: "\"0d10a9592766\"",
         immutable: false,
     },
     Asset {
@@ -34,12 +34,12 @@ pub static ASSETS: &[Asset] = &[
         immutable: true,
     },
     Asset {
-        path: "/ui/assets/app.f666ec31ecb5.css",
+        path: "/ui/assets/app.0eab73fc5c07.css",
         content_type: "text/css; charset=utf-8",
-        raw: include_bytes!("../../ui/dist/assets/app.f666ec31ecb5.css"),
-        gzip: include_bytes!("../../ui/dist/assets/app.f666ec31ecb5.css.gz"),
-        brotli: include_bytes!("../../ui/dist/assets/app.f666ec31ecb5.css.br"),
-        etag: "\"f666ec31ecb5\"",
+        raw: include_bytes!("../../ui/dist/assets/app.0eab73fc5c07.css"),
+        gzip: include_bytes!("../../ui/dist/assets/app.0eab73fc5c07.css.gz"),
+        brotli: include_bytes!("../../ui/dist/assets/app.0eab73fc5c07.css.br"),
+        etag: "\"0eab73fc5c07\"",
         immutable: true,
     },
     Asset {

@@ -141,6 +141,8 @@ fn to_worker(
         parts.extensions.insert(worker::EncodeBody::Manual);
     }
     let body = match body {
+        // A 304 (and an empty answer) must have no body stream at all.
+        ResponseBody::Full(bytes) if bytes.is_empty() => worker::Body::empty(),
         ResponseBody::Full(bytes) => {
             worker::Body::from_stream(futures_util::stream::once(async move {
                 Ok::<Vec<u8>, worker::Error>(bytes.to_vec())

@@ -8,8 +8,8 @@
 //! not block each other. Records are stored as the same JSON the admin API
 //! shows, beside indexed columns for the filters and the page order. The
 //! same transaction adds each record to its row of `usage_hourly` (one row
-//! per hour, key and model alias), which `GET /admin/usage/summary` reads
-//! instead of the records.
+//! per hour, key and model alias) and of `usage_daily` (per UTC day), which
+//! `GET /admin/usage/summary` reads instead of the records.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -21,7 +21,7 @@ use conduit::keys::VirtualKey;
 use conduit::limits::SpendStore;
 use conduit::port;
 use conduit::ports::{KeyStore, StoreError, UsageStore};
-use conduit::summary::{Counters, HourRow, SummaryQuery};
+use conduit::summary::{Bucket, Counters, HourRow, SummaryQuery, DAY};
 use conduit::usage::{StatusFilter, UsageQuery, UsageRecord};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
@@ -44,6 +44,22 @@ CREATE INDEX IF NOT EXISTS usage_by_time ON usage_records (created_at_ms);
 CREATE INDEX IF NOT EXISTS usage_page ON usage_records (created_at_ms, request_id);
 CREATE INDEX IF NOT EXISTS usage_page_by_key ON usage_records (key_id, created_at_ms, request_id);
 CREATE TABLE IF NOT EXISTS usage_hourly (
+    hour              INTEGER NOT NULL,
+    key_id            TEXT NOT NULL,
+    model             TEXT NOT NULL,
+    requests          INTEGER NOT NULL DEFAULT 0,
+    errors            INTEGER NOT NULL DEFAULT 0,
+    rate_limited      INTEGER NOT NULL DEFAULT 0,
+    budget_refused    INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    total_tokens      INTEGER NOT NULL DEFAULT 0,
+    cached_tokens     INTEGER NOT NULL DEFAULT 0,
+    cost_nanos        INTEGER NOT NULL DEFAULT 0,
+    unpriced          INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour, key_id, model)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usage_daily (
     hour              INTEGER NOT NULL,
     key_id            TEXT NOT NULL,
     model             TEXT NOT NULL,
@@ -144,7 +160,8 @@ impl SqliteStore {
     }
 }
 
-/// The upsert adding one record to its hour row.
+/// The upsert adding one record to its hour row (and, with the table
+/// renamed, to its day row).
 const ADD_HOURLY: &str = "INSERT INTO usage_hourly (hour, key_id, model, requests, errors, rate_limited,
         budget_refused, prompt_tokens, completion_tokens, total_tokens, cached_tokens, cost_nanos, unpriced)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
@@ -155,11 +172,28 @@ const ADD_HOURLY: &str = "INSERT INTO usage_hourly (hour, key_id, model, request
         total_tokens = total_tokens + excluded.total_tokens, cached_tokens = cached_tokens + excluded.cached_tokens,
         cost_nanos = cost_nanos + excluded.cost_nanos, unpriced = unpriced + excluded.unpriced";
 
-fn add_hourly(stmt: &mut rusqlite::CachedStatement<'_>, r: &UsageRecord) -> rusqlite::Result<()> {
+fn add_daily_sql() -> String {
+    ADD_HOURLY.replace("usage_hourly", "usage_daily")
+}
+
+fn add_hourly(
+    hourly: &mut rusqlite::CachedStatement<'_>,
+    daily: &mut rusqlite::CachedStatement<'_>,
+    r: &UsageRecord,
+) -> rusqlite::Result<()> {
     let row = HourRow::of(r);
+    add_row(hourly, &row, row.hour)?;
+    add_row(daily, &row, row.hour / DAY * DAY)
+}
+
+fn add_row(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    row: &HourRow,
+    start: u64,
+) -> rusqlite::Result<()> {
     let c = row.counters;
     stmt.execute(params![
-        row.hour as i64,
+        start as i64,
         row.key_id,
         row.model,
         c.requests as i64,
@@ -176,8 +210,8 @@ fn add_hourly(stmt: &mut rusqlite::CachedStatement<'_>, r: &UsageRecord) -> rusq
     .map(|_| ())
 }
 
-/// A database written before `usage_hourly` existed gets its rows once,
-/// from the records it holds.
+/// A database written before the counter tables existed gets their rows
+/// once, from the records it holds.
 fn backfill_hourly(conn: &Connection) -> rusqlite::Result<()> {
     let empty: bool =
         conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM usage_hourly)", [], |r| {
@@ -191,9 +225,11 @@ fn backfill_hourly(conn: &Connection) -> rusqlite::Result<()> {
         return Ok(());
     }
     let tx = conn.unchecked_transaction()?;
+    tx.execute_batch("DELETE FROM usage_hourly; DELETE FROM usage_daily;")?;
     {
         let mut read = tx.prepare("SELECT record FROM usage_records")?;
         let mut add = tx.prepare_cached(ADD_HOURLY)?;
+        let mut add_day = tx.prepare_cached(&add_daily_sql())?;
         let mut rows = read.query([])?;
         while let Some(row) = rows.next()? {
             let text: String = row.get(0)?;
@@ -202,7 +238,7 @@ fn backfill_hourly(conn: &Connection) -> rusqlite::Result<()> {
                 .as_ref()
                 .and_then(UsageRecord::from_json)
             {
-                add_hourly(&mut add, &r)?;
+                add_hourly(&mut add, &mut add_day, &r)?;
             }
         }
     }
@@ -240,6 +276,7 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
                     "INSERT OR IGNORE INTO usage_records (request_id, key_id, created_at_ms, record) VALUES (?1, ?2, ?3, ?4)",
                 )?;
                 let mut hourly = tx.prepare_cached(ADD_HOURLY)?;
+                let mut daily = tx.prepare_cached(&add_daily_sql())?;
                 let mut spend = tx.prepare_cached(
                     "INSERT INTO key_spend (key_id, period_start, spent_nanos) VALUES (?1, ?2, ?3)
                      ON CONFLICT (key_id) DO UPDATE SET period_start = excluded.period_start, spent_nanos = excluded.spent_nanos",
@@ -255,7 +292,7 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
                                 r.to_json().to_string()
                             ])?;
                             if inserted > 0 {
-                                add_hourly(&mut hourly, r)?;
+                                add_hourly(&mut hourly, &mut daily, r)?;
                             }
                         }
                         Write::Spend {
@@ -429,13 +466,19 @@ port! {
         }
 
         async fn hours(&self, query: &SummaryQuery) -> Result<Vec<HourRow>, StoreError> {
+            // Day buckets read the day rows: a month is 30 rows per key and
+            // model, however the requests spread over the hours.
+            let table = match query.bucket {
+                Bucket::Day => "usage_daily",
+                Bucket::Hour => "usage_hourly",
+            };
             self.with(|c| {
-                let mut stmt = c.prepare_cached(
+                let mut stmt = c.prepare_cached(&format!(
                     "SELECT hour, key_id, model, requests, errors, rate_limited, budget_refused, prompt_tokens,
                             completion_tokens, total_tokens, cached_tokens, cost_nanos, unpriced
-                     FROM usage_hourly
-                     WHERE hour >= ?1 AND hour < ?2 AND (?3 IS NULL OR key_id = ?3) AND (?4 IS NULL OR model = ?4)",
-                )?;
+                     FROM {table}
+                     WHERE hour >= ?1 AND hour < ?2 AND (?3 IS NULL OR key_id = ?3) AND (?4 IS NULL OR model = ?4)"
+                ))?;
                 let rows = stmt.query_map(
                     params![query.since as i64, query.until as i64, query.key_id, query.model],
                     |r| {
