@@ -19,6 +19,18 @@ if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
 
+npm_ready=
+npm_ci() { [ -n "$npm_ready" ] || { npm ci --no-audit --no-fund; npm_ready=1; }; }
+
+step "web UI: rebuild from ui/src and compare with the committed build (ui/dist, src/ui/assets.rs)"
+npm_ci   # esbuild, preact, htm, uplot; axe-core for the browser tests
+node ui/build.mjs
+if [ -n "$(git status --porcelain -- ui/dist src/ui/assets.rs)" ]; then
+  git status --short -- ui/dist src/ui/assets.rs
+  echo "the committed web UI build is stale: run 'node ui/build.mjs' and commit ui/dist and src/ui/assets.rs" >&2
+  exit 1
+fi
+
 step "format and lints"
 cargo fmt --all -- --check
 # The Worker crate is wasm-only (its futures are !Send); it is linted for wasm32 below.
@@ -37,9 +49,6 @@ cargo build --locked --release -p conduit-server
 # build is what `sam build` makes, through cargo-lambda.
 cargo build --locked -p conduit-lambda
 
-npm_ready=
-npm_ci() { [ -n "$npm_ready" ] || { npm ci --no-audit --no-fund; npm_ready=1; }; }
-
 if wants worker; then
   step "worker toolchain (cargo install is a no-op when already installed) and npm packages"
   cargo install worker-build --version 0.8.7
@@ -52,7 +61,9 @@ if wants worker; then
   rm -rf dist
   WRANGLER_SEND_METRICS=false node_modules/.bin/wrangler deploy --dry-run --outdir dist 2>&1 | grep -E "Total Upload|error|Error" || true
   wasm=platforms/cloudflare/build/index_bg.wasm
-  printf 'worker wasm: %s bytes, gzip -9: %s bytes\n' "$(wc -c < $wasm)" "$(gzip -9c $wasm | wc -c)"
+  wasm_gz=$(gzip -9c $wasm | wc -c)
+  printf 'worker wasm: %s bytes, gzip -9: %s bytes (%s KiB; budget 1024 KiB)\n' "$(wc -c < $wasm)" "$wasm_gz" "$((wasm_gz / 1024))"
+  [ "$wasm_gz" -le 1048576 ] || { echo "the Worker is over 1 MiB gzip" >&2; exit 1; }
 fi
 
 if wants lambda; then
@@ -73,6 +84,12 @@ if wants server || wants server-postgres; then
   fi
   npm_ci
 fi
+
+step "headless Chromium for the web UI tests (Debian's chromium; never a Playwright download)"
+if ! command -v chromium >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi
+chromium --version 2>/dev/null | head -1 || true
 
 step "python venv for the black-box suite"
 venv="${CONDUIT_TEST_VENV:-$root/.venv}"

@@ -2,8 +2,9 @@
 //!
 //! Every route needs `Authorization: Bearer <CONDUIT_MASTER_KEY>`, compared
 //! in constant time (SHA-256 of both sides, then a constant-time equality,
-//! so neither content nor length leaks). Without a configured master key
-//! the admin API answers 401 to everything.
+//! so neither content nor length leaks), or the web UI's session cookie
+//! ([`crate::ui::session`]; with `X-Conduit-CSRF: 1` on anything but GET).
+//! Without a configured master key the admin API answers 401 to everything.
 //!
 //! | method and path                    | answer                                   |
 //! |------------------------------------|------------------------------------------|
@@ -13,22 +14,26 @@
 //! | `PATCH /admin/keys/{id}`           | the updated record (partial update)      |
 //! | `DELETE /admin/keys/{id}`          | `{"id", "object", "deleted": true}`      |
 //! | `POST /admin/keys/{id}/rotate`     | `{"id", "key"}`; the old secret is dead  |
-//! | `GET /admin/usage?key_id=&since=&until=` | `{"data": [usage], "totals": {…}}` |
+//! | `GET /admin/usage?key_id=&model=&status=&since=&until=&limit=&cursor=` | one page, newest first: `{"data", "totals" (of the page), "has_more", "next_cursor"}` |
+//! | `GET /admin/usage/summary?since=&until=&bucket=hour\|day&key_id=&model=` | buckets, totals, top keys and models (from hourly counters) |
+//! | `GET /admin/models`                | aliases, deployments, provider kinds, prices, routing (no secret) |
+//! | `GET\|POST\|DELETE /admin/session` | the web UI's sign-in ([`crate::ui::session`]) |
 //! | `GET /admin/routes`                | every alias's routing policy and its deployments' health on this instance |
-
-use bytes::Bytes;
-use http::{Method, StatusCode};
-use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::error::GatewayError;
 use crate::gateway::{json_response, percent_decode, Gateway, Response};
 use crate::keys::{generate_secret, hash_secret, random_id, VirtualKey};
 use crate::limits::LimitStatus;
 use crate::pricing::usd;
+use crate::summary::{summarize, Bucket, SummaryQuery, HOUR, MAX_BUCKETS};
 use crate::time::{format_rfc3339, parse_timestamp};
-use crate::usage::{totals, UsageQuery};
+use crate::ui::session;
+use crate::usage::{
+    decode_cursor, encode_cursor, totals, StatusFilter, UsageQuery, DEFAULT_PAGE, MAX_PAGE,
+};
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
 
 /// An admin route.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +46,10 @@ pub enum AdminRoute {
     RotateKey(String),
     Usage,
     Routes,
+    UsageSummary,
+    Models,
+    /// The web UI's session: GET (status), POST (sign in), DELETE (sign out).
+    Session(Method),
 }
 
 /// Matches `/admin/…` paths; `Ok(None)` when the path is not an admin one.
@@ -72,28 +81,15 @@ pub fn route(method: &Method, path: &str) -> Result<Option<AdminRoute>, GatewayE
         (["usage"], _) => return Err(GatewayError::MethodNotAllowed),
         (["routes"], Method::GET) => AdminRoute::Routes,
         (["routes"], _) => return Err(GatewayError::MethodNotAllowed),
+        (["usage", "summary"], Method::GET) => AdminRoute::UsageSummary,
+        (["usage", "summary"], _) => return Err(GatewayError::MethodNotAllowed),
+        (["models"], Method::GET) => AdminRoute::Models,
+        (["models"], _) => return Err(GatewayError::MethodNotAllowed),
+        (["session"], m @ (Method::GET | Method::POST | Method::DELETE)) => AdminRoute::Session(m),
+        (["session"], _) => return Err(GatewayError::MethodNotAllowed),
         _ => return Ok(None),
     };
     Ok(Some(r))
-}
-
-/// Constant-time check of the master key.
-fn authorized(expected: Option<&[u8; 32]>, headers: &http::HeaderMap) -> bool {
-    let Some(expected) = expected else {
-        return false;
-    };
-    let Some(given) = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-    else {
-        return false;
-    };
-    let given: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
-    given.ct_eq(expected).into()
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, GatewayError> {
@@ -119,8 +115,11 @@ pub(crate) async fn handle(
     parts: &http::request::Parts,
     body: Bytes,
 ) -> Result<Response, GatewayError> {
-    if !authorized(gw.master_key_hash(), &parts.headers) {
-        return Err(GatewayError::AdminUnauthorized);
+    if let AdminRoute::Session(method) = &route {
+        return session::handle(gw, method, parts, body).await;
+    }
+    if let Some(refusal) = session::refusal(gw, parts) {
+        return Ok(refusal);
     }
     let keys = &gw.ports().keys;
     let now = gw.now_secs();
@@ -137,7 +136,14 @@ pub(crate) async fn handle(
             Ok(json_response(StatusCode::CREATED, &view))
         }
         AdminRoute::ListKeys => {
-            let data: Vec<Value> = keys.list().await?.iter().map(VirtualKey::to_json).collect();
+            let list = keys.list().await?;
+            let ids: Vec<String> = list.iter().map(|k| k.id.clone()).collect();
+            let last_used = gw.ports().usage.last_used(&ids).await?;
+            let data: Vec<Value> = list
+                .iter()
+                .zip(last_used)
+                .map(|(k, used)| with_last_used(k.to_json(), used))
+                .collect();
             Ok(json_response(
                 StatusCode::OK,
                 &json!({"object": "list", "data": data}),
@@ -146,15 +152,30 @@ pub(crate) async fn handle(
         AdminRoute::GetKey(id) => {
             let key = keys.get(&id).await?.ok_or_else(|| no_key(&id))?;
             let status = gw.ports().limiter.status(&key).await?;
-            let mut view = key.to_json();
+            let used = gw
+                .ports()
+                .usage
+                .last_used(std::slice::from_ref(&key.id))
+                .await?;
+            let mut view = with_last_used(key.to_json(), used.first().copied().flatten());
             if let Some(o) = view.as_object_mut() {
                 o.insert("spend".into(), spend_view(&key, &status));
                 o.insert(
                     "rate_limits".into(),
-                    json!({
-                        "requests": status.requests.map(|(limit, remaining, reset)| json!({"limit": limit, "remaining": remaining, "reset_seconds": reset})),
-                        "tokens": status.tokens.map(|(limit, remaining, reset)| json!({"limit": limit, "remaining": remaining, "reset_seconds": reset})),
-                    }),
+                    {
+                        let view = |v: Option<(u64, u64, u64)>| {
+                            v.map(|(limit, remaining, reset)| json!({"limit": limit, "remaining": remaining, "reset_seconds": reset}))
+                        };
+                        // `requests` is the binding request limit (rpm, else rpd), as in
+                        // `x-ratelimit-*`; `rpm`, `rpd` and `tpm` each on their own.
+                        json!({
+                            "requests": view(status.requests),
+                            "tokens": view(status.tokens),
+                            "rpm": view(key.limits.rpm.and(status.requests)),
+                            "rpd": view(status.daily_requests),
+                            "tpm": view(status.tokens),
+                        })
+                    },
                 );
             }
             Ok(json_response(StatusCode::OK, &view))
@@ -195,18 +216,116 @@ pub(crate) async fn handle(
         }
         AdminRoute::Usage => {
             let query = usage_query(parts.uri.query().unwrap_or(""))?;
-            let records = gw.ports().usage.query(&query).await?;
+            // One more than asked tells whether another page follows.
+            let asked = query.limit;
+            let mut records = gw
+                .ports()
+                .usage
+                .query(&UsageQuery {
+                    limit: asked + 1,
+                    ..query
+                })
+                .await?;
+            let has_more = records.len() > asked;
+            records.truncate(asked);
+            let next_cursor = if has_more {
+                records.last().map(encode_cursor)
+            } else {
+                None
+            };
             let data: Vec<Value> = records.iter().map(|r| r.to_json()).collect();
             Ok(json_response(
                 StatusCode::OK,
-                &json!({"object": "list", "data": data, "totals": totals(&records)}),
+                &json!({"object": "list", "data": data, "totals": totals(&records),
+                        "has_more": has_more, "next_cursor": next_cursor}),
             ))
         }
         AdminRoute::Routes => Ok(json_response(
             StatusCode::OK,
             &gw.router().to_json(gw.config(), gw.now_micros()),
         )),
+        AdminRoute::UsageSummary => {
+            let (q, bucket) = summary_query(parts.uri.query().unwrap_or(""), now)?;
+            let rows = gw.ports().usage.hours(&q).await?;
+            let names: std::collections::HashMap<String, String> = keys
+                .list()
+                .await?
+                .into_iter()
+                .map(|k| (k.id, k.name))
+                .collect();
+            Ok(json_response(
+                StatusCode::OK,
+                &summarize(&q, bucket, &rows, &|id| names.get(id).cloned()),
+            ))
+        }
+        AdminRoute::Models => Ok(json_response(StatusCode::OK, &models_view(gw))),
+        AdminRoute::Session(_) => Err(GatewayError::Internal("session route".into())),
     }
+}
+
+/// A key's view with `last_used_at` (RFC 3339, or null when never used).
+fn with_last_used(mut view: Value, used_ms: Option<u64>) -> Value {
+    if let Some(o) = view.as_object_mut() {
+        o.insert(
+            "last_used_at".into(),
+            used_ms.map(|ms| format_rfc3339(ms / 1000)).into(),
+        );
+    }
+    view
+}
+
+/// USD per million tokens, from nano-USD per million.
+fn per_million(nanos: u64) -> f64 {
+    usd(nanos)
+}
+
+/// `GET /admin/models`: every alias with its deployments in the order they
+/// are tried. Provider names, kinds, model names and prices only: never a
+/// base URL, secret or environment variable.
+fn models_view(gw: &Gateway) -> Value {
+    let config = gw.config();
+    let data: Vec<Value> = config
+        .models
+        .values()
+        .map(|route| {
+            let deployments: Vec<Value> = route
+                .deployments
+                .iter()
+                .map(|d| {
+                    json!({
+                        "provider": &*d.provider_name,
+                        "provider_kind": config.provider_kinds.get(&*d.provider_name),
+                        "model": d.model,
+                        "price_per_million_tokens": d.price.map(|p| json!({
+                            "input_usd": per_million(p.input),
+                            "output_usd": per_million(p.output),
+                            "cached_input_usd": p.cached_input.map(per_million),
+                            "cache_write_usd": p.cache_write.map(per_million),
+                        })),
+                        "drop_unsupported_params": d.drop_unsupported_params,
+                    })
+                })
+                .collect();
+            json!({
+                "id": route.alias,
+                "object": "model_route",
+                "deployments": deployments,
+                "routing": {
+                    "strategy": "ordered_fallback",
+                    "description": "Deployments are tried in order; a retryable failure (5xx, 429, timeout, connection) moves on to the next one.",
+                },
+            })
+        })
+        .collect();
+    json!({
+        "object": "list",
+        "data": data,
+        "gateway": {
+            "upstream_timeout_ms": config.gateway.upstream_timeout_ms,
+            "max_body_bytes": config.gateway.max_body_bytes,
+            "default_max_tokens": config.gateway.default_max_tokens,
+        },
+    })
 }
 
 /// Spend in the current budget period, in USD (and exact nano-USD).
@@ -244,12 +363,108 @@ fn usage_query(query: &str) -> Result<UsageQuery, GatewayError> {
         };
         match k {
             "key_id" if !v.is_empty() => q.key_id = Some(v.clone()),
+            "model" if !v.is_empty() => q.model = Some(v.clone()),
+            "status" if !v.is_empty() => {
+                q.status = Some(StatusFilter::parse(&v).ok_or_else(|| {
+                    GatewayError::invalid(
+                        "`status` must be ok, error, refused or an HTTP status code.",
+                        Some("status"),
+                    )
+                })?)
+            }
             "since" if !v.is_empty() => q.since_ms = Some(time("since")?),
             "until" if !v.is_empty() => q.until_ms = Some(time("until")?),
+            "limit" if !v.is_empty() => {
+                q.limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        GatewayError::invalid(
+                            format!("`limit` must be an integer from 1 to {MAX_PAGE} (default {DEFAULT_PAGE})."),
+                            Some("limit"),
+                        )
+                    })?
+            }
+            "cursor" if !v.is_empty() => {
+                q.before = Some(decode_cursor(&v).ok_or_else(|| {
+                    GatewayError::invalid(
+                        "`cursor` is not one this API gave out (use `next_cursor`).",
+                        Some("cursor"),
+                    )
+                })?)
+            }
             _ => {}
         }
     }
     Ok(q)
+}
+
+/// `since` (default: 24 hours before `until`), `until` (default: now),
+/// both rounded to the bucket (`since` down, `until` up); `bucket` (`hour`
+/// by default, `day`: UTC days); `key_id`, `model`.
+fn summary_query(query: &str, now: u64) -> Result<(SummaryQuery, Bucket), GatewayError> {
+    let mut since = None;
+    let mut until = None;
+    let mut bucket = Bucket::Hour;
+    let mut key_id = None;
+    let mut model = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(&v.replace('+', " "));
+        let time = |name: &str| {
+            parse_timestamp(&v).ok_or_else(|| {
+                GatewayError::invalid(
+                    format!("`{name}` must be an RFC 3339 timestamp or Unix seconds."),
+                    Some(name),
+                )
+            })
+        };
+        match k {
+            "since" if !v.is_empty() => since = Some(time("since")?),
+            "until" if !v.is_empty() => until = Some(time("until")?),
+            "key_id" if !v.is_empty() => key_id = Some(v.clone()),
+            "model" if !v.is_empty() => model = Some(v.clone()),
+            "bucket" => {
+                bucket = match v.as_str() {
+                    "hour" => Bucket::Hour,
+                    "day" => Bucket::Day,
+                    _ => {
+                        return Err(GatewayError::invalid(
+                            "`bucket` must be `hour` or `day`.",
+                            Some("bucket"),
+                        ))
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let width = bucket.secs();
+    let until = until.unwrap_or(now).div_ceil(width) * width;
+    let since = since.unwrap_or(until.saturating_sub(24 * HOUR)) / width * width;
+    if since >= until {
+        return Err(GatewayError::invalid(
+            "`since` must be before `until`.",
+            Some("since"),
+        ));
+    }
+    if (until - since).div_ceil(bucket.secs()) > MAX_BUCKETS {
+        return Err(GatewayError::invalid(
+            format!("At most {MAX_BUCKETS} buckets: shorten the range or use `bucket=day`."),
+            Some("bucket"),
+        ));
+    }
+    Ok((
+        SummaryQuery {
+            since,
+            until,
+            key_id,
+            model,
+            bucket,
+        },
+        bucket,
+    ))
 }
 
 #[cfg(test)]
@@ -276,14 +491,33 @@ mod tests {
 
     #[test]
     fn master_key_check() {
-        let expected: [u8; 32] = Sha256::digest(b"master").into();
+        let expected: [u8; 32] = {
+            use sha2::Digest;
+            sha2::Sha256::digest(b"master").into()
+        };
         let mut h = http::HeaderMap::new();
-        assert!(!authorized(Some(&expected), &h));
+        assert!(!session::bearer_matches(&expected, &h));
         h.insert("authorization", "Bearer master".parse().unwrap());
-        assert!(authorized(Some(&expected), &h));
-        assert!(!authorized(None, &h));
+        assert!(session::bearer_matches(&expected, &h));
         h.insert("authorization", "Bearer mastery".parse().unwrap());
-        assert!(!authorized(Some(&expected), &h));
+        assert!(!session::bearer_matches(&expected, &h));
+    }
+
+    #[test]
+    fn summary_query_parsing() {
+        let (q, b) = summary_query("bucket=day&since=1767225600&until=1767312000", 0).unwrap();
+        assert_eq!(
+            (q.since, q.until, b),
+            (1_767_225_600, 1_767_312_000, Bucket::Day)
+        );
+        let (q, b) = summary_query("", 1_767_225_601).unwrap();
+        assert_eq!(
+            (q.since, q.until, b),
+            (1_767_142_800, 1_767_229_200, Bucket::Hour)
+        );
+        assert!(summary_query("bucket=week", 0).is_err());
+        assert!(summary_query("since=7200&until=3600", 0).is_err());
+        assert!(summary_query("since=0&until=1767225600", 0).is_err());
     }
 
     #[test]
@@ -294,5 +528,13 @@ mod tests {
         assert_eq!(q.since_ms, Some(1_767_225_600_000));
         assert_eq!(q.until_ms, Some(1_800_000_000_000));
         assert!(usage_query("since=never").is_err());
+        assert!(usage_query("limit=0").is_err());
+        assert!(usage_query("limit=1001").is_err());
+        assert!(usage_query("cursor=@@").is_err());
+        let q = usage_query("status=refused&model=m&limit=5").unwrap();
+        assert_eq!(
+            (q.status, q.model.as_deref(), q.limit),
+            (Some(StatusFilter::Refused), Some("m"), 5)
+        );
     }
 }

@@ -213,6 +213,8 @@ pub struct Config {
     pub gateway: GatewaySettings,
     /// The `[server]` table, untouched, for the native server.
     pub server: Option<toml::Table>,
+    /// Each provider's kind as written (`openai`, `azure`, …), by name.
+    pub provider_kinds: BTreeMap<String, String>,
 }
 
 /// A validated provider: its name, its implementation and its kind.
@@ -388,6 +390,11 @@ impl Config {
             models,
             gateway,
             server: raw.server,
+            provider_kinds: raw
+                .providers
+                .iter()
+                .map(|(name, p)| (name.clone(), p.kind.clone()))
+                .collect(),
         })
     }
 }

@@ -26,7 +26,8 @@
 //! | meter               | the usage the provider reported, timings, the answering deployment's price | the cost, the settlement, one [`UsageRecord`] with the attempts and the failed ones, handed to the [`Spawner`] unless done at once (from the stream's end, or its `Drop`) |
 //! | respond             | —                                              | `x-request-id`, `x-conduit-overhead-ms`, `x-ratelimit-*`, `x-conduit-deployment`, `x-conduit-attempts` |
 //!
-//! Admin routes (`/admin/…`) go to [`crate::admin`] after the master-key check.
+//! Admin routes (`/admin/…`) go to [`crate::admin`] after the master-key check;
+//! `/` and `/ui/…` to the web UI ([`crate::ui`]).
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -93,6 +94,7 @@ pub enum Route {
     Model(String),
     Inference(Endpoint),
     Admin(AdminRoute),
+    Ui(crate::ui::UiRoute),
 }
 
 /// The gateway: the config, the ports, and the pipeline over them.
@@ -197,6 +199,7 @@ impl Gateway {
                 .await
             }
             Ok(Route::Admin(r)) => admin::handle(self, r, &parts, body).await,
+            Ok(Route::Ui(r)) => Ok(crate::ui::serve(r, &parts.method, &parts.headers)),
             Err(e) => Err(e),
         };
         let mut response = result.unwrap_or_else(|e| self.error_response(&e));
@@ -891,6 +894,10 @@ pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
 /// Stage *route*: what the method and path ask for. `/v1` is optional, so
 /// clients with either base URL work.
 pub fn route(method: &Method, path: &str) -> Result<Route, GatewayError> {
+    // The web UI tells `/ui` from `/ui/`, so it sees the path as it came.
+    if let Some(r) = crate::ui::route(method, path)? {
+        return Ok(Route::Ui(r));
+    }
     let path = if path.len() > 1 {
         path.trim_end_matches('/')
     } else {

@@ -40,7 +40,9 @@ pub mod providers;
 pub mod routing;
 pub mod sse;
 mod stream;
+pub mod summary;
 pub mod time;
+pub mod ui;
 pub mod usage;
 
 pub use config::{Config, ConfigError};

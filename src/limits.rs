@@ -111,6 +111,9 @@ pub struct LimitStatus {
     pub requests: Option<(u64, u64, u64)>,
     /// (limit, remaining, seconds until the window frees tokens)
     pub tokens: Option<(u64, u64, u64)>,
+    /// `rpd` alone: (limit, remaining today, seconds until UTC midnight).
+    #[serde(default)]
+    pub daily_requests: Option<(u64, u64, u64)>,
     pub spent_nanos: u64,
     pub reserved_nanos: u64,
     pub period_start: Option<u64>,
@@ -314,6 +317,9 @@ impl KeyLimitState {
             tokens: limits
                 .tpm
                 .map(|max| (max, max.saturating_sub(tokens), oldest_leaves)),
+            daily_requests: limits
+                .rpd
+                .map(|max| (max, max.saturating_sub(self.day_requests), next_midnight)),
             spent_nanos: self.spent_nanos,
             reserved_nanos: self.reserved_nanos(),
             period_start: budget.map(|_| self.period_start),

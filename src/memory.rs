@@ -13,6 +13,7 @@ use crate::port;
 use crate::ports::{
     ByteStream, Clock, KeyStore, Spawner, StoreError, Upstream, UpstreamError, UsageStore,
 };
+use crate::summary::{merge_into, HourRow, SummaryQuery};
 use crate::usage::{UsageQuery, UsageRecord};
 
 fn poisoned<T>(_: T) -> StoreError {
@@ -98,7 +99,23 @@ port! {
         }
         async fn query(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>, StoreError> {
             let r = self.records.lock().map_err(poisoned)?;
-            Ok(r.iter().filter(|x| query.matches(x)).cloned().collect())
+            Ok(query.page(r.iter().filter(|x| query.matches(x)).cloned().collect()))
+        }
+        async fn hours(&self, query: &SummaryQuery) -> Result<Vec<HourRow>, StoreError> {
+            let r = self.records.lock().map_err(poisoned)?;
+            let mut rows = Vec::new();
+            for rec in r.iter() {
+                merge_into(&mut rows, HourRow::of(rec));
+            }
+            rows.retain(|row| query.matches(row));
+            Ok(rows)
+        }
+        async fn last_used(&self, key_ids: &[String]) -> Result<Vec<Option<u64>>, StoreError> {
+            let r = self.records.lock().map_err(poisoned)?;
+            Ok(key_ids
+                .iter()
+                .map(|id| r.iter().filter(|x| x.key_id == *id).map(|x| x.created_at_ms).max())
+                .collect())
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::error::GatewayError;
 use crate::keys::VirtualKey;
 use crate::limits::{LimitStatus, Rejection, Reservation};
 use crate::port;
+use crate::summary::{HourRow, SummaryQuery};
 use crate::usage::{UsageQuery, UsageRecord};
 
 /// A failure of a store (keys, usage, limits).
@@ -58,8 +59,15 @@ port! {
         /// Writes a record. Runs off the response path: the gateway hands
         /// the future to the request's [`Spawner`] unless it completes at once.
         async fn record(&self, record: UsageRecord);
-        /// Records matching `query`, oldest first.
+        /// One page of the records matching `query`: newest first (by
+        /// `created_at_ms`, then `request_id`, both descending), strictly
+        /// before `query.before`, at most `query.limit`.
         async fn query(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>, StoreError>;
+        /// The hourly counters (kept as records are written, never by
+        /// scanning the records) matching `query`, in any order.
+        async fn hours(&self, query: &SummaryQuery) -> Result<Vec<HourRow>, StoreError>;
+        /// When each key last made a request (Unix ms), in the order of `key_ids`.
+        async fn last_used(&self, key_ids: &[String]) -> Result<Vec<Option<u64>>, StoreError>;
     }
 }
 

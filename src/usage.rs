@@ -217,23 +217,125 @@ impl UsageRecord {
     }
 }
 
-/// A filter for `GET /admin/usage`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Which outcomes `GET /admin/usage?status=` keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusFilter {
+    /// Answered below 400.
+    Ok,
+    /// 400 and above, refusals by a limit excluded.
+    Error,
+    /// Refused by a rate limit or the budget.
+    Refused,
+    /// Exactly this HTTP status.
+    Code(u16),
+}
+
+impl StatusFilter {
+    pub fn parse(s: &str) -> Option<StatusFilter> {
+        match s {
+            "ok" => Some(StatusFilter::Ok),
+            "error" => Some(StatusFilter::Error),
+            "refused" => Some(StatusFilter::Refused),
+            _ => s
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (100..600).contains(c))
+                .map(StatusFilter::Code),
+        }
+    }
+
+    pub fn matches(&self, r: &UsageRecord) -> bool {
+        match self {
+            StatusFilter::Ok => r.status < 400,
+            StatusFilter::Error => r.status >= 400 && r.refused_by.is_none(),
+            StatusFilter::Refused => r.refused_by.is_some(),
+            StatusFilter::Code(c) => r.status == *c,
+        }
+    }
+}
+
+/// Records per page of `GET /admin/usage`, by default and at most.
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 1000;
+
+/// A filter and a page for `GET /admin/usage`: records newest first
+/// (by arrival time, then request id), at most `limit`, strictly older
+/// than `before`. (Serialized for the Workers' Durable Objects.)
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UsageQuery {
     pub key_id: Option<String>,
+    /// The model alias.
+    pub model: Option<String>,
+    pub status: Option<StatusFilter>,
     /// Inclusive, Unix ms.
     pub since_ms: Option<u64>,
     /// Exclusive, Unix ms.
     pub until_ms: Option<u64>,
+    /// Page size.
+    pub limit: usize,
+    /// The position after which this page starts: `(created_at_ms, request_id)`
+    /// of the last record of the previous page.
+    pub before: Option<(u64, String)>,
+}
+
+impl Default for UsageQuery {
+    fn default() -> Self {
+        UsageQuery {
+            key_id: None,
+            model: None,
+            status: None,
+            since_ms: None,
+            until_ms: None,
+            limit: DEFAULT_PAGE,
+            before: None,
+        }
+    }
 }
 
 impl UsageQuery {
-    /// Does `r` pass this filter?
+    /// Does `r` pass this filter (the page position included)?
     pub fn matches(&self, r: &UsageRecord) -> bool {
         self.key_id.as_ref().is_none_or(|k| *k == r.key_id)
+            && self.model.as_ref().is_none_or(|m| *m == r.model)
+            && self.status.is_none_or(|s| s.matches(r))
             && self.since_ms.is_none_or(|s| r.created_at_ms >= s)
             && self.until_ms.is_none_or(|u| r.created_at_ms < u)
+            && self.before.as_ref().is_none_or(|(ms, id)| {
+                (r.created_at_ms, r.request_id.as_str()) < (*ms, id.as_str())
+            })
     }
+
+    /// The sort key, newest first: `(created_at_ms, request_id)`, descending.
+    pub fn order(a: &UsageRecord, b: &UsageRecord) -> std::cmp::Ordering {
+        (b.created_at_ms, &b.request_id).cmp(&(a.created_at_ms, &a.request_id))
+    }
+
+    /// Sorts `records` newest first and keeps the page.
+    pub fn page(&self, mut records: Vec<UsageRecord>) -> Vec<UsageRecord> {
+        records.retain(|r| self.matches(r));
+        records.sort_by(Self::order);
+        records.truncate(self.limit);
+        records
+    }
+}
+
+/// The opaque `cursor` of `GET /admin/usage`: the page position, base64url.
+pub fn encode_cursor(r: &UsageRecord) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{}#{}", r.created_at_ms, r.request_id))
+}
+
+/// Reads [`encode_cursor`]'s form back.
+pub fn decode_cursor(s: &str) -> Option<(u64, String)> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (ms, id) = text.split_once('#')?;
+    Some((ms.parse().ok()?, id.to_owned()))
 }
 
 #[derive(Default)]

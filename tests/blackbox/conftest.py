@@ -117,6 +117,7 @@ _ACTIVE_TARGET: Optional[Target] = None
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)  # lets fixtures see the outcome (test_ui screenshots failures)
     if rep.failed and _ACTIVE_TARGET is not None and "gateway" in getattr(item, "fixturenames", ()):
         logs = _ACTIVE_TARGET.logs()
         if logs:

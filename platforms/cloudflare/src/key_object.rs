@@ -16,13 +16,17 @@
 //! | `POST /verify`     | `{hash, fallback}` → `{ok}` or `{unauthorized}`                 |
 //! | `POST /settle`     | `{reservation, tokens, cost_nanos}`                              |
 //! | `GET /status`      | the key's [`LimitStatus`]                                       |
-//! | `POST /usage`      | a usage record                                                  |
-//! | `GET /usage?since=&until=` | `{data: [records]}` (Unix ms)                          |
+//! | `POST /usage`      | a usage record; also added to its hour's counters               |
+//! | `POST /usage/query`| a [`UsageQuery`] → `{data: [records]}`: one page, newest first  |
+//! | `POST /usage/hours`| a [`SummaryQuery`] → `{data: [hour rows]}`                       |
+//! | `GET /usage/last`  | `{last_used_ms}`: when the key last made a request              |
 
 use std::cell::RefCell;
 
 use conduit::keys::VirtualKey;
 use conduit::limits::{Ask, KeyLimitState, LimitStatus, Reservation};
+use conduit::summary::{Counters, HourRow, SummaryQuery};
+use conduit::usage::{StatusFilter, UsageQuery, UsageRecord};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use worker::{
@@ -33,6 +37,8 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS usage (request_id TEXT PRIMARY KEY, created_at_ms INTEGER NOT NULL, record TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS usage_by_time ON usage (created_at_ms);
+CREATE INDEX IF NOT EXISTS usage_page ON usage (created_at_ms, request_id);
+CREATE TABLE IF NOT EXISTS usage_hourly (hour INTEGER NOT NULL, model TEXT NOT NULL, counters TEXT NOT NULL, PRIMARY KEY (hour, model));
 ";
 
 /// What the object remembers about its key, loaded once per activation.
@@ -79,6 +85,18 @@ struct Row {
 #[derive(Deserialize)]
 struct UsageRow {
     record: String,
+}
+
+#[derive(Deserialize)]
+struct HourlyRow {
+    hour: i64,
+    model: String,
+    counters: String,
+}
+
+#[derive(Deserialize)]
+struct LastRow {
+    last: Option<i64>,
 }
 
 fn now_secs() -> u64 {
@@ -206,6 +224,86 @@ impl KeyObject {
     }
 }
 
+impl KeyObject {
+    /// Adds a record to its hour's counters (the object is single-threaded,
+    /// so the read and the write cannot interleave with another record).
+    fn add_hourly(&self, r: &UsageRecord) -> Result<()> {
+        let row = HourRow::of(r);
+        let current: Vec<HourlyRow> = self
+            .sql()
+            .exec(
+                "SELECT hour, model, counters FROM usage_hourly WHERE hour = ? AND model = ?",
+                vec![(row.hour as i64).into(), row.model.clone().into()],
+            )?
+            .to_array()?;
+        let mut counters: Counters = current
+            .first()
+            .and_then(|c| serde_json::from_str(&c.counters).ok())
+            .unwrap_or_default();
+        counters.add(&row.counters);
+        self.sql().exec(
+            "INSERT INTO usage_hourly (hour, model, counters) VALUES (?, ?, ?)
+             ON CONFLICT (hour, model) DO UPDATE SET counters = excluded.counters",
+            vec![
+                (row.hour as i64).into(),
+                row.model.into(),
+                serde_json::to_string(&counters)?.into(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// One page of this key's records, newest first.
+    fn page(&self, q: &UsageQuery) -> Result<Vec<Value>> {
+        let (kind, code) = match q.status {
+            None => ("", 0i64),
+            Some(StatusFilter::Ok) => ("ok", 0),
+            Some(StatusFilter::Error) => ("error", 0),
+            Some(StatusFilter::Refused) => ("refused", 0),
+            Some(StatusFilter::Code(c)) => ("code", i64::from(c)),
+        };
+        let (before_ms, before_id) = match &q.before {
+            Some((ms, id)) => (*ms as i64, id.clone()),
+            None => (9_007_199_254_740_991, String::new()),
+        };
+        let rows: Vec<UsageRow> = self
+            .sql()
+            .exec(
+                "SELECT record FROM usage
+                 WHERE created_at_ms >= ? AND created_at_ms < ?
+                   AND (created_at_ms < ? OR (created_at_ms = ? AND request_id < ?))
+                   AND (? = '' OR json_extract(record, '$.model') = ?)
+                   AND (? = ''
+                        OR (? = 'ok' AND json_extract(record, '$.status') < 400)
+                        OR (? = 'error' AND json_extract(record, '$.status') >= 400 AND json_extract(record, '$.refused_by') IS NULL)
+                        OR (? = 'refused' AND json_extract(record, '$.refused_by') IS NOT NULL)
+                        OR (? = 'code' AND json_extract(record, '$.status') = ?))
+                 ORDER BY created_at_ms DESC, request_id DESC LIMIT ?",
+                vec![
+                    (q.since_ms.unwrap_or(0) as i64).into(),
+                    (q.until_ms.map_or(9_007_199_254_740_991, |u| u as i64)).into(),
+                    before_ms.into(),
+                    before_ms.into(),
+                    if q.before.is_some() { before_id.into() } else { "\u{10ffff}".into() },
+                    q.model.clone().unwrap_or_default().into(),
+                    q.model.clone().unwrap_or_default().into(),
+                    kind.into(),
+                    kind.into(),
+                    kind.into(),
+                    kind.into(),
+                    kind.into(),
+                    code.into(),
+                    (q.limit as i64).into(),
+                ],
+            )?
+            .to_array()?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| serde_json::from_str(&r.record).ok())
+            .collect())
+    }
+}
+
 impl DurableObject for KeyObject {
     fn new(state: State, _env: Env) -> Self {
         KeyObject {
@@ -267,43 +365,60 @@ impl DurableObject for KeyObject {
             (Method::Post, "/usage") => {
                 let record: Value = req.json().await?;
                 self.with(|_| ())?;
-                let id = record
-                    .get("request_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                let at = record
-                    .get("created_at_ms")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0);
-                self.sql().exec(
-                    "INSERT OR REPLACE INTO usage (request_id, created_at_ms, record) VALUES (?, ?, ?)",
-                    vec![id.into(), at.into(), record.to_string().into()],
-                )?;
-                Response::from_json(&json!({ "ok": true }))
-            }
-            (Method::Get, "/usage") => {
-                self.with(|_| ())?;
-                let url = req.url()?;
-                let param = |name: &str| {
-                    url.query_pairs()
-                        .find(|(k, _)| k == name)
-                        .and_then(|(_, v)| v.parse::<i64>().ok())
+                let Some(parsed) = UsageRecord::from_json(&record) else {
+                    return Response::error("not a usage record", 400);
                 };
-                let since = param("since").unwrap_or(0);
-                let until = param("until").unwrap_or(9_007_199_254_740_991);
-                let rows: Vec<UsageRow> = self
+                let inserted = self
                     .sql()
                     .exec(
-                        "SELECT record FROM usage WHERE created_at_ms >= ? AND created_at_ms < ? ORDER BY created_at_ms",
-                        vec![since.into(), until.into()],
+                        "INSERT OR IGNORE INTO usage (request_id, created_at_ms, record) VALUES (?, ?, ?)",
+                        vec![
+                            parsed.request_id.clone().into(),
+                            (parsed.created_at_ms as i64).into(),
+                            record.to_string().into(),
+                        ],
+                    )?
+                    .rows_written();
+                if inserted > 0 {
+                    self.add_hourly(&parsed)?;
+                }
+                Response::from_json(&json!({ "ok": true }))
+            }
+            (Method::Post, "/usage/query") => {
+                let q: UsageQuery = req.json().await?;
+                self.with(|_| ())?;
+                Response::from_json(&json!({ "data": self.page(&q)? }))
+            }
+            (Method::Post, "/usage/hours") => {
+                let q: SummaryQuery = req.json().await?;
+                self.with(|_| ())?;
+                let rows: Vec<HourlyRow> = self
+                    .sql()
+                    .exec(
+                        "SELECT hour, model, counters FROM usage_hourly WHERE hour >= ? AND hour < ?",
+                        vec![(q.since as i64).into(), (q.until as i64).into()],
                     )?
                     .to_array()?;
-                let data: Vec<Value> = rows
+                let data: Vec<HourRow> = rows
                     .into_iter()
-                    .filter_map(|r| serde_json::from_str(&r.record).ok())
+                    .map(|r| HourRow {
+                        hour: r.hour.max(0) as u64,
+                        key_id: q.key_id.clone().unwrap_or_default(),
+                        model: r.model,
+                        counters: serde_json::from_str(&r.counters).unwrap_or_default(),
+                    })
+                    .filter(|r| q.model.as_ref().is_none_or(|m| *m == r.model))
                     .collect();
                 Response::from_json(&json!({ "data": data }))
+            }
+            (Method::Get, "/usage/last") => {
+                self.with(|_| ())?;
+                let rows: Vec<LastRow> = self
+                    .sql()
+                    .exec("SELECT MAX(created_at_ms) AS last FROM usage", None)?
+                    .to_array()?;
+                let last = rows.into_iter().next().and_then(|r| r.last);
+                Response::from_json(&json!({ "last_used_ms": last }))
             }
             _ => Response::error("not found", 404),
         }

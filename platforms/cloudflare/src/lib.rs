@@ -134,8 +134,15 @@ fn to_worker(
     signal: Option<worker::AbortSignal>,
     ctx: Arc<Context>,
 ) -> worker::Result<http::Response<worker::Body>> {
-    let (parts, body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
+    // Precompressed bodies (the web UI's assets) go out as they are: without
+    // this, workerd would compress them again per their Content-Encoding.
+    if parts.headers.contains_key(http::header::CONTENT_ENCODING) {
+        parts.extensions.insert(worker::EncodeBody::Manual);
+    }
     let body = match body {
+        // A 304 (and an empty answer) must have no body stream at all.
+        ResponseBody::Full(bytes) if bytes.is_empty() => worker::Body::empty(),
         ResponseBody::Full(bytes) => {
             worker::Body::from_stream(futures_util::stream::once(async move {
                 Ok::<Vec<u8>, worker::Error>(bytes.to_vec())

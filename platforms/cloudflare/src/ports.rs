@@ -14,6 +14,7 @@ use conduit::ports::{
     Admission, ByteStream, Clock, Demand, KeyStore, Limiter, Settlement, Spawner, StoreError,
     Upstream, UpstreamError, UsageStore,
 };
+use conduit::summary::{HourRow, SummaryQuery};
 use conduit::usage::{UsageQuery, UsageRecord};
 use conduit::GatewayError;
 use futures_util::StreamExt;
@@ -278,26 +279,65 @@ port! {
         }
 
         async fn query(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>, StoreError> {
-            let ids: Vec<String> = match &query.key_id {
-                Some(id) => vec![id.clone()],
-                None => self.keys.list().await?.into_iter().map(|k| k.id).collect(),
-            };
-            let path = format!(
-                "/usage?since={}&until={}",
-                query.since_ms.unwrap_or(0),
-                // JavaScript numbers are exact up to 2^53.
-                query.until_ms.unwrap_or(9_007_199_254_740_991)
-            );
+            // Each key's object answers its own newest page; merged, the
+            // newest `limit` of them are the page over all keys.
+            let ids = self.key_ids(&query.key_id).await?;
+            let body = serde_json::to_value(query).map_err(store_err)?;
+            let answers = futures_util::future::join_all(ids.iter().map(|id| {
+                call_object(&self.env, id, Method::Post, "/usage/query", Some(&body))
+            }))
+            .await;
             let mut out = Vec::new();
-            for id in ids {
-                let v = call_object(&self.env, &id, Method::Get, &path, None).await.map_err(store_err)?;
+            for v in answers {
+                let v = v.map_err(store_err)?;
                 if let Some(data) = v.get("data").and_then(Value::as_array) {
                     out.extend(data.iter().filter_map(UsageRecord::from_json));
                 }
             }
-            out.sort_by_key(|r| r.created_at_ms);
+            Ok(query.page(out))
+        }
+
+        async fn hours(&self, query: &SummaryQuery) -> Result<Vec<HourRow>, StoreError> {
+            let ids = self.key_ids(&query.key_id).await?;
+            let answers = futures_util::future::join_all(ids.iter().map(|id| {
+                let body = serde_json::to_value(SummaryQuery { key_id: Some(id.clone()), ..query.clone() });
+                async move {
+                    call_object(&self.env, id, Method::Post, "/usage/hours", Some(&body.map_err(store_err)?))
+                        .await
+                        .map_err(store_err)
+                }
+            }))
+            .await;
+            let mut out = Vec::new();
+            for v in answers {
+                if let Some(data) = v?.get("data").and_then(Value::as_array) {
+                    out.extend(data.iter().filter_map(|r| serde_json::from_value::<HourRow>(r.clone()).ok()));
+                }
+            }
             Ok(out)
         }
+
+        async fn last_used(&self, key_ids: &[String]) -> Result<Vec<Option<u64>>, StoreError> {
+            let answers = futures_util::future::join_all(
+                key_ids.iter().map(|id| call_object(&self.env, id, Method::Get, "/usage/last", None)),
+            )
+            .await;
+            answers
+                .into_iter()
+                .map(|v| Ok(v.map_err(store_err)?.get("last_used_ms").and_then(Value::as_u64)))
+                .collect()
+        }
+    }
+}
+
+impl ObjectUsageStore {
+    /// The key asked for, or every key in KV (the objects of deleted keys
+    /// keep their records but are no longer listed).
+    async fn key_ids(&self, key_id: &Option<String>) -> Result<Vec<String>, StoreError> {
+        Ok(match key_id {
+            Some(id) => vec![id.clone()],
+            None => self.keys.list().await?.into_iter().map(|k| k.id).collect(),
+        })
     }
 }
 

@@ -8,6 +8,9 @@
 //! | keys  | `pk = key#{id}` | `record` (the key's JSON), `hash` (SHA-256 of the secret), `limits` (the core's [`KeyLimitState`] as JSON), `version` |
 //! | keys  | `pk = hash#{sha256}` | `id`: the lookup from a presented secret |
 //! | usage | `pk = {key id}`, `sk = {unix ms, 13 digits}#{request id}` | `record` (JSON), `expires_at` (TTL) |
+//! | usage | `pk = hours#{key id}`, `sk = {hour start, unix s, 13 digits}#{model alias}` | the hour's counters ([`Counters`] fields, added with `ADD` as records are written), `expires_at` |
+//!
+//! The key item also holds `last_used_ms`, raised as usage records are written.
 //!
 //! **Admission** reads the key item with a strongly consistent read (so a
 //! deleted, disabled or rotated key is refused at once, whatever the
@@ -32,6 +35,7 @@ use conduit::keys::VirtualKey;
 use conduit::limits::{Ask, KeyLimitState, LimitStatus, Rejection};
 use conduit::port;
 use conduit::ports::{Admission, Demand, KeyStore, Limiter, Settlement, StoreError, UsageStore};
+use conduit::summary::{Counters, HourRow, SummaryQuery};
 use conduit::usage::{UsageQuery, UsageRecord};
 use conduit::GatewayError;
 use serde_json::Value;
@@ -507,80 +511,250 @@ fn sort_key(ms: u64, request_id: &str) -> String {
     format!("{ms:013}#{request_id}")
 }
 
+impl Dynamo {
+    /// Adds a record to its hour's counters: one `ADD` of every field, atomic in DynamoDB.
+    async fn add_hourly(
+        &self,
+        record: &UsageRecord,
+        expires: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let row = HourRow::of(record);
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.tables.usage)
+            .key("pk", s(format!("hours#{}", row.key_id)))
+            .key("sk", s(format!("{:013}#{}", row.hour, row.model)));
+        let mut adds = Vec::new();
+        for (i, (name, value)) in row.counters.fields().into_iter().enumerate() {
+            adds.push(format!("#f{i} :v{i}"));
+            update = update
+                .expression_attribute_names(format!("#f{i}"), name)
+                .expression_attribute_values(
+                    format!(":v{i}"),
+                    AttributeValue::N(value.to_string()),
+                );
+        }
+        let mut expression = format!("ADD {} SET #h = :h, #m = :m", adds.join(", "));
+        update = update
+            .expression_attribute_names("#h", "hour")
+            .expression_attribute_names("#m", "model")
+            .expression_attribute_values(":h", AttributeValue::N(row.hour.to_string()))
+            .expression_attribute_values(":m", s(row.model.clone()));
+        if let Some(e) = expires {
+            expression.push_str(", #e = :e");
+            update = update
+                .expression_attribute_names("#e", "expires_at")
+                .expression_attribute_values(":e", AttributeValue::N(e.to_string()));
+        }
+        update
+            .update_expression(expression)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// Raises the key item's `last_used_ms` (never lowers it; a deleted key stays deleted).
+    async fn touch_key(&self, key_id: &str, ms: u64) {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.tables.keys)
+            .key("pk", s(format!("key#{key_id}")))
+            .update_expression("SET #u = :u")
+            .condition_expression("attribute_exists(pk) AND (attribute_not_exists(#u) OR #u < :u)")
+            .expression_attribute_names("#u", "last_used_ms")
+            .expression_attribute_values(":u", AttributeValue::N(ms.to_string()))
+            .send()
+            .await;
+        if let Err(e) = result {
+            if e.code() != Some("ConditionalCheckFailedException") {
+                eprintln!(
+                    "conduit: last use of key {key_id} not stored: {}",
+                    DisplayErrorContext(e)
+                );
+            }
+        }
+    }
+
+    /// The key asked for, or every key.
+    async fn key_ids(&self, key_id: &Option<String>) -> Result<Vec<String>, StoreError> {
+        Ok(match key_id {
+            Some(id) => vec![id.clone()],
+            None => self.list().await?.into_iter().map(|k| k.id).collect(),
+        })
+    }
+
+    /// One key's newest records matching `query`, at most `query.limit`.
+    async fn key_page(
+        &self,
+        key_id: &str,
+        query: &UsageQuery,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        let from = sort_key(query.since_ms.unwrap_or(0), "");
+        let mut to = sort_key(query.until_ms.unwrap_or(9_999_999_999_999), "");
+        if let Some((ms, id)) = &query.before {
+            to = to.min(sort_key(*ms, id));
+        }
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let r = self
+                .client
+                .query()
+                .table_name(&self.tables.usage)
+                .key_condition_expression("pk = :k AND sk BETWEEN :a AND :b")
+                .expression_attribute_values(":k", s(key_id))
+                .expression_attribute_values(":a", s(from.clone()))
+                .expression_attribute_values(":b", s(to.clone()))
+                .scan_index_forward(false)
+                .limit(query.limit.clamp(1, 1000) as i32)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(err)?;
+            out.extend(
+                r.items()
+                    .iter()
+                    .filter_map(|i| get_s(i, "record"))
+                    .filter_map(|r| serde_json::from_str::<Value>(r).ok())
+                    .filter_map(|v| UsageRecord::from_json(&v))
+                    .filter(|r| query.matches(r)),
+            );
+            match r.last_evaluated_key {
+                Some(k) if !k.is_empty() && out.len() < query.limit => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn key_hours(
+        &self,
+        key_id: &str,
+        query: &SummaryQuery,
+    ) -> Result<Vec<HourRow>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let r = self
+                .client
+                .query()
+                .table_name(&self.tables.usage)
+                .key_condition_expression("pk = :k AND sk BETWEEN :a AND :b")
+                .expression_attribute_values(":k", s(format!("hours#{key_id}")))
+                .expression_attribute_values(":a", s(format!("{:013}#", query.since)))
+                .expression_attribute_values(":b", s(format!("{:013}#", query.until)))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(err)?;
+            for item in r.items() {
+                let n = |k: &str| {
+                    item.get(k)
+                        .and_then(|v| v.as_n().ok())
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                let row = HourRow {
+                    hour: n("hour"),
+                    key_id: key_id.to_owned(),
+                    model: get_s(item, "model").unwrap_or_default().to_owned(),
+                    counters: Counters::from_fields(
+                        Counters::default()
+                            .fields()
+                            .map(|(name, _)| (name, n(name))),
+                    ),
+                };
+                if query.matches(&row) {
+                    out.push(row);
+                }
+            }
+            match r.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
 port! {
     impl UsageStore for Dynamo {
         async fn record(&self, record: UsageRecord) {
             let json = record.to_json();
             // CloudWatch: one structured line per request (no key, secret or prompt in it).
             println!("{}", serde_json::json!({ "conduit_usage": json }));
+            let expires = (self.tables.usage_ttl_days > 0)
+                .then(|| record.created_at_ms / 1000 + self.tables.usage_ttl_days * 86_400);
             let mut put = self
                 .client
                 .put_item()
                 .table_name(&self.tables.usage)
                 .item("pk", s(record.key_id.clone()))
                 .item("sk", s(sort_key(record.created_at_ms, &record.request_id)))
-                .item("record", s(json.to_string()));
-            if self.tables.usage_ttl_days > 0 {
-                let expires = record.created_at_ms / 1000 + self.tables.usage_ttl_days * 86_400;
-                put = put.item("expires_at", AttributeValue::N(expires.to_string()));
+                .item("record", s(json.to_string()))
+                // Written once: a retried write must not count the request twice.
+                .condition_expression("attribute_not_exists(pk)");
+            if let Some(e) = expires {
+                put = put.item("expires_at", AttributeValue::N(e.to_string()));
             }
-            if let Err(e) = put.send().await {
-                eprintln!("conduit: usage record {} not stored: {}", record.request_id, DisplayErrorContext(e));
+            match put.send().await {
+                Ok(_) => {
+                    let (hourly, ()) = futures_util::future::join(
+                        self.add_hourly(&record, expires),
+                        self.touch_key(&record.key_id, record.created_at_ms),
+                    )
+                    .await;
+                    if let Err(e) = hourly {
+                        eprintln!("conduit: usage counters for {} not stored: {e}", record.request_id);
+                    }
+                }
+                Err(e) if e.code() == Some("ConditionalCheckFailedException") => {}
+                Err(e) => eprintln!("conduit: usage record {} not stored: {}", record.request_id, DisplayErrorContext(e)),
             }
         }
 
         async fn query(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>, StoreError> {
-            let from = sort_key(query.since_ms.unwrap_or(0), "");
-            let to = sort_key(query.until_ms.unwrap_or(9_999_999_999_999), "");
+            // Per key, newest first; merged, the newest `limit` over all keys.
+            let ids = self.key_ids(&query.key_id).await?;
+            let pages = futures_util::future::join_all(ids.iter().map(|id| self.key_page(id, query))).await;
             let mut out = Vec::new();
-            let mut start: Option<Item> = None;
-            loop {
-                let (items, last) = match &query.key_id {
-                    Some(key_id) => {
-                        let r = self
-                            .client
-                            .query()
-                            .table_name(&self.tables.usage)
-                            .key_condition_expression("pk = :k AND sk BETWEEN :a AND :b")
-                            .expression_attribute_values(":k", s(key_id.clone()))
-                            .expression_attribute_values(":a", s(from.clone()))
-                            .expression_attribute_values(":b", s(to.clone()))
-                            .set_exclusive_start_key(start.take())
-                            .send()
-                            .await
-                            .map_err(err)?;
-                        (r.items.unwrap_or_default(), r.last_evaluated_key)
-                    }
-                    None => {
-                        let r = self
-                            .client
-                            .scan()
-                            .table_name(&self.tables.usage)
-                            .filter_expression("sk BETWEEN :a AND :b")
-                            .expression_attribute_values(":a", s(from.clone()))
-                            .expression_attribute_values(":b", s(to.clone()))
-                            .set_exclusive_start_key(start.take())
-                            .send()
-                            .await
-                            .map_err(err)?;
-                        (r.items.unwrap_or_default(), r.last_evaluated_key)
-                    }
-                };
-                out.extend(
-                    items
-                        .iter()
-                        .filter_map(|i| get_s(i, "record"))
-                        .filter_map(|r| serde_json::from_str::<Value>(r).ok())
-                        .filter_map(|v| UsageRecord::from_json(&v))
-                        .filter(|r| query.matches(r)),
-                );
-                match last {
-                    Some(k) if !k.is_empty() => start = Some(k),
-                    _ => break,
-                }
+            for page in pages {
+                out.extend(page?);
             }
-            out.sort_by_key(|r| r.created_at_ms);
+            Ok(query.page(out))
+        }
+
+        async fn hours(&self, query: &SummaryQuery) -> Result<Vec<HourRow>, StoreError> {
+            let ids = self.key_ids(&query.key_id).await?;
+            let rows = futures_util::future::join_all(ids.iter().map(|id| self.key_hours(id, query))).await;
+            let mut out = Vec::new();
+            for r in rows {
+                out.extend(r?);
+            }
             Ok(out)
+        }
+
+        async fn last_used(&self, key_ids: &[String]) -> Result<Vec<Option<u64>>, StoreError> {
+            let items = futures_util::future::join_all(key_ids.iter().map(|id| {
+                self.client
+                    .get_item()
+                    .table_name(&self.tables.keys)
+                    .key("pk", s(format!("key#{id}")))
+                    .projection_expression("last_used_ms")
+                    .send()
+            }))
+            .await;
+            items
+                .into_iter()
+                .map(|r| {
+                    Ok(r.map_err(err)?
+                        .item
+                        .and_then(|i| i.get("last_used_ms").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok())))
+                })
+                .collect()
         }
     }
 }

@@ -329,21 +329,23 @@ fn keys(command: KeysCommand) -> Result<(), String> {
 
 fn usage(args: UsageArgs) -> Result<(), String> {
     let session = AdminSession::open(&args.store)?;
-    let mut query = Vec::new();
-    for (k, v) in [
-        ("key_id", &args.key),
-        ("since", &args.since),
-        ("until", &args.until),
-    ] {
+    // The admin summary (kept as records are written): day buckets, the last
+    // 30 days unless --since says otherwise.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let since = args
+        .since
+        .clone()
+        .unwrap_or_else(|| (now.saturating_sub(30 * 86_400)).to_string());
+    let mut query = vec!["bucket=day".to_owned(), format!("since={}", percent_encode(&since))];
+    for (k, v) in [("key_id", &args.key), ("until", &args.until)] {
         if let Some(v) = v {
             query.push(format!("{k}={}", percent_encode(v)));
         }
     }
-    let path = if query.is_empty() {
-        "/admin/usage".to_owned()
-    } else {
-        format!("/admin/usage?{}", query.join("&"))
-    };
+    let path = format!("/admin/usage/summary?{}", query.join("&"));
     let result = session.call("GET", &path, None).map(|v| {
         if args.json {
             print_json(&v);
@@ -355,11 +357,16 @@ fn usage(args: UsageArgs) -> Result<(), String> {
     result
 }
 
-/// The totals of `GET /admin/usage` as a table: by key, by model, overall.
-fn usage_table(answer: &Value) -> String {
+/// `GET /admin/usage/summary` as a table: the top keys, the top models, the total.
+fn usage_table(summary: &Value) -> String {
     use std::fmt::Write;
-    let totals = &answer["totals"];
     let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "usage from {} to {}",
+        summary["since"].as_str().unwrap_or(""),
+        summary["until"].as_str().unwrap_or("")
+    );
     let line = |out: &mut String, group: &str, name: &str, t: &Value| {
         let n = |k: &str| t[k].as_u64().unwrap_or(0);
         let _ = writeln!(
@@ -378,14 +385,12 @@ fn usage_table(answer: &Value) -> String {
         "{:<6} {:<32} {:>9} {:>7} {:>8} {:>12} {:>12} {:>14}",
         "", "", "REQUESTS", "ERRORS", "REFUSED", "PROMPT", "COMPLETION", "COST (USD)"
     );
-    for (group, field) in [("key", "by_key"), ("model", "by_model")] {
-        if let Some(rows) = totals[field].as_object() {
-            for (name, t) in rows {
-                line(&mut out, group, name, t);
-            }
+    for (group, field, id) in [("key", "top_keys", "key_id"), ("model", "top_models", "model")] {
+        for row in summary[field].as_array().into_iter().flatten() {
+            line(&mut out, group, row[id].as_str().unwrap_or(""), row);
         }
     }
-    line(&mut out, "total", "", totals);
+    line(&mut out, "total", "", &summary["totals"]);
     out
 }
 

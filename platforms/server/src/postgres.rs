@@ -3,7 +3,8 @@
 //! | table | row | columns |
 //! |-------|-----|---------|
 //! | `conduit_keys` | a key | `id`, `key_hash` (SHA-256 of the secret, unique), `record` (the key's JSON), `limit_state` (the core's [`KeyLimitState`] as JSON), `created_at` |
-//! | `conduit_usage` | a request | `request_id`, `key_id`, `created_at_ms`, `record` (the admin API's JSON) |
+//! | `conduit_usage` | a request | `request_id`, `key_id`, `created_at_ms`, `model`, `status`, `refused`, `record` (the admin API's JSON) |
+//! | `conduit_usage_hourly` | an hour, key and model alias | the summary's counters, added to as each record is written (never computed by scanning records) |
 //! | `conduit_schema_migrations` | an applied migration | `version`, `applied_at` |
 //!
 //! **Admission** runs the core's [`KeyLimitState`] — the arithmetic the
@@ -27,15 +28,17 @@ use conduit::keys::VirtualKey;
 use conduit::limits::{Ask, KeyLimitState, LimitStatus, Rejection};
 use conduit::port;
 use conduit::ports::{Admission, Demand, KeyStore, Limiter, Settlement, StoreError, UsageStore};
-use conduit::usage::{UsageQuery, UsageRecord};
+use conduit::summary::{Counters, HourRow, SummaryQuery};
+use conduit::usage::{StatusFilter, UsageQuery, UsageRecord};
 use conduit::GatewayError;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::Value;
 use tokio_postgres::NoTls;
 
 /// Versioned schema changes, applied in order, each once.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
     "CREATE TABLE conduit_keys (
          id          TEXT PRIMARY KEY,
          key_hash    TEXT NOT NULL UNIQUE,
@@ -51,7 +54,34 @@ const MIGRATIONS: &[(i32, &str)] = &[(
      );
      CREATE INDEX conduit_usage_by_key_time ON conduit_usage (key_id, created_at_ms);
      CREATE INDEX conduit_usage_by_time ON conduit_usage (created_at_ms);",
-)];
+    ),
+    (
+        2,
+        // Paged usage (newest first, filters) and the summary's counters.
+        "ALTER TABLE conduit_usage
+             ADD COLUMN model   TEXT    NOT NULL DEFAULT '',
+             ADD COLUMN status  INTEGER NOT NULL DEFAULT 0,
+             ADD COLUMN refused BOOLEAN NOT NULL DEFAULT false;
+         CREATE INDEX conduit_usage_page ON conduit_usage (created_at_ms DESC, request_id DESC);
+         CREATE INDEX conduit_usage_page_by_key ON conduit_usage (key_id, created_at_ms DESC, request_id DESC);
+         CREATE TABLE conduit_usage_hourly (
+             hour              BIGINT NOT NULL,
+             key_id            TEXT   NOT NULL,
+             model             TEXT   NOT NULL,
+             requests          BIGINT NOT NULL DEFAULT 0,
+             errors            BIGINT NOT NULL DEFAULT 0,
+             rate_limited      BIGINT NOT NULL DEFAULT 0,
+             budget_refused    BIGINT NOT NULL DEFAULT 0,
+             prompt_tokens     BIGINT NOT NULL DEFAULT 0,
+             completion_tokens BIGINT NOT NULL DEFAULT 0,
+             total_tokens      BIGINT NOT NULL DEFAULT 0,
+             cached_tokens     BIGINT NOT NULL DEFAULT 0,
+             cost_nanos        BIGINT NOT NULL DEFAULT 0,
+             unpriced          BIGINT NOT NULL DEFAULT 0,
+             PRIMARY KEY (hour, key_id, model)
+         );",
+    ),
+];
 
 /// An arbitrary constant naming the migration lock among advisory locks.
 const MIGRATION_LOCK: i64 = 0x636f_6e64_7569_74;
@@ -384,19 +414,51 @@ port! {
     }
 }
 
+/// A counter as PostgreSQL's BIGINT (saturating: counters never wrap).
+fn big(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 port! {
     impl UsageStore for PgStore {
         async fn record(&self, record: UsageRecord) {
             let write = async {
-                let client = self.client().await?;
-                client
+                let mut client = self.client().await?;
+                let tx = client.transaction().await.map_err(err)?;
+                let inserted = tx
                     .execute(
-                        "INSERT INTO conduit_usage (request_id, key_id, created_at_ms, record) VALUES ($1, $2, $3, $4)
-                         ON CONFLICT (request_id) DO NOTHING",
-                        &[&record.request_id, &record.key_id, &(record.created_at_ms as i64), &record.to_json().to_string()],
+                        "INSERT INTO conduit_usage (request_id, key_id, created_at_ms, model, status, refused, record)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (request_id) DO NOTHING",
+                        &[&record.request_id, &record.key_id, &big(record.created_at_ms), &record.model,
+                          &i32::from(record.status), &record.refused_by.is_some(), &record.to_json().to_string()],
                     )
                     .await
-                    .map_err(err)
+                    .map_err(err)?;
+                if inserted == 1 {
+                    // The summary's counters, in the same transaction: counted once.
+                    let row = HourRow::of(&record);
+                    let c = &row.counters;
+                    tx.execute(
+                        "INSERT INTO conduit_usage_hourly AS h (hour, key_id, model, requests, errors, rate_limited,
+                             budget_refused, prompt_tokens, completion_tokens, total_tokens, cached_tokens, cost_nanos, unpriced)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                         ON CONFLICT (hour, key_id, model) DO UPDATE SET
+                             requests = h.requests + EXCLUDED.requests, errors = h.errors + EXCLUDED.errors,
+                             rate_limited = h.rate_limited + EXCLUDED.rate_limited,
+                             budget_refused = h.budget_refused + EXCLUDED.budget_refused,
+                             prompt_tokens = h.prompt_tokens + EXCLUDED.prompt_tokens,
+                             completion_tokens = h.completion_tokens + EXCLUDED.completion_tokens,
+                             total_tokens = h.total_tokens + EXCLUDED.total_tokens,
+                             cached_tokens = h.cached_tokens + EXCLUDED.cached_tokens,
+                             cost_nanos = h.cost_nanos + EXCLUDED.cost_nanos, unpriced = h.unpriced + EXCLUDED.unpriced",
+                        &[&big(row.hour), &row.key_id, &row.model, &big(c.requests), &big(c.errors), &big(c.rate_limited),
+                          &big(c.budget_refused), &big(c.prompt_tokens), &big(c.completion_tokens), &big(c.total_tokens),
+                          &big(c.cached_tokens), &big(c.cost_nanos), &big(c.unpriced)],
+                    )
+                    .await
+                    .map_err(err)?;
+                }
+                tx.commit().await.map_err(err)
             };
             if let Err(e) = write.await {
                 eprintln!("conduit: could not write the usage record of {}: {e}", record.request_id);
@@ -404,14 +466,33 @@ port! {
         }
 
         async fn query(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>, StoreError> {
+            let (status_kind, status_code): (Option<&str>, Option<i32>) = match query.status {
+                None => (None, None),
+                Some(StatusFilter::Ok) => (Some("ok"), None),
+                Some(StatusFilter::Error) => (Some("error"), None),
+                Some(StatusFilter::Refused) => (Some("refused"), None),
+                Some(StatusFilter::Code(c)) => (Some("code"), Some(i32::from(c))),
+            };
+            let (before_ms, before_id) = match &query.before {
+                Some((ms, id)) => (Some(big(*ms)), Some(id.clone())),
+                None => (None, None),
+            };
             let client = self.client().await?;
             let rows = client
                 .query(
                     "SELECT record FROM conduit_usage
                      WHERE ($1::TEXT IS NULL OR key_id = $1) AND ($2::BIGINT IS NULL OR created_at_ms >= $2)
                        AND ($3::BIGINT IS NULL OR created_at_ms < $3)
-                     ORDER BY created_at_ms, request_id LIMIT 100000",
-                    &[&query.key_id, &query.since_ms.map(|v| v as i64), &query.until_ms.map(|v| v as i64)],
+                       AND ($4::BIGINT IS NULL OR (created_at_ms, request_id) < ($4, $5::TEXT))
+                       AND ($6::TEXT IS NULL OR model = $6)
+                       AND ($7::TEXT IS NULL
+                            OR ($7 = 'ok' AND status < 400)
+                            OR ($7 = 'error' AND status >= 400 AND NOT refused)
+                            OR ($7 = 'refused' AND refused)
+                            OR ($7 = 'code' AND status = $8::INTEGER))
+                     ORDER BY created_at_ms DESC, request_id DESC LIMIT $9",
+                    &[&query.key_id, &query.since_ms.map(big), &query.until_ms.map(big), &before_ms, &before_id,
+                      &query.model, &status_kind, &status_code, &big(query.limit as u64)],
                 )
                 .await
                 .map_err(err)?;
@@ -420,6 +501,58 @@ port! {
                 .filter_map(|r| serde_json::from_str::<Value>(r.get::<_, &str>(0)).ok())
                 .filter_map(|v| UsageRecord::from_json(&v))
                 .collect())
+        }
+
+        async fn hours(&self, query: &SummaryQuery) -> Result<Vec<HourRow>, StoreError> {
+            // Hour rows whatever the bucket: the core folds them into days.
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT hour, key_id, model, requests, errors, rate_limited, budget_refused, prompt_tokens,
+                            completion_tokens, total_tokens, cached_tokens, cost_nanos, unpriced
+                     FROM conduit_usage_hourly
+                     WHERE hour >= $1 AND hour < $2 AND ($3::TEXT IS NULL OR key_id = $3) AND ($4::TEXT IS NULL OR model = $4)",
+                    &[&big(query.since), &big(query.until), &query.key_id, &query.model],
+                )
+                .await
+                .map_err(err)?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    let n = |i: usize| r.get::<_, i64>(i).max(0) as u64;
+                    HourRow {
+                        hour: n(0),
+                        key_id: r.get(1),
+                        model: r.get(2),
+                        counters: Counters {
+                            requests: n(3),
+                            errors: n(4),
+                            rate_limited: n(5),
+                            budget_refused: n(6),
+                            prompt_tokens: n(7),
+                            completion_tokens: n(8),
+                            total_tokens: n(9),
+                            cached_tokens: n(10),
+                            cost_nanos: n(11),
+                            unpriced: n(12),
+                        },
+                    }
+                })
+                .collect())
+        }
+
+        async fn last_used(&self, key_ids: &[String]) -> Result<Vec<Option<u64>>, StoreError> {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT key_id, MAX(created_at_ms) FROM conduit_usage WHERE key_id = ANY($1) GROUP BY key_id",
+                    &[&key_ids],
+                )
+                .await
+                .map_err(err)?;
+            let last: std::collections::HashMap<String, i64> =
+                rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            Ok(key_ids.iter().map(|id| last.get(id).map(|ms| (*ms).max(0) as u64)).collect())
         }
     }
 }

@@ -6,7 +6,10 @@
 //! in batches, one transaction per batch, so the request path never waits
 //! for the disk. The database runs in WAL mode so the writer and readers do
 //! not block each other. Records are stored as the same JSON the admin API
-//! shows, beside indexed columns for the filters.
+//! shows, beside indexed columns for the filters and the page order. The
+//! same transaction adds each record to its row of `usage_hourly` (one row
+//! per hour, key and model alias) and of `usage_daily` (per UTC day), which
+//! `GET /admin/usage/summary` reads instead of the records.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -18,7 +21,8 @@ use conduit::keys::VirtualKey;
 use conduit::limits::SpendStore;
 use conduit::port;
 use conduit::ports::{KeyStore, StoreError, UsageStore};
-use conduit::usage::{UsageQuery, UsageRecord};
+use conduit::summary::{Bucket, Counters, HourRow, SummaryQuery, DAY};
+use conduit::usage::{StatusFilter, UsageQuery, UsageRecord};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
@@ -37,6 +41,40 @@ CREATE TABLE IF NOT EXISTS usage_records (
 );
 CREATE INDEX IF NOT EXISTS usage_by_key_time ON usage_records (key_id, created_at_ms);
 CREATE INDEX IF NOT EXISTS usage_by_time ON usage_records (created_at_ms);
+CREATE INDEX IF NOT EXISTS usage_page ON usage_records (created_at_ms, request_id);
+CREATE INDEX IF NOT EXISTS usage_page_by_key ON usage_records (key_id, created_at_ms, request_id);
+CREATE TABLE IF NOT EXISTS usage_hourly (
+    hour              INTEGER NOT NULL,
+    key_id            TEXT NOT NULL,
+    model             TEXT NOT NULL,
+    requests          INTEGER NOT NULL DEFAULT 0,
+    errors            INTEGER NOT NULL DEFAULT 0,
+    rate_limited      INTEGER NOT NULL DEFAULT 0,
+    budget_refused    INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    total_tokens      INTEGER NOT NULL DEFAULT 0,
+    cached_tokens     INTEGER NOT NULL DEFAULT 0,
+    cost_nanos        INTEGER NOT NULL DEFAULT 0,
+    unpriced          INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour, key_id, model)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usage_daily (
+    hour              INTEGER NOT NULL,
+    key_id            TEXT NOT NULL,
+    model             TEXT NOT NULL,
+    requests          INTEGER NOT NULL DEFAULT 0,
+    errors            INTEGER NOT NULL DEFAULT 0,
+    rate_limited      INTEGER NOT NULL DEFAULT 0,
+    budget_refused    INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    total_tokens      INTEGER NOT NULL DEFAULT 0,
+    cached_tokens     INTEGER NOT NULL DEFAULT 0,
+    cost_nanos        INTEGER NOT NULL DEFAULT 0,
+    unpriced          INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour, key_id, model)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS key_spend (
     key_id       TEXT PRIMARY KEY,
     period_start INTEGER NOT NULL,
@@ -81,6 +119,7 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Arc<SqliteStore>, StoreError> {
         let conn = open(path)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        backfill_hourly(&conn).map_err(err)?;
         let writer_conn = open(path)?;
         let (tx, rx) = mpsc::channel::<Write>();
         let writer = std::thread::Builder::new()
@@ -121,6 +160,91 @@ impl SqliteStore {
     }
 }
 
+/// The upsert adding one record to its hour row (and, with the table
+/// renamed, to its day row).
+const ADD_HOURLY: &str = "INSERT INTO usage_hourly (hour, key_id, model, requests, errors, rate_limited,
+        budget_refused, prompt_tokens, completion_tokens, total_tokens, cached_tokens, cost_nanos, unpriced)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+     ON CONFLICT (hour, key_id, model) DO UPDATE SET
+        requests = requests + excluded.requests, errors = errors + excluded.errors,
+        rate_limited = rate_limited + excluded.rate_limited, budget_refused = budget_refused + excluded.budget_refused,
+        prompt_tokens = prompt_tokens + excluded.prompt_tokens, completion_tokens = completion_tokens + excluded.completion_tokens,
+        total_tokens = total_tokens + excluded.total_tokens, cached_tokens = cached_tokens + excluded.cached_tokens,
+        cost_nanos = cost_nanos + excluded.cost_nanos, unpriced = unpriced + excluded.unpriced";
+
+fn add_daily_sql() -> String {
+    ADD_HOURLY.replace("usage_hourly", "usage_daily")
+}
+
+fn add_hourly(
+    hourly: &mut rusqlite::CachedStatement<'_>,
+    daily: &mut rusqlite::CachedStatement<'_>,
+    r: &UsageRecord,
+) -> rusqlite::Result<()> {
+    let row = HourRow::of(r);
+    add_row(hourly, &row, row.hour)?;
+    add_row(daily, &row, row.hour / DAY * DAY)
+}
+
+fn add_row(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    row: &HourRow,
+    start: u64,
+) -> rusqlite::Result<()> {
+    let c = row.counters;
+    stmt.execute(params![
+        start as i64,
+        row.key_id,
+        row.model,
+        c.requests as i64,
+        c.errors as i64,
+        c.rate_limited as i64,
+        c.budget_refused as i64,
+        c.prompt_tokens as i64,
+        c.completion_tokens as i64,
+        c.total_tokens as i64,
+        c.cached_tokens as i64,
+        c.cost_nanos as i64,
+        c.unpriced as i64,
+    ])
+    .map(|_| ())
+}
+
+/// A database written before the counter tables existed gets their rows
+/// once, from the records it holds.
+fn backfill_hourly(conn: &Connection) -> rusqlite::Result<()> {
+    let empty: bool =
+        conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM usage_hourly)", [], |r| {
+            r.get(0)
+        })?;
+    let has_records: bool =
+        conn.query_row("SELECT EXISTS (SELECT 1 FROM usage_records)", [], |r| {
+            r.get(0)
+        })?;
+    if !(empty && has_records) {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch("DELETE FROM usage_hourly; DELETE FROM usage_daily;")?;
+    {
+        let mut read = tx.prepare("SELECT record FROM usage_records")?;
+        let mut add = tx.prepare_cached(ADD_HOURLY)?;
+        let mut add_day = tx.prepare_cached(&add_daily_sql())?;
+        let mut rows = read.query([])?;
+        while let Some(row) = rows.next()? {
+            let text: String = row.get(0)?;
+            if let Some(r) = serde_json::from_str::<Value>(&text)
+                .ok()
+                .as_ref()
+                .and_then(UsageRecord::from_json)
+            {
+                add_hourly(&mut add, &mut add_day, &r)?;
+            }
+        }
+    }
+    tx.commit()
+}
+
 fn parse_key(record: String) -> rusqlite::Result<Option<VirtualKey>> {
     let v: Value = serde_json::from_str(&record).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
@@ -149,8 +273,10 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
             let tx = conn.transaction()?;
             {
                 let mut usage = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO usage_records (request_id, key_id, created_at_ms, record) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT OR IGNORE INTO usage_records (request_id, key_id, created_at_ms, record) VALUES (?1, ?2, ?3, ?4)",
                 )?;
+                let mut hourly = tx.prepare_cached(ADD_HOURLY)?;
+                let mut daily = tx.prepare_cached(&add_daily_sql())?;
                 let mut spend = tx.prepare_cached(
                     "INSERT INTO key_spend (key_id, period_start, spent_nanos) VALUES (?1, ?2, ?3)
                      ON CONFLICT (key_id) DO UPDATE SET period_start = excluded.period_start, spent_nanos = excluded.spent_nanos",
@@ -158,12 +284,16 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
                 for w in &batch {
                     match w {
                         Write::Usage(r) => {
-                            usage.execute(params![
+                            // A record is counted once, even if written twice.
+                            let inserted = usage.execute(params![
                                 r.request_id,
                                 r.key_id,
                                 r.created_at_ms as i64,
                                 r.to_json().to_string()
                             ])?;
+                            if inserted > 0 {
+                                add_hourly(&mut hourly, &mut daily, r)?;
+                            }
                         }
                         Write::Spend {
                             key_id,
@@ -284,15 +414,45 @@ port! {
         }
 
         async fn query(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>, StoreError> {
+            // Newest first along the (created_at_ms, request_id) index; the
+            // model and status filters look into the record's JSON.
+            let (status_kind, status_code) = match query.status {
+                None => (None, None),
+                Some(StatusFilter::Ok) => (Some("ok"), None),
+                Some(StatusFilter::Error) => (Some("error"), None),
+                Some(StatusFilter::Refused) => (Some("refused"), None),
+                Some(StatusFilter::Code(c)) => (Some("code"), Some(i64::from(c))),
+            };
+            let (before_ms, before_id) = match &query.before {
+                Some((ms, id)) => (Some(*ms as i64), Some(id.clone())),
+                None => (None, None),
+            };
             self.with(|c| {
                 let mut stmt = c.prepare_cached(
                     "SELECT record FROM usage_records
                      WHERE (?1 IS NULL OR key_id = ?1) AND (?2 IS NULL OR created_at_ms >= ?2)
                        AND (?3 IS NULL OR created_at_ms < ?3)
-                     ORDER BY created_at_ms, rowid LIMIT 100000",
+                       AND (?4 IS NULL OR (created_at_ms, request_id) < (?4, ?5))
+                       AND (?6 IS NULL OR json_extract(record, '$.model') = ?6)
+                       AND (?7 IS NULL
+                            OR (?7 = 'ok' AND json_extract(record, '$.status') < 400)
+                            OR (?7 = 'error' AND json_extract(record, '$.status') >= 400 AND json_extract(record, '$.refused_by') IS NULL)
+                            OR (?7 = 'refused' AND json_extract(record, '$.refused_by') IS NOT NULL)
+                            OR (?7 = 'code' AND json_extract(record, '$.status') = ?8))
+                     ORDER BY created_at_ms DESC, request_id DESC LIMIT ?9",
                 )?;
                 let rows = stmt.query_map(
-                    params![query.key_id, query.since_ms.map(|v| v as i64), query.until_ms.map(|v| v as i64)],
+                    params![
+                        query.key_id,
+                        query.since_ms.map(|v| v as i64),
+                        query.until_ms.map(|v| v as i64),
+                        before_ms,
+                        before_id,
+                        query.model,
+                        status_kind,
+                        status_code,
+                        query.limit as i64,
+                    ],
                     |r| r.get::<_, String>(0),
                 )?;
                 let mut out = Vec::new();
@@ -302,6 +462,57 @@ port! {
                     }
                 }
                 Ok(out)
+            })
+        }
+
+        async fn hours(&self, query: &SummaryQuery) -> Result<Vec<HourRow>, StoreError> {
+            // Day buckets read the day rows: a month is 30 rows per key and
+            // model, however the requests spread over the hours.
+            let table = match query.bucket {
+                Bucket::Day => "usage_daily",
+                Bucket::Hour => "usage_hourly",
+            };
+            self.with(|c| {
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT hour, key_id, model, requests, errors, rate_limited, budget_refused, prompt_tokens,
+                            completion_tokens, total_tokens, cached_tokens, cost_nanos, unpriced
+                     FROM {table}
+                     WHERE hour >= ?1 AND hour < ?2 AND (?3 IS NULL OR key_id = ?3) AND (?4 IS NULL OR model = ?4)"
+                ))?;
+                let rows = stmt.query_map(
+                    params![query.since as i64, query.until as i64, query.key_id, query.model],
+                    |r| {
+                        let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+                        Ok(HourRow {
+                            hour: n(0)?,
+                            key_id: r.get(1)?,
+                            model: r.get(2)?,
+                            counters: Counters {
+                                requests: n(3)?,
+                                errors: n(4)?,
+                                rate_limited: n(5)?,
+                                budget_refused: n(6)?,
+                                prompt_tokens: n(7)?,
+                                completion_tokens: n(8)?,
+                                total_tokens: n(9)?,
+                                cached_tokens: n(10)?,
+                                cost_nanos: n(11)?,
+                                unpriced: n(12)?,
+                            },
+                        })
+                    },
+                )?;
+                rows.collect()
+            })
+        }
+
+        async fn last_used(&self, key_ids: &[String]) -> Result<Vec<Option<u64>>, StoreError> {
+            self.with(|c| {
+                let mut stmt = c.prepare_cached("SELECT MAX(created_at_ms) FROM usage_records WHERE key_id = ?1")?;
+                key_ids
+                    .iter()
+                    .map(|id| stmt.query_row([id], |r| r.get::<_, Option<i64>>(0)).map(|v| v.map(|ms| ms as u64)))
+                    .collect()
             })
         }
     }

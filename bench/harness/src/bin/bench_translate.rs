@@ -698,6 +698,12 @@ conduit::port! {
         async fn query(&self, _query: &UsageQuery) -> std::result::Result<Vec<UsageRecord>, StoreError> {
             Ok(Vec::new())
         }
+        async fn hours(&self, _query: &conduit::summary::SummaryQuery) -> std::result::Result<Vec<conduit::summary::HourRow>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn last_used(&self, key_ids: &[String]) -> std::result::Result<Vec<Option<u64>>, StoreError> {
+            Ok(vec![None; key_ids.len()])
+        }
     }
 }
 

@@ -178,7 +178,19 @@ fn event(
     host: &str,
 ) -> String {
     let mut h = serde_json::Map::new();
+    // As Function URLs do: cookies travel in their own list, not as a header.
+    let cookies: Vec<Value> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(|c| Value::String(c.trim().to_owned()))
+        .filter(|c| c.as_str().is_some_and(|c| !c.is_empty()))
+        .collect();
     for (k, v) in headers {
+        if k == http::header::COOKIE {
+            continue;
+        }
         let v = v.to_str().unwrap_or_default();
         h.entry(k.as_str().to_owned())
             .and_modify(|e| {
@@ -199,6 +211,7 @@ fn event(
         "rawPath": uri.path(),
         "rawQueryString": uri.query().unwrap_or(""),
         "headers": h,
+        "cookies": cookies,
         "requestContext": {
             "accountId": "anonymous",
             "apiId": "local",
