@@ -51,7 +51,8 @@ ARTIFACTS=$FUZZ/artifacts
 CARGO_FUZZ_VERSION=0.13.2
 export RUSTC_BOOTSTRAP=1
 
-ALL_TARGETS=$(sed -n 's/^name = "\([a-z_]*\)"$/\1/p' "$FUZZ/Cargo.toml" | grep -v '^conduit-fuzz$' || true)
+# The [[bin]] sections of fuzz/Cargo.toml.
+ALL_TARGETS=$(sed -n '/^\[\[bin\]\]/{n;s/^name = "\([a-z_]*\)"$/\1/p}' "$FUZZ/Cargo.toml")
 [[ -n $TARGETS ]] || TARGETS=$ALL_TARGETS
 for t in $TARGETS; do
   grep -qx "$t" <<<"$ALL_TARGETS" || die "no fuzz target $t (targets: $(echo $ALL_TARGETS))"
@@ -187,26 +188,26 @@ for t in $TARGETS; do
   flog=$OUT_DIR/$STAMP.$t.log
   t0=$(date +%s)
   rc=0
-  # One process, bounded in time (-max_total_time) and memory; a single slow
+  # One process, bounded in time (-max_total_time) and memory (inputs up to the
+  # largest seed or 4 KiB, libFuzzer's default); a single slow
   # input over 10 s is a finding too.
   run_fg cargo fuzz run "$t" "$CORPUS/$t" -- \
-    -max_total_time="$TIME" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
+    -max_total_time="$TIME" -timeout=10 -rss_limit_mb=2048 \
     -dict="$(dict_for "$t")" -artifact_prefix="$ARTIFACTS/$t/" -print_final_stats=1 \
     >"$flog" 2>&1 || rc=$?
   secs=$(($(date +%s) - t0))
   execs=$(sed -n 's/^stat::number_of_executed_units: *\([0-9]*\).*/\1/p' "$flog" | tail -1)
-  [[ -n $execs ]] || execs=$(sed -n 's/^Done \([0-9]*\) runs.*/\1/p' "$flog" | tail -1)
-  [[ -n $execs ]] || execs=$(grep -o '^#[0-9]*' "$flog" | tail -1 | tr -d '#')
+  [[ -n $execs ]] || execs=$({ grep -o '^#[0-9]*' "$flog" || true; } | tail -1 | tr -d '#')
   execs=${execs:-0}
   rate=$(sed -n 's/^stat::average_exec_per_sec: *\([0-9]*\).*/\1/p' "$flog" | tail -1)
-  cov=$(grep -o 'cov: [0-9]*' "$flog" | tail -1 | cut -d' ' -f2)
+  cov=$({ grep -o 'cov: [0-9]*' "$flog" || true; } | tail -1 | cut -d' ' -f2)
   files=$(find "$CORPUS/$t" -type f | wc -l)
   if [[ $rc == 0 ]]; then
     result=ok
   else
     found=$((found + 1))
     crash=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$flog" | tail -1)
-    why=$(grep -m1 -E "panicked at|ERROR: libFuzzer|ERROR: AddressSanitizer" "$flog" | cut -c1-160 || true)
+    why=$({ grep -m1 -A1 -E "panicked at|ERROR: libFuzzer|ERROR: AddressSanitizer" "$flog" || true; } | tr '\n' ' ' | cut -c1-200)
     result="FOUND: ${why:-exit $rc} (input: ${crash:-see log}; log: $flog)"
     log "$t: $result"
     grep -m1 -A3 "panicked at" "$flog" >&2 || true

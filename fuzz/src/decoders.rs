@@ -108,6 +108,11 @@ fn check_chunk(kind: &str, endpoint: Endpoint, chunk: &Map<String, Value>) {
     );
 }
 
+/// Whether `kind` serves `/v1/embeddings` at all.
+fn has_embeddings(kind: &str) -> bool {
+    kind != "anthropic"
+}
+
 /// Statuses a provider's error answer is mapped from.
 const ERROR_STATUSES: [u16; 12] = [400, 401, 403, 404, 408, 413, 422, 429, 500, 502, 503, 529];
 
@@ -116,6 +121,10 @@ const ERROR_STATUSES: [u16; 12] = [400, 401, 403, 404, 408, 413, 422, 429, 500, 
 /// object, a failure a client-visible error with OpenAI's envelope.
 pub fn check_response(kind: &'static str, data: &[u8]) {
     for endpoint in ENDPOINTS {
+        if endpoint == Endpoint::Embeddings && !has_embeddings(kind) {
+            // Refused when the request is built: its answer is never read.
+            continue;
+        }
         let alias = alias_for(kind, endpoint);
         let c = call(alias, endpoint, false);
         match provider(alias).translate_response(&c, data) {
