@@ -48,7 +48,8 @@ pub fn sse_reference(body: &[u8]) -> Vec<SseEvent> {
     }
     lines.push(b"");
     let mut out = Vec::new();
-    let (mut event, mut data, mut has_data): (Option<String>, Vec<u8>, bool) = (None, Vec::new(), false);
+    let (mut event, mut data, mut has_data): (Option<String>, Vec<u8>, bool) =
+        (None, Vec::new(), false);
     for line in lines {
         if line.is_empty() {
             if has_data {
@@ -66,7 +67,10 @@ pub fn sse_reference(body: &[u8]) -> Vec<SseEvent> {
             continue;
         }
         let (field, value) = match line.iter().position(|&c| c == b':') {
-            Some(p) => (&line[..p], line[p + 1..].strip_prefix(b" ").unwrap_or(&line[p + 1..])),
+            Some(p) => (
+                &line[..p],
+                line[p + 1..].strip_prefix(b" ").unwrap_or(&line[p + 1..]),
+            ),
             None => (line, &b""[..]),
         };
         match field {
@@ -92,12 +96,21 @@ pub fn check_sse(data: &[u8]) {
     for way in &ways[1..] {
         assert_eq!(sse_events(way), whole, "cut into {} reads", way.len());
     }
-    assert_eq!(whole, sse_reference(data), "differs from the reference parser");
+    assert_eq!(
+        whole,
+        sse_reference(data),
+        "differs from the reference parser"
+    );
     let mut encoded = Vec::new();
     let mut expected = Vec::new();
     for ev in &whole {
         // Line ends inside a value cannot be written back as one field.
-        if ev.data.contains('\r') || ev.event.as_deref().is_some_and(|e| e.contains(['\r', '\n'])) {
+        if ev.data.contains('\r')
+            || ev
+                .event
+                .as_deref()
+                .is_some_and(|e| e.contains(['\r', '\n']))
+        {
             continue;
         }
         if let Some(name) = &ev.event {
@@ -112,7 +125,11 @@ pub fn check_sse(data: &[u8]) {
         encoded.push(b'\n');
         expected.push(ev.clone());
     }
-    assert_eq!(sse_events(&[&encoded]), expected, "re-encoded events differ");
+    assert_eq!(
+        sse_events(&[&encoded]),
+        expected,
+        "re-encoded events differ"
+    );
 }
 
 /// The largest frame the decoder accepts, as its module documents.
@@ -189,7 +206,10 @@ pub fn check_eventstream(data: &[u8]) {
         let good: Vec<Frame> = whole.into_iter().filter_map(Result::ok).collect();
         let reencoded: Vec<u8> = good.iter().flat_map(encode_frame).collect();
         let (again, _) = frames(&[&reencoded]);
-        let again: Vec<Frame> = again.into_iter().map(|r| r.expect("a re-encoded frame is valid")).collect();
+        let again: Vec<Frame> = again
+            .into_iter()
+            .map(|r| r.expect("a re-encoded frame is valid"))
+            .collect();
         assert_eq!(again, good, "re-encoded frames differ");
     }
 }

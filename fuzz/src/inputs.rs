@@ -20,7 +20,10 @@ pub fn headers_of(data: &[u8]) -> HeaderMap {
         };
         let value = &line[colon + 1..];
         let value = value.strip_prefix(b" ").unwrap_or(value);
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(&line[..colon]), HeaderValue::from_bytes(value)) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(&line[..colon]),
+            HeaderValue::from_bytes(value),
+        ) {
             headers.append(n, v);
         }
     }
@@ -37,9 +40,10 @@ pub fn check_keys(data: &[u8]) {
         assert!(!secret.is_empty(), "an empty secret");
         assert_eq!(secret, secret.trim(), "an untrimmed secret");
         assert!(
-            headers
-                .values()
-                .any(|v| v.as_bytes().windows(secret.len()).any(|w| w == secret.as_bytes())),
+            headers.values().any(|v| v
+                .as_bytes()
+                .windows(secret.len())
+                .any(|w| w == secret.as_bytes())),
             "a secret that is in no header"
         );
         assert_eq!(hash_secret(secret).len(), 64);

@@ -9,6 +9,7 @@
 //! | [`framing`]   | SSE and eventstream: split-invariant, against a reference parser, re-encoding round trip, bounded buffer |
 //! | [`decoders`]  | stream decoders (split-invariant, well-formed chunks) and whole-answer translation |
 //! | [`inputs`]    | key extraction, admin key bodies, the config document         |
+//! | [`mutate`]    | a JSON-aware mutator: one value of a valid document changed (edge numbers, type swaps, keys removed) |
 //! | [`pipeline`]  | a whole request through the gateway: status, error shape, SSE framing, one usage record |
 //!
 //! Known defects that another branch fixes are skipped by name in
@@ -19,5 +20,6 @@ pub mod cuts;
 pub mod decoders;
 pub mod framing;
 pub mod inputs;
+pub mod mutate;
 pub mod pipeline;
 pub mod setup;

@@ -10,7 +10,9 @@ use base64::Engine;
 use bytes::Bytes;
 use conduit::keys::{hash_secret, VirtualKey};
 use conduit::limits::LocalLimiter;
-use conduit::memory::{ManualClock, MemoryKeyStore, MemoryUsageStore, QueueSpawner, ScriptedUpstream};
+use conduit::memory::{
+    ManualClock, MemoryKeyStore, MemoryUsageStore, QueueSpawner, ScriptedUpstream,
+};
 use conduit::ports::{KeyStore, UpstreamError};
 use conduit::providers::Endpoint;
 use conduit::{Gateway, Ports, ResponseBody};
@@ -24,8 +26,9 @@ use crate::setup::config;
 pub const SECRET: &str = "condt_fuzzfuzzfuzzfuzzfuzzfuzzfuzzfuzzfuzzfuzzfuz";
 
 /// What the upstream is asked, and answers.
-pub type Responder =
-    dyn Fn(&http::Request<Bytes>) -> Result<http::Response<Vec<Bytes>>, UpstreamError> + Send + Sync;
+pub type Responder = dyn Fn(&http::Request<Bytes>) -> Result<http::Response<Vec<Bytes>>, UpstreamError>
+    + Send
+    + Sync;
 
 /// An answer, with its body read to the end.
 #[derive(Debug)]
@@ -141,15 +144,30 @@ pub fn check_answer(answer: &Answer, alias: Option<&str>) {
         assert_eq!(answer.status, 200);
         let ended_ok = check_sse(&answer.body, alias);
         if ended_ok {
-            assert_eq!(record.status, 200, "a completed stream recorded as {}", record.status);
+            assert_eq!(
+                record.status, 200,
+                "a completed stream recorded as {}",
+                record.status
+            );
         } else {
-            assert!(record.status >= 400, "a failed stream recorded as {}", record.status);
+            assert!(
+                record.status >= 400,
+                "a failed stream recorded as {}",
+                record.status
+            );
         }
         return;
     }
-    let v: Value = serde_json::from_slice(&answer.body)
-        .unwrap_or_else(|e| panic!("the answer is not JSON ({e}): {:?}", String::from_utf8_lossy(&answer.body)));
-    assert_eq!(record.status, answer.status, "recorded status differs from the answer's");
+    let v: Value = serde_json::from_slice(&answer.body).unwrap_or_else(|e| {
+        panic!(
+            "the answer is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&answer.body)
+        )
+    });
+    assert_eq!(
+        record.status, answer.status,
+        "recorded status differs from the answer's"
+    );
     if answer.status >= 400 {
         check_error_body(&v);
         assert_ne!(
@@ -166,7 +184,10 @@ pub fn check_answer(answer: &Answer, alias: Option<&str>) {
 
 /// OpenAI's error envelope.
 fn check_error_body(v: &Value) {
-    assert!(v["error"]["message"].is_string(), "not an OpenAI error: {v}");
+    assert!(
+        v["error"]["message"].is_string(),
+        "not an OpenAI error: {v}"
+    );
     assert!(v["error"]["type"].is_string(), "not an OpenAI error: {v}");
 }
 
@@ -175,19 +196,26 @@ fn check_error_body(v: &Value) {
 /// Returns whether it ended with `[DONE]`.
 fn check_sse(body: &[u8], alias: Option<&str>) -> bool {
     let text = std::str::from_utf8(body).expect("the stream is UTF-8");
-    assert!(text.ends_with("\n\n"), "the stream does not end an event: {text:?}");
+    assert!(
+        text.ends_with("\n\n"),
+        "the stream does not end an event: {text:?}"
+    );
     let events: Vec<&str> = text[..text.len() - 2].split("\n\n").collect();
     let last = events.len() - 1;
     for (i, ev) in events.iter().enumerate() {
         let data = ev
             .strip_prefix("data: ")
             .unwrap_or_else(|| panic!("not a data event: {ev:?}"));
-        assert!(!data.contains('\n'), "a data line with a line break: {ev:?}");
+        assert!(
+            !data.contains('\n'),
+            "a data line with a line break: {ev:?}"
+        );
         if data == "[DONE]" {
             assert_eq!(i, last, "[DONE] before the end");
             return true;
         }
-        let v: Value = serde_json::from_str(data).unwrap_or_else(|e| panic!("event not JSON ({e}): {data:?}"));
+        let v: Value =
+            serde_json::from_str(data).unwrap_or_else(|e| panic!("event not JSON ({e}): {data:?}"));
         if v.get("error").is_some() {
             assert_eq!(i, last, "an error event before the end");
             check_error_body(&v);
@@ -208,7 +236,10 @@ pub fn known_defect(body: &[u8]) -> Option<&'static str> {
     // The token estimate `prompt + allowance` overflows for an allowance
     // near 2^64 (main: "absurd allowance is a 400 naming the parameter").
     for k in ["max_tokens", "max_completion_tokens"] {
-        if v.get(k).and_then(Value::as_u64).is_some_and(|n| n > u64::MAX / 256) {
+        if v.get(k)
+            .and_then(Value::as_u64)
+            .is_some_and(|n| n > u64::MAX / 256)
+        {
             return Some("token estimate overflow");
         }
     }
@@ -256,7 +287,9 @@ fn ok(content_type: &str, body: Vec<u8>) -> http::Response<Vec<Bytes>> {
 /// A recorded answer for whatever the gateway asks (by host, path and
 /// `stream`): the request targets fuzz what the client sends, with real
 /// provider answers behind.
-pub fn recorded_answer(req: &http::Request<Bytes>) -> Result<http::Response<Vec<Bytes>>, UpstreamError> {
+pub fn recorded_answer(
+    req: &http::Request<Bytes>,
+) -> Result<http::Response<Vec<Bytes>>, UpstreamError> {
     if req.method() == http::Method::GET {
         // An image fetched for a provider that needs the bytes.
         return Ok(ok("image/png", b"\x89PNG\r\n\x1a\nfuzz".to_vec()));
@@ -270,7 +303,10 @@ pub fn recorded_answer(req: &http::Request<Bytes>) -> Result<http::Response<Vec<
     match host.split('.').next().unwrap_or_default() {
         "openai" | "azure" | "compatible" => {
             if body["model"] == "broken" {
-                let mut r = ok("application/json", br#"{"error":{"message":"boom","type":"server_error"}}"#.to_vec());
+                let mut r = ok(
+                    "application/json",
+                    br#"{"error":{"message":"boom","type":"server_error"}}"#.to_vec(),
+                );
                 *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
                 return Ok(r);
             }
@@ -283,7 +319,9 @@ pub fn recorded_answer(req: &http::Request<Bytes>) -> Result<http::Response<Vec<
                     json(OPENAI_CHAT)
                 }
             } else if stream {
-                sse(sse_of_jsonl(fixture!("openai/completions.stream.include_usage.decoded.jsonl")))
+                sse(sse_of_jsonl(fixture!(
+                    "openai/completions.stream.include_usage.decoded.jsonl"
+                )))
             } else {
                 json(fixture!("openai/completions.text.length.json"))
             }
@@ -308,11 +346,12 @@ pub fn recorded_answer(req: &http::Request<Bytes>) -> Result<http::Response<Vec<
         }
         "bedrock" => {
             if path.ends_with("/converse-stream") {
-                let b64: Vec<u8> = fixture!("bedrock/converse-stream.tool_use.recorded.eventstream.b64")
-                    .iter()
-                    .copied()
-                    .filter(|b| !b.is_ascii_whitespace())
-                    .collect();
+                let b64: Vec<u8> =
+                    fixture!("bedrock/converse-stream.tool_use.recorded.eventstream.b64")
+                        .iter()
+                        .copied()
+                        .filter(|b| !b.is_ascii_whitespace())
+                        .collect();
                 let frames = base64::engine::general_purpose::STANDARD
                     .decode(b64)
                     .map_err(|e| UpstreamError(format!("bad fixture: {e}")))?;
@@ -349,11 +388,38 @@ pub fn check_request(endpoint: Endpoint, body: &[u8]) {
 }
 
 /// The provider kinds [`check_upstream`] picks from.
-const KINDS: [&str; 7] = ["openai", "azure", "anthropic", "gemini", "bedrock", "cohere", "compatible"];
+const KINDS: [&str; 7] = [
+    "openai",
+    "azure",
+    "anthropic",
+    "gemini",
+    "bedrock",
+    "cohere",
+    "compatible",
+];
 /// Read sizes the upstream body is cut into.
-const PIECES: [usize; 16] = [1, 2, 3, 4, 5, 7, 11, 16, 31, 64, 100, 256, 1000, 4096, 65536, usize::MAX];
+const PIECES: [usize; 16] = [
+    1,
+    2,
+    3,
+    4,
+    5,
+    7,
+    11,
+    16,
+    31,
+    64,
+    100,
+    256,
+    1000,
+    4096,
+    65536,
+    usize::MAX,
+];
 /// Upstream statuses: mostly success, then the errors providers send.
-const UPSTREAM_STATUSES: [u16; 16] = [200, 200, 200, 200, 200, 200, 200, 200, 400, 401, 404, 429, 500, 503, 529, 302];
+const UPSTREAM_STATUSES: [u16; 16] = [
+    200, 200, 200, 200, 200, 200, 200, 200, 400, 401, 404, 429, 500, 503, 529, 302,
+];
 
 /// What `select` asks for: the provider kind, the endpoint, whether it streams.
 pub fn upstream_case(select: u8) -> (&'static str, Endpoint, bool) {
@@ -370,10 +436,16 @@ pub fn check_upstream(select: u8, shape: u8, body: &[u8]) {
     let (kind, endpoint, stream) = upstream_case(select);
     let alias = crate::setup::alias_for(kind, endpoint);
     let request = match endpoint {
-        Endpoint::ChatCompletions if stream => json!({"model": alias, "messages": [{"role": "user", "content": "Hi"}],
-            "stream": true, "stream_options": {"include_usage": true}}),
-        Endpoint::ChatCompletions => json!({"model": alias, "messages": [{"role": "user", "content": "Hi"}]}),
-        Endpoint::Completions => json!({"model": alias, "prompt": "Say hi", "max_tokens": 16, "stream": stream}),
+        Endpoint::ChatCompletions if stream => {
+            json!({"model": alias, "messages": [{"role": "user", "content": "Hi"}],
+            "stream": true, "stream_options": {"include_usage": true}})
+        }
+        Endpoint::ChatCompletions => {
+            json!({"model": alias, "messages": [{"role": "user", "content": "Hi"}]})
+        }
+        Endpoint::Completions => {
+            json!({"model": alias, "prompt": "Say hi", "max_tokens": 16, "stream": stream})
+        }
         Endpoint::Embeddings => json!({"model": alias, "input": "hello"}),
     };
     let piece = PIECES[(shape & 15) as usize];
@@ -393,9 +465,12 @@ pub fn check_upstream(select: u8, shape: u8, body: &[u8]) {
             request.to_string().as_bytes(),
             Arc::new(move |_req: &http::Request<Bytes>| {
                 let mut r = http::Response::new(pieces.clone());
-                *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
-                r.headers_mut()
-                    .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+                *r.status_mut() =
+                    http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(content_type),
+                );
                 Ok(r)
             }),
         )
