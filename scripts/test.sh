@@ -33,6 +33,7 @@ fi
 
 step "format and lints"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 # The Worker crate is wasm-only (its futures are !Send); it is linted for wasm32 below.
 cargo clippy --workspace --exclude conduit-cloudflare --all-targets --locked -- -D warnings
 cargo clippy --locked -p conduit-cloudflare --target wasm32-unknown-unknown -- -D warnings
@@ -42,6 +43,16 @@ cargo build --locked -p conduit --lib --target wasm32-unknown-unknown
 
 step "unit and in-process tests"
 cargo test --workspace --exclude conduit-cloudflare --locked
+
+# A short run of every fuzz target (fuzz/, README "Fuzzing"): replays the
+# seeds and every past finding, then explores; a crash fails the suite.
+# CONDUIT_FUZZ_SECONDS per target (default 5; 0 skips the step).
+fuzz_seconds="${CONDUIT_FUZZ_SECONDS:-5}"
+if [ "$fuzz_seconds" != 0 ]; then
+  step "fuzz targets, ${fuzz_seconds} s each (cargo install is a no-op when already installed)"
+  cargo install cargo-fuzz --locked --version 0.13.2
+  bash bench/fuzz.sh --time "$fuzz_seconds" --strict
+fi
 
 step "release build of the server; the Lambda function and its local runner"
 cargo build --locked --release -p conduit-server

@@ -118,6 +118,7 @@ impl Meter {
         };
         let u = &self.record.usage;
         let settlement = Settlement {
+            // Saturating: the counts are the provider's (fuzz/regressions).
             tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
             cost_nanos: self.record.cost_nanos.unwrap_or(0),
         };
@@ -183,5 +184,71 @@ impl Drop for Meter {
         // bill what was seen, and the estimate for the rest.
         self.charge_estimate();
         self.finish(499);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::LocalLimiter;
+    use crate::memory::{ManualClock, MemoryUsageStore, QueueSpawner};
+
+    /// Found by fuzzing (`gateway_upstream`, fuzz/regressions): a provider
+    /// reporting counts whose sum passes 2^64 overflowed the settlement.
+    #[test]
+    fn huge_reported_usage_saturates() {
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let store = Arc::new(MemoryUsageStore::default());
+        let key = VirtualKey::from_create_body(
+            &serde_json::json!({"name": "k", "limits": {"tpm": 100}}),
+            "key_1".into(),
+            1,
+        )
+        .unwrap();
+        let record = UsageRecord {
+            request_id: "req_1".into(),
+            key_id: key.id.clone(),
+            model: "m".into(),
+            provider: None,
+            provider_model: None,
+            endpoint: "/v1/chat/completions".into(),
+            status: 0,
+            streamed: false,
+            usage: TokenUsage::default(),
+            estimated_prompt_tokens: 1,
+            estimated_completion_tokens: 1,
+            cost_nanos: None,
+            refused_by: None,
+            latency_us: 0,
+            upstream_latency_us: 0,
+            created_at_ms: 1,
+        };
+        let mut meter = Meter::new(
+            store.clone(),
+            Arc::new(LocalLimiter::new(clock.clone(), None)),
+            clock,
+            Arc::new(QueueSpawner::default()),
+            Arc::new(key),
+            record,
+            1_000_000,
+        );
+        meter.price = Some(Price {
+            input: 1_000,
+            output: 2_000,
+            cached_input: None,
+            cache_write: None,
+        });
+        let max = u64::MAX;
+        meter.report(TokenUsage {
+            prompt_tokens: max,
+            completion_tokens: max,
+            total_tokens: max,
+            ..TokenUsage::default()
+        });
+        meter.finish(200);
+        let records = store.all();
+        assert_eq!(records.len(), 1);
+        let expected = (u128::from(max) * 3_000).div_ceil(1_000_000) as u64;
+        assert_eq!(records[0].cost_nanos, Some(expected));
     }
 }

@@ -36,6 +36,7 @@ impl TokenUsage {
             total_tokens: o
                 .get("total_tokens")
                 .and_then(Value::as_u64)
+                // Saturating: a provider's counts are outside input (fuzz/regressions).
                 .unwrap_or(prompt.saturating_add(completion)),
             cached_tokens: detail("prompt_tokens_details", "cached_tokens"),
             // Conduit's extension for providers that bill cache writes (Anthropic).
@@ -430,6 +431,21 @@ mod tests {
         assert!(TokenUsage::from_openai(&Value::Null).is_none());
         let e = TokenUsage::from_openai(&json!({"prompt_tokens": 8, "total_tokens": 8})).unwrap();
         assert_eq!(e.completion_tokens, 0);
+    }
+
+    /// Found by fuzzing (`response_openai`): counts whose sum passes 2^64
+    /// overflowed (a panic in debug builds), even with `total_tokens` given.
+    #[test]
+    fn huge_counts_saturate() {
+        let max = u64::MAX;
+        let u = TokenUsage::from_openai(&json!({"prompt_tokens": max, "completion_tokens": 1}))
+            .unwrap();
+        assert_eq!(u.total_tokens, max);
+        let u = TokenUsage::from_openai(
+            &json!({"prompt_tokens": max, "completion_tokens": max, "total_tokens": 7}),
+        )
+        .unwrap();
+        assert_eq!(u.total_tokens, 7);
     }
 
     #[test]
