@@ -498,7 +498,10 @@ upstream_timeout_ms = 5000
         let c = Config::parse(&routed, "test", &env).unwrap();
         let p = &c.models["my-gpt4"].policy;
         assert_eq!(p.strategy, Strategy::LeastCost);
-        assert_eq!((p.retries, p.retry_backoff_ms, p.timeout_ms), (4, 100, 9000));
+        assert_eq!(
+            (p.retries, p.retry_backoff_ms, p.timeout_ms),
+            (4, 100, 9000)
+        );
         assert_eq!(p.stream_first_event_timeout_ms, Some(700));
         assert_eq!((p.cooldown_after_failures, p.cooldown_ms), (2, 50));
         assert_eq!(p.fallbacks, ["backup"]);
@@ -511,13 +514,26 @@ upstream_timeout_ms = 5000
         let e = bad("least-cost", "fastest");
         assert_eq!(e.key, "models.my-gpt4.strategy");
         assert!(e.message.contains("round-robin"), "{e}");
-        assert_eq!(bad("fallbacks = [\"backup\"]", "fallbacks = [\"nope\"]").key, "models.my-gpt4.fallbacks[0]");
         assert_eq!(
-            bad("context_window_fallbacks = [\"backup\"]", "context_window_fallbacks = [\"my-gpt4\"]").key,
+            bad("fallbacks = [\"backup\"]", "fallbacks = [\"nope\"]").key,
+            "models.my-gpt4.fallbacks[0]"
+        );
+        assert_eq!(
+            bad(
+                "context_window_fallbacks = [\"backup\"]",
+                "context_window_fallbacks = [\"my-gpt4\"]"
+            )
+            .key,
             "models.my-gpt4.context_window_fallbacks[0]"
         );
-        assert_eq!(bad("timeout_ms = 9000", "timeout_ms = 0").key, "models.my-gpt4.timeout_ms");
-        assert_eq!(bad("weight = 5", "weight = 0").key, "models.backup.deployments[0].weight");
+        assert_eq!(
+            bad("timeout_ms = 9000", "timeout_ms = 0").key,
+            "models.my-gpt4.timeout_ms"
+        );
+        assert_eq!(
+            bad("weight = 5", "weight = 0").key,
+            "models.backup.deployments[0].weight"
+        );
     }
 
     #[test]
