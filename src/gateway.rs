@@ -600,10 +600,7 @@ impl Gateway {
         let base64_embeddings = endpoint == Endpoint::Embeddings
             && request.get("encoding_format").and_then(Value::as_str) == Some("base64");
         // Stages *pick deployment* to *translate response*, attempt by attempt.
-        let Some(mut plan) = self
-            .router
-            .plan(&self.config, route, meter.started_us(), estimate)
-        else {
+        let Some(mut plan) = self.router.plan(&self.config, route, meter.now(), estimate) else {
             return Err(GatewayError::Internal(format!(
                 "no route state for `{alias}`"
             )));

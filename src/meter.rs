@@ -71,11 +71,6 @@ impl Meter {
         self.record.upstream_latency_us += us;
     }
 
-    /// When the request arrived (Unix µs).
-    pub fn started_us(&self) -> u64 {
-        self.started_us
-    }
-
     pub fn now(&self) -> u64 {
         self.clock.now_micros()
     }

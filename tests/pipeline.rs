@@ -35,6 +35,9 @@ deployments = [{ provider = "openai", model = "gpt-4o" }]
 [models."fallback"]
 deployments = [{ provider = "openai", model = "broken" }, { provider = "backup", model = "llama" }]
 
+[models."stream-retry"]
+deployments = [{ provider = "openai", model = "stream-error" }, { provider = "backup", model = "llama" }]
+
 [models."broken-only"]
 deployments = [{ provider = "openai", model = "broken" }]
 
@@ -66,6 +69,15 @@ fn responder(
                 .status(500)
                 .body(vec![Bytes::from_static(
                     b"{\"error\":{\"message\":\"boom\"}}",
+                )])
+                .unwrap());
+        }
+        if body["model"] == "stream-error" {
+            // A 200 whose first event is an error: a failed attempt.
+            return Ok(http::Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(vec![Bytes::from_static(
+                    b"data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n",
                 )])
                 .unwrap());
         }
@@ -350,6 +362,36 @@ fn fallback_moves_to_the_next_deployment() {
         "no key configured for backup"
     );
     assert_eq!(h.usage.all()[0].provider.as_deref(), Some("backup"));
+    assert_eq!(a.headers["x-conduit-deployment"], "backup/llama");
+    assert_eq!(a.headers["x-conduit-attempts"], "2");
+    let record = &h.usage.all()[0];
+    assert_eq!(record.attempts, 2);
+    assert_eq!(record.failed_attempts[0].provider, "openai");
+    assert_eq!(record.failed_attempts[0].status, 500);
+}
+
+#[test]
+fn a_stream_opening_with_an_error_event_is_retried_before_committing() {
+    let h = harness(None);
+    let (_, key) = h.create_key(json!({"name": "s"}));
+    let a = h.call(
+        "POST",
+        "/v1/chat/completions",
+        Some(&key),
+        r#"{"model":"stream-retry","stream":true,"messages":[]}"#,
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.headers["x-conduit-deployment"], "backup/llama");
+    assert_eq!(a.headers["x-conduit-attempts"], "2");
+    let events = data_events(&a.text());
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    assert!(
+        events.iter().all(|e| !e.contains("\"error\"")),
+        "the client sees one clean stream: {events:?}"
+    );
+    let record = &h.usage.all()[0];
+    assert_eq!((record.attempts, record.failed_attempts.len()), (2, 1));
+    assert_eq!(record.failed_attempts[0].model, "stream-error");
 }
 
 #[test]
@@ -539,7 +581,7 @@ fn admin_api_lifecycle() {
     assert_eq!(got["metadata"]["team"], "x");
     assert_eq!(got["limits"]["rpm"], 3);
     let models = h.call("GET", "/v1/models", Some(&key), "").json();
-    assert_eq!(models["data"].as_array().unwrap().len(), 4);
+    assert_eq!(models["data"].as_array().unwrap().len(), 5);
     h.call(
         "PATCH",
         &format!("/admin/keys/{id}"),

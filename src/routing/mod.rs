@@ -67,7 +67,7 @@ impl Router {
     }
 
     /// The attempt plan of a request for `route` (an alias of `config`) that
-    /// arrived at `started_us`; `estimate` is its token estimate (least-cost).
+    /// began routing at `started_us` (after admission); `estimate` is its token estimate (least-cost).
     pub fn plan<'a>(
         &'a self,
         config: &'a Config,

@@ -22,8 +22,9 @@
 //!   (each with its own strategy and retries); a context-window error
 //!   switches to `context_window_fallbacks` instead. Fallbacks are not
 //!   followed transitively: only the asked alias's lists count.
-//! - The deadline (`timeout_ms` of the asked alias, from the request's
-//!   arrival) ends everything with 504 `upstream_timeout` naming the attempts.
+//! - The deadline (`timeout_ms` of the asked alias, from the moment the
+//!   request was admitted and routing began) ends everything with 504
+//!   `upstream_timeout` naming the attempts.
 
 use std::sync::Arc;
 
