@@ -618,8 +618,9 @@ fn text_tokens(v: &Value, bytes: &mut u64, extra: &mut u64) {
 
 /// A fast estimate of a request's prompt tokens, made before the upstream
 /// call (no tokenizer): one token per 4 bytes of text in `messages`, `tools`,
-/// `prompt` or `input` (rounded up), 4 more per chat message, 765 per image,
-/// and one per token id when the prompt is given as token ids.
+/// `prompt` or `input`, and in the front doors' `system` (Messages) and
+/// `instructions` (Responses) (rounded up), 4 more per chat message, 765 per
+/// image, and one per token id when the prompt is given as token ids.
 pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
     let (mut bytes, mut extra) = (0u64, 0u64);
     for field in [
@@ -629,6 +630,8 @@ pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
         "prompt",
         "input",
         "suffix",
+        "system",
+        "instructions",
     ] {
         if let Some(v) = body.get(field) {
             text_tokens(v, &mut bytes, &mut extra);
@@ -640,13 +643,14 @@ pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
     bytes.div_ceil(4) + extra
 }
 
-/// The completion allowance: `max_completion_tokens`, else `max_tokens`,
-/// else `default` (times `n` choices).
+/// The completion allowance: `max_completion_tokens`, else `max_tokens`
+/// (`max_output_tokens` on the Responses API), else `default` (times `n` choices).
 pub fn completion_allowance(body: &Map<String, Value>, default: u64) -> u64 {
     let max = body
         .get("max_completion_tokens")
         .and_then(Value::as_u64)
         .or_else(|| body.get("max_tokens").and_then(Value::as_u64))
+        .or_else(|| body.get("max_output_tokens").and_then(Value::as_u64))
         .unwrap_or(default);
     let n = body
         .get("n")

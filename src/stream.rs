@@ -8,6 +8,11 @@
 //! it (`stream_options.include_usage`), then `data: [DONE]`. A failure after
 //! the first byte (broken connection, provider `error` event, idle timeout,
 //! a stream cut short) ends the stream with an OpenAI `error` event.
+//!
+//! On the front doors ([`crate::frontdoors`]) a [`StreamEncoder`] writes the
+//! client's API instead: the chunks of a translated stream, the events of a
+//! passed-through one ([`StreamEvent::Native`], metered as they pass), the
+//! end and the failure. Metering is the relay's either way.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +24,10 @@ use serde_json::{Map, Value};
 
 use crate::compat::BoxStream;
 use crate::error::GatewayError;
+use crate::frontdoors::StreamEncoder;
 use crate::meter::Meter;
 use crate::ports::{ByteStream, Clock};
-use crate::providers::{Endpoint, StreamDecoder, StreamEvent};
+use crate::providers::{Endpoint, NativeEvent, StreamDecoder, StreamEvent};
 use crate::sse::{encode_data, DONE};
 use crate::usage::TokenUsage;
 
@@ -34,6 +40,8 @@ pub(crate) struct Relay {
     pub endpoint: Endpoint,
     pub include_usage: bool,
     pub meter: Meter,
+    /// The front door's writer; `None`: OpenAI chunks.
+    pub encoder: Option<Box<dyn StreamEncoder>>,
 }
 
 struct State {
@@ -123,6 +131,7 @@ impl State {
                 StreamEvent::Chunk(chunk) => self.chunk(out, chunk),
                 StreamEvent::Done => self.complete(out),
                 StreamEvent::Error(e) => self.fail(out, e),
+                StreamEvent::Native(ev) => self.native(out, ev),
             }
         }
         self.events = events;
@@ -162,6 +171,10 @@ impl State {
             }
         }
         chunk.insert("model".into(), self.relay.alias.clone());
+        if let Some(encoder) = self.relay.encoder.as_mut() {
+            encoder.chunk(&chunk, out);
+            return;
+        }
         match serde_json::to_vec(&chunk) {
             Ok(json) => encode_data(out, &json),
             Err(e) => self.fail(
@@ -171,8 +184,28 @@ impl State {
         }
     }
 
+    /// A passed-through event: metered, then written as it came.
+    fn native(&mut self, out: &mut BytesMut, ev: NativeEvent) {
+        if let Some(u) = ev.usage {
+            self.relay.meter.report(u);
+        }
+        if ev.content {
+            self.relay.meter.seen_completion += 1;
+        }
+        self.saw_finish |= ev.finish;
+        match self.relay.encoder.as_mut() {
+            Some(encoder) => encoder.native(&ev, out),
+            None => encode_data(out, ev.data.as_bytes()),
+        }
+    }
+
     /// The provider finished: usage chunk (if asked for), `[DONE]`, record.
     fn complete(&mut self, out: &mut BytesMut) {
+        if let Some(encoder) = self.relay.encoder.as_mut() {
+            encoder.complete(self.usage_raw.as_ref(), out);
+            self.end(200);
+            return;
+        }
         if self.relay.include_usage {
             if let Some(usage) = self.usage_raw.take() {
                 let mut c = Map::new();
@@ -204,7 +237,9 @@ impl State {
     }
 
     fn fail(&mut self, out: &mut BytesMut, e: GatewayError) {
-        if let Ok(json) = serde_json::to_vec(&e.to_json()) {
+        if let Some(encoder) = self.relay.encoder.as_mut() {
+            encoder.fail(&e, out);
+        } else if let Ok(json) = serde_json::to_vec(&e.to_json()) {
             encode_data(out, &json);
         }
         self.end(e.status().as_u16());
