@@ -9,6 +9,10 @@ Routes (any path prefix before the endpoint is accepted, e.g. ``/v1`` or ``/comp
 * ``POST {prefix}/chat/completions``, ``POST {prefix}/completions``, ``POST {prefix}/embeddings``
   (OpenAI style; model in the JSON body; ``Authorization: Bearer <openai_key>`` required when the
   prefix is ``/v1``; the ``/compat/...`` prefix takes no key, like a local Ollama).
+* ``POST {prefix}/responses`` (OpenAI's Responses API, ``/v1`` prefix, same key) and Azure's
+  ``POST /openai/responses?api-version=...`` (model = deployment in the body): the recorded Responses
+  payloads of tests/fixtures/openai-responses/ (text; ``mock-tools``: the recorded function call, and
+  text once the input holds a ``function_call_output``); streams as ``event:``/``data:`` pairs.
 * ``POST /openai/deployments/{deployment}/(chat/completions|completions|embeddings)?api-version=...``
   (Azure style; behaviour chosen by the deployment name; header ``api-key: <azure_key>`` required;
   missing ``api-version`` -> 404 like Azure).
@@ -168,6 +172,9 @@ class Fixtures:
             root / "azure/chat.completions.stream.model-router.content_filter_results.decoded.jsonl"
         )
         self.mistral_tools_stream = _read_jsonl(root / "mistral/chat.completion.chunks.tool_calls.decoded.jsonl")
+        self.responses_text_stream = _read_jsonl(root / "openai-responses/issue-20047-openai-responses.chunks.txt")
+        self.responses_tool_stream = _read_jsonl(root / "openai-responses/issue-19493-gpt-5.1-tool-call.chunks.txt")
+        self.responses_text = _read_json(root / "openai-responses/issue-20047-openai-responses.json")
         self.chat = assemble_chat_completion(self.chat_stream)
         self.tools = assemble_chat_completion(self.tools_stream)
         self.azure_chat = assemble_chat_completion(self.azure_stream)
@@ -223,8 +230,10 @@ class RecordedRequest:
 # HTTP handler
 # --------------------------------------------------------------------------------------------
 _AZURE_RE = re.compile(r"^/openai/deployments/([^/]+)/(chat/completions|completions|embeddings)$")
-_OPENAI_RE = re.compile(r"^(/[^?]*?)?/(chat/completions|completions|embeddings)$")
-_ENDPOINT = {"chat/completions": "chat", "completions": "completions", "embeddings": "embeddings"}
+_AZURE_RESPONSES_RE = re.compile(r"^/openai/responses$")
+_OPENAI_RE = re.compile(r"^(/[^?]*?)?/(chat/completions|completions|embeddings|responses)$")
+_ENDPOINT = {"chat/completions": "chat", "completions": "completions", "embeddings": "embeddings",
+             "responses": "responses"}
 
 
 class _ClientGone(Exception):
@@ -356,6 +365,9 @@ class _Handler(BaseHTTPRequestHandler):
         m = _AZURE_RE.match(path)
         if m:
             api, endpoint, model = "azure", _ENDPOINT[m.group(2)], m.group(1)
+        elif _AZURE_RESPONSES_RE.match(path):
+            api, endpoint = "azure", "responses"
+            model = body.get("model") if isinstance(body, dict) else None
         else:
             m = _OPENAI_RE.match(path)
             if m:
@@ -434,6 +446,9 @@ class _Handler(BaseHTTPRequestHandler):
                         struct.pack(f"<{len(d['embedding'])}f", *d["embedding"])).decode()
             return self._send_json(200, out)
 
+        if r.endpoint == "responses":
+            return self._responses(r.body, model, stream)
+
         if r.endpoint == "completions":
             if not stream:
                 return self._send_json(200, fx.completion)
@@ -457,6 +472,28 @@ class _Handler(BaseHTTPRequestHandler):
         if not stream:
             return self._send_json(200, full)
         return self._stream(chunks, include_usage, model, verbatim=model.startswith("mock-mistral"))
+
+    def _responses(self, body: dict, model: str, stream: bool) -> None:
+        """The Responses API from the recorded payloads (the real API refuses chat-only fields)."""
+        for bad in ("messages", "stream_options", "max_tokens"):
+            if bad in body:
+                return self._error(400, f"Unknown parameter: '{bad}'.", param=bad, code="unknown_parameter")
+        if "input" not in body:
+            return self._error(400, "Missing required parameter: 'input'.", param="input",
+                               code="missing_required_parameter")
+        fx = self.mock.fx
+        items = body["input"] if isinstance(body["input"], list) else []
+        answered = any(isinstance(i, dict) and i.get("type") == "function_call_output" for i in items)
+        events = copy.deepcopy(fx.responses_tool_stream if model == "mock-tools" and not answered
+                               else fx.responses_text_stream)
+        if not stream:
+            if model == "mock-tools" and not answered:
+                return self._send_json(200, events[-1]["response"])
+            return self._send_json(200, fx.responses_text)
+        self._start_stream()
+        for ev in events:
+            self._chunk(f"event: {ev['type']}\ndata: {json.dumps(ev, separators=(',', ':'))}\n\n".encode())
+        self._end_stream()
 
     def _stream(self, chunks: list[dict], include_usage: bool, model: str, verbatim: bool = False) -> None:
         """Replay ``chunks`` (recorded with include_usage=true) the way the real API would."""

@@ -22,8 +22,9 @@
 //! | `tool_choice.disable_parallel_tool_use: true` | `parallel_tool_calls: false` |
 //! | `max_tokens` (required), `temperature`, `top_p`, `stop_sequences` | `max_tokens`, `temperature`, `top_p`, `stop` |
 //! | `metadata.user_id` | `user` |
+//! | `output_config.format` (`json_schema`) | `response_format` `json_schema` (the answer's text is the JSON) |
 //! | `top_k`, `container`, `mcp_servers` | 400 naming the parameter, or dropped with `drop_unsupported_params` |
-//! | `thinking`, `service_tier`, `context_management` | ignored |
+//! | `thinking`, `output_config.effort`, `cache_control` (top level), `service_tier`, `speed`, `inference_geo`, `diagnostics`, `context_management`, `user_profile_id`, `workspace_id` | ignored: they tune Anthropic's own service, not what the model is asked |
 //!
 //! # Answers ([`response`], [`stream`])
 //!

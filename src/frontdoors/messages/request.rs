@@ -64,6 +64,26 @@ pub fn to_chat(
             ))
         }
     }
+    if let Some(format) = body
+        .get("output_config")
+        .and_then(|o| o.get("format"))
+        .filter(|f| !f.is_null())
+    {
+        match (format.get("type").and_then(Value::as_str), format.get("schema")) {
+            (Some("json_schema"), Some(schema)) if schema.is_object() => {
+                chat.insert(
+                    "response_format".into(),
+                    json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}),
+                );
+            }
+            _ => {
+                return Err(invalid(
+                    "`output_config.format` must be {\"type\": \"json_schema\", \"schema\": {…}}.",
+                    "output_config.format",
+                ))
+            }
+        }
+    }
     match body.get("stream") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => {}
         Some(Value::Bool(true)) => {

@@ -35,7 +35,8 @@ pub fn id(prefix: &str, request_id: &str, n: Option<usize>) -> String {
 }
 
 /// A response object with the request's settings at their defaults (the
-/// translated path does not echo the request).
+/// translated path does not echo the request). `usage` is left out until
+/// it is known (OpenAI sends `null`, which its own schema does not allow).
 pub fn skeleton(id: &str, created_at: u64, model: Value, status: &str) -> Map<String, Value> {
     let mut r = Map::new();
     r.insert("id".into(), id.into());
@@ -58,7 +59,6 @@ pub fn skeleton(id: &str, created_at: u64, model: Value, status: &str) -> Map<St
     r.insert("tools".into(), Value::Array(Vec::new()));
     r.insert("top_p".into(), json!(1.0));
     r.insert("truncation".into(), "disabled".into());
-    r.insert("usage".into(), Value::Null);
     r.insert("metadata".into(), json!({}));
     r
 }
