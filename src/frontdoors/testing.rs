@@ -58,3 +58,37 @@ pub fn events(bytes: &[u8]) -> Vec<(String, Value)> {
         })
         .collect()
 }
+
+/// Feeds `bytes` through a fresh decoder and encoder whole, cut at every
+/// byte boundary, and byte by byte: the client must get the same bytes each
+/// time, which are returned.
+pub fn assert_split_invariant(
+    new_decoder: &dyn Fn() -> Box<dyn crate::providers::StreamDecoder>,
+    new_encoder: &dyn Fn() -> Box<dyn StreamEncoder>,
+    bytes: &[u8],
+) -> Vec<u8> {
+    use crate::providers::testing::decode;
+    let run = |pieces: &[&[u8]]| {
+        let events = decode(new_decoder().as_mut(), pieces);
+        encode(new_encoder().as_mut(), events)
+    };
+    let whole = run(&[bytes]);
+    for i in 0..=bytes.len() {
+        assert_eq!(run(&[&bytes[..i], &bytes[i..]]), whole, "split at byte {i}");
+    }
+    let bytewise: Vec<&[u8]> = bytes.chunks(1).collect();
+    assert_eq!(run(&bytewise), whole, "byte by byte");
+    whole
+}
+
+/// A `Call` for tests.
+pub fn call(endpoint: crate::providers::Endpoint) -> crate::providers::Call<'static> {
+    crate::providers::Call {
+        endpoint,
+        model: "m",
+        stream: false,
+        now_secs: 1_700_000_000,
+        request_id: "req_t1",
+        drop_unsupported_params: false,
+    }
+}
