@@ -69,7 +69,10 @@ pub fn to_chat(
         .and_then(|o| o.get("format"))
         .filter(|f| !f.is_null())
     {
-        match (format.get("type").and_then(Value::as_str), format.get("schema")) {
+        match (
+            format.get("type").and_then(Value::as_str),
+            format.get("schema"),
+        ) {
             (Some("json_schema"), Some(schema)) if schema.is_object() => {
                 chat.insert(
                     "response_format".into(),
@@ -289,12 +292,14 @@ fn user_message(
                 messages.push(json!({"role": "tool", "tool_call_id": id, "content": content}));
             }
             Some("thinking") | Some("redacted_thinking") => {}
-            Some(other) => return Err(invalid(
-                format!(
+            Some(other) => {
+                return Err(invalid(
+                    format!(
                     "`{bp}`: blocks of type `{other}` are not supported by this model's provider."
                 ),
-                &bp,
-            )),
+                    &bp,
+                ))
+            }
             None => return Err(invalid(format!("`{bp}.type` is required."), &bp)),
         }
     }
@@ -376,12 +381,14 @@ fn assistant_message(content: Option<&Value>, param: &str) -> Result<Value, Gate
             }
             // Reasoning of an earlier turn: the chat form has no place for it.
             Some("thinking") | Some("redacted_thinking") => {}
-            Some(other) => return Err(invalid(
-                format!(
+            Some(other) => {
+                return Err(invalid(
+                    format!(
                     "`{bp}`: blocks of type `{other}` are not supported by this model's provider."
                 ),
-                &bp,
-            )),
+                    &bp,
+                ))
+            }
             None => return Err(invalid(format!("`{bp}.type` is required."), &bp)),
         }
     }

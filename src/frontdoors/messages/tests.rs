@@ -19,14 +19,16 @@ use crate::usage::TokenUsage;
 
 const OPENAI_TEXT_SSE: &[u8] =
     include_bytes!("../../../tests/fixtures/openai/chat.completions.stream.text.include_usage.sse");
-const OPENAI_TOOLS_SSE: &[u8] =
-    include_bytes!("../../../tests/fixtures/openai/chat.completions.stream.tool_calls.include_usage.sse");
+const OPENAI_TOOLS_SSE: &[u8] = include_bytes!(
+    "../../../tests/fixtures/openai/chat.completions.stream.tool_calls.include_usage.sse"
+);
 const ANTHROPIC_TEXT_SSE: &[u8] =
     include_bytes!("../../../tests/fixtures/anthropic/messages.stream.text.recorded.sse");
 const ANTHROPIC_TOOL_SSE: &[u8] =
     include_bytes!("../../../tests/fixtures/anthropic/messages.stream.tool_use.docs-example.sse");
-const ANTHROPIC_ERROR_SSE: &[u8] =
-    include_bytes!("../../../tests/fixtures/anthropic/stream.error-event.overloaded.docs-example.sse");
+const ANTHROPIC_ERROR_SSE: &[u8] = include_bytes!(
+    "../../../tests/fixtures/anthropic/stream.error-event.overloaded.docs-example.sse"
+);
 const ANTHROPIC_TEXT_JSONL: &str =
     include_str!("../../../tests/fixtures/anthropic/messages.stream.text.decoded.jsonl");
 
@@ -92,8 +94,10 @@ fn request_to_chat_every_block() {
 #[test]
 fn request_tool_choice_forms_and_refusals() {
     let base = |extra: Value| {
-        let mut b = obj(json!({"model": "a", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
-            "tools": [{"name": "f", "input_schema": {"type": "object"}}]}));
+        let mut b = obj(
+            json!({"model": "a", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"name": "f", "input_schema": {"type": "object"}}]}),
+        );
         b.extend(obj(extra));
         b
     };
@@ -112,12 +116,24 @@ fn request_tool_choice_forms_and_refusals() {
     };
     refused(json!({"top_k": 5}), "top_k");
     refused(json!({"max_tokens": 0}), "max_tokens");
-    refused(json!({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}), "tools[0].type");
-    refused(json!({"tool_choice": {"type": "sometimes"}}), "tool_choice.type");
-    refused(json!({"messages": [{"role": "system", "content": "x"}]}), "messages[0].role");
+    refused(
+        json!({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
+        "tools[0].type",
+    );
+    refused(
+        json!({"tool_choice": {"type": "sometimes"}}),
+        "tool_choice.type",
+    );
+    refused(
+        json!({"messages": [{"role": "system", "content": "x"}]}),
+        "messages[0].role",
+    );
     let mut no_max = base(json!({}));
     no_max.remove("max_tokens");
-    assert_eq!(to_chat(&messages_call(), &no_max).unwrap_err().param(), Some("max_tokens"));
+    assert_eq!(
+        to_chat(&messages_call(), &no_max).unwrap_err().param(),
+        Some("max_tokens")
+    );
     // Dropped when the deployment says so.
     let mut dropping = messages_call();
     dropping.drop_unsupported_params = true;
@@ -126,8 +142,10 @@ fn request_tool_choice_forms_and_refusals() {
 
 #[test]
 fn output_config_format_becomes_response_format() {
-    let body = obj(json!({"model": "a", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
-        "output_config": {"effort": "low", "format": {"type": "json_schema", "schema": {"type": "object"}}}}));
+    let body = obj(
+        json!({"model": "a", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
+        "output_config": {"effort": "low", "format": {"type": "json_schema", "schema": {"type": "object"}}}}),
+    );
     let chat = to_chat(&messages_call(), &body).unwrap();
     assert_eq!(
         chat["response_format"],
@@ -165,9 +183,17 @@ fn answer_from_chat() {
     );
     // Metered back exactly: every prompt token once.
     let u = TokenUsage::from_openai(&msg["usage"]).unwrap();
-    assert_eq!((u.prompt_tokens, u.cached_tokens, u.completion_tokens), (100, 60, 20));
-    for (finish, stop) in [("stop", "end_turn"), ("length", "max_tokens"), ("content_filter", "refusal")] {
-        let chat = obj(json!({"choices": [{"finish_reason": finish, "message": {"content": null}}]}));
+    assert_eq!(
+        (u.prompt_tokens, u.cached_tokens, u.completion_tokens),
+        (100, 60, 20)
+    );
+    for (finish, stop) in [
+        ("stop", "end_turn"),
+        ("length", "max_tokens"),
+        ("content_filter", "refusal"),
+    ] {
+        let chat =
+            obj(json!({"choices": [{"finish_reason": finish, "message": {"content": null}}]}));
         let m = from_chat(&messages_call(), &chat);
         assert_eq!(m["stop_reason"], stop);
         assert_eq!(m["content"], json!([]));
@@ -177,14 +203,42 @@ fn answer_from_chat() {
 #[test]
 fn errors_in_anthropic_shape() {
     let cases = [
-        (GatewayError::invalid("bad", Some("x")), 400, "invalid_request_error"),
-        (GatewayError::InvalidApiKey("no".into()), 401, "authentication_error"),
-        (GatewayError::BudgetExceeded("spent".into()), 402, "billing_error"),
-        (GatewayError::ModelNotAllowed { model: "m".into() }, 403, "permission_error"),
-        (GatewayError::ModelNotFound { model: "m".into() }, 404, "not_found_error"),
-        (GatewayError::PayloadTooLarge { limit: 1 }, 413, "request_too_large"),
         (
-            GatewayError::RateLimited { message: "slow".into(), limit: "rpm", retry_after_secs: 3 },
+            GatewayError::invalid("bad", Some("x")),
+            400,
+            "invalid_request_error",
+        ),
+        (
+            GatewayError::InvalidApiKey("no".into()),
+            401,
+            "authentication_error",
+        ),
+        (
+            GatewayError::BudgetExceeded("spent".into()),
+            402,
+            "billing_error",
+        ),
+        (
+            GatewayError::ModelNotAllowed { model: "m".into() },
+            403,
+            "permission_error",
+        ),
+        (
+            GatewayError::ModelNotFound { model: "m".into() },
+            404,
+            "not_found_error",
+        ),
+        (
+            GatewayError::PayloadTooLarge { limit: 1 },
+            413,
+            "request_too_large",
+        ),
+        (
+            GatewayError::RateLimited {
+                message: "slow".into(),
+                limit: "rpm",
+                retry_after_secs: 3,
+            },
             429,
             "rate_limit_error",
         ),
@@ -218,7 +272,10 @@ fn errors_in_anthropic_shape() {
     for (e, status, kind) in cases {
         let (s, body) = error_body(&e);
         assert_eq!(s.as_u16(), status, "{e}");
-        assert_eq!(body, json!({"type": "error", "error": {"type": kind, "message": e.message()}}));
+        assert_eq!(
+            body,
+            json!({"type": "error", "error": {"type": kind, "message": e.message()}})
+        );
     }
 }
 
@@ -235,8 +292,19 @@ fn text_stream_encodes_anthropic_events_at_any_split() {
     let out = assert_split_invariant(&|| Box::new(OpenAiStream::new()), &encoder, OPENAI_TEXT_SSE);
     let evs = events(&out);
     let names: Vec<&str> = evs.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names[..4], ["message_start", "content_block_start", "ping", "content_block_delta"]);
-    assert_eq!(names[names.len() - 3..], ["content_block_stop", "message_delta", "message_stop"]);
+    assert_eq!(
+        names[..4],
+        [
+            "message_start",
+            "content_block_start",
+            "ping",
+            "content_block_delta"
+        ]
+    );
+    assert_eq!(
+        names[names.len() - 3..],
+        ["content_block_stop", "message_delta", "message_stop"]
+    );
     for (name, payload) in &evs {
         assert_eq!(payload["type"], name.as_str());
     }
@@ -255,9 +323,16 @@ fn text_stream_encodes_anthropic_events_at_any_split() {
 
 #[test]
 fn tool_stream_encodes_tool_use_blocks_at_any_split() {
-    let out = assert_split_invariant(&|| Box::new(OpenAiStream::new()), &encoder, OPENAI_TOOLS_SSE);
+    let out = assert_split_invariant(
+        &|| Box::new(OpenAiStream::new()),
+        &encoder,
+        OPENAI_TOOLS_SSE,
+    );
     let evs = events(&out);
-    let start = evs.iter().find(|(n, _)| n == "content_block_start").unwrap();
+    let start = evs
+        .iter()
+        .find(|(n, _)| n == "content_block_start")
+        .unwrap();
     assert_eq!(start.1["content_block"]["type"], "tool_use");
     assert_eq!(start.1["content_block"]["name"], "get_capital");
     assert_eq!(start.1["content_block"]["input"], json!({}));
@@ -269,7 +344,10 @@ fn tool_stream_encodes_tool_use_blocks_at_any_split() {
             p["delta"]["partial_json"].as_str().unwrap().to_owned()
         })
         .collect();
-    assert_eq!(serde_json::from_str::<Value>(&args).unwrap(), json!({"country": "UK"}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&args).unwrap(),
+        json!({"country": "UK"})
+    );
     assert_eq!(evs[evs.len() - 2].1["delta"]["stop_reason"], "tool_use");
 }
 
@@ -300,13 +378,20 @@ fn natives(events: &[StreamEvent]) -> Vec<&crate::providers::NativeEvent> {
 
 #[test]
 fn passed_through_stream_is_relayed_as_it_came_and_metered() {
-    let out = assert_split_invariant(&|| Box::new(NativeMessagesSse::new()), &encoder, ANTHROPIC_TEXT_SSE);
+    let out = assert_split_invariant(
+        &|| Box::new(NativeMessagesSse::new()),
+        &encoder,
+        ANTHROPIC_TEXT_SSE,
+    );
     // Every event of the recording, in order, untouched.
     assert_eq!(events(&out), events(ANTHROPIC_TEXT_SSE));
     let evs = decode(&mut NativeMessagesSse::new(), &[ANTHROPIC_TEXT_SSE]);
     assert_eq!(evs.last(), Some(&StreamEvent::Done));
     let last_usage = natives(&evs).iter().rev().find_map(|n| n.usage).unwrap();
-    assert_eq!((last_usage.prompt_tokens, last_usage.completion_tokens), (20, 5));
+    assert_eq!(
+        (last_usage.prompt_tokens, last_usage.completion_tokens),
+        (20, 5)
+    );
     assert!(natives(&evs).iter().any(|n| n.content));
     assert!(natives(&evs).last().unwrap().finish);
 }
@@ -328,16 +413,29 @@ fn bedrock_invoke_frames_relay_the_messages_events_at_any_split() {
     use crate::providers::bedrock::messages::InvokeStream;
     use base64::Engine;
     let mut body = Vec::new();
-    for line in ANTHROPIC_TEXT_JSONL.lines().filter(|l| !l.trim().is_empty()) {
+    for line in ANTHROPIC_TEXT_JSONL
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+    {
         let b64 = base64::engine::general_purpose::STANDARD.encode(line);
         body.extend(frame(
-            &[(":event-type", "chunk"), (":content-type", "application/json"), (":message-type", "event")],
+            &[
+                (":event-type", "chunk"),
+                (":content-type", "application/json"),
+                (":message-type", "event"),
+            ],
             json!({ "bytes": b64 }).to_string().as_bytes(),
         ));
     }
     let out = assert_split_invariant(&|| Box::new(InvokeStream::new()), &encoder, &body);
     let got: Vec<Value> = events(&out).into_iter().map(|(_, v)| v).collect();
-    assert_eq!(got.len(), ANTHROPIC_TEXT_JSONL.lines().filter(|l| !l.trim().is_empty()).count());
+    assert_eq!(
+        got.len(),
+        ANTHROPIC_TEXT_JSONL
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count()
+    );
     assert_eq!(got.last().unwrap()["type"], "message_stop");
 }
 
