@@ -10,7 +10,7 @@ use super::request::to_chat;
 use super::response::from_chat;
 use super::stream::MessagesEncoder;
 use crate::error::GatewayError;
-use crate::frontdoors::testing::{assert_split_invariant, call, encode, events};
+use crate::frontdoors::testing::{assert_split_invariant, call, events};
 use crate::frontdoors::StreamEncoder;
 use crate::providers::openai::OpenAiStream;
 use crate::providers::testing::{decode, obj};
