@@ -187,7 +187,10 @@ impl Gateway {
         let request_id = random_id("req_");
         let (parts, body) = request.into_parts();
         let routed = route(&parts.method, parts.uri.path());
-        let endpoint = routed.as_ref().ok().and_then(Route::endpoint);
+        let endpoint = match &routed {
+            Ok(r) => r.endpoint(),
+            Err(_) => crate::frontdoors::endpoint_of_path(parts.uri.path()),
+        };
         let result = match routed {
             Ok(Route::Health) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
             Ok(Route::Models) => self.list_models(&parts.headers).await,

@@ -168,6 +168,13 @@ pub fn error_body(endpoint: Option<Endpoint>, e: &GatewayError) -> Option<(Statu
     }
 }
 
+/// The front door a path belongs to, for errors answered before routing
+/// (a wrong method, an unknown route below `/v1/messages`).
+pub fn endpoint_of_path(path: &str) -> Option<Endpoint> {
+    let api = path.strip_prefix("/v1").unwrap_or(path);
+    (api == "/messages" || api.starts_with("/messages/")).then_some(Endpoint::Messages)
+}
+
 /// `event: <name>\ndata: <payload>\n\n`.
 pub(crate) fn write_event(out: &mut BytesMut, name: &str, payload: &[u8]) {
     out.reserve(name.len() + payload.len() + 16);
