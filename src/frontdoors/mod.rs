@@ -185,6 +185,11 @@ pub(crate) fn write_event(out: &mut BytesMut, name: &str, payload: &[u8]) {
     out.put_slice(b"\n\n");
 }
 
+/// `s` as a JSON string (the hot events are written without building a `Value`).
+pub(crate) fn write_json_str(out: &mut BytesMut, s: &str) {
+    let _ = serde_json::to_writer(out.writer(), s);
+}
+
 /// A JSON value as an event (serialising a `Value` cannot fail).
 pub(crate) fn write_json_event(out: &mut BytesMut, name: &str, payload: &Value) {
     let bytes = serde_json::to_vec(payload).unwrap_or_default();

@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 use super::errors;
 use super::response::{message_id, stop_reason, usage};
 use crate::error::GatewayError;
-use crate::frontdoors::{write_event, write_json_event, StreamEncoder};
+use crate::frontdoors::{write_event, write_json_event, write_json_str, StreamEncoder};
 use crate::providers::NativeEvent;
 use crate::usage::TokenUsage;
 
@@ -104,12 +104,19 @@ impl MessagesEncoder {
         index
     }
 
-    fn delta(out: &mut BytesMut, index: u64, delta: Value) {
-        write_json_event(
-            out,
-            "content_block_delta",
-            &json!({"type": "content_block_delta", "index": index, "delta": delta}),
+    /// A `content_block_delta` (the hot event: written directly).
+    fn delta(out: &mut BytesMut, index: u64, kind: &str, field: &str, value: &str) {
+        out.extend_from_slice(
+            b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":",
         );
+        out.extend_from_slice(index.to_string().as_bytes());
+        out.extend_from_slice(b",\"delta\":{\"type\":\"");
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(b"\",\"");
+        out.extend_from_slice(field.as_bytes());
+        out.extend_from_slice(b"\":");
+        write_json_str(out, value);
+        out.extend_from_slice(b"}}\n\n");
     }
 
     fn text(&mut self, text: &str, out: &mut BytesMut) {
@@ -121,7 +128,7 @@ impl MessagesEncoder {
         } else {
             self.open_block(Open::Text, json!({"type": "text", "text": ""}), out)
         };
-        Self::delta(out, index, json!({"type": "text_delta", "text": text}));
+        Self::delta(out, index, "text_delta", "text", text);
     }
 
     fn tool_call(&mut self, tc: &Value, out: &mut BytesMut) {
@@ -154,11 +161,7 @@ impl MessagesEncoder {
             .and_then(Value::as_str)
             .filter(|a| !a.is_empty())
         {
-            Self::delta(
-                out,
-                index,
-                json!({"type": "input_json_delta", "partial_json": args}),
-            );
+            Self::delta(out, index, "input_json_delta", "partial_json", args);
         }
     }
 }

@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 
 use super::response::{function_call_item, id, message_item, skeleton, status, usage};
 use crate::error::GatewayError;
-use crate::frontdoors::{write_event, write_json_event, StreamEncoder};
+use crate::frontdoors::{write_event, write_json_event, write_json_str, StreamEncoder};
 use crate::providers::NativeEvent;
 use crate::usage::TokenUsage;
 
@@ -160,21 +160,21 @@ impl ResponsesEncoder {
                 index
             }
         };
-        let item_id = match &mut self.items[index] {
-            Item::Message { id, text, .. } => {
-                text.push_str(delta);
-                id.clone()
-            }
-            Item::Call { id, .. } => id.clone(),
-        };
-        self.emit(
-            Self::event(
-                "response.output_text.delta",
-                json!({"item_id": item_id, "output_index": index, "content_index": 0,
-                    "delta": delta, "logprobs": []}),
-            ),
-            out,
-        );
+        let seq = self.seq;
+        self.seq += 1;
+        if let Item::Message { id, text, .. } = &mut self.items[index] {
+            text.push_str(delta);
+            // The hot event: written directly.
+            out.extend_from_slice(b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"item_id\":");
+            write_json_str(out, id);
+            out.extend_from_slice(b",\"output_index\":");
+            out.extend_from_slice(index.to_string().as_bytes());
+            out.extend_from_slice(b",\"content_index\":0,\"delta\":");
+            write_json_str(out, delta);
+            out.extend_from_slice(b",\"logprobs\":[],\"sequence_number\":");
+            out.extend_from_slice(seq.to_string().as_bytes());
+            out.extend_from_slice(b"}\n\n");
+        }
     }
 
     fn tool_call(&mut self, tc: &Value, out: &mut BytesMut) {
@@ -225,20 +225,20 @@ impl ResponsesEncoder {
         else {
             return;
         };
-        let item_id = match &mut self.items[index] {
-            Item::Call { id, arguments, .. } => {
-                arguments.push_str(fragment);
-                id.clone()
-            }
-            Item::Message { id, .. } => id.clone(),
-        };
-        self.emit(
-            Self::event(
-                "response.function_call_arguments.delta",
-                json!({"item_id": item_id, "output_index": index, "delta": fragment}),
-            ),
-            out,
-        );
+        let seq = self.seq;
+        self.seq += 1;
+        if let Item::Call { id, arguments, .. } = &mut self.items[index] {
+            arguments.push_str(fragment);
+            out.extend_from_slice(b"event: response.function_call_arguments.delta\ndata: {\"type\":\"response.function_call_arguments.delta\",\"item_id\":");
+            write_json_str(out, id);
+            out.extend_from_slice(b",\"output_index\":");
+            out.extend_from_slice(index.to_string().as_bytes());
+            out.extend_from_slice(b",\"delta\":");
+            write_json_str(out, fragment);
+            out.extend_from_slice(b",\"sequence_number\":");
+            out.extend_from_slice(seq.to_string().as_bytes());
+            out.extend_from_slice(b"}\n\n");
+        }
     }
 
     fn close_item(&mut self, index: usize, status: &str, out: &mut BytesMut) {

@@ -92,12 +92,14 @@ fn responses_body() -> Map<String, Value> {
 }
 
 fn messages_body() -> Map<String, Value> {
-    object(json!({"model": "bench", "system": SYSTEM, "max_tokens": 512,
+    object(
+        json!({"model": "bench", "system": SYSTEM, "max_tokens": 512,
         "messages": [{"role": "user", "content": [{"type": "text", "text": USER}]}],
         "tools": [
             {"name": "get_weather", "description": "Current weather conditions for a city.", "input_schema": weather_schema()},
             {"name": "get_local_time", "description": "Current local time in a city.", "input_schema": time_schema()}],
-        "tool_choice": {"type": "auto"}, "temperature": 0.3, "metadata": {"user_id": "user-1234"}}))
+        "tool_choice": {"type": "auto"}, "temperature": 0.3, "metadata": {"user_id": "user-1234"}}),
+    )
 }
 
 /// An SSE body cut after each event.
@@ -148,7 +150,8 @@ fn provider(kind: &str, base_url: &str, model: &str) -> Result<std::sync::Arc<dy
     let text = format!(
         "[providers.p]\nkind = \"{kind}\"\nbase_url = \"{base_url}\"\n{key}\n[models.bench]\ndeployments = [{{ provider = \"p\", model = \"{model}\" }}]\n"
     );
-    let config = Config::parse(&text, "bench-frontdoors", &secret).map_err(|e| err(e.to_string()))?;
+    let config =
+        Config::parse(&text, "bench-frontdoors", &secret).map_err(|e| err(e.to_string()))?;
     Ok(config.models["bench"].deployments[0].provider.clone())
 }
 
@@ -216,7 +219,9 @@ impl Case {
                     c.request_id,
                     c.now_secs,
                 ))),
-                Writer::Messages => Some(Box::new(MessagesEncoder::new(alias.clone(), c.request_id))),
+                Writer::Messages => {
+                    Some(Box::new(MessagesEncoder::new(alias.clone(), c.request_id)))
+                }
             };
             let mut events = Vec::with_capacity(8);
             let mut out = BytesMut::with_capacity(1024);
@@ -281,7 +286,9 @@ fn main() -> Result<()> {
     let iters: usize = args.parse_or("iters", 20_000)?;
     let streams: usize = args.parse_or("streams", 5_000)?;
     let batches: usize = args.parse_or("batches", 7)?.max(1);
-    let openai_text = split_sse(fixture!("openai/chat.completions.stream.text.include_usage.sse"));
+    let openai_text = split_sse(fixture!(
+        "openai/chat.completions.stream.text.include_usage.sse"
+    ));
     let chat_answer = CHAT_ANSWER.as_bytes().to_vec();
     let compact = |b: &[u8]| {
         serde_json::from_slice::<Value>(b)
@@ -312,7 +319,9 @@ fn main() -> Result<()> {
             endpoint: Endpoint::Responses,
             provider: provider("openai", "http://h/v1", "m")?,
             body: responses_body,
-            answer: compact(fixture!("openai-responses/issue-20047-openai-responses.json")),
+            answer: compact(fixture!(
+                "openai-responses/issue-20047-openai-responses.json"
+            )),
             stream: split_sse(&responses_sse(fixture!(
                 "openai-responses/issue-20047-openai-responses.chunks.txt"
             ))),
