@@ -12,7 +12,9 @@
 //! On the front doors ([`crate::frontdoors`]) a [`StreamEncoder`] writes the
 //! client's API instead: the chunks of a translated stream, the events of a
 //! passed-through one ([`StreamEvent::Native`], metered as they pass), the
-//! end and the failure. Metering is the relay's either way.
+//! end and the failure. Metering is the relay's either way. An encoder may
+//! ask for keep-alive events while the provider is silent (the Messages API's
+//! `ping`); the idle timeout still counts from the provider's last bytes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,12 +54,22 @@ struct State {
     head: Map<String, Value>,
     saw_finish: bool,
     ended: bool,
+    /// Silence from the provider so far, µs (reset by any bytes).
+    idle_us: u64,
+    /// How often the encoder writes a keep-alive into a silent stream.
+    keepalive: Option<Duration>,
 }
 
 impl Relay {
     /// Runs the relay as a stream of SSE bytes.
     pub fn into_stream(self) -> BoxStream<'static, Bytes> {
+        let keepalive = self
+            .encoder
+            .as_ref()
+            .and_then(|e| e.keepalive_every(self.idle_timeout));
         let state = State {
+            keepalive,
+            idle_us: 0,
             relay: self,
             events: Vec::new(),
             usage_raw: None,
@@ -72,13 +84,23 @@ impl Relay {
                 }
                 let mut out = BytesMut::new();
                 let waited_from = s.relay.clock.now_micros();
-                let sleep = s.relay.clock.sleep(s.relay.idle_timeout);
+                let idle_left = s
+                    .relay
+                    .idle_timeout
+                    .saturating_sub(Duration::from_micros(s.idle_us));
+                let sleep = s
+                    .relay
+                    .clock
+                    .sleep(s.keepalive.map_or(idle_left, |k| k.min(idle_left)));
                 let next = match select(s.relay.upstream.next(), sleep).await {
                     Either::Left((item, _)) => Some(item),
                     Either::Right(_) => None,
                 };
                 let waited = s.relay.clock.now_micros().saturating_sub(waited_from);
                 s.relay.meter.add_upstream(waited);
+                if next.is_some() {
+                    s.idle_us = 0;
+                }
                 match next {
                     Some(Some(Ok(bytes))) => {
                         s.relay.decoder.feed(&bytes, &mut s.events);
@@ -110,7 +132,18 @@ impl Relay {
                             }
                         }
                     }
-                    None => s.fail(&mut out, GatewayError::UpstreamTimeout),
+                    None => {
+                        s.idle_us += waited;
+                        let idle = Duration::from_micros(s.idle_us);
+                        match s.relay.encoder.as_mut() {
+                            Some(encoder)
+                                if s.keepalive.is_some() && idle < s.relay.idle_timeout =>
+                            {
+                                encoder.keepalive(&mut out)
+                            }
+                            _ => s.fail(&mut out, GatewayError::UpstreamTimeout),
+                        }
+                    }
                 }
                 if !out.is_empty() {
                     return Some((out.freeze(), s));

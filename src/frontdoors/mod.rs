@@ -135,6 +135,16 @@ pub trait StreamEncoder: MaybeSend {
     fn complete(&mut self, usage: Option<&Value>, out: &mut BytesMut);
     /// The stream failed after its first byte.
     fn fail(&mut self, e: &GatewayError, out: &mut BytesMut);
+    /// How long a silent provider may leave the client without an event
+    /// before [`keepalive`](Self::keepalive) writes one; `None`: never.
+    fn keepalive_every(&self, idle_timeout: std::time::Duration) -> Option<std::time::Duration> {
+        let _ = idle_timeout;
+        None
+    }
+    /// Writes a keep-alive event (the provider has been silent).
+    fn keepalive(&mut self, out: &mut BytesMut) {
+        let _ = out;
+    }
 }
 
 /// The encoder of `endpoint`'s streams, or `None` for OpenAI's own

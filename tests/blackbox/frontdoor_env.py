@@ -37,6 +37,7 @@ ALIASES: dict[str, tuple[str, str]] = {
     "claude-json": ("claude", "claude-json"),
     "claude-429": ("claude", "claude-429"),
     "claude-stream-error": ("claude", "claude-stream-error"),
+    "claude-slow": ("claude", "claude-slow"),
     # Gemini (translated)
     "gem": ("google", "gemini-text"),
     "gem-tools": ("google", "gemini-tools"),

@@ -32,6 +32,7 @@ ANTHROPIC_KEY = "sk-ant-mock-secret-0123456789"
 VERSION = "2023-06-01"
 RETRY_AFTER = "7"
 COUNT_BASE = 1000
+SLOW_PAUSE = 2.5
 COUNT_ALLOWED = {"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"}
 
 BEHAVIOURS = {
@@ -46,6 +47,7 @@ BEHAVIOURS = {
     "claude-529": "529 overloaded_error",
     "claude-500": "500 api_error",
     "claude-stream-error": "stream: message_start, a text delta, then the docs' overloaded `error` event",
+    "claude-slow": "stream: the recorded text stream with a SLOW_PAUSE s silence after message_start",
 }
 
 ALLOWED = {"model", "max_tokens", "messages", "system", "stop_sequences", "temperature", "top_p", "top_k",
@@ -337,6 +339,19 @@ class MockAnthropic:
                    "stop_reason": "tool_use", "stop_sequence": None,
                    "usage": {"input_tokens": 30, "output_tokens": 20}}
             return h.reply(200, json.dumps(msg).encode())
+        if stream and model == "claude-slow":
+            data = fixture_bytes("messages.stream.text.recorded.sse")
+            cut = data.index(b"event: content_block_start")
+            h.send_response(200)
+            h.send_header("content-type", sse_type)
+            h.send_header("content-length", str(len(data)))
+            h.end_headers()
+            h.wfile.write(data[:cut])
+            h.wfile.flush()
+            time.sleep(SLOW_PAUSE)
+            h.wfile.write(data[cut:])
+            h.wfile.flush()
+            return None
         if stream:
             if model == "claude-tools":
                 data = fixture_bytes("messages.stream.tool_use.docs-example.sse")

@@ -191,6 +191,25 @@ def test_stream_error_after_200_is_an_error_event(http, key):
     assert payload == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
 
 
+def test_pings_while_the_provider_is_silent(client, http, key):
+    # The gateway's idle timeout is 5 s: a ping after each second of silence.
+    events = raw_events(http, key["key"], {"model": "claude-slow", "max_tokens": 10, "stream": True,
+                                           "messages": [{"role": "user", "content": "x"}]})
+    names = [n for n, _ in events]
+    assert names[0] == "message_start"
+    assert names[1:3] == ["ping", "ping"], names
+    assert names[-1] == "message_stop"
+    with client.messages.stream(model="claude-slow", max_tokens=10,
+                                messages=[{"role": "user", "content": "x"}]) as s:
+        assert s.get_final_message().content[0].text == "2"
+
+
+def test_unknown_method_on_messages_is_anthropic_shaped(http, key):
+    r = http.get("/v1/messages", headers={"x-api-key": key["key"]})
+    assert r.status_code == 405
+    assert r.json()["type"] == "error" and r.json()["error"]["type"] == "invalid_request_error"
+
+
 # ------------------------------------------------------------------------------------------ tools
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_tool_use_stream_and_round_trip(client, env, provider):

@@ -6,7 +6,11 @@
 //! `input_json_delta`) and `content_block_stop`; a `ping` after the first
 //! block starts, as Anthropic sends; at the end `message_delta` (stop reason
 //! and usage, input tokens included: the chat form reports them last) and
-//! `message_stop`. A failure after the first byte is an `error` event.
+//! `message_stop`. A failure after the first byte is an `error` event. While
+//! the provider is silent, a `ping` every [`PING_EVERY`] (at most a fifth of
+//! the idle timeout), passed-through streams included, as Anthropic does.
+
+use std::time::Duration;
 
 use bytes::BytesMut;
 use serde_json::{json, Map, Value};
@@ -17,6 +21,11 @@ use crate::error::GatewayError;
 use crate::frontdoors::{write_event, write_json_event, write_json_str, StreamEncoder};
 use crate::providers::NativeEvent;
 use crate::usage::TokenUsage;
+
+/// The longest silence before a `ping`.
+pub const PING_EVERY: Duration = Duration::from_secs(5);
+
+const PING: &[u8] = b"event: ping\ndata: {\"type\": \"ping\"}\n\n";
 
 /// What the open content block is.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -99,7 +108,7 @@ impl MessagesEncoder {
         );
         if !self.pinged {
             self.pinged = true;
-            out.extend_from_slice(b"event: ping\ndata: {\"type\": \"ping\"}\n\n");
+            out.extend_from_slice(PING);
         }
         index
     }
@@ -224,5 +233,21 @@ impl StreamEncoder for MessagesEncoder {
     fn fail(&mut self, e: &GatewayError, out: &mut BytesMut) {
         let (_, body) = errors::error_body(e);
         write_json_event(out, "error", &body);
+    }
+
+    fn keepalive_every(&self, idle_timeout: Duration) -> Option<Duration> {
+        Some(
+            PING_EVERY
+                .min(idle_timeout / 5)
+                .max(Duration::from_millis(100)),
+        )
+    }
+
+    fn keepalive(&mut self, out: &mut BytesMut) {
+        // A translated stream's `message_start` waits for the first chunk (its
+        // id): pings come after it, as in Anthropic's own streams.
+        if self.native || self.started {
+            out.extend_from_slice(PING);
+        }
     }
 }
