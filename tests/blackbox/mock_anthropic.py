@@ -247,7 +247,7 @@ class MockAnthropic:
                 with mock._lock:
                     mock.requests.append(Recorded(self.path, headers, body))
                 if self.path == "/v1/messages/count_tokens":
-                    return mock.count(self, headers, body)
+                    return mock.count_tokens(self, headers, body)
                 problem = check_request(self.path, headers, raw)
                 if problem:
                     with mock._lock:
@@ -296,7 +296,7 @@ class MockAnthropic:
             return len(self.requests)
 
     # -------------------------------------------------------------------------------- answers
-    def count(self, h: Any, headers: dict[str, str], body: Any) -> None:
+    def count_tokens(self, h: Any, headers: dict[str, str], body: Any) -> None:
         problem = None
         if headers.get("x-api-key") != ANTHROPIC_KEY or headers.get("anthropic-version") != VERSION:
             problem = "count_tokens: x-api-key or anthropic-version missing or wrong"

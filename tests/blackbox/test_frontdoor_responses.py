@@ -294,3 +294,16 @@ def test_usage_records_name_the_endpoint(env):
     by_model = {r["model"]: r for r in recs}
     assert (by_model["oai"]["prompt_tokens"], by_model["oai"]["completion_tokens"]) == (12, 2)
     assert by_model["claude"]["streamed"] is True and by_model["claude"]["completion_tokens"] > 0
+
+
+def test_azure_passes_through_to_its_responses_api(make_client, api_key, mock):
+    """The session gateway's Azure deployment (conftest): `/openai/responses?api-version=…`, key in `api-key`."""
+    client = make_client(api_key)
+    r = client.responses.create(model="azure-chat", input="Hi")
+    assert r.output_text == "OK" and r.model == "azure-chat"
+    sent = mock.requests[-1]
+    assert sent.path == "/openai/responses" and sent.query["api-version"] == ["2024-10-21"]
+    assert sent.headers["api-key"] and "authorization" not in sent.headers
+    assert sent.body == {"model": "gpt5nano-deploy", "input": "Hi"}
+    with client.responses.stream(model="azure-chat", input="Hi") as s:
+        assert s.get_final_response().output_text == "OK"
