@@ -93,6 +93,8 @@ pub enum Route {
     Inference(Endpoint),
     /// `POST /v1/messages/count_tokens`.
     CountTokens,
+    /// `GET /v1/responses/{id}`: a response the provider stored.
+    StoredResponse(String),
     Admin(AdminRoute),
 }
 
@@ -207,6 +209,7 @@ impl Gateway {
                 .await
             }
             Ok(Route::CountTokens) => self.count_tokens(&parts.headers, body).await,
+            Ok(Route::StoredResponse(id)) => self.stored_response(&parts.headers, &id).await,
             Ok(Route::Admin(r)) => admin::handle(self, r, &parts, body).await,
             Err(e) => Err(e),
         };
@@ -930,6 +933,12 @@ pub fn route(method: &Method, path: &str) -> Result<Route, GatewayError> {
         _ => {
             if let Some(id) = api.strip_prefix("/models/").filter(|id| !id.is_empty()) {
                 return only(&[Method::GET], Route::Model(percent_decode(id)));
+            }
+            if let Some(id) = api
+                .strip_prefix("/responses/")
+                .filter(|id| !id.is_empty() && !id.contains('/'))
+            {
+                return only(&[Method::GET], Route::StoredResponse(percent_decode(id)));
             }
             if let Some(r) = admin::route(method, path)? {
                 return Ok(Route::Admin(r));

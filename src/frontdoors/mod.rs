@@ -113,6 +113,39 @@ impl Provider for Fronted {
     ) -> Option<Result<http::Request<Bytes>, GatewayError>> {
         self.inner.count_tokens_request(call, body)
     }
+
+    fn stored_response_request(
+        &self,
+        id: &str,
+    ) -> Option<Result<http::Request<Bytes>, GatewayError>> {
+        self.inner.stored_response_request(id)
+    }
+}
+
+/// A GET with the given headers (stored responses).
+pub(crate) fn get(
+    url: &str,
+    headers: &[(&'static str, &str)],
+) -> Result<http::Request<Bytes>, GatewayError> {
+    let mut b = http::Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Bytes::new())
+        .map_err(|e| GatewayError::Internal(format!("cannot build the upstream request: {e}")))
+}
+
+/// A path segment as sent (ids are plain; anything else is percent-encoded).
+pub(crate) fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The error a provider module answers for a front-door endpoint it does

@@ -94,6 +94,19 @@ impl Provider for Azure {
         call.endpoint == Endpoint::Responses
     }
 
+    fn stored_response_request(
+        &self,
+        id: &str,
+    ) -> Option<Result<http::Request<Bytes>, GatewayError>> {
+        let url = format!(
+            "{}/openai/responses/{}?api-version={}",
+            self.base_url,
+            segment(id),
+            segment(&self.api_version)
+        );
+        Some(crate::frontdoors::get(&url, &[("api-key", &self.api_key)]))
+    }
+
     fn map_error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GatewayError {
         map_openai_error(status, headers, body)
     }

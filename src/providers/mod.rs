@@ -230,6 +230,15 @@ pub trait Provider: MaybeSendSync {
         let _ = call;
         false
     }
+    /// `GET` of a stored Responses API response (`GET /v1/responses/{id}`),
+    /// where the provider keeps them; `None`: it does not.
+    fn stored_response_request(
+        &self,
+        id: &str,
+    ) -> Option<Result<http::Request<Bytes>, GatewayError>> {
+        let _ = id;
+        None
+    }
     /// The provider's own token count for a Messages API body
     /// (`/v1/messages/count_tokens`), where it has one; `None`: the core estimates.
     fn count_tokens_request(

@@ -85,6 +85,24 @@ impl Provider for OpenAi {
     fn speaks(&self, call: &Call<'_>) -> bool {
         self.responses_api && call.endpoint == Endpoint::Responses
     }
+
+    fn stored_response_request(
+        &self,
+        id: &str,
+    ) -> Option<Result<http::Request<Bytes>, GatewayError>> {
+        if !self.responses_api {
+            return None;
+        }
+        let url = format!(
+            "{}/responses/{}",
+            self.base_url,
+            crate::frontdoors::segment(id)
+        );
+        Some(match &self.authorization {
+            Some(auth) => crate::frontdoors::get(&url, &[("authorization", auth)]),
+            None => crate::frontdoors::get(&url, &[]),
+        })
+    }
 }
 
 /// The decoder of an OpenAI-format stream: chat (or legacy) chunks, or the

@@ -13,6 +13,8 @@ Routes (any path prefix before the endpoint is accepted, e.g. ``/v1`` or ``/comp
   ``POST /openai/responses?api-version=...`` (model = deployment in the body): the recorded Responses
   payloads of tests/fixtures/openai-responses/ (text; ``mock-tools``: the recorded function call, and
   text once the input holds a ``function_call_output``); streams as ``event:``/``data:`` pairs.
+* ``GET {prefix}/responses/{id}`` (and Azure's ``/openai/responses/{id}``): the recorded response with
+  that id, as OpenAI returns a stored one (``resp_missing``: 404).
 * ``POST /openai/deployments/{deployment}/(chat/completions|completions|embeddings)?api-version=...``
   (Azure style; behaviour chosen by the deployment name; header ``api-key: <azure_key>`` required;
   missing ``api-version`` -> 404 like Azure).
@@ -231,6 +233,7 @@ class RecordedRequest:
 # --------------------------------------------------------------------------------------------
 _AZURE_RE = re.compile(r"^/openai/deployments/([^/]+)/(chat/completions|completions|embeddings)$")
 _AZURE_RESPONSES_RE = re.compile(r"^/openai/responses$")
+_RESPONSE_GET_RE = re.compile(r"^(/[^?]*?)?/responses/([^/]+)$")
 _OPENAI_RE = re.compile(r"^(/[^?]*?)?/(chat/completions|completions|embeddings|responses)$")
 _ENDPOINT = {"chat/completions": "chat", "completions": "completions", "embeddings": "embeddings",
              "responses": "responses"}
@@ -368,6 +371,10 @@ class _Handler(BaseHTTPRequestHandler):
         elif _AZURE_RESPONSES_RE.match(path):
             api, endpoint = "azure", "responses"
             model = body.get("model") if isinstance(body, dict) else None
+        elif method == "GET" and _RESPONSE_GET_RE.match(path):
+            m = _RESPONSE_GET_RE.match(path)
+            api = "azure" if (m.group(1) or "") == "/openai" else "openai"
+            endpoint, model = "responses-get", m.group(2)
         else:
             m = _OPENAI_RE.match(path)
             if m:
@@ -392,6 +399,14 @@ class _Handler(BaseHTTPRequestHandler):
         mock = self.mock
         if r.api == "unknown":
             return self._error(404, f"Invalid URL ({r.method} {r.path})", code="unknown_url")
+        if r.endpoint == "responses-get":
+            if r.api == "openai" and r.headers.get("authorization") != f"Bearer {mock.openai_key}":
+                return self._error(401, "Incorrect API key provided: mock.", code="invalid_api_key")
+            if r.model == "resp_missing":
+                return self._error(404, "Response with id 'resp_missing' not found.", param="response_id")
+            stored = copy.deepcopy(mock.fx.responses_text)
+            stored["id"] = r.model
+            return self._send_json(200, stored)
         if r.method != "POST":
             return self._error(405, f"Method {r.method} not allowed", code="method_not_allowed")
         # --- auth ---

@@ -257,6 +257,20 @@ def test_state_and_builtin_tools_are_400_when_translated(client, env):
     assert sent["previous_response_id"] == "resp_123" and sent["tools"] == [{"type": "web_search"}]
 
 
+def test_stored_response_is_fetched_from_the_provider_that_keeps_it(env, client):
+    r = client.responses.retrieve("resp_abc123")
+    assert r.id == "resp_abc123" and r.output_text == "OK"
+    sent = env.openai.requests[-1]
+    assert (sent.method, sent.path) == ("GET", "/v1/responses/resp_abc123")
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve("resp_missing")
+    narrow = env.create_key(allowed_models=["claude"])  # no deployment of it stores responses
+    c = openai.OpenAI(base_url=env.base + "/v1", api_key=narrow["key"], max_retries=0)
+    with pytest.raises(openai.NotFoundError) as ei:
+        c.responses.retrieve("resp_abc123")
+    assert_error_response(ei.value.response, 404, code="not_found")
+
+
 def test_errors_in_openai_envelope(env, client):
     bad = openai.OpenAI(base_url=env.base + "/v1", api_key="condt_nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as ei:

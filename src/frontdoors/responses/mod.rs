@@ -41,13 +41,15 @@
 //!
 //! The translated answer does not echo the request's settings: `tools`,
 //! `tool_choice`, `temperature`, `top_p`, `instructions`, `text` and
-//! `metadata` show their defaults, and `store` is `false`. Ids are Conduit's
+//! `metadata` show their defaults, and `store` is `false`. `GET
+//! /v1/responses/{id}` is [`stored`]. Ids are Conduit's
 //! (`resp_…`, `msg_…`, `fc_…` from the request id); a function call's
 //! `call_id` is the provider's tool call id. Errors use OpenAI's envelope.
 
 pub mod native;
 pub mod request;
 pub mod response;
+pub mod stored;
 pub mod stream;
 
 #[cfg(test)]
