@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Provider translation benchmark: per-request and per-stream-event cost of each
-# provider's translation against OpenAI pass-through (in process, recorded payloads).
+# provider's translation against OpenAI pass-through (in process, recorded payloads),
+# then what the front doors (/v1/responses, /v1/messages) add over chat pass-through
+# (bench-frontdoors; BENCH_FRONTDOORS_ARGS passes it options, e.g. "--batches 9").
 # Usage: bash bench/translate.sh [bench-translate options, e.g. --batches 9]
 #   BENCH_SKIP_BUILD=1   use the binary already built
 #   BENCH_WAIT_IDLE=600  first wait up to 600 s for an idle machine (see below)
 #   BENCH_STRICT=1       exit 1 when a target is missed
-# Writes target/bench/translate-latest.md and target/bench/translate-<UTC timestamp>.md.
+# Writes target/bench/translate-latest.md and target/bench/translate-<UTC timestamp>.md,
+# and target/bench/frontdoors-latest.md (and frontdoors-<UTC timestamp>.md).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -62,5 +65,15 @@ rc=0
 if [[ -f $OUT_DIR/translate-$STAMP.md ]]; then
   cp "$OUT_DIR/translate-$STAMP.md" "$OUT_DIR/translate-latest.md"
   log "wrote $OUT_DIR/translate-latest.md (and translate-$STAMP.md)"
+fi
+
+# The front doors: added per request and per event over chat pass-through.
+FD_BIN=$BIN_DIR/bench-frontdoors
+[[ -x $FD_BIN ]] || { log "error: $FD_BIN not found"; exit 1; }
+# shellcheck disable=SC2086
+"$FD_BIN" --out "$OUT_DIR/frontdoors-$STAMP.md" ${BENCH_FRONTDOORS_ARGS:-} || rc=$?
+if [[ -f $OUT_DIR/frontdoors-$STAMP.md ]]; then
+  cp "$OUT_DIR/frontdoors-$STAMP.md" "$OUT_DIR/frontdoors-latest.md"
+  log "wrote $OUT_DIR/frontdoors-latest.md (and frontdoors-$STAMP.md)"
 fi
 exit "$rc"

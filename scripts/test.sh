@@ -113,7 +113,7 @@ export CONDUIT_BIN="$root/target/release/conduit"
 export CONDUIT_LAMBDA_LOCAL="$root/target/debug/conduit-lambda-local"
 status=0
 for t in $targets; do
-  step "black-box suite (official openai SDK) against: $t"
+  step "black-box suite (official openai and anthropic SDKs) against: $t"
   CONDUIT_TARGET=$t "$venv/bin/python" -m pytest tests/blackbox -q -p no:cacheprovider || status=1
 done
 exit $status

@@ -240,6 +240,11 @@ fn first_visible(events: &[StreamEvent]) -> Option<Result<(), GatewayError>> {
                 )))
             }
             StreamEvent::Error(e) => return Some(Err(e.clone())),
+            // A passed-through event (front doors): content or a complete
+            // answer commits; the opening events (`message_start`,
+            // `response.created`) are peeked past.
+            StreamEvent::Native(n) if n.content || n.finish => return Some(Ok(())),
+            StreamEvent::Native(_) => {}
         }
     }
     None

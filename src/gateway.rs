@@ -26,6 +26,12 @@
 //! | meter               | the usage the provider reported, timings, the answering deployment's price | the cost, the settlement, one [`UsageRecord`] with the attempts and the failed ones, handed to the [`Spawner`] unless done at once (from the stream's end, or its `Drop`) |
 //! | respond             | —                                              | `x-request-id`, `x-conduit-overhead-ms`, `x-ratelimit-*`, `x-conduit-deployment`, `x-conduit-attempts` |
 //!
+//! The front doors ([`crate::frontdoors`]: `/v1/responses`, `/v1/messages`)
+//! run the same stages: every provider is wrapped to translate their calls
+//! through the chat form or pass them through, their streams are written by
+//! the front door's encoder, and their errors take the client API's shape.
+//! `/v1/messages/count_tokens` only authenticates, authorizes and routes.
+//!
 //! Admin routes (`/admin/…`) go to [`crate::admin`] after the master-key check;
 //! `/` and `/ui/…` to the web UI ([`crate::ui`]).
 
@@ -93,8 +99,23 @@ pub enum Route {
     Models,
     Model(String),
     Inference(Endpoint),
+    /// `POST /v1/messages/count_tokens`.
+    CountTokens,
+    /// `GET /v1/responses/{id}`: a response the provider stored.
+    StoredResponse(String),
     Admin(AdminRoute),
     Ui(crate::ui::UiRoute),
+}
+
+impl Route {
+    /// The endpoint whose error shape this route answers in.
+    fn endpoint(&self) -> Option<Endpoint> {
+        match self {
+            Route::Inference(e) => Some(*e),
+            Route::CountTokens => Some(Endpoint::Messages),
+            _ => None,
+        }
+    }
 }
 
 /// The gateway: the config, the ports, and the pipeline over them.
@@ -183,7 +204,12 @@ impl Gateway {
         let started_us = self.ports.clock.now_micros();
         let request_id = random_id("req_");
         let (parts, body) = request.into_parts();
-        let result = match route(&parts.method, parts.uri.path()) {
+        let routed = route(&parts.method, parts.uri.path());
+        let endpoint = match &routed {
+            Ok(r) => r.endpoint(),
+            Err(_) => crate::frontdoors::endpoint_of_path(parts.uri.path()),
+        };
+        let result = match routed {
             Ok(Route::Health) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
             Ok(Route::Models) => self.list_models(&parts.headers).await,
             Ok(Route::Model(id)) => self.get_model(&parts.headers, &id).await,
@@ -198,11 +224,13 @@ impl Gateway {
                 )
                 .await
             }
+            Ok(Route::CountTokens) => self.count_tokens(&parts.headers, body).await,
+            Ok(Route::StoredResponse(id)) => self.stored_response(&parts.headers, &id).await,
             Ok(Route::Admin(r)) => admin::handle(self, r, &parts, body).await,
             Ok(Route::Ui(r)) => Ok(crate::ui::serve(r, &parts.method, &parts.headers)),
             Err(e) => Err(e),
         };
-        let mut response = result.unwrap_or_else(|e| self.error_response(&e));
+        let mut response = result.unwrap_or_else(|e| self.error_response_on(endpoint, &e));
         let headers = response.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             headers.insert("x-request-id", v);
@@ -229,7 +257,16 @@ impl Gateway {
 
     /// The OpenAI error answer for `e`.
     pub fn error_response(&self, e: &GatewayError) -> Response {
-        let mut r = json_response(e.status(), &e.to_json());
+        self.error_response_on(None, e)
+    }
+
+    /// The error answer for `e` in the shape of `endpoint`'s API (OpenAI's
+    /// envelope unless a front door has its own: [`crate::frontdoors::error_body`]).
+    pub fn error_response_on(&self, endpoint: Option<Endpoint>, e: &GatewayError) -> Response {
+        let mut r = match crate::frontdoors::error_body(endpoint, e) {
+            Some((status, body)) => json_response(status, &body),
+            None => json_response(e.status(), &e.to_json()),
+        };
         if let Some(v) = e.retry_after().and_then(|v| HeaderValue::from_str(&v).ok()) {
             r.headers_mut().insert(http::header::RETRY_AFTER, v);
         }
@@ -272,7 +309,7 @@ impl Gateway {
 
     /// Authenticates a request that does not go through admission, with the
     /// limiter's word on the key (authoritative where the store may lag).
-    async fn authenticate_and_verify(
+    pub(crate) async fn authenticate_and_verify(
         &self,
         headers: &HeaderMap,
     ) -> Result<Arc<VirtualKey>, GatewayError> {
@@ -331,7 +368,7 @@ impl Gateway {
     }
 
     /// `x-ratelimit-*` for answers that do not go through admission.
-    async fn add_limit_status(&self, key: &VirtualKey, headers: &mut HeaderMap) {
+    pub(crate) async fn add_limit_status(&self, key: &VirtualKey, headers: &mut HeaderMap) {
         if key.limits.is_empty() {
             return;
         }
@@ -404,7 +441,7 @@ impl Gateway {
             }
             Err(e) => {
                 meter.finish(e.status().as_u16());
-                let mut response = self.error_response(&e);
+                let mut response = self.error_response_on(Some(endpoint), &e);
                 add_headers(response.headers_mut(), &route_headers(&meter.record));
                 if meter.admission.is_some() {
                     add_headers(response.headers_mut(), &meter.limit_headers());
@@ -519,7 +556,7 @@ impl Gateway {
             Endpoint::Embeddings => 0,
             // The legacy API's own default for `max_tokens` is 16.
             Endpoint::Completions => completion_allowance(&request, 16)?,
-            Endpoint::ChatCompletions => {
+            Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages => {
                 completion_allowance(&request, self.config.gateway.default_max_tokens)?
             }
         };
@@ -784,6 +821,12 @@ pub(crate) struct PendingRelay {
 impl PendingRelay {
     fn into_relay(self, meter: Meter) -> Relay {
         let upstream: ByteStream = Box::pin(self.upstream);
+        let encoder = crate::frontdoors::stream_encoder(
+            self.endpoint,
+            &self.alias,
+            &meter.record.request_id,
+            self.clock.now_micros() / 1_000_000,
+        );
         Relay {
             decoder: self.decoder,
             upstream,
@@ -793,6 +836,7 @@ impl PendingRelay {
             endpoint: self.endpoint,
             include_usage: self.include_usage,
             meter,
+            encoder,
         }
     }
 }
@@ -916,10 +960,19 @@ pub fn route(method: &Method, path: &str) -> Result<Route, GatewayError> {
         "/chat/completions" => only(&[Method::POST], Route::Inference(Endpoint::ChatCompletions)),
         "/completions" => only(&[Method::POST], Route::Inference(Endpoint::Completions)),
         "/embeddings" => only(&[Method::POST], Route::Inference(Endpoint::Embeddings)),
+        "/responses" => only(&[Method::POST], Route::Inference(Endpoint::Responses)),
+        "/messages" => only(&[Method::POST], Route::Inference(Endpoint::Messages)),
+        "/messages/count_tokens" => only(&[Method::POST], Route::CountTokens),
         "/models" => only(&[Method::GET], Route::Models),
         _ => {
             if let Some(id) = api.strip_prefix("/models/").filter(|id| !id.is_empty()) {
                 return only(&[Method::GET], Route::Model(percent_decode(id)));
+            }
+            if let Some(id) = api
+                .strip_prefix("/responses/")
+                .filter(|id| !id.is_empty() && !id.contains('/'))
+            {
+                return only(&[Method::GET], Route::StoredResponse(percent_decode(id)));
             }
             if let Some(r) = admin::route(method, path)? {
                 return Ok(Route::Admin(r));

@@ -28,6 +28,7 @@ pub mod cache;
 pub mod compat;
 pub mod config;
 pub mod error;
+pub mod frontdoors;
 pub mod gateway;
 pub mod images;
 pub mod keys;

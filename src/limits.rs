@@ -688,8 +688,9 @@ fn text_tokens(v: &Value, bytes: &mut u64, extra: &mut u64) {
 
 /// A fast estimate of a request's prompt tokens, made before the upstream
 /// call (no tokenizer): one token per 4 bytes of text in `messages`, `tools`,
-/// `prompt` or `input` (rounded up), 4 more per chat message, 765 per image,
-/// and one per token id when the prompt is given as token ids.
+/// `prompt` or `input`, and in the front doors' `system` (Messages) and
+/// `instructions` (Responses) (rounded up), 4 more per chat message, 765 per
+/// image, and one per token id when the prompt is given as token ids.
 pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
     let (mut bytes, mut extra) = (0u64, 0u64);
     for field in [
@@ -699,6 +700,8 @@ pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
         "prompt",
         "input",
         "suffix",
+        "system",
+        "instructions",
     ] {
         if let Some(v) = body.get(field) {
             text_tokens(v, &mut bytes, &mut extra);
@@ -718,8 +721,8 @@ pub const MAX_COMPLETION_TOKENS: u64 = 10_000_000;
 /// The most choices (`n`) a request may ask for (OpenAI's own limit).
 pub const MAX_CHOICES: u64 = 128;
 
-/// The completion allowance: `max_completion_tokens`, else `max_tokens`,
-/// else `default` (times `n` choices). A value that is not an integer from
+/// The completion allowance: `max_completion_tokens`, else `max_tokens`
+/// (`max_output_tokens` on the Responses API), else `default` (times `n` choices). A value that is not an integer from
 /// 0 to [`MAX_COMPLETION_TOKENS`] (or an `n` outside 1 to [`MAX_CHOICES`])
 /// is a 400 naming the parameter: the estimate that admission and budgets
 /// rest on must never wrap or be cut short.
@@ -738,8 +741,9 @@ pub fn completion_allowance(body: &Map<String, Value>, default: u64) -> Result<u
     };
     let completion = bounded("max_completion_tokens", 0, MAX_COMPLETION_TOKENS)?;
     let legacy = bounded("max_tokens", 0, MAX_COMPLETION_TOKENS)?;
+    let output = bounded("max_output_tokens", 0, MAX_COMPLETION_TOKENS)?;
     let n = bounded("n", 1, MAX_CHOICES)?.unwrap_or(1);
-    let max = completion.or(legacy).unwrap_or(default);
+    let max = completion.or(legacy).or(output).unwrap_or(default);
     Ok(max.saturating_mul(n))
 }
 

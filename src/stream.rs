@@ -9,6 +9,13 @@
 //! the first byte (broken connection, provider `error` event, idle timeout,
 //! a stream cut short) ends the stream with an OpenAI `error` event, and is
 //! billed like a disconnect once content has reached the client.
+//!
+//! On the front doors ([`crate::frontdoors`]) a [`StreamEncoder`] writes the
+//! client's API instead: the chunks of a translated stream, the events of a
+//! passed-through one ([`StreamEvent::Native`], metered as they pass), the
+//! end and the failure. Metering is the relay's either way. An encoder may
+//! ask for keep-alive events while the provider is silent (the Messages API's
+//! `ping`); the idle timer still runs between the provider's events.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,9 +27,10 @@ use serde_json::{Map, Value};
 
 use crate::compat::BoxStream;
 use crate::error::GatewayError;
+use crate::frontdoors::StreamEncoder;
 use crate::meter::Meter;
 use crate::ports::{ByteStream, Clock};
-use crate::providers::{Endpoint, StreamDecoder, StreamEvent};
+use crate::providers::{Endpoint, NativeEvent, StreamDecoder, StreamEvent};
 use crate::sse::{encode_data, DONE};
 use crate::usage::TokenUsage;
 
@@ -35,6 +43,8 @@ pub(crate) struct Relay {
     pub endpoint: Endpoint,
     pub include_usage: bool,
     pub meter: Meter,
+    /// The front door's writer; `None`: OpenAI chunks.
+    pub encoder: Option<Box<dyn StreamEncoder>>,
 }
 
 struct State {
@@ -49,6 +59,8 @@ struct State {
     /// runs between events, not reads, so a provider dripping bytes without
     /// ever completing an event cannot hold the stream open.
     event_deadline_us: u64,
+    /// How often the encoder writes a keep-alive into a silent stream.
+    keepalive: Option<Duration>,
 }
 
 impl Relay {
@@ -58,8 +70,13 @@ impl Relay {
             .clock
             .now_micros()
             .saturating_add(self.idle_timeout.as_micros() as u64);
+        let keepalive = self
+            .encoder
+            .as_ref()
+            .and_then(|e| e.keepalive_every(self.idle_timeout));
         let state = State {
             event_deadline_us,
+            keepalive,
             relay: self,
             events: Vec::new(),
             usage_raw: None,
@@ -78,7 +95,8 @@ impl Relay {
                 let next = if left == 0 {
                     None
                 } else {
-                    let sleep = s.relay.clock.sleep(Duration::from_micros(left));
+                    let wait = Duration::from_micros(left);
+                    let sleep = s.relay.clock.sleep(s.keepalive.map_or(wait, |k| k.min(wait)));
                     match select(s.relay.upstream.next(), sleep).await {
                         Either::Left((item, _)) => Some(item),
                         Either::Right(_) => None,
@@ -124,7 +142,15 @@ impl Relay {
                             }
                         }
                     }
-                    None => s.fail(&mut out, GatewayError::UpstreamTimeout),
+                    None => {
+                        let silent_too_long = s.relay.clock.now_micros() >= s.event_deadline_us;
+                        match s.relay.encoder.as_mut() {
+                            Some(encoder) if s.keepalive.is_some() && !silent_too_long => {
+                                encoder.keepalive(&mut out)
+                            }
+                            _ => s.fail(&mut out, GatewayError::UpstreamTimeout),
+                        }
+                    }
                 }
                 if !out.is_empty() {
                     return Some((out.freeze(), s));
@@ -145,6 +171,7 @@ impl State {
                 StreamEvent::Chunk(chunk) => self.chunk(out, chunk),
                 StreamEvent::Done => self.complete(out),
                 StreamEvent::Error(e) => self.fail(out, e),
+                StreamEvent::Native(ev) => self.native(out, ev),
             }
         }
         self.events = events;
@@ -184,6 +211,10 @@ impl State {
             }
         }
         chunk.insert("model".into(), self.relay.alias.clone());
+        if let Some(encoder) = self.relay.encoder.as_mut() {
+            encoder.chunk(&chunk, out);
+            return;
+        }
         match serde_json::to_vec(&chunk) {
             Ok(json) => encode_data(out, &json),
             Err(e) => self.fail(
@@ -193,8 +224,28 @@ impl State {
         }
     }
 
+    /// A passed-through event: metered, then written as it came.
+    fn native(&mut self, out: &mut BytesMut, ev: NativeEvent) {
+        if let Some(u) = ev.usage {
+            self.relay.meter.report(u);
+        }
+        if ev.content {
+            self.relay.meter.seen_completion += 1;
+        }
+        self.saw_finish |= ev.finish;
+        match self.relay.encoder.as_mut() {
+            Some(encoder) => encoder.native(&ev, out),
+            None => encode_data(out, ev.data.as_bytes()),
+        }
+    }
+
     /// The provider finished: usage chunk (if asked for), `[DONE]`, record.
     fn complete(&mut self, out: &mut BytesMut) {
+        if let Some(encoder) = self.relay.encoder.as_mut() {
+            encoder.complete(self.usage_raw.as_ref(), out);
+            self.end(200);
+            return;
+        }
         if self.relay.include_usage {
             if let Some(usage) = self.usage_raw.take() {
                 let mut c = Map::new();
@@ -226,7 +277,9 @@ impl State {
     }
 
     fn fail(&mut self, out: &mut BytesMut, e: GatewayError) {
-        if let Ok(json) = serde_json::to_vec(&e.to_json()) {
+        if let Some(encoder) = self.relay.encoder.as_mut() {
+            encoder.fail(&e, out);
+        } else if let Ok(json) = serde_json::to_vec(&e.to_json()) {
             encode_data(out, &json);
         }
         // Content reached the client: the provider bills for it, so do we

@@ -18,9 +18,14 @@ pub struct TokenUsage {
 }
 
 impl TokenUsage {
-    /// Reads an OpenAI `usage` object (chat, completions or embeddings).
+    /// Reads an OpenAI `usage` object (chat, completions or embeddings), or
+    /// the `usage` of the front doors' answers: a Responses API `response`
+    /// and an Anthropic `message` (see [`TokenUsage::from_input_output`]).
     pub fn from_openai(v: &Value) -> Option<TokenUsage> {
         let o = v.as_object()?;
+        if !o.contains_key("prompt_tokens") && o.contains_key("input_tokens") {
+            return Some(Self::from_input_output(o));
+        }
         let n = |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_u64).unwrap_or(0);
         let prompt = n(o, "prompt_tokens");
         let completion = n(o, "completion_tokens");
@@ -43,6 +48,34 @@ impl TokenUsage {
             cache_write_tokens: detail("prompt_tokens_details", "cache_write_tokens"),
             reasoning_tokens: detail("completion_tokens_details", "reasoning_tokens"),
         })
+    }
+
+    /// `input_tokens`/`output_tokens` usage: OpenAI's Responses API (cached
+    /// tokens inside `input_tokens`, in `input_tokens_details`) and
+    /// Anthropic's Messages API (cache reads and writes outside
+    /// `input_tokens`, in `cache_read_input_tokens` and
+    /// `cache_creation_input_tokens`). Each prompt token is counted once.
+    pub fn from_input_output(o: &Map<String, Value>) -> TokenUsage {
+        let n = |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let detail = |outer: &str, inner: &str| {
+            o.get(outer)
+                .and_then(Value::as_object)
+                .map(|d| n(d, inner))
+                .unwrap_or(0)
+        };
+        let cache_read = n(o, "cache_read_input_tokens");
+        let cache_write = n(o, "cache_creation_input_tokens");
+        let prompt = n(o, "input_tokens") + cache_read + cache_write;
+        let completion = n(o, "output_tokens");
+        TokenUsage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+            cached_tokens: cache_read.max(detail("input_tokens_details", "cached_tokens")),
+            cache_write_tokens: cache_write
+                .max(detail("input_tokens_details", "cache_write_tokens")),
+            reasoning_tokens: detail("output_tokens_details", "reasoning_tokens"),
+        }
     }
 
     /// OpenAI's `usage` object for these counts.

@@ -5,13 +5,18 @@
 //! Azure deployment name. Azure's extra fields (`content_filter_results`,
 //! `prompt_filter_results`) pass through; its first stream chunk with
 //! `choices: []` (fixture T4) is dropped by the core like any empty chunk.
+//!
+//! Responses API calls pass through to `{base_url}/openai/responses?api-version={v}`
+//! with the deployment name as `model` (Azure's Responses API is per
+//! resource, not per deployment; it needs an `api_version` that has it,
+//! e.g. `2025-04-01-preview`).
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 
-use super::openai::{map_openai_error, prepare_body, translate_openai, OpenAiStream};
-use super::{json_post, Call, Provider, StreamDecoder};
+use super::openai::{map_openai_error, openai_stream, prepare_body, translate_openai};
+use super::{json_post, Call, Endpoint, Provider, StreamDecoder};
 use crate::error::GatewayError;
 
 /// The `azure` kind.
@@ -50,14 +55,26 @@ impl Provider for Azure {
         call: &Call<'_>,
         body: &mut Map<String, Value>,
     ) -> Result<http::Request<Bytes>, GatewayError> {
-        let body = prepare_body(body, call.model, call.stream)?;
-        let url = format!(
-            "{}/openai/deployments/{}/{}?api-version={}",
-            self.base_url,
-            segment(call.model),
-            call.endpoint.path(),
-            segment(&self.api_version)
-        );
+        let url = match call.endpoint {
+            Endpoint::Messages => return Err(crate::frontdoors::not_spoken(call.endpoint)),
+            Endpoint::Responses => format!(
+                "{}/openai/responses?api-version={}",
+                self.base_url,
+                segment(&self.api_version)
+            ),
+            _ => format!(
+                "{}/openai/deployments/{}/{}?api-version={}",
+                self.base_url,
+                segment(call.model),
+                call.endpoint.path(),
+                segment(&self.api_version)
+            ),
+        };
+        let body = prepare_body(
+            body,
+            call.model,
+            call.stream && call.endpoint != Endpoint::Responses,
+        )?;
         json_post(&url, &[("api-key", &self.api_key)], body)
     }
 
@@ -69,8 +86,25 @@ impl Provider for Azure {
         translate_openai(call.endpoint, body)
     }
 
-    fn stream_decoder(&self, _call: &Call<'_>) -> Box<dyn StreamDecoder> {
-        Box::new(OpenAiStream::new())
+    fn stream_decoder(&self, call: &Call<'_>) -> Box<dyn StreamDecoder> {
+        openai_stream(call)
+    }
+
+    fn speaks(&self, call: &Call<'_>) -> bool {
+        call.endpoint == Endpoint::Responses
+    }
+
+    fn stored_response_request(
+        &self,
+        id: &str,
+    ) -> Option<Result<http::Request<Bytes>, GatewayError>> {
+        let url = format!(
+            "{}/openai/responses/{}?api-version={}",
+            self.base_url,
+            segment(id),
+            segment(&self.api_version)
+        );
+        Some(crate::frontdoors::get(&url, &[("api-key", &self.api_key)]))
     }
 
     fn map_error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GatewayError {

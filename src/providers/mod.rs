@@ -34,12 +34,16 @@ use crate::compat::{MaybeSend, MaybeSendSync};
 use crate::config::RawProvider;
 use crate::error::GatewayError;
 
-/// The OpenAI endpoints the gateway serves through providers.
+/// The endpoints the gateway serves through providers: OpenAI's chat,
+/// legacy completions and embeddings, and the front doors
+/// ([`crate::frontdoors`]): OpenAI's Responses API and Anthropic's Messages API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     ChatCompletions,
     Completions,
     Embeddings,
+    Responses,
+    Messages,
 }
 
 impl Endpoint {
@@ -49,6 +53,8 @@ impl Endpoint {
             Endpoint::ChatCompletions => "chat/completions",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Responses => "responses",
+            Endpoint::Messages => "messages",
         }
     }
 
@@ -58,6 +64,8 @@ impl Endpoint {
             Endpoint::ChatCompletions => "/v1/chat/completions",
             Endpoint::Completions => "/v1/completions",
             Endpoint::Embeddings => "/v1/embeddings",
+            Endpoint::Responses => "/v1/responses",
+            Endpoint::Messages => "/v1/messages",
         }
     }
 
@@ -72,9 +80,9 @@ impl Endpoint {
     /// The field the request must carry besides `model`.
     pub fn required_field(self) -> &'static str {
         match self {
-            Endpoint::ChatCompletions => "messages",
+            Endpoint::ChatCompletions | Endpoint::Messages => "messages",
             Endpoint::Completions => "prompt",
-            Endpoint::Embeddings => "input",
+            Endpoint::Embeddings | Endpoint::Responses => "input",
         }
     }
 }
@@ -163,6 +171,24 @@ pub enum StreamEvent {
     Done,
     /// The provider reported a failure inside the stream.
     Error(GatewayError),
+    /// An event in the client's own API, from a provider that speaks it
+    /// (front-door pass-through): relayed as it is.
+    Native(NativeEvent),
+}
+
+/// One passed-through event, and what the core meters from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NativeEvent {
+    /// The SSE `event:` name (the payload's `type`).
+    pub event: String,
+    /// The SSE `data:` payload, as the provider sent it.
+    pub data: String,
+    /// The usage so far, when this event reports it (the last one wins).
+    pub usage: Option<crate::usage::TokenUsage>,
+    /// The event carries generated content (what a disconnect bills).
+    pub content: bool,
+    /// The event ends a complete answer.
+    pub finish: bool,
 }
 
 /// Turns a provider's streamed body into OpenAI chunks. Fed any split of
@@ -196,6 +222,32 @@ pub trait Provider: MaybeSendSync {
     /// inlined as `data:` URLs before [`build_request`](Self::build_request).
     fn needs_image_bytes(&self) -> bool {
         false
+    }
+    /// Whether this provider speaks the client API of `call.endpoint` (a
+    /// front door) itself: such calls reach it untranslated, and its answers
+    /// (whole, or [`StreamEvent::Native`]) go back untranslated.
+    fn speaks(&self, call: &Call<'_>) -> bool {
+        let _ = call;
+        false
+    }
+    /// `GET` of a stored Responses API response (`GET /v1/responses/{id}`),
+    /// where the provider keeps them; `None`: it does not.
+    fn stored_response_request(
+        &self,
+        id: &str,
+    ) -> Option<Result<http::Request<Bytes>, GatewayError>> {
+        let _ = id;
+        None
+    }
+    /// The provider's own token count for a Messages API body
+    /// (`/v1/messages/count_tokens`), where it has one; `None`: the core estimates.
+    fn count_tokens_request(
+        &self,
+        call: &Call<'_>,
+        body: &Map<String, Value>,
+    ) -> Option<Result<http::Request<Bytes>, GatewayError>> {
+        let _ = (call, body);
+        None
     }
 }
 
@@ -302,10 +354,11 @@ pub fn build(
         (None, ProviderKind::OpenAiCompatible | ProviderKind::Bedrock) => None,
         (var, _) => Some(required_secret(var.as_ref(), "api_key_env", secret)?),
     };
-    Ok(match kind {
-        ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => {
-            Arc::new(openai::OpenAi::new(base_url, api_key))
+    let provider: Arc<dyn Provider> = match kind {
+        ProviderKind::OpenAi => {
+            Arc::new(openai::OpenAi::new(base_url, api_key).with_responses_api())
         }
+        ProviderKind::OpenAiCompatible => Arc::new(openai::OpenAi::new(base_url, api_key)),
         ProviderKind::Azure => {
             let version = raw.api_version.clone().ok_or((
                 "api_version",
@@ -328,7 +381,8 @@ pub fn build(
             Arc::new(cohere::Cohere::new(base_url, api_key.unwrap_or_default()))
         }
         ProviderKind::Bedrock => Arc::new(bedrock::Bedrock::from_config(raw, base_url, secret)?),
-    })
+    };
+    Ok(crate::frontdoors::behind_front_doors(provider))
 }
 
 /// A JSON POST with the given headers.

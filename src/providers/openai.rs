@@ -6,6 +6,11 @@
 //! stream is metered. For `openai-compatible` hosts, answers are normalised
 //! to what OpenAI's schema promises (fixtures T5/T18: Mistral omits `index`,
 //! `type`, `content`; Groq sends a `service_tier` outside OpenAI's enum).
+//!
+//! The `openai` kind also speaks the Responses API: `/v1/responses` calls
+//! go to `{base_url}/responses` untouched but for `model`, streams included
+//! ([`crate::frontdoors::responses`]); `openai-compatible` hosts get them
+//! through chat.
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
@@ -20,6 +25,8 @@ pub struct OpenAi {
     base_url: String,
     /// `Bearer …`, ready to send.
     authorization: Option<String>,
+    /// The host serves `/responses` (OpenAI itself).
+    responses_api: bool,
 }
 
 impl OpenAi {
@@ -27,7 +34,14 @@ impl OpenAi {
         OpenAi {
             base_url,
             authorization: api_key.map(|k| format!("Bearer {k}")),
+            responses_api: false,
         }
+    }
+
+    /// The same, for a host that serves the Responses API.
+    pub fn with_responses_api(mut self) -> Self {
+        self.responses_api = true;
+        self
     }
 }
 
@@ -37,7 +51,14 @@ impl Provider for OpenAi {
         call: &Call<'_>,
         body: &mut Map<String, Value>,
     ) -> Result<http::Request<Bytes>, GatewayError> {
-        let body = prepare_body(body, call.model, call.stream)?;
+        if call.endpoint == Endpoint::Messages {
+            return Err(crate::frontdoors::not_spoken(call.endpoint));
+        }
+        let body = prepare_body(
+            body,
+            call.model,
+            call.stream && call.endpoint != Endpoint::Responses,
+        )?;
         let url = format!("{}/{}", self.base_url, call.endpoint.path());
         match &self.authorization {
             Some(auth) => json_post(&url, &[("authorization", auth)], body),
@@ -53,12 +74,44 @@ impl Provider for OpenAi {
         translate_openai(call.endpoint, body)
     }
 
-    fn stream_decoder(&self, _call: &Call<'_>) -> Box<dyn StreamDecoder> {
-        Box::new(OpenAiStream::new())
+    fn stream_decoder(&self, call: &Call<'_>) -> Box<dyn StreamDecoder> {
+        openai_stream(call)
     }
 
     fn map_error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GatewayError {
         map_openai_error(status, headers, body)
+    }
+
+    fn speaks(&self, call: &Call<'_>) -> bool {
+        self.responses_api && call.endpoint == Endpoint::Responses
+    }
+
+    fn stored_response_request(
+        &self,
+        id: &str,
+    ) -> Option<Result<http::Request<Bytes>, GatewayError>> {
+        if !self.responses_api {
+            return None;
+        }
+        let url = format!(
+            "{}/responses/{}",
+            self.base_url,
+            crate::frontdoors::segment(id)
+        );
+        Some(match &self.authorization {
+            Some(auth) => crate::frontdoors::get(&url, &[("authorization", auth)]),
+            None => crate::frontdoors::get(&url, &[]),
+        })
+    }
+}
+
+/// The decoder of an OpenAI-format stream: chat (or legacy) chunks, or the
+/// Responses API's events passed through.
+pub(crate) fn openai_stream(call: &Call<'_>) -> Box<dyn StreamDecoder> {
+    if call.endpoint == Endpoint::Responses {
+        Box::new(crate::frontdoors::responses::native::NativeResponses::new())
+    } else {
+        Box::new(OpenAiStream::new())
     }
 }
 
@@ -262,7 +315,7 @@ fn normalise_tool_calls(calls: &mut Value, streaming: bool) {
 /// Fills in what OpenAI's schema requires and compatible hosts omit.
 fn normalise_response(endpoint: Endpoint, obj: &mut Map<String, Value>) {
     normalise_common(obj);
-    if endpoint == Endpoint::Embeddings {
+    if matches!(endpoint, Endpoint::Embeddings | Endpoint::Responses) {
         return;
     }
     if let Some(choices) = obj.get_mut("choices").and_then(Value::as_array_mut) {

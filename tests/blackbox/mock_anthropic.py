@@ -8,6 +8,10 @@ top-level ``system`` instead of system messages, ``tool_result`` blocks first in
 follows the ``tool_use`` they answer, no OpenAI-only fields). A request that fails a check gets a 400 in
 Anthropic's error shape whose message starts with ``mock:`` so a test sees what was wrong.
 
+``POST /v1/messages/count_tokens`` is checked the same way (no ``max_tokens``, ``stream`` or sampling
+fields, which the real endpoint refuses) and answers ``{"input_tokens": COUNT_BASE + <bytes of messages
+and system> // 10}``.
+
 Every request is recorded (``requests``: path, lower-cased headers, parsed body). The behaviour is
 chosen by the upstream model name (``BEHAVIOURS``).
 """
@@ -27,6 +31,9 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "anthropic"
 ANTHROPIC_KEY = "sk-ant-mock-secret-0123456789"
 VERSION = "2023-06-01"
 RETRY_AFTER = "7"
+COUNT_BASE = 1000
+SLOW_PAUSE = 2.5
+COUNT_ALLOWED = {"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"}
 
 BEHAVIOURS = {
     "claude-text": "messages.text.json; stream: messages.stream.text.recorded.sse (raw bytes)",
@@ -40,6 +47,7 @@ BEHAVIOURS = {
     "claude-529": "529 overloaded_error",
     "claude-500": "500 api_error",
     "claude-stream-error": "stream: message_start, a text delta, then the docs' overloaded `error` event",
+    "claude-slow": "stream: the recorded text stream with a SLOW_PAUSE s silence after message_start",
 }
 
 ALLOWED = {"model", "max_tokens", "messages", "system", "stop_sequences", "temperature", "top_p", "top_k",
@@ -238,6 +246,8 @@ class MockAnthropic:
                     body = None
                 with mock._lock:
                     mock.requests.append(Recorded(self.path, headers, body))
+                if self.path == "/v1/messages/count_tokens":
+                    return mock.count_tokens(self, headers, body)
                 problem = check_request(self.path, headers, raw)
                 if problem:
                     with mock._lock:
@@ -286,6 +296,21 @@ class MockAnthropic:
             return len(self.requests)
 
     # -------------------------------------------------------------------------------- answers
+    def count_tokens(self, h: Any, headers: dict[str, str], body: Any) -> None:
+        problem = None
+        if headers.get("x-api-key") != ANTHROPIC_KEY or headers.get("anthropic-version") != VERSION:
+            problem = "count_tokens: x-api-key or anthropic-version missing or wrong"
+        elif not isinstance(body, dict) or not body.get("model") or not isinstance(body.get("messages"), list):
+            problem = "count_tokens: model and messages are required"
+        elif set(body) - COUNT_ALLOWED:
+            problem = f"count_tokens: unexpected fields {sorted(set(body) - COUNT_ALLOWED)}"
+        if problem:
+            with self._lock:
+                self.rejected.append(problem)
+            return h.reply(400, error_body("invalid_request_error", "mock: " + problem))
+        size = len(json.dumps(body["messages"])) + len(json.dumps(body.get("system", "")))
+        return h.reply(200, json.dumps({"input_tokens": COUNT_BASE + size // 10}).encode())
+
     def answer(self, h: Any, body: dict) -> None:
         model = body["model"]
         stream = body.get("stream") is True
@@ -314,6 +339,19 @@ class MockAnthropic:
                    "stop_reason": "tool_use", "stop_sequence": None,
                    "usage": {"input_tokens": 30, "output_tokens": 20}}
             return h.reply(200, json.dumps(msg).encode())
+        if stream and model == "claude-slow":
+            data = fixture_bytes("messages.stream.text.recorded.sse")
+            cut = data.index(b"event: content_block_start")
+            h.send_response(200)
+            h.send_header("content-type", sse_type)
+            h.send_header("content-length", str(len(data)))
+            h.end_headers()
+            h.wfile.write(data[:cut])
+            h.wfile.flush()
+            time.sleep(SLOW_PAUSE)
+            h.wfile.write(data[cut:])
+            h.wfile.flush()
+            return None
         if stream:
             if model == "claude-tools":
                 data = fixture_bytes("messages.stream.tool_use.docs-example.sse")

@@ -7,7 +7,11 @@ recorded payloads in tests/fixtures/bedrock/ (see its SOURCES.md):
 * ``POST /model/{modelId}/converse-stream`` -> binary ``application/vnd.amazon.eventstream`` frames:
   the recorded tool-use body (.b64) verbatim, or the recorded text events framed here, written in
   small odd-sized pieces so that frames are split across reads;
-* ``POST /model/{modelId}/invoke``          -> Titan / Cohere embedding answers;
+* ``POST /model/{modelId}/invoke``          -> Titan / Cohere embedding answers; for ``anthropic.claude*``
+  models Claude's Messages API (the body must carry ``anthropic_version: bedrock-2023-05-31`` and no
+  ``model``/``stream``): the recorded Anthropic message (tests/fixtures/anthropic/messages.text.json);
+* ``POST /model/{modelId}/invoke-with-response-stream`` (Claude) -> the recorded Anthropic text stream,
+  each event framed as a ``chunk`` event whose payload is ``{"bytes": <base64 of the event>}``;
 * ``GET /image.png``                        -> a tiny PNG (for http(s) image inlining).
 
 It checks every request the way AWS would: the path (model id percent-encoded once), the JSON
@@ -48,7 +52,11 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "bedrock"
 AUTH_RE = re.compile(
     r"^AWS4-HMAC-SHA256 Credential=(?P<akid>[^/]+)/(?P<date>\d{8})/(?P<region>[a-z0-9-]+)/bedrock/aws4_request, "
     r"SignedHeaders=(?P<signed>[a-z0-9;-]+), Signature=(?P<sig>[0-9a-f]{64})$")
-PATH_RE = re.compile(r"^/model/(?P<model>[^/]+)/(?P<action>converse|converse-stream|invoke)$")
+PATH_RE = re.compile(
+    r"^/model/(?P<model>[^/]+)/(?P<action>converse|converse-stream|invoke|invoke-with-response-stream)$")
+ANTHROPIC_FIXTURES = FIXTURES.parent / "anthropic"
+CLAUDE_INVOKE_FIELDS = {"anthropic_version", "anthropic_beta", "max_tokens", "messages", "system", "stop_sequences",
+                        "temperature", "top_p", "top_k", "metadata", "tools", "tool_choice", "thinking"}
 # 1x1 transparent PNG
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=")
@@ -247,6 +255,8 @@ class MockBedrock:
             status, kind, msg = ERRORS[model]
             return self._error(h, status, kind, msg, retry_after="7" if status == 429 else None,
                                type_in_body_only=model == "mock.denied")
+        if action in ("invoke", "invoke-with-response-stream") and "anthropic.claude" in model:
+            return self._claude_invoke(h, req, action == "invoke-with-response-stream")
         if action == "invoke":
             return self._embeddings(h, model, req)
         stream = action == "converse-stream"
@@ -289,6 +299,29 @@ class MockBedrock:
         return self._json(h, 200, TEXT_ANSWER)
 
     # -- answers --------------------------------------------------------------------------------
+    def _claude_invoke(self, h, req: dict, stream: bool) -> None:
+        """Claude through InvokeModel: Anthropic's Messages body and answers, Bedrock's framing."""
+        problem = None
+        if req.get("anthropic_version") != "bedrock-2023-05-31":
+            problem = f"anthropic_version {req.get('anthropic_version')!r}"
+        elif set(req) - CLAUDE_INVOKE_FIELDS:
+            problem = f"unexpected fields {sorted(set(req) - CLAUDE_INVOKE_FIELDS)}"
+        elif not isinstance(req.get("max_tokens"), int) or not isinstance(req.get("messages"), list):
+            problem = "max_tokens and messages are required"
+        if problem:
+            with self._lock:
+                self.requests[-1]["problems"].append(problem)
+            return self._error(h, 400, "ValidationException", problem)
+        if not stream:
+            return self._json(h, 200, json.loads((ANTHROPIC_FIXTURES / "messages.text.json").read_bytes()))
+        frames = []
+        for line in (ANTHROPIC_FIXTURES / "messages.stream.text.decoded.jsonl").read_text().splitlines():
+            if line.strip():
+                payload = json.dumps({"bytes": base64.b64encode(line.encode()).decode()}).encode()
+                frames.append(frame({":event-type": "chunk", ":content-type": "application/json",
+                                     ":message-type": "event"}, payload))
+        return self._stream(h, frames)
+
     def _embeddings(self, h, model: str, req: dict) -> None:
         if "titan-embed" in model:
             text = req.get("inputText")

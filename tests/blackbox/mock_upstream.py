@@ -9,6 +9,12 @@ Routes (any path prefix before the endpoint is accepted, e.g. ``/v1`` or ``/comp
 * ``POST {prefix}/chat/completions``, ``POST {prefix}/completions``, ``POST {prefix}/embeddings``
   (OpenAI style; model in the JSON body; ``Authorization: Bearer <openai_key>`` required when the
   prefix is ``/v1``; the ``/compat/...`` prefix takes no key, like a local Ollama).
+* ``POST {prefix}/responses`` (OpenAI's Responses API, ``/v1`` prefix, same key) and Azure's
+  ``POST /openai/responses?api-version=...`` (model = deployment in the body): the recorded Responses
+  payloads of tests/fixtures/openai-responses/ (text; ``mock-tools``: the recorded function call, and
+  text once the input holds a ``function_call_output``); streams as ``event:``/``data:`` pairs.
+* ``GET {prefix}/responses/{id}`` (and Azure's ``/openai/responses/{id}``): the recorded response with
+  that id, as OpenAI returns a stored one (``resp_missing``: 404).
 * ``POST /openai/deployments/{deployment}/(chat/completions|completions|embeddings)?api-version=...``
   (Azure style; behaviour chosen by the deployment name; header ``api-key: <azure_key>`` required;
   missing ``api-version`` -> 404 like Azure).
@@ -203,6 +209,9 @@ class Fixtures:
             root / "azure/chat.completions.stream.model-router.content_filter_results.decoded.jsonl"
         )
         self.mistral_tools_stream = _read_jsonl(root / "mistral/chat.completion.chunks.tool_calls.decoded.jsonl")
+        self.responses_text_stream = _read_jsonl(root / "openai-responses/issue-20047-openai-responses.chunks.txt")
+        self.responses_tool_stream = _read_jsonl(root / "openai-responses/issue-19493-gpt-5.1-tool-call.chunks.txt")
+        self.responses_text = _read_json(root / "openai-responses/issue-20047-openai-responses.json")
         self.chat = assemble_chat_completion(self.chat_stream)
         self.tools = assemble_chat_completion(self.tools_stream)
         self.azure_chat = assemble_chat_completion(self.azure_stream)
@@ -258,8 +267,11 @@ class RecordedRequest:
 # HTTP handler
 # --------------------------------------------------------------------------------------------
 _AZURE_RE = re.compile(r"^/openai/deployments/([^/]+)/(chat/completions|completions|embeddings)$")
-_OPENAI_RE = re.compile(r"^(/[^?]*?)?/(chat/completions|completions|embeddings)$")
-_ENDPOINT = {"chat/completions": "chat", "completions": "completions", "embeddings": "embeddings"}
+_AZURE_RESPONSES_RE = re.compile(r"^/openai/responses$")
+_RESPONSE_GET_RE = re.compile(r"^(/[^?]*?)?/responses/([^/]+)$")
+_OPENAI_RE = re.compile(r"^(/[^?]*?)?/(chat/completions|completions|embeddings|responses)$")
+_ENDPOINT = {"chat/completions": "chat", "completions": "completions", "embeddings": "embeddings",
+             "responses": "responses"}
 
 
 class _ClientGone(Exception):
@@ -391,6 +403,13 @@ class _Handler(BaseHTTPRequestHandler):
         m = _AZURE_RE.match(path)
         if m:
             api, endpoint, model = "azure", _ENDPOINT[m.group(2)], m.group(1)
+        elif _AZURE_RESPONSES_RE.match(path):
+            api, endpoint = "azure", "responses"
+            model = body.get("model") if isinstance(body, dict) else None
+        elif method == "GET" and _RESPONSE_GET_RE.match(path):
+            m = _RESPONSE_GET_RE.match(path)
+            api = "azure" if (m.group(1) or "") == "/openai" else "openai"
+            endpoint, model = "responses-get", m.group(2)
         else:
             m = _OPENAI_RE.match(path)
             if m:
@@ -415,6 +434,14 @@ class _Handler(BaseHTTPRequestHandler):
         mock = self.mock
         if r.api == "unknown":
             return self._error(404, f"Invalid URL ({r.method} {r.path})", code="unknown_url")
+        if r.endpoint == "responses-get":
+            if r.api == "openai" and r.headers.get("authorization") != f"Bearer {mock.openai_key}":
+                return self._error(401, "Incorrect API key provided: mock.", code="invalid_api_key")
+            if r.model == "resp_missing":
+                return self._error(404, "Response with id 'resp_missing' not found.", param="response_id")
+            stored = copy.deepcopy(mock.fx.responses_text)
+            stored["id"] = r.model
+            return self._send_json(200, stored)
         if r.method != "POST":
             return self._error(405, f"Method {r.method} not allowed", code="method_not_allowed")
         # --- auth ---
@@ -478,6 +505,9 @@ class _Handler(BaseHTTPRequestHandler):
                     d["embedding"] = base64.b64encode(
                         struct.pack(f"<{len(d['embedding'])}f", *d["embedding"])).decode()
             return self._send_json(200, out)
+
+        if r.endpoint == "responses":
+            return self._responses(r.body, model, stream)
 
         if r.endpoint == "completions":
             if not stream:
@@ -546,6 +576,28 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             raise ValueError(f"unknown fault model {fault!r}")
         return True
+
+    def _responses(self, body: dict, model: str, stream: bool) -> None:
+        """The Responses API from the recorded payloads (the real API refuses chat-only fields)."""
+        for bad in ("messages", "stream_options", "max_tokens"):
+            if bad in body:
+                return self._error(400, f"Unknown parameter: '{bad}'.", param=bad, code="unknown_parameter")
+        if "input" not in body:
+            return self._error(400, "Missing required parameter: 'input'.", param="input",
+                               code="missing_required_parameter")
+        fx = self.mock.fx
+        items = body["input"] if isinstance(body["input"], list) else []
+        answered = any(isinstance(i, dict) and i.get("type") == "function_call_output" for i in items)
+        events = copy.deepcopy(fx.responses_tool_stream if model == "mock-tools" and not answered
+                               else fx.responses_text_stream)
+        if not stream:
+            if model == "mock-tools" and not answered:
+                return self._send_json(200, events[-1]["response"])
+            return self._send_json(200, fx.responses_text)
+        self._start_stream()
+        for ev in events:
+            self._chunk(f"event: {ev['type']}\ndata: {json.dumps(ev, separators=(',', ':'))}\n\n".encode())
+        self._end_stream()
 
     def _stream(self, chunks: list[dict], include_usage: bool, model: str, verbatim: bool = False,
                 headers_sent: bool = False) -> None:

@@ -11,6 +11,13 @@ Usage::
     from openapi import validate, CHAT_COMPLETION
     validate(CHAT_COMPLETION, body_dict)        # raises AssertionError with every violation
 
+Responses API (T-R1): OpenAI's own answers send ``usage: null`` (in ``response.created`` /
+``response.in_progress``) and ``user: null``, which the spec types as a non-nullable object and string.
+Passed-through recordings carry them, so those two properties of the response object accept null here;
+and ``response.function_call_arguments.done`` may leave out ``name``, which the spec requires and the
+API does not send (recorded). Nothing else is relaxed; Conduit's translated answers satisfy the
+unrelaxed schemas (they leave ``usage``/``user`` out rather than send null, and always name the function).
+
 Legacy completion chunks carrying ``usage: null`` (T2) are NOT special-cased: the gateway is
 expected to emit schema-valid output (it strips ``usage: null`` from legacy completion chunks).
 """
@@ -27,6 +34,8 @@ import yaml
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SPEC_PATH = FIXTURES / "openapi" / "openai-openapi.responses-subset.yaml"
+# The Responses API's answers and stream events (closure of Response and ResponseStreamEvent).
+RESPONSES_API_SPEC_PATH = FIXTURES / "openapi" / "openai-openapi.responses-api-subset.yaml"
 
 CHAT_COMPLETION = "CreateChatCompletionResponse"
 CHAT_COMPLETION_CHUNK = "CreateChatCompletionStreamResponse"
@@ -41,6 +50,8 @@ EMBEDDINGS = "CreateEmbeddingResponse"
 MODEL_LIST = "ListModelsResponse"
 MODEL = "Model"
 ERROR = "ErrorResponse"
+RESPONSE = "Response"
+RESPONSE_STREAM_EVENT = "ResponseStreamEvent"
 
 
 def _rewrite_nullable(node: Any) -> Any:
@@ -61,6 +72,10 @@ def _rewrite_nullable(node: Any) -> Any:
 def spec() -> dict:
     with open(SPEC_PATH, encoding="utf-8") as f:
         raw = yaml.safe_load(f)
+    with open(RESPONSES_API_SPEC_PATH, encoding="utf-8") as f:
+        extra = yaml.safe_load(f)["components"]["schemas"]
+    for name, schema in extra.items():
+        raw["components"]["schemas"].setdefault(name, schema)
     doc = copy.deepcopy(raw)
     schemas = _rewrite_nullable(raw["components"]["schemas"])
     chunk = copy.deepcopy(schemas[COMPLETION])
@@ -69,6 +84,13 @@ def spec() -> dict:
         "anyOf": [fr, {"type": "null"}]
     }
     schemas[COMPLETION_CHUNK] = chunk
+    # T-R1: what the real API sends as null.
+    resp = schemas[RESPONSE]["allOf"][2]["properties"]
+    resp["usage"] = {"anyOf": [resp["usage"], {"type": "null"}]}
+    user = schemas["ModelResponseProperties"]["properties"]["user"]
+    schemas["ModelResponseProperties"]["properties"]["user"] = {"anyOf": [user, {"type": "null"}]}
+    args_done = schemas["ResponseFunctionCallArgumentsDoneEvent"]
+    args_done["required"] = [r for r in args_done["required"] if r != "name"]
     doc["components"]["schemas"] = schemas
     return doc
 

@@ -1,7 +1,10 @@
 //! Anthropic's Messages API (`kind = "anthropic"`).
 //!
 //! Conduit calls `POST {base_url}/v1/messages` with the headers `x-api-key`
-//! and `anthropic-version: 2023-06-01`. Chat completions translate both ways;
+//! and `anthropic-version: 2023-06-01`. Calls on the Messages API front door
+//! ([`crate::frontdoors::messages`]) pass through untouched but for `model`
+//! (the deployment's), streams included; `count_tokens` goes to
+//! `POST {base_url}/v1/messages/count_tokens`. Chat completions translate both ways;
 //! legacy completions go through chat ([`legacy`]); Anthropic has no
 //! embeddings API, so `/v1/embeddings` is a 400 naming `model`.
 //!
@@ -138,6 +141,12 @@ impl Provider for Anthropic {
                 to_messages(call, &chat, LEGACY_DEFAULT_MAX_TOKENS)?
             }
             Endpoint::ChatCompletions => to_messages(call, body, DEFAULT_MAX_TOKENS)?,
+            // The client speaks the Messages API: its body, with the deployment's model.
+            Endpoint::Messages => {
+                body.insert("model".into(), call.model.into());
+                std::mem::take(body)
+            }
+            Endpoint::Responses => return Err(crate::frontdoors::not_spoken(call.endpoint)),
         };
         let bytes = serde_json::to_vec(&Value::Object(messages))
             .map_err(|e| GatewayError::Internal(format!("cannot encode the request: {e}")))?;
@@ -156,6 +165,9 @@ impl Provider for Anthropic {
         call: &Call<'_>,
         body: &[u8],
     ) -> Result<Map<String, Value>, GatewayError> {
+        if call.endpoint == Endpoint::Messages {
+            return passed_through(body);
+        }
         let chat = to_chat_completion(call, body)?;
         Ok(match call.endpoint {
             Endpoint::Completions => legacy::chat_to_completion(chat),
@@ -164,6 +176,9 @@ impl Provider for Anthropic {
     }
 
     fn stream_decoder(&self, call: &Call<'_>) -> Box<dyn StreamDecoder> {
+        if call.endpoint == Endpoint::Messages {
+            return Box::new(crate::frontdoors::messages::native::NativeMessagesSse::new());
+        }
         let decoder = Box::new(MessagesStream::new(call));
         match call.endpoint {
             Endpoint::Completions => Box::new(LegacyStream(decoder)),
@@ -198,6 +213,58 @@ impl Provider for Anthropic {
             param: None,
             retry_after,
         }
+    }
+
+    fn speaks(&self, call: &Call<'_>) -> bool {
+        call.endpoint == Endpoint::Messages
+    }
+
+    fn count_tokens_request(
+        &self,
+        call: &Call<'_>,
+        body: &Map<String, Value>,
+    ) -> Option<Result<http::Request<Bytes>, GatewayError>> {
+        // The fields count_tokens takes (it refuses `max_tokens`, `stream`, …).
+        let mut count = Map::new();
+        count.insert("model".into(), call.model.into());
+        for k in [
+            "messages",
+            "system",
+            "tools",
+            "tool_choice",
+            "thinking",
+            "mcp_servers",
+        ] {
+            if let Some(v) = body.get(k).filter(|v| !v.is_null()) {
+                count.insert(k.into(), v.clone());
+            }
+        }
+        Some(
+            serde_json::to_vec(&Value::Object(count))
+                .map_err(|e| GatewayError::Internal(format!("cannot encode the request: {e}")))
+                .and_then(|bytes| {
+                    json_post(
+                        &format!("{}/v1/messages/count_tokens", self.base_url),
+                        &[
+                            ("x-api-key", &self.api_key),
+                            ("anthropic-version", API_VERSION),
+                        ],
+                        bytes,
+                    )
+                }),
+        )
+    }
+}
+
+/// A passed-through answer: Anthropic's message as it is (an `error`
+/// object inside a 200 is an error).
+fn passed_through(body: &[u8]) -> Result<Map<String, Value>, GatewayError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(o)) if o.get("type").and_then(Value::as_str) == Some("error") => {
+            Err(stream_error(&Value::Object(o)))
+        }
+        Ok(Value::Object(o)) => Ok(o),
+        _ => Err(not_readable()),
     }
 }
 

@@ -95,6 +95,7 @@
 //! with the same mapping (fixture T15).
 
 pub mod eventstream;
+pub mod messages;
 pub mod sigv4;
 
 use std::collections::HashMap;
@@ -217,7 +218,7 @@ impl Bedrock {
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(
                 http::header::ACCEPT,
-                if action == "converse-stream" {
+                if action.ends_with("stream") {
                     "application/vnd.amazon.eventstream"
                 } else {
                     "application/json"
@@ -275,6 +276,17 @@ impl Provider for Bedrock {
                 };
                 self.signed_post(call, action, &converse)
             }
+            Endpoint::Messages if messages::is_claude(call.model) => {
+                let action = if call.stream {
+                    "invoke-with-response-stream"
+                } else {
+                    "invoke"
+                };
+                self.signed_post(call, action, &messages::invoke_body(body))
+            }
+            Endpoint::Messages | Endpoint::Responses => {
+                Err(crate::frontdoors::not_spoken(call.endpoint))
+            }
         }
     }
 
@@ -289,10 +301,15 @@ impl Provider for Bedrock {
             Endpoint::Embeddings => translate_embeddings(call, &v),
             Endpoint::ChatCompletions => translate_converse(call, &v),
             Endpoint::Completions => translate_converse(call, &v).map(chat_to_completion),
+            Endpoint::Messages => messages::translate(v),
+            Endpoint::Responses => Err(crate::frontdoors::not_spoken(call.endpoint)),
         }
     }
 
     fn stream_decoder(&self, call: &Call<'_>) -> Box<dyn StreamDecoder> {
+        if call.endpoint == Endpoint::Messages {
+            return Box::new(messages::InvokeStream::new());
+        }
         let inner = ConverseStream::new(call);
         if call.endpoint == Endpoint::Completions {
             Box::new(LegacyStream(Box::new(inner)))
@@ -332,6 +349,11 @@ impl Provider for Bedrock {
 
     fn needs_image_bytes(&self) -> bool {
         true
+    }
+
+    /// Claude models take the Messages API body through `InvokeModel`.
+    fn speaks(&self, call: &Call<'_>) -> bool {
+        call.endpoint == Endpoint::Messages && messages::is_claude(call.model)
     }
 }
 

@@ -128,6 +128,9 @@ impl Provider for Cohere {
                 }
                 ("v2/chat", chat_body(call, &mut chat)?)
             }
+            Endpoint::Responses | Endpoint::Messages => {
+                return Err(crate::frontdoors::not_spoken(call.endpoint))
+            }
         };
         let bytes = serde_json::to_vec(&Value::Object(out))
             .map_err(|e| GatewayError::Internal(format!("cannot encode the request: {e}")))?;
@@ -151,6 +154,9 @@ impl Provider for Cohere {
             Endpoint::Embeddings => translate_embed(call, body),
             Endpoint::ChatCompletions => translate_chat(call, body),
             Endpoint::Completions => translate_chat(call, body).map(chat_to_completion),
+            Endpoint::Responses | Endpoint::Messages => {
+                Err(crate::frontdoors::not_spoken(call.endpoint))
+            }
         }
     }
 

@@ -135,6 +135,9 @@ impl Provider for Gemini {
                 (chat_method(call.stream), request::chat(call, &chat)?)
             }
             Endpoint::Embeddings => request::embeddings(&resource, body)?,
+            Endpoint::Responses | Endpoint::Messages => {
+                return Err(crate::frontdoors::not_spoken(call.endpoint))
+            }
         };
         let url = format!("{}/v1beta/{resource}:{method}", self.base_url);
         let bytes = serde_json::to_vec(&payload)
@@ -151,6 +154,9 @@ impl Provider for Gemini {
             Endpoint::ChatCompletions => response::chat(call, body),
             Endpoint::Completions => response::chat(call, body).map(chat_to_completion),
             Endpoint::Embeddings => response::embeddings(call, body),
+            Endpoint::Responses | Endpoint::Messages => {
+                Err(crate::frontdoors::not_spoken(call.endpoint))
+            }
         }
     }
 
