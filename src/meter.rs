@@ -217,6 +217,9 @@ mod tests {
             latency_us: 0,
             upstream_latency_us: 0,
             created_at_ms: 1,
+            attempts: 0,
+            failed_attempts: Vec::new(),
+            served_alias: None,
         };
         let mut meter = Meter::new(
             store.clone(),

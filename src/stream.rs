@@ -96,7 +96,10 @@ impl Relay {
                     None
                 } else {
                     let wait = Duration::from_micros(left);
-                    let sleep = s.relay.clock.sleep(s.keepalive.map_or(wait, |k| k.min(wait)));
+                    let sleep = s
+                        .relay
+                        .clock
+                        .sleep(s.keepalive.map_or(wait, |k| k.min(wait)));
                     match select(s.relay.upstream.next(), sleep).await {
                         Either::Left((item, _)) => Some(item),
                         Either::Right(_) => None,

@@ -318,6 +318,9 @@ mod tests {
             latency_us: 0,
             upstream_latency_us: 0,
             created_at_ms: ms,
+            attempts: 0,
+            failed_attempts: Vec::new(),
+            served_alias: None,
         }
     }
 
