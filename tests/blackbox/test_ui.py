@@ -522,7 +522,7 @@ def test_ui_pages_accessibility_phone_and_screenshots(ui, admin, make_client):
     page = p.page
     sign_in(p)
     page.goto("/ui/#/keys")
-    page.get_by_label("Search").fill("ui-shot-search")
+    page.get_by_role("searchbox", name="Search").fill("ui-shot-search")
     page.get_by_role("row").filter(has_text="ui-shot-search").wait_for()
     page.evaluate("document.activeElement.blur()")
     seen = set()
