@@ -428,7 +428,10 @@ def test_session_cookie_csrf_and_bearer(gateway, admin):
     assert made.status_code == 201
     assert admin.delete_key(made.json()["id"]).status_code == 200
     # a tampered or foreign cookie is nothing
-    assert httpx.get(base + "/admin/keys", cookies={"conduit_session": value[:-1] + "0"}).status_code == 401
+    tampered = value[:-1] + ("1" if value.endswith("0") else "0")
+    assert httpx.get(base + "/admin/keys", cookies={"conduit_session": tampered}).status_code == 401
+    later = str(int(value.split(".")[0]) + 60) + "." + value.split(".")[1]
+    assert httpx.get(base + "/admin/keys", cookies={"conduit_session": later}).status_code == 401
     # the bearer master key works as before; a wrong bearer is not rescued by a cookie
     assert httpx.get(base + "/admin/keys", headers={"Authorization": f"Bearer {MASTER_KEY}"}).status_code == 200
     assert httpx.get(base + "/admin/keys", cookies=jar, headers={"Authorization": "Bearer nope"}).status_code == 401
@@ -446,10 +449,8 @@ def test_wrong_master_keys_are_slowed_down(gateway):
         times.append(time.monotonic() - t)
         assert r.status_code == 401
     assert times[2] >= 0.45, times  # 250 ms, then 500 ms, growing up to 8 s
+    # a success resets the count (src/ui/session.rs tests that; no upper time bound is asserted here)
     assert httpx.post(base + "/admin/session", json={"master_key": MASTER_KEY}, timeout=30).status_code == 200
-    t = time.monotonic()
-    httpx.post(base + "/admin/session", json={"master_key": MASTER_KEY}, timeout=30)
-    assert time.monotonic() - t < 0.25, "a success resets the delay"
 
 
 @server_only
