@@ -147,6 +147,18 @@ def usd_text(v: float) -> str:
     return f"${v:,.2f}"
 
 
+def eventually(check, timeout: float = 10.0):
+    """Retries `check` until it passes (the page loads its data asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except (AssertionError, playwright_api.Error):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def reload_until(page, check, timeout: float = 10.0):
     """Usage is written after the response: reload the page until `check()` passes."""
     deadline = time.monotonic() + timeout
@@ -315,7 +327,7 @@ def test_ui_main_flow(ui, admin, make_client, gateway):
             if r["cost_usd"]:
                 assert usd_text(r["cost_usd"]) in cells, cells
         assert page.locator("tbody tr").count() == len(records)
-    requests_page()
+    eventually(requests_page)
     with page.expect_download() as dl:
         page.get_by_role("button", name="Export CSV").click()
     csv_text = Path(dl.value.path()).read_text()
