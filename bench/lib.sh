@@ -26,6 +26,7 @@ cleanup() {
   local pid
   for pid in "${PIDS[@]}"; do stop_proc "$pid"; done
   PIDS=()
+  if declare -F stop_postgres >/dev/null; then stop_postgres; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -85,4 +86,33 @@ cpu_busy_pct() {
   total=$((busy + (i2 + w2) - (i1 + w1)))
   ((total > 0)) || total=1
   echo $((100 * busy / total))
+}
+
+# A throwaway PostgreSQL on 127.0.0.1 (Debian's package, as the tests run it):
+# sets PG_URL; `cleanup` stops it and removes its directory.
+start_postgres() {
+  local bin port pass
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  [[ -n $bin ]] || die "PostgreSQL is not installed (apt-get install postgresql)"
+  port=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+  pass=$(head -c 24 /dev/urandom | base64 | tr -dc A-Za-z0-9)
+  PG_DIR=$(mktemp -d); chmod 711 "$PG_DIR"; mkdir -p "$PG_DIR/sock"
+  PG_AS=()
+  if [[ $(id -u) == 0 ]]; then chown -R postgres "$PG_DIR"; PG_AS=(runuser -u postgres --); fi
+  printf '%s\n' "$pass" >"$PG_DIR/pw"; [[ ${#PG_AS[@]} -gt 0 ]] && chown postgres "$PG_DIR/pw"
+  PG_BIN=$bin
+  (cd "$PG_DIR" && "${PG_AS[@]}" "$bin/initdb" -D "$PG_DIR/data" -U conduit --pwfile="$PG_DIR/pw" -E UTF8 \
+    --no-locale --auth-local=trust --auth-host=scram-sha-256 >/dev/null)
+  printf "listen_addresses = '127.0.0.1'\nport = %s\nunix_socket_directories = '%s'\n" "$port" "$PG_DIR/sock" \
+    >>"$PG_DIR/data/postgresql.conf"
+  (cd "$PG_DIR" && "${PG_AS[@]}" "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w -t 60 start >/dev/null)
+  (cd "$PG_DIR" && "${PG_AS[@]}" "$bin/createdb" -h "$PG_DIR/sock" -p "$port" -U conduit conduit)
+  PG_URL="postgres://conduit:$pass@127.0.0.1:$port/conduit"
+  log "PostgreSQL at 127.0.0.1:$port ($PG_DIR)"
+}
+
+stop_postgres() {
+  [[ -n ${PG_DIR:-} ]] || return 0
+  (cd "$PG_DIR" && "${PG_AS[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null 2>&1) || true
+  rm -rf "$PG_DIR"; PG_DIR=
 }

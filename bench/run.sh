@@ -22,6 +22,7 @@ WARMUP=${BENCH_WARMUP:-500}               # unmeasured requests before each phas
 STREAM_DELAY_MS=${BENCH_STREAM_DELAY_MS:-1}
 STREAM_CHUNKS=${BENCH_STREAM_CHUNKS:-10}
 STRICT=${BENCH_STRICT:-0}                 # 1: exit 1 when a target is missed
+STORE=${BENCH_STORE:-sqlite}              # sqlite | postgres (a throwaway local PostgreSQL)
 
 # Scenarios through Conduit: name -> body of POST /admin/keys for the key used.
 # To add one, add an entry here and its name to BENCH_SCENARIOS' default below.
@@ -98,6 +99,14 @@ log "mock upstream at $MOCK_URL (pid $MOCK_PID)"
 log "direct to the mock"
 run_phases "$OUT/direct" "$MOCK_URL/v1" "$UPSTREAM_KEY" "$UPSTREAM_MODEL" "mock=$MOCK_PID"
 
+# ---- the store: SQLite (a file per scenario) or one throwaway PostgreSQL
+STORE_LINE=""
+if [[ $STORE == postgres ]]; then
+  start_postgres   # bench/lib.sh: sets PG_URL, stopped by cleanup
+  STORE_LINE='store = "postgres"'
+  export BENCH_PG_URL=$PG_URL
+fi
+
 # ---- one gateway per scenario (fresh database, fresh process => its own peak RSS)
 run_scenario() {
   local name=$1 body=${KEY_BODY[$1]:-}
@@ -108,6 +117,8 @@ run_scenario() {
 [server]
 listen = "127.0.0.1:0"
 database = "$sdir/conduit.db"
+$STORE_LINE
+postgres_url_env = "BENCH_PG_URL"
 
 [providers.openai]
 kind = "openai"

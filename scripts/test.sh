@@ -2,12 +2,13 @@
 # The whole test suite, from a fresh clone: installs what it needs, starts
 # and stops what its tests use.
 #   bash scripts/test.sh
-# CONDUIT_TEST_TARGETS="server worker lambda" (the default) picks the
-# platforms the black-box suite runs against.
+# CONDUIT_TEST_TARGETS="server server-postgres worker lambda" (the default)
+# picks the platforms the black-box suite runs against (server-postgres: the
+# native server with its state in PostgreSQL).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-targets="${CONDUIT_TEST_TARGETS:-server worker lambda}"
+targets="${CONDUIT_TEST_TARGETS:-server server-postgres worker lambda}"
 
 step() { printf '\n==> %s\n' "$*"; }
 wants() { case " $targets " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
@@ -32,6 +33,7 @@ fi
 
 step "format and lints"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 # The Worker crate is wasm-only (its futures are !Send); it is linted for wasm32 below.
 cargo clippy --workspace --exclude conduit-cloudflare --all-targets --locked -- -D warnings
 cargo clippy --locked -p conduit-cloudflare --target wasm32-unknown-unknown -- -D warnings
@@ -41,6 +43,16 @@ cargo build --locked -p conduit --lib --target wasm32-unknown-unknown
 
 step "unit and in-process tests"
 cargo test --workspace --exclude conduit-cloudflare --locked
+
+# A short run of every fuzz target (fuzz/, README "Fuzzing"): replays the
+# seeds and every past finding, then explores; a crash fails the suite.
+# CONDUIT_FUZZ_SECONDS per target (default 5; 0 skips the step).
+fuzz_seconds="${CONDUIT_FUZZ_SECONDS:-5}"
+if [ "$fuzz_seconds" != 0 ]; then
+  step "fuzz targets, ${fuzz_seconds} s each (cargo install is a no-op when already installed)"
+  cargo install cargo-fuzz --locked --version 0.13.2
+  bash bench/fuzz.sh --time "$fuzz_seconds" --strict
+fi
 
 step "release build of the server; the Lambda function and its local runner"
 cargo build --locked --release -p conduit-server
@@ -72,6 +84,16 @@ if wants lambda; then
   [ -x "$samvenv/bin/sam" ] || { python3 -m venv "$samvenv" && "$samvenv/bin/pip" install --quiet --disable-pip-version-check aws-sam-cli==1.170.0; }
   SAM_CLI_TELEMETRY=0 AWS_EC2_METADATA_DISABLED=true "$samvenv/bin/sam" validate --lint -t template.yaml
   "$samvenv/bin/cfn-lint" template.yaml
+fi
+
+if wants server || wants server-postgres; then
+  # The shared-store tests start their own PostgreSQL (Debian's package, a
+  # throwaway cluster on 127.0.0.1) and dynalite (npm).
+  step "postgresql and dynalite for the shared-store tests"
+  if ! ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+  npm_ci
 fi
 
 step "headless Chromium for the web UI tests (Debian's chromium; never a Playwright download)"

@@ -18,6 +18,7 @@
 //! | `GET /admin/usage/summary?since=&until=&bucket=hour\|day&key_id=&model=` | buckets, totals, top keys and models (from hourly counters) |
 //! | `GET /admin/models`                | aliases, deployments, provider kinds, prices, routing (no secret) |
 //! | `GET\|POST\|DELETE /admin/session` | the web UI's sign-in ([`crate::ui::session`]) |
+//! | `GET /admin/routes`                | every alias's routing policy and its deployments' health on this instance |
 
 use crate::error::GatewayError;
 use crate::gateway::{json_response, percent_decode, Gateway, Response};
@@ -44,6 +45,7 @@ pub enum AdminRoute {
     DeleteKey(String),
     RotateKey(String),
     Usage,
+    Routes,
     UsageSummary,
     Models,
     /// The web UI's session: GET (status), POST (sign in), DELETE (sign out).
@@ -77,6 +79,8 @@ pub fn route(method: &Method, path: &str) -> Result<Option<AdminRoute>, GatewayE
         }
         (["usage"], Method::GET) => AdminRoute::Usage,
         (["usage"], _) => return Err(GatewayError::MethodNotAllowed),
+        (["routes"], Method::GET) => AdminRoute::Routes,
+        (["routes"], _) => return Err(GatewayError::MethodNotAllowed),
         (["usage", "summary"], Method::GET) => AdminRoute::UsageSummary,
         (["usage", "summary"], _) => return Err(GatewayError::MethodNotAllowed),
         (["models"], Method::GET) => AdminRoute::Models,
@@ -236,6 +240,10 @@ pub(crate) async fn handle(
                         "has_more": has_more, "next_cursor": next_cursor}),
             ))
         }
+        AdminRoute::Routes => Ok(json_response(
+            StatusCode::OK,
+            &gw.router().to_json(gw.config(), gw.now_micros()),
+        )),
         AdminRoute::UsageSummary => {
             let (q, bucket) = summary_query(parts.uri.query().unwrap_or(""), now)?;
             let rows = gw.ports().usage.hours(&q).await?;

@@ -10,6 +10,7 @@
 //! deployments = [{ provider = "openai", model = "gpt-4o" }]
 //! [gateway]                 # optional
 //! max_body_bytes = 10485760
+//! max_response_bytes = 33554432
 //! upstream_timeout_ms = 600000
 //! ```
 //!
@@ -26,6 +27,10 @@ use serde::Deserialize;
 
 use crate::pricing::{self, Price, UsdPrice};
 use crate::providers::{self, Provider, ProviderKind};
+use crate::routing::{RoutePolicy, Strategy};
+
+/// Deployments an alias may have (the router keeps them in a 64-bit set).
+const MAX_DEPLOYMENTS: usize = 64;
 
 /// A configuration error: where, which key, what is wrong.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,6 +92,19 @@ pub struct RawProvider {
 #[serde(deny_unknown_fields)]
 struct RawModel {
     deployments: Vec<RawDeployment>,
+    // Routing (see [`RoutePolicy`]); every key optional.
+    strategy: Option<String>,
+    retries: Option<u32>,
+    retry_backoff_ms: Option<u64>,
+    retry_backoff_max_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    stream_first_event_timeout_ms: Option<u64>,
+    cooldown_after_failures: Option<u32>,
+    cooldown_ms: Option<u64>,
+    #[serde(default)]
+    fallbacks: Vec<String>,
+    #[serde(default)]
+    context_window_fallbacks: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -99,6 +117,8 @@ struct RawDeployment {
     /// Drop request parameters the provider cannot honour instead of answering 400.
     #[serde(default)]
     drop_unsupported_params: bool,
+    /// Share of the `weighted` strategy.
+    weight: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -110,6 +130,7 @@ struct RawGateway {
     default_max_tokens: Option<u64>,
     image_max_bytes: Option<usize>,
     image_fetch_allow_private: Option<bool>,
+    max_response_bytes: Option<usize>,
 }
 
 /// Gateway-wide settings (`[gateway]`).
@@ -130,6 +151,9 @@ pub struct GatewaySettings {
     pub image_max_bytes: usize,
     /// Whether such fetches may go to loopback, private or link-local addresses.
     pub image_fetch_allow_private: bool,
+    /// Largest whole (non-streamed) answer read from a provider; a larger one
+    /// is a 502. Streams are bounded per event instead ([`crate::sse::MAX_EVENT_BYTES`]).
+    pub max_response_bytes: usize,
 }
 
 impl Default for GatewaySettings {
@@ -141,6 +165,7 @@ impl Default for GatewaySettings {
             default_max_tokens: 4_096,
             image_max_bytes: 20 * 1024 * 1024,
             image_fetch_allow_private: false,
+            max_response_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -157,6 +182,8 @@ pub struct Deployment {
     pub price: Option<Price>,
     /// Drop parameters the provider cannot honour instead of answering 400.
     pub drop_unsupported_params: bool,
+    /// Share of the `weighted` strategy (default 1).
+    pub weight: u32,
 }
 
 impl fmt::Debug for Deployment {
@@ -173,8 +200,10 @@ impl fmt::Debug for Deployment {
 #[derive(Debug, Clone)]
 pub struct ModelRoute {
     pub alias: String,
-    /// Tried in order: a retryable failure moves on to the next one.
+    /// Where it may be served, chosen attempt by attempt by the policy.
     pub deployments: Vec<Deployment>,
+    /// Strategy, retries, timeouts, cooldown, fallbacks.
+    pub policy: RoutePolicy,
 }
 
 /// The validated configuration.
@@ -235,6 +264,12 @@ impl Config {
             built.insert(name.clone(), (Arc::from(name.as_str()), provider, kind));
         }
 
+        let upstream_timeout_ms = raw
+            .gateway
+            .as_ref()
+            .and_then(|g| g.upstream_timeout_ms)
+            .unwrap_or(GatewaySettings::default().upstream_timeout_ms);
+        let aliases: Vec<String> = raw.models.keys().cloned().collect();
         let mut models = BTreeMap::new();
         for (alias, m) in raw.models {
             if m.deployments.is_empty() {
@@ -243,6 +278,20 @@ impl Config {
                     "needs at least one deployment".into(),
                 ));
             }
+            if m.deployments.len() > MAX_DEPLOYMENTS {
+                return Err(err(
+                    format!("models.{alias}.deployments"),
+                    format!("at most {MAX_DEPLOYMENTS} deployments per alias"),
+                ));
+            }
+            let policy = route_policy(
+                &alias,
+                &m,
+                m.deployments.len(),
+                upstream_timeout_ms,
+                &aliases,
+            )
+            .map_err(|(key, message)| err(key, message))?;
             let mut deployments = Vec::with_capacity(m.deployments.len());
             for (i, d) in m.deployments.into_iter().enumerate() {
                 let (provider_name, provider, kind) =
@@ -270,15 +319,29 @@ impl Config {
                     })?),
                     None => pricing::builtin(kind.price_family(), &d.model),
                 };
+                if d.weight == Some(0) {
+                    return Err(err(
+                        format!("models.{alias}.deployments[{i}].weight"),
+                        "must be at least 1".into(),
+                    ));
+                }
                 deployments.push(Deployment {
                     provider_name,
                     provider,
                     model: d.model,
                     price,
                     drop_unsupported_params: d.drop_unsupported_params,
+                    weight: d.weight.unwrap_or(1),
                 });
             }
-            models.insert(alias.clone(), ModelRoute { alias, deployments });
+            models.insert(
+                alias.clone(),
+                ModelRoute {
+                    alias,
+                    deployments,
+                    policy,
+                },
+            );
         }
 
         let mut gateway = GatewaySettings::default();
@@ -313,6 +376,15 @@ impl Config {
             if let Some(v) = g.image_fetch_allow_private {
                 gateway.image_fetch_allow_private = v;
             }
+            if let Some(v) = g.max_response_bytes {
+                if v == 0 {
+                    return Err(err(
+                        "gateway.max_response_bytes".into(),
+                        "must be greater than 0".into(),
+                    ));
+                }
+                gateway.max_response_bytes = v;
+            }
         }
         Ok(Config {
             models,
@@ -325,6 +397,68 @@ impl Config {
                 .collect(),
         })
     }
+}
+
+/// Validates an alias's routing keys; errors name the key.
+fn route_policy(
+    alias: &str,
+    m: &RawModel,
+    deployments: usize,
+    upstream_timeout_ms: u64,
+    aliases: &[String],
+) -> Result<RoutePolicy, (String, String)> {
+    let key = |k: &str| format!("models.{alias}.{k}");
+    let positive = |k: &str, v: Option<u64>| match v {
+        Some(0) => Err((key(k), "must be greater than 0".to_owned())),
+        _ => Ok(v),
+    };
+    let mut p = RoutePolicy::default_for(deployments, upstream_timeout_ms);
+    if let Some(s) = &m.strategy {
+        p.strategy = Strategy::parse(s).ok_or_else(|| {
+            (
+                key("strategy"),
+                format!(
+                    "unknown strategy `{s}` (expected one of: {})",
+                    Strategy::NAMES
+                ),
+            )
+        })?;
+    }
+    p.retries = m.retries.unwrap_or(p.retries);
+    p.retry_backoff_ms = m.retry_backoff_ms.unwrap_or(p.retry_backoff_ms);
+    p.retry_backoff_max_ms =
+        positive("retry_backoff_max_ms", m.retry_backoff_max_ms)?.unwrap_or(p.retry_backoff_max_ms);
+    p.timeout_ms = positive("timeout_ms", m.timeout_ms)?.unwrap_or(p.timeout_ms);
+    p.stream_first_event_timeout_ms = positive(
+        "stream_first_event_timeout_ms",
+        m.stream_first_event_timeout_ms,
+    )?;
+    p.cooldown_after_failures = m
+        .cooldown_after_failures
+        .unwrap_or(p.cooldown_after_failures);
+    p.cooldown_ms = m.cooldown_ms.unwrap_or(p.cooldown_ms);
+    for (field, list) in [
+        ("fallbacks", &m.fallbacks),
+        ("context_window_fallbacks", &m.context_window_fallbacks),
+    ] {
+        for (i, name) in list.iter().enumerate() {
+            if name == alias {
+                return Err((
+                    format!("{}[{i}]", key(field)),
+                    "an alias cannot fall back to itself".into(),
+                ));
+            }
+            if !aliases.contains(name) {
+                return Err((
+                    format!("{}[{i}]", key(field)),
+                    format!("unknown alias `{name}` (no [models.\"{name}\"] table)"),
+                ));
+            }
+        }
+    }
+    p.fallbacks = m.fallbacks.clone();
+    p.context_window_fallbacks = m.context_window_fallbacks.clone();
+    Ok(p)
 }
 
 #[cfg(test)]
@@ -366,6 +500,62 @@ upstream_timeout_ms = 5000
         assert_eq!(&*r.deployments[0].provider_name, "openai");
         assert_eq!(r.deployments[0].model, "gpt-4o");
         assert_eq!(c.server.unwrap()["listen"].as_str(), Some("127.0.0.1:5000"));
+    }
+
+    #[test]
+    fn routing_keys_default_and_validate() {
+        let c = Config::parse(GOOD, "test", &env).unwrap();
+        let p = &c.models["my-gpt4"].policy;
+        assert_eq!(p.strategy, Strategy::Ordered);
+        assert_eq!((p.retries, p.retry_backoff_ms, p.timeout_ms), (0, 0, 5000));
+        assert_eq!(p.cooldown_after_failures, 0);
+        assert_eq!(c.models["my-gpt4"].deployments[0].weight, 1);
+
+        let routed = GOOD.replace(
+            "[models.\"my-gpt4\"]\n",
+            "[models.\"my-gpt4\"]\nstrategy = \"least-cost\"\nretries = 4\nretry_backoff_ms = 100\n\
+             timeout_ms = 9000\nstream_first_event_timeout_ms = 700\ncooldown_after_failures = 2\n\
+             cooldown_ms = 50\nfallbacks = [\"backup\"]\ncontext_window_fallbacks = [\"backup\"]\n",
+        ) + "[models.backup]\ndeployments = [{ provider = \"local\", model = \"x\", weight = 5 }]\n";
+        let c = Config::parse(&routed, "test", &env).unwrap();
+        let p = &c.models["my-gpt4"].policy;
+        assert_eq!(p.strategy, Strategy::LeastCost);
+        assert_eq!(
+            (p.retries, p.retry_backoff_ms, p.timeout_ms),
+            (4, 100, 9000)
+        );
+        assert_eq!(p.stream_first_event_timeout_ms, Some(700));
+        assert_eq!((p.cooldown_after_failures, p.cooldown_ms), (2, 50));
+        assert_eq!(p.fallbacks, ["backup"]);
+        assert_eq!(c.models["backup"].deployments[0].weight, 5);
+        assert_eq!(c.models["backup"].policy.retries, 0);
+
+        let bad = |from: &str, to: &str| {
+            Config::parse(&routed.replace(from, to), "test", &env).unwrap_err()
+        };
+        let e = bad("least-cost", "fastest");
+        assert_eq!(e.key, "models.my-gpt4.strategy");
+        assert!(e.message.contains("round-robin"), "{e}");
+        assert_eq!(
+            bad("fallbacks = [\"backup\"]", "fallbacks = [\"nope\"]").key,
+            "models.my-gpt4.fallbacks[0]"
+        );
+        assert_eq!(
+            bad(
+                "context_window_fallbacks = [\"backup\"]",
+                "context_window_fallbacks = [\"my-gpt4\"]"
+            )
+            .key,
+            "models.my-gpt4.context_window_fallbacks[0]"
+        );
+        assert_eq!(
+            bad("timeout_ms = 9000", "timeout_ms = 0").key,
+            "models.my-gpt4.timeout_ms"
+        );
+        assert_eq!(
+            bad("weight = 5", "weight = 0").key,
+            "models.backup.deployments[0].weight"
+        );
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub enum GatewayError {
     MethodNotAllowed,
     /// Request body over `gateway.max_body_bytes`.
     PayloadTooLarge { limit: usize },
+    /// The client did not send its whole request body in time.
+    RequestTimeout,
     /// A rate limit of the key refused the request.
     RateLimited {
         message: String,
@@ -58,6 +60,14 @@ pub enum GatewayError {
     Upstream(String),
     /// The provider did not answer within `gateway.upstream_timeout_ms`.
     UpstreamTimeout,
+    /// The alias's `timeout_ms` ran out: no deployment answered in time.
+    DeadlineExceeded {
+        model: String,
+        timeout_ms: u64,
+        attempts: u32,
+        /// The attempts made: `provider/model (status code)`, in order.
+        detail: String,
+    },
     /// A store (keys, usage) failed.
     Store(String),
     /// A bug or an impossible state; never caused by input.
@@ -87,11 +97,13 @@ impl GatewayError {
             NotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", Some("not_found")),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", Some("method_not_allowed")),
             PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", Some("request_too_large")),
+            RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "invalid_request_error", Some("request_timeout")),
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", Some("rate_limit_exceeded")),
             BudgetExceeded(_) => (StatusCode::PAYMENT_REQUIRED, "insufficient_quota", Some("budget_exceeded")),
             Provider { status, kind, code, .. } => (*status, kind.as_str(), code.as_deref()),
             Upstream(_) => (StatusCode::BAD_GATEWAY, "api_error", Some("upstream_error")),
             UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "api_error", Some("upstream_timeout")),
+            DeadlineExceeded { .. } => (StatusCode::GATEWAY_TIMEOUT, "api_error", Some("upstream_timeout")),
             Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "api_error", Some("store_unavailable")),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "api_error", Some("internal_error")),
         }
@@ -123,11 +135,16 @@ impl GatewayError {
             PayloadTooLarge { limit } => {
                 format!("Request body too large: the limit is {limit} bytes.")
             }
+            RequestTimeout => "The request body did not arrive in time.".into(),
             RateLimited { message, .. } => message.clone(),
             BudgetExceeded(m) => m.clone(),
             Provider { message, .. } => message.clone(),
             Upstream(m) => format!("Upstream provider error: {m}"),
             UpstreamTimeout => "The upstream provider did not answer in time.".into(),
+            DeadlineExceeded { model, timeout_ms, attempts, detail } => format!(
+                "No deployment of `{model}` answered within its timeout ({timeout_ms} ms); {attempts} attempt(s): {}.",
+                if detail.is_empty() { "none finished" } else { detail }
+            ),
             Store(m) => format!("Storage unavailable: {m}"),
             Internal(m) => format!("Internal error: {m}"),
         }

@@ -1,9 +1,13 @@
 //! The request pipeline: every request to Conduit, stage by stage.
 //!
 //! ```text
-//!  request ─► route ─► authenticate ─► parse ─► authorize ─► select deployment ─► estimate ─► admit
-//!                                                                                              │
-//!  response ◄─ respond ◄─ meter ◄─ translate response ◄─ call upstream ◄─ translate request ◄──┘
+//!  request ─► route ─► authenticate ─► parse ─► authorize ─► select alias ─► estimate ─► admit
+//!                                                                                          │
+//!              ┌──────── attempt by attempt (retries, fallbacks, deadline) ◄──────────────┘
+//!              ▼
+//!  pick deployment ─► translate request ─► call upstream ─► translate response ─► meter ─► respond
+//!        ▲                                       │ retryable failure before the first byte
+//!        └───────────────────────────────────────┘ reached the client
 //! ```
 //!
 //! | stage               | reads                                          | adds                                        |
@@ -12,14 +16,15 @@
 //! | authenticate        | `Authorization`/`X-API-Key`/`api-key`, [`KeyStore`] via [`KeyCache`] | the [`VirtualKey`] and the secret's hash (401: missing, unknown, disabled, expired) |
 //! | parse               | the body (≤ `max_body_bytes`, else 413)        | the JSON object, `model`, `stream` (400)    |
 //! | authorize           | the key's `allowed_models` (the limiter's record when the cache says no) | — (403 `model_not_allowed`) |
-//! | select deployment   | `[models.ALIAS]`                               | the [`ModelRoute`] (404 `model_not_found`)  |
-//! | estimate            | the body, the deployments' prices              | the [`Demand`]: tokens and cost (403 `model_price_unknown` for a budget without a price) |
-//! | admit               | [`Limiter`] with the key and the [`Demand`]    | an [`Admission`]: reservation, `x-ratelimit-*`, the authoritative key (429/402/401) |
+//! | select alias        | `[models.ALIAS]`                               | the [`ModelRoute`] (404 `model_not_found`)  |
+//! | estimate            | the body, the prices of the alias's deployments and of its fallbacks' | the [`Demand`]: tokens and cost (403 `model_price_unknown` for a budget without a price) |
+//! | admit               | [`Limiter`] with the key and the [`Demand`]    | an [`Admission`] (once per request, whatever the attempts): reservation, `x-ratelimit-*`, the authoritative key (429/402/401) |
+//! | pick deployment     | the [`Router`]'s [`AttemptPlan`]: strategy, health, retries, backoff, fallbacks, deadline ([`crate::routing`]) | the next [`Attempt`] and its wait ([`Clock`]); or the final error (504 `upstream_timeout` naming the attempts when `timeout_ms` ran out) |
 //! | translate request   | the deployment's [`Provider`], a [`Call`]      | the upstream `http::Request`                |
-//! | call upstream       | [`Upstream`], [`Clock`] for the timeout        | the response head; a retryable failure (5xx, 429, timeout, connection) moves on to the next deployment |
+//! | call upstream       | [`Upstream`], [`Clock`] for the timeouts       | the answer read whole, or a stream peeked up to its first event ([`crate::attempt`]); a retryable failure (5xx, 408, 429, timeout, connection, unreadable, a stream failing before its first event) goes back to *pick deployment* |
 //! | translate response  | the provider's body or stream decoder          | an OpenAI object with `model` = the alias, or the [`Relay`] |
-//! | meter               | the usage the provider reported, timings, price | the cost, the settlement, one [`UsageRecord`], handed to the [`Spawner`] unless done at once (from the stream's end, or its `Drop`) |
-//! | respond             | —                                              | `x-request-id`, `x-conduit-overhead-ms`, `x-ratelimit-*` |
+//! | meter               | the usage the provider reported, timings, the answering deployment's price | the cost, the settlement, one [`UsageRecord`] with the attempts and the failed ones, handed to the [`Spawner`] unless done at once (from the stream's end, or its `Drop`) |
+//! | respond             | —                                              | `x-request-id`, `x-conduit-overhead-ms`, `x-ratelimit-*`, `x-conduit-deployment`, `x-conduit-attempts` |
 //!
 //! Admin routes (`/admin/…`) go to [`crate::admin`] after the master-key check;
 //! `/` and `/ui/…` to the web UI ([`crate::ui`]).
@@ -36,6 +41,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::admin::{self, AdminRoute};
+use crate::attempt::{CallContext, Replay};
 use crate::cache::KeyCache;
 use crate::compat::BoxStream;
 use crate::config::{Config, ModelRoute};
@@ -47,6 +53,7 @@ use crate::ports::{
     Admission, ByteStream, Clock, Demand, KeyStore, Limiter, Spawner, Upstream, UsageStore,
 };
 use crate::providers::{Call, Endpoint, Provider, StreamDecoder};
+use crate::routing::{Attempt, AttemptPlan, Router, Step};
 use crate::stream::Relay;
 use crate::usage::{TokenUsage, UsageRecord};
 
@@ -97,19 +104,21 @@ pub struct Gateway {
     key_cache: KeyCache,
     master_key_hash: Option<[u8; 32]>,
     created_secs: u64,
+    /// Deployment health on this instance (process, isolate, container).
+    router: Router,
 }
 
 /// Body bytes read from an upstream error answer, at most.
-const MAX_ERROR_BODY: usize = 64 * 1024;
-/// Body bytes read from an upstream success answer, at most.
-const MAX_RESPONSE_BODY: usize = 256 * 1024 * 1024;
+pub(crate) const MAX_ERROR_BODY: usize = 64 * 1024;
 
 impl Gateway {
     /// `master_key` enables the admin API; without it, admin routes answer 401.
     pub fn new(config: Config, ports: Ports, master_key: Option<&str>) -> Self {
         let key_cache = KeyCache::new(config.gateway.key_cache_ttl_ms);
         let created_secs = ports.clock.now_micros() / 1_000_000;
+        let router = Router::new(&config);
         Gateway {
+            router,
             config: Arc::new(config),
             ports,
             key_cache,
@@ -126,6 +135,11 @@ impl Gateway {
 
     pub fn ports(&self) -> &Ports {
         &self.ports
+    }
+
+    /// The deployments' health on this instance.
+    pub fn router(&self) -> &Router {
+        &self.router
     }
 
     /// Largest accepted request body; adapters stop reading past it and
@@ -361,12 +375,16 @@ impl Gateway {
                 latency_us: 0,
                 upstream_latency_us: 0,
                 created_at_ms: started_us / 1000,
+                attempts: 0,
+                failed_attempts: Vec::new(),
+                served_alias: None,
             },
             started_us,
         );
         match self.proxy(endpoint, &key, key_hash, body, &mut meter).await {
             Ok(Proxied::Full(mut response, usage)) => {
                 add_headers(response.headers_mut(), &meter.limit_headers());
+                add_headers(response.headers_mut(), &route_headers(&meter.record));
                 response.headers_mut().insert(
                     "x-conduit-overhead-ms",
                     overhead_header(meter.overhead_us()),
@@ -375,7 +393,8 @@ impl Gateway {
                 meter.finish(response.status().as_u16());
                 Ok(response)
             }
-            Ok(Proxied::Stream(head, relay)) => {
+            Ok(Proxied::Stream(mut head, relay)) => {
+                head.headers.extend(route_headers(&meter.record));
                 let overhead = meter.overhead_us();
                 let mut response = stream_response(head, relay.into_relay(meter));
                 response
@@ -386,6 +405,7 @@ impl Gateway {
             Err(e) => {
                 meter.finish(e.status().as_u16());
                 let mut response = self.error_response(&e);
+                add_headers(response.headers_mut(), &route_headers(&meter.record));
                 if meter.admission.is_some() {
                     add_headers(response.headers_mut(), &meter.limit_headers());
                 } else {
@@ -498,9 +518,9 @@ impl Gateway {
         let completion_estimate = match endpoint {
             Endpoint::Embeddings => 0,
             // The legacy API's own default for `max_tokens` is 16.
-            Endpoint::Completions => completion_allowance(&request, 16),
+            Endpoint::Completions => completion_allowance(&request, 16)?,
             Endpoint::ChatCompletions => {
-                completion_allowance(&request, self.config.gateway.default_max_tokens)
+                completion_allowance(&request, self.config.gateway.default_max_tokens)?
             }
         };
         meter.record.estimated_prompt_tokens = prompt_estimate;
@@ -508,13 +528,23 @@ impl Gateway {
         let estimate = TokenUsage {
             prompt_tokens: prompt_estimate,
             completion_tokens: completion_estimate,
-            total_tokens: prompt_estimate + completion_estimate,
+            total_tokens: prompt_estimate.saturating_add(completion_estimate),
             ..TokenUsage::default()
         };
-        // A budget needs a price for every deployment the alias may use.
+        // A budget needs a price for every deployment the request may use,
+        // fallbacks included.
         let mut cost_estimate = 0;
         if key.budget.is_some() {
-            for d in &route.deployments {
+            let fallbacks = route
+                .policy
+                .fallbacks
+                .iter()
+                .chain(&route.policy.context_window_fallbacks)
+                .filter_map(|a| self.config.models.get(a));
+            for d in std::iter::once(route)
+                .chain(fallbacks)
+                .flat_map(|r| &r.deployments)
+            {
                 let price = d.price.ok_or_else(|| GatewayError::PriceUnknown {
                     model: alias.clone(),
                     provider_model: d.model.clone(),
@@ -527,7 +557,14 @@ impl Gateway {
             model: alias.clone(),
             tokens: estimate.total_tokens,
             cost_nanos: cost_estimate,
-            ttl_secs: self.config.gateway.upstream_timeout_ms / 1000 * 2 + 60,
+            ttl_secs: self
+                .config
+                .gateway
+                .upstream_timeout_ms
+                .max(route.policy.timeout_ms)
+                / 1000
+                * 2
+                + 60,
         };
         match self.ports.limiter.admit(key, &demand).await {
             Ok(mut admission) => {
@@ -562,106 +599,68 @@ impl Gateway {
         // with float arrays get them encoded (little-endian float32).
         let base64_embeddings = endpoint == Endpoint::Embeddings
             && request.get("encoding_format").and_then(Value::as_str) == Some("base64");
-        // Stages *translate request* and *call upstream*, deployment by deployment.
+        // Stages *pick deployment* to *translate response*, attempt by attempt.
+        let Some(mut plan) = self
+            .router
+            .plan(&self.config, route, meter.started_us(), estimate)
+        else {
+            return Err(GatewayError::Internal(format!(
+                "no route state for `{alias}`"
+            )));
+        };
         let request_id = meter.record.request_id.clone();
-        let timeout = Duration::from_millis(self.config.gateway.upstream_timeout_ms);
-        let mut last_error = GatewayError::Internal("no deployment was tried".into());
-        for (i, deployment) in route.deployments.iter().enumerate() {
-            let last = i + 1 == route.deployments.len();
-            meter.record.provider = Some(deployment.provider_name.to_string());
-            meter.record.provider_model = Some(deployment.model.clone());
-            meter.price = deployment.price;
-            let provider = &deployment.provider;
-            let call = Call {
-                endpoint,
-                model: &deployment.model,
-                stream,
-                now_secs: meter.now() / 1_000_000,
-                request_id: &request_id,
-                drop_unsupported_params: deployment.drop_unsupported_params,
-            };
-            if provider.needs_image_bytes() {
-                self.inline_images(&mut request).await?;
-            }
-            // A provider may rewrite the body destructively (legacy
-            // completions through chat): a fallback gets the client's own.
-            let mut attempt;
-            let body = if last {
-                &mut request
-            } else {
-                attempt = request.clone();
-                &mut attempt
-            };
-            let upstream_request = provider.build_request(&call, body)?;
-            let sent_us = meter.now();
-            let deadline_us = sent_us + timeout.as_micros() as u64;
-            let head = self
-                .within(timeout, self.ports.upstream.send(upstream_request))
-                .await;
-            let outcome: Result<(), GatewayError> = match head {
-                Err(e) => Err(e),
-                Ok(Err(e)) => Err(GatewayError::Upstream(format!(
-                    "cannot reach the provider: {e}"
-                ))),
-                Ok(Ok(response)) if !response.status().is_success() => {
-                    let (parts, body) = response.into_parts();
-                    let bytes = self.read_body(body, deadline_us, MAX_ERROR_BODY).await;
-                    Err(provider.map_error(
-                        parts.status,
-                        &parts.headers,
-                        &bytes.unwrap_or_default(),
-                    ))
-                }
-                Ok(Ok(response)) if stream => {
-                    meter.add_upstream(meter.now().saturating_sub(sent_us));
-                    let (parts, body) = response.into_parts();
-                    return Ok(Proxied::Stream(
-                        StreamHead {
-                            status: parts.status,
-                            headers: meter.limit_headers(),
-                        },
-                        PendingRelay {
-                            upstream: body,
-                            decoder: provider.stream_decoder(&call),
-                            clock: self.ports.clock.clone(),
-                            idle_timeout: timeout,
-                            alias: Value::String(alias),
-                            endpoint,
-                            include_usage,
-                        },
-                    ));
-                }
-                Ok(Ok(response)) => {
-                    let (parts, body) = response.into_parts();
-                    match self.read_body(body, deadline_us, MAX_RESPONSE_BODY).await {
-                        Ok(bytes) => {
-                            meter.add_upstream(meter.now().saturating_sub(sent_us));
-                            return self.translate_whole(
-                                provider.as_ref(),
-                                &call,
-                                base64_embeddings,
-                                parts.status,
-                                &bytes,
-                                meter,
-                            );
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-            };
-            if let Err(e) = outcome {
-                meter.add_upstream(meter.now().saturating_sub(sent_us));
-                if last || !e.is_retryable() {
+        let cx = CallContext {
+            endpoint,
+            stream,
+            include_usage,
+            base64_embeddings,
+            alias: &alias,
+            request_id: &request_id,
+        };
+        loop {
+            let attempt = match plan.next(meter.now()) {
+                Step::Try(attempt) => attempt,
+                Step::Fail(e) => {
+                    record_attempts(meter, &mut plan);
                     return Err(e);
                 }
-                last_error = e;
+            };
+            if attempt.wait_us > 0 {
+                // A backoff or a provider's Retry-After: time spent on the
+                // providers' account, not the gateway's.
+                let wait = Duration::from_micros(attempt.wait_us);
+                self.ports.clock.sleep(wait).await;
+                meter.add_upstream(attempt.wait_us);
+            }
+            note_deployment(meter, &attempt, &alias);
+            let started_us = meter.now();
+            let keep_body = plan.may_continue();
+            let deadline_us = plan.deadline_us();
+            match self
+                .call_deployment(&attempt, &mut request, keep_body, &cx, deadline_us, meter)
+                .await
+            {
+                Ok((answer, latency_us)) => {
+                    plan.succeeded(&attempt, latency_us, meter.now());
+                    record_attempts(meter, &mut plan);
+                    return Ok(match answer {
+                        Proxied::Stream(head, mut relay) => {
+                            relay.upstream.hold(attempt.in_flight);
+                            Proxied::Stream(head, relay)
+                        }
+                        full => full,
+                    });
+                }
+                Err(failure) => {
+                    meter.add_upstream(meter.now().saturating_sub(started_us));
+                    plan.failed(&attempt, failure, meter.now());
+                }
             }
         }
-        Err(last_error)
     }
 
     /// Stage *translate response* for a whole answer.
-    fn translate_whole(
+    pub(crate) fn translate_whole(
         &self,
         provider: &dyn Provider,
         call: &Call<'_>,
@@ -762,33 +761,35 @@ impl Gateway {
 }
 
 /// What [`Gateway::proxy`] hands back.
-enum Proxied {
+pub(crate) enum Proxied {
     Full(Response, TokenUsage),
     Stream(StreamHead, PendingRelay),
 }
 
-struct StreamHead {
-    status: StatusCode,
-    headers: Vec<(&'static str, String)>,
+pub(crate) struct StreamHead {
+    pub status: StatusCode,
+    pub headers: Vec<(&'static str, String)>,
 }
 
 /// Everything a [`Relay`] needs except the meter, which stays with the
 /// request until the response is built.
-struct PendingRelay {
-    upstream: ByteStream,
-    decoder: Box<dyn StreamDecoder>,
-    clock: Arc<dyn Clock>,
-    idle_timeout: Duration,
-    alias: Value,
-    endpoint: Endpoint,
-    include_usage: bool,
+pub(crate) struct PendingRelay {
+    /// The peeked bytes, then the rest of the upstream body.
+    pub upstream: Replay,
+    pub decoder: Box<dyn StreamDecoder>,
+    pub clock: Arc<dyn Clock>,
+    pub idle_timeout: Duration,
+    pub alias: Value,
+    pub endpoint: Endpoint,
+    pub include_usage: bool,
 }
 
 impl PendingRelay {
     fn into_relay(self, meter: Meter) -> Relay {
+        let upstream: ByteStream = Box::pin(self.upstream);
         Relay {
             decoder: self.decoder,
-            upstream: self.upstream,
+            upstream,
             clock: self.clock,
             idle_timeout: self.idle_timeout,
             alias: self.alias,
@@ -818,6 +819,35 @@ fn encode_embeddings(object: &mut Map<String, Value>) {
         }
         *slot = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
     }
+}
+
+/// The answering deployment on the usage record.
+fn note_deployment(meter: &mut Meter, attempt: &Attempt<'_>, alias: &str) {
+    let d = attempt.deployment;
+    meter.record.provider = Some(d.provider_name.to_string());
+    meter.record.provider_model = Some(d.model.clone());
+    meter.record.served_alias = (attempt.route.alias != alias).then(|| attempt.route.alias.clone());
+    meter.price = d.price;
+}
+
+/// The attempts and the failed ones on the usage record.
+fn record_attempts(meter: &mut Meter, plan: &mut AttemptPlan<'_>) {
+    meter.record.attempts = plan.attempts();
+    meter.record.failed_attempts = plan.take_failed();
+}
+
+/// `x-conduit-deployment` (the one that answered, or was tried last) and
+/// `x-conduit-attempts`, once the request went upstream.
+fn route_headers(record: &UsageRecord) -> Vec<(&'static str, String)> {
+    let mut headers = Vec::new();
+    if record.attempts == 0 {
+        return headers;
+    }
+    if let (Some(p), Some(m)) = (&record.provider, &record.provider_model) {
+        headers.push(("x-conduit-deployment", format!("{p}/{m}")));
+    }
+    headers.push(("x-conduit-attempts", record.attempts.to_string()));
+    headers
 }
 
 fn stream_response(head: StreamHead, relay: Relay) -> Response {

@@ -23,6 +23,7 @@
 pub use async_trait as __async_trait;
 
 pub mod admin;
+mod attempt;
 pub mod cache;
 pub mod compat;
 pub mod config;
@@ -36,6 +37,7 @@ mod meter;
 pub mod ports;
 pub mod pricing;
 pub mod providers;
+pub mod routing;
 pub mod sse;
 mod stream;
 pub mod summary;

@@ -144,16 +144,16 @@ impl KeyLimitState {
             self.day_requests = 0;
         }
         // Unsettled reservations past their time are charged at their estimate.
-        let mut charged = 0;
+        let mut charged: u64 = 0;
         self.reservations.retain(|r| {
             if r.expires_at <= now {
-                charged += r.cost_nanos;
+                charged = charged.saturating_add(r.cost_nanos);
                 false
             } else {
                 true
             }
         });
-        self.spent_nanos += charged;
+        self.spent_nanos = self.spent_nanos.saturating_add(charged);
         if let Some(b) = budget {
             let start = period_start(b.period, now);
             if start != self.period_start {
@@ -164,9 +164,9 @@ impl KeyLimitState {
     }
 
     fn window(&self) -> (u64, u64) {
-        self.minute
-            .iter()
-            .fold((0, 0), |(r, t), b| (r + b.requests, t + b.tokens))
+        self.minute.iter().fold((0u64, 0u64), |(r, t), b| {
+            (r.saturating_add(b.requests), t.saturating_add(b.tokens))
+        })
     }
 
     /// Seconds until `need` more units fit under `max`, given per-bucket use.
@@ -176,11 +176,11 @@ impl KeyLimitState {
         }
         let mut left = used;
         for b in &self.minute {
-            if left + need <= max {
+            if left.saturating_add(need) <= max {
                 break;
             }
-            left -= per(b);
-            if left + need <= max {
+            left = left.saturating_sub(per(b));
+            if left.saturating_add(need) <= max {
                 return (b.sec + WINDOW_SECS).saturating_sub(now).max(1);
             }
         }
@@ -188,7 +188,9 @@ impl KeyLimitState {
     }
 
     fn reserved_nanos(&self) -> u64 {
-        self.reservations.iter().map(|r| r.cost_nanos).sum()
+        self.reservations
+            .iter()
+            .fold(0u64, |sum, r| sum.saturating_add(r.cost_nanos))
     }
 
     /// Admits and reserves, or refuses and changes nothing.
@@ -197,7 +199,7 @@ impl KeyLimitState {
         self.roll(now, ask.budget);
         let (requests, tokens) = self.window();
         if let Some(max) = ask.limits.rpd {
-            if self.day_requests + 1 > max {
+            if self.day_requests.saturating_add(1) > max {
                 let next_midnight = (now / 86_400 + 1) * 86_400;
                 return Err(Refusal::Rate {
                     limit: "rpd",
@@ -207,7 +209,7 @@ impl KeyLimitState {
             }
         }
         if let Some(max) = ask.limits.rpm {
-            if requests + 1 > max {
+            if requests.saturating_add(1) > max {
                 return Err(Refusal::Rate {
                     limit: "rpm",
                     max,
@@ -216,7 +218,7 @@ impl KeyLimitState {
             }
         }
         if let Some(max) = ask.limits.tpm {
-            if tokens + ask.tokens > max {
+            if tokens.saturating_add(ask.tokens) > max {
                 return Err(Refusal::Rate {
                     limit: "tpm",
                     max,
@@ -226,7 +228,12 @@ impl KeyLimitState {
         }
         if let Some(b) = ask.budget {
             let reserved = self.reserved_nanos();
-            if self.spent_nanos + reserved + ask.cost_nanos > b.max_nanos {
+            if self
+                .spent_nanos
+                .saturating_add(reserved)
+                .saturating_add(ask.cost_nanos)
+                > b.max_nanos
+            {
                 return Err(Refusal::Budget {
                     max_nanos: b.max_nanos,
                     spent_nanos: self.spent_nanos,
@@ -235,11 +242,11 @@ impl KeyLimitState {
                 });
             }
         }
-        self.day_requests += 1;
+        self.day_requests = self.day_requests.saturating_add(1);
         match self.minute.last_mut() {
             Some(b) if b.sec == now => {
-                b.requests += 1;
-                b.tokens += ask.tokens;
+                b.requests = b.requests.saturating_add(1);
+                b.tokens = b.tokens.saturating_add(ask.tokens);
             }
             _ => self.minute.push(Bucket {
                 sec: now,
@@ -257,7 +264,7 @@ impl KeyLimitState {
             } else {
                 0
             },
-            expires_at: now + ask.ttl_secs.max(1),
+            expires_at: now.saturating_add(ask.ttl_secs.max(1)),
         };
         self.reservations.push(r);
         Ok(r)
@@ -279,10 +286,10 @@ impl KeyLimitState {
         };
         let r = self.reservations.remove(pos);
         if let Some(b) = self.minute.iter_mut().find(|b| b.sec == r.sec) {
-            b.tokens = b.tokens.saturating_sub(r.tokens) + tokens;
+            b.tokens = b.tokens.saturating_sub(r.tokens).saturating_add(tokens);
         }
         if budget.is_some() {
-            self.spent_nanos += cost_nanos;
+            self.spent_nanos = self.spent_nanos.saturating_add(cost_nanos);
         }
     }
 
@@ -334,6 +341,63 @@ impl KeyLimitState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_absurd_allowance_is_refused_not_wrapped() {
+        let body = |v: Value| v.as_object().cloned().unwrap_or_default();
+        for (field, v) in [
+            ("max_tokens", serde_json::json!(u64::MAX)),
+            ("max_tokens", serde_json::json!(18446744073709551000u64)),
+            (
+                "max_completion_tokens",
+                serde_json::json!(MAX_COMPLETION_TOKENS + 1),
+            ),
+            ("max_tokens", serde_json::json!(-1)),
+            ("max_tokens", serde_json::json!(1.5)),
+            ("max_tokens", serde_json::json!("100")),
+            ("n", serde_json::json!(0)),
+            ("n", serde_json::json!(MAX_CHOICES + 1)),
+        ] {
+            let b = body(serde_json::json!({ field: v }));
+            match completion_allowance(&b, 16) {
+                Err(GatewayError::InvalidRequest { param, .. }) => {
+                    assert_eq!(param.as_deref(), Some(field))
+                }
+                other => panic!("{field}={v}: {other:?}"),
+            }
+        }
+        let b = body(serde_json::json!({"max_tokens": MAX_COMPLETION_TOKENS, "n": MAX_CHOICES}));
+        assert_eq!(
+            completion_allowance(&b, 16).unwrap(),
+            MAX_COMPLETION_TOKENS * MAX_CHOICES
+        );
+        let b = body(serde_json::json!({"max_tokens": null, "max_completion_tokens": 7}));
+        assert_eq!(completion_allowance(&b, 16).unwrap(), 7);
+        assert_eq!(completion_allowance(&Map::new(), 16).unwrap(), 16);
+    }
+
+    #[test]
+    fn huge_asks_saturate_and_are_refused_by_a_small_tpm() {
+        let l = limits(None, None, Some(1000));
+        let mut s = KeyLimitState::default();
+        assert!(s.admit(&ask(1_000, &l, None, u64::MAX, 0)).is_err());
+        assert!(s.admit(&ask(1_000, &l, None, 999, 0)).is_ok());
+        assert!(s.admit(&ask(1_000, &l, None, u64::MAX - 10, 0)).is_err());
+        let b = Budget {
+            max_nanos: 1_000,
+            period: BudgetPeriod::Total,
+        };
+        let mut s = KeyLimitState::default();
+        assert!(s
+            .admit(&ask(
+                1_000,
+                &limits(None, None, None),
+                Some(&b),
+                0,
+                u64::MAX
+            ))
+            .is_err());
+    }
 
     fn limits(rpm: Option<u64>, rpd: Option<u64>, tpm: Option<u64>) -> Limits {
         Limits { rpm, rpd, tpm }
@@ -603,15 +667,15 @@ const MESSAGE_TOKENS: u64 = 4;
 
 fn text_tokens(v: &Value, bytes: &mut u64, extra: &mut u64) {
     match v {
-        Value::String(s) => *bytes += s.len() as u64,
-        Value::Number(_) => *extra += 1,
+        Value::String(s) => *bytes = bytes.saturating_add(s.len() as u64),
+        Value::Number(_) => *extra = extra.saturating_add(1),
         Value::Array(items) => items.iter().for_each(|i| text_tokens(i, bytes, extra)),
         Value::Object(o) => {
             if o.get("type")
                 .and_then(Value::as_str)
                 .is_some_and(|t| t == "image_url" || t == "input_image" || t == "image")
             {
-                *extra += IMAGE_TOKENS;
+                *extra = extra.saturating_add(IMAGE_TOKENS);
                 return;
             }
             o.iter()
@@ -641,25 +705,42 @@ pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
         }
     }
     if let Some(Value::Array(messages)) = body.get("messages") {
-        extra += MESSAGE_TOKENS * messages.len() as u64;
+        extra = extra.saturating_add(MESSAGE_TOKENS.saturating_mul(messages.len() as u64));
     }
-    bytes.div_ceil(4) + extra
+    bytes.div_ceil(4).saturating_add(extra)
 }
 
+/// The largest completion allowance (`max_tokens`, `max_completion_tokens`)
+/// a request may ask for. No model writes anywhere near this many tokens; a
+/// larger number is a mistake or an attempt to overflow the estimate, and is
+/// refused with a 400 rather than admitted.
+pub const MAX_COMPLETION_TOKENS: u64 = 10_000_000;
+/// The most choices (`n`) a request may ask for (OpenAI's own limit).
+pub const MAX_CHOICES: u64 = 128;
+
 /// The completion allowance: `max_completion_tokens`, else `max_tokens`,
-/// else `default` (times `n` choices).
-pub fn completion_allowance(body: &Map<String, Value>, default: u64) -> u64 {
-    let max = body
-        .get("max_completion_tokens")
-        .and_then(Value::as_u64)
-        .or_else(|| body.get("max_tokens").and_then(Value::as_u64))
-        .unwrap_or(default);
-    let n = body
-        .get("n")
-        .and_then(Value::as_u64)
-        .unwrap_or(1)
-        .clamp(1, 128);
-    max.saturating_mul(n)
+/// else `default` (times `n` choices). A value that is not an integer from
+/// 0 to [`MAX_COMPLETION_TOKENS`] (or an `n` outside 1 to [`MAX_CHOICES`])
+/// is a 400 naming the parameter: the estimate that admission and budgets
+/// rest on must never wrap or be cut short.
+pub fn completion_allowance(body: &Map<String, Value>, default: u64) -> Result<u64, GatewayError> {
+    let bounded = |name: &str, min: u64, max: u64| -> Result<Option<u64>, GatewayError> {
+        match body.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
+                _ => Err(GatewayError::invalid(
+                    format!("`{name}` must be an integer from {min} to {max}."),
+                    Some(name),
+                )),
+            },
+        }
+    };
+    let completion = bounded("max_completion_tokens", 0, MAX_COMPLETION_TOKENS)?;
+    let legacy = bounded("max_tokens", 0, MAX_COMPLETION_TOKENS)?;
+    let n = bounded("n", 1, MAX_CHOICES)?.unwrap_or(1);
+    let max = completion.or(legacy).unwrap_or(default);
+    Ok(max.saturating_mul(n))
 }
 
 /// Spend kept across restarts by a single-process limiter.

@@ -7,8 +7,10 @@
 //! request is dropped first (the client went away), `Drop` does it with
 //! status 499 and, when the provider has not reported usage yet, the
 //! estimate: the prompt estimate plus the larger of the completion allowance
-//! and the chunks already relayed. A request is never recorded as free
-//! because the client left, and never counted twice.
+//! and the chunks already relayed. A stream that fails after content reached
+//! the client is billed the same way ([`Meter::charge_estimate`]): the client
+//! got tokens and the provider bills for them. A request is never recorded
+//! as free because the client left or the stream broke, and never counted twice.
 
 use std::sync::Arc;
 use std::task::{Context, Waker};
@@ -69,6 +71,11 @@ impl Meter {
         self.record.upstream_latency_us += us;
     }
 
+    /// When the request arrived (Unix µs).
+    pub fn started_us(&self) -> u64 {
+        self.started_us
+    }
+
     pub fn now(&self) -> u64 {
         self.clock.now_micros()
     }
@@ -111,7 +118,8 @@ impl Meter {
         };
         let u = &self.record.usage;
         let settlement = Settlement {
-            tokens: u.prompt_tokens + u.completion_tokens,
+            // Saturating: the counts are the provider's (fuzz/regressions).
+            tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
             cost_nanos: self.record.cost_nanos.unwrap_or(0),
         };
         let admission = self.admission.clone().filter(|a| a.reservation.is_some());
@@ -143,27 +151,104 @@ fn run_or_spawn(spawner: &dyn Spawner, mut task: BoxFuture<'static, ()>) {
     }
 }
 
+impl Meter {
+    /// Unless the provider reported usage, bills the estimate: the prompt
+    /// estimate plus the larger of the completion allowance and the chunks
+    /// already relayed. For requests whose answer reached the client in part
+    /// (a disconnect, a stream that broke after content).
+    pub fn charge_estimate(&mut self) {
+        if self.usage_reported || self.admission.is_none() {
+            return;
+        }
+        let prompt = self.record.estimated_prompt_tokens;
+        let completion = self
+            .record
+            .estimated_completion_tokens
+            .max(self.seen_completion);
+        self.record.usage = TokenUsage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt.saturating_add(completion),
+            ..TokenUsage::default()
+        };
+        self.usage_reported = true;
+    }
+}
+
 impl Drop for Meter {
     fn drop(&mut self) {
         if self.finished {
             return;
         }
-        if !self.usage_reported && self.admission.is_some() {
-            // The client went away before the provider said what it used:
-            // bill what was seen, and the estimate for the rest.
-            let prompt = self.record.estimated_prompt_tokens;
-            let completion = self
-                .record
-                .estimated_completion_tokens
-                .max(self.seen_completion);
-            self.record.usage = TokenUsage {
-                prompt_tokens: prompt,
-                completion_tokens: completion,
-                total_tokens: prompt + completion,
-                ..TokenUsage::default()
-            };
-            self.usage_reported = true;
-        }
+        // The client went away before the provider said what it used:
+        // bill what was seen, and the estimate for the rest.
+        self.charge_estimate();
         self.finish(499);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::LocalLimiter;
+    use crate::memory::{ManualClock, MemoryUsageStore, QueueSpawner};
+
+    /// Found by fuzzing (`gateway_upstream`, fuzz/regressions): a provider
+    /// reporting counts whose sum passes 2^64 overflowed the settlement.
+    #[test]
+    fn huge_reported_usage_saturates() {
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let store = Arc::new(MemoryUsageStore::default());
+        let key = VirtualKey::from_create_body(
+            &serde_json::json!({"name": "k", "limits": {"tpm": 100}}),
+            "key_1".into(),
+            1,
+        )
+        .unwrap();
+        let record = UsageRecord {
+            request_id: "req_1".into(),
+            key_id: key.id.clone(),
+            model: "m".into(),
+            provider: None,
+            provider_model: None,
+            endpoint: "/v1/chat/completions".into(),
+            status: 0,
+            streamed: false,
+            usage: TokenUsage::default(),
+            estimated_prompt_tokens: 1,
+            estimated_completion_tokens: 1,
+            cost_nanos: None,
+            refused_by: None,
+            latency_us: 0,
+            upstream_latency_us: 0,
+            created_at_ms: 1,
+        };
+        let mut meter = Meter::new(
+            store.clone(),
+            Arc::new(LocalLimiter::new(clock.clone(), None)),
+            clock,
+            Arc::new(QueueSpawner::default()),
+            Arc::new(key),
+            record,
+            1_000_000,
+        );
+        meter.price = Some(Price {
+            input: 1_000,
+            output: 2_000,
+            cached_input: None,
+            cache_write: None,
+        });
+        let max = u64::MAX;
+        meter.report(TokenUsage {
+            prompt_tokens: max,
+            completion_tokens: max,
+            total_tokens: max,
+            ..TokenUsage::default()
+        });
+        meter.finish(200);
+        let records = store.all();
+        assert_eq!(records.len(), 1);
+        let expected = (u128::from(max) * 3_000).div_ceil(1_000_000) as u64;
+        assert_eq!(records[0].cost_nanos, Some(expected));
     }
 }

@@ -18,15 +18,33 @@ pub struct SseEvent {
     pub data: String,
 }
 
-/// An incremental SSE parser.
-#[derive(Debug, Default)]
+/// The largest event a provider may send: the bytes of one line, or of one
+/// event's joined `data` lines. A stream with a larger one ends with an error
+/// ([`SseParser::take_overflow`]) rather than holding memory without bound.
+pub const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
+
+/// An incremental SSE parser. Work is linear in the bytes fed: every byte is
+/// scanned once, and only an unfinished line is kept between calls.
+#[derive(Debug)]
 pub struct SseParser {
+    /// The unfinished last line.
     buf: Vec<u8>,
     event: Option<String>,
     data: Vec<u8>,
     has_data: bool,
     /// The last byte fed was a `\r`: a leading `\n` in the next piece belongs to it.
     skip_lf: bool,
+    max_event_bytes: usize,
+    /// An event went over the bound: everything after it is ignored.
+    overflowed: bool,
+    /// The overflow was not reported yet.
+    overflow_unreported: bool,
+}
+
+impl Default for SseParser {
+    fn default() -> Self {
+        Self::with_limit(MAX_EVENT_BYTES)
+    }
 }
 
 impl SseParser {
@@ -34,33 +52,53 @@ impl SseParser {
         Self::default()
     }
 
+    /// A parser whose events may be at most `max_event_bytes` long.
+    pub fn with_limit(max_event_bytes: usize) -> Self {
+        SseParser {
+            buf: Vec::new(),
+            event: None,
+            data: Vec::new(),
+            has_data: false,
+            skip_lf: false,
+            max_event_bytes,
+            overflowed: false,
+            overflow_unreported: false,
+        }
+    }
+
     /// Feeds the next piece of the body; complete events are pushed to `out`.
     pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<SseEvent>) {
+        if self.overflowed {
+            return;
+        }
         if self.skip_lf && !bytes.is_empty() {
             self.skip_lf = false;
             if let Some(rest) = bytes.strip_prefix(b"\n") {
                 bytes = rest;
             }
         }
-        // Fast path: nothing buffered, work on the input directly.
         let mut start = 0;
-        let owned;
-        let input: &[u8] = if self.buf.is_empty() {
-            bytes
-        } else {
-            self.buf.extend_from_slice(bytes);
-            owned = std::mem::take(&mut self.buf);
-            &owned
-        };
         let mut i = 0;
-        while i < input.len() {
-            let b = input[i];
+        while i < bytes.len() {
+            let b = bytes[i];
             if b == b'\n' || b == b'\r' {
-                self.line(&input[start..i], out);
+                if self.buf.is_empty() {
+                    self.line(&bytes[start..i], out);
+                } else {
+                    // The line began in an earlier piece.
+                    let mut line = std::mem::take(&mut self.buf);
+                    line.extend_from_slice(&bytes[start..i]);
+                    self.line(&line, out);
+                    line.clear();
+                    self.buf = line;
+                }
+                if self.overflowed {
+                    return;
+                }
                 if b == b'\r' {
-                    if i + 1 == input.len() {
+                    if i + 1 == bytes.len() {
                         self.skip_lf = true;
-                    } else if input[i + 1] == b'\n' {
+                    } else if bytes[i + 1] == b'\n' {
                         i += 1;
                     }
                 }
@@ -68,11 +106,19 @@ impl SseParser {
             }
             i += 1;
         }
-        self.buf.extend_from_slice(&input[start..]);
+        let rest = &bytes[start..];
+        if self.buf.len() + rest.len() + self.data.len() > self.max_event_bytes {
+            self.overflow();
+            return;
+        }
+        self.buf.extend_from_slice(rest);
     }
 
     /// The body ended: a last event without its blank line is still dispatched.
     pub fn finish(&mut self, out: &mut Vec<SseEvent>) {
+        if self.overflowed {
+            return;
+        }
         if !self.buf.is_empty() {
             let line = std::mem::take(&mut self.buf);
             self.line(&line, out);
@@ -80,7 +126,31 @@ impl SseParser {
         self.line(b"", out);
     }
 
+    /// Once, after an event went over the bound: the error that ends the stream.
+    pub fn take_overflow(&mut self) -> Option<crate::error::GatewayError> {
+        if !std::mem::take(&mut self.overflow_unreported) {
+            return None;
+        }
+        Some(crate::error::GatewayError::Upstream(format!(
+            "the provider sent a stream event over {} bytes",
+            self.max_event_bytes
+        )))
+    }
+
+    fn overflow(&mut self) {
+        self.overflowed = true;
+        self.overflow_unreported = true;
+        self.buf = Vec::new();
+        self.data = Vec::new();
+        self.event = None;
+        self.has_data = false;
+    }
+
     fn line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
+        if line.len() > self.max_event_bytes {
+            self.overflow();
+            return;
+        }
         if line.is_empty() {
             if self.has_data {
                 out.push(SseEvent {
@@ -105,6 +175,10 @@ impl SseParser {
         };
         match field {
             b"data" => {
+                if self.data.len() + value.len() + 1 > self.max_event_bytes {
+                    self.overflow();
+                    return;
+                }
                 if self.has_data {
                     self.data.push(b'\n');
                 }
@@ -158,6 +232,54 @@ mod tests {
         assert_eq!(ev[1].data, "x");
         assert_eq!(ev[2].data, "y");
         assert_eq!(ev[3].data, "z");
+    }
+
+    #[test]
+    fn an_endless_event_is_bounded_and_reported_once() {
+        let mut p = SseParser::with_limit(64);
+        let mut out = Vec::new();
+        p.feed(b"data: ok\n\n", &mut out);
+        assert_eq!(out.len(), 1);
+        // A line that never ends, a byte at a time.
+        for _ in 0..100 {
+            p.feed(b"x", &mut out);
+        }
+        assert!(p.buf.len() <= 64);
+        assert!(p.take_overflow().is_some());
+        assert!(p.take_overflow().is_none());
+        p.feed(b"\n\ndata: later\n\n", &mut out);
+        p.finish(&mut out);
+        assert_eq!(out.len(), 1, "nothing is parsed after an overflow");
+        // Many short data lines that make one huge event.
+        let mut p = SseParser::with_limit(64);
+        for _ in 0..40 {
+            p.feed(b"data: abc\n", &mut out);
+        }
+        assert!(p.data.len() <= 64);
+        assert!(p.take_overflow().is_some());
+        // An event right at the bound still passes.
+        let mut p = SseParser::with_limit(64);
+        let mut out = Vec::new();
+        let body = format!("data: {}\n\n", "y".repeat(58));
+        p.feed(body.as_bytes(), &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(p.take_overflow().is_none());
+    }
+
+    #[test]
+    fn a_long_line_fed_in_pieces_is_scanned_once() {
+        // A line split over many reads is kept once and scanned once (rescanning
+        // the buffer on every read made this quadratic: hours, not milliseconds).
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        p.feed(b"data: ", &mut out);
+        let piece = [b'z'; 16];
+        for _ in 0..(MAX_EVENT_BYTES / 2 / piece.len()) {
+            p.feed(&piece, &mut out);
+        }
+        p.feed(b"\n\n", &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].data.len(), MAX_EVENT_BYTES / 2);
     }
 
     #[test]

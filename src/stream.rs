@@ -7,7 +7,8 @@
 //! end it emits the usage-only chunk if, and only if, the client asked for
 //! it (`stream_options.include_usage`), then `data: [DONE]`. A failure after
 //! the first byte (broken connection, provider `error` event, idle timeout,
-//! a stream cut short) ends the stream with an OpenAI `error` event.
+//! a stream cut short) ends the stream with an OpenAI `error` event, and is
+//! billed like a disconnect once content has reached the client.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,12 +45,21 @@ struct State {
     head: Map<String, Value>,
     saw_finish: bool,
     ended: bool,
+    /// When the provider must have sent its next event (µs): the idle timer
+    /// runs between events, not reads, so a provider dripping bytes without
+    /// ever completing an event cannot hold the stream open.
+    event_deadline_us: u64,
 }
 
 impl Relay {
     /// Runs the relay as a stream of SSE bytes.
     pub fn into_stream(self) -> BoxStream<'static, Bytes> {
+        let event_deadline_us = self
+            .clock
+            .now_micros()
+            .saturating_add(self.idle_timeout.as_micros() as u64);
         let state = State {
+            event_deadline_us,
             relay: self,
             events: Vec::new(),
             usage_raw: None,
@@ -64,16 +74,28 @@ impl Relay {
                 }
                 let mut out = BytesMut::new();
                 let waited_from = s.relay.clock.now_micros();
-                let sleep = s.relay.clock.sleep(s.relay.idle_timeout);
-                let next = match select(s.relay.upstream.next(), sleep).await {
-                    Either::Left((item, _)) => Some(item),
-                    Either::Right(_) => None,
+                let left = s.event_deadline_us.saturating_sub(waited_from);
+                let next = if left == 0 {
+                    None
+                } else {
+                    let sleep = s.relay.clock.sleep(Duration::from_micros(left));
+                    match select(s.relay.upstream.next(), sleep).await {
+                        Either::Left((item, _)) => Some(item),
+                        Either::Right(_) => None,
+                    }
                 };
                 let waited = s.relay.clock.now_micros().saturating_sub(waited_from);
                 s.relay.meter.add_upstream(waited);
                 match next {
                     Some(Some(Ok(bytes))) => {
                         s.relay.decoder.feed(&bytes, &mut s.events);
+                        if !s.events.is_empty() {
+                            s.event_deadline_us = s
+                                .relay
+                                .clock
+                                .now_micros()
+                                .saturating_add(s.relay.idle_timeout.as_micros() as u64);
+                        }
                         s.process(&mut out);
                     }
                     Some(Some(Err(e))) => {
@@ -206,6 +228,11 @@ impl State {
     fn fail(&mut self, out: &mut BytesMut, e: GatewayError) {
         if let Ok(json) = serde_json::to_vec(&e.to_json()) {
             encode_data(out, &json);
+        }
+        // Content reached the client: the provider bills for it, so do we
+        // (its usage if it sent one, else the estimate, as for a disconnect).
+        if self.relay.meter.seen_completion > 0 {
+            self.relay.meter.charge_estimate();
         }
         self.end(e.status().as_u16());
     }

@@ -36,7 +36,8 @@ impl TokenUsage {
             total_tokens: o
                 .get("total_tokens")
                 .and_then(Value::as_u64)
-                .unwrap_or(prompt + completion),
+                // Saturating: a provider's counts are outside input (fuzz/regressions).
+                .unwrap_or(prompt.saturating_add(completion)),
             cached_tokens: detail("prompt_tokens_details", "cached_tokens"),
             // Conduit's extension for providers that bill cache writes (Anthropic).
             cache_write_tokens: detail("prompt_tokens_details", "cache_write_tokens"),
@@ -86,6 +87,48 @@ pub struct UsageRecord {
     pub upstream_latency_us: u64,
     /// Unix milliseconds when the request arrived.
     pub created_at_ms: u64,
+    /// Upstream attempts made (0 when refused before routing).
+    pub attempts: u32,
+    /// Every attempt that failed, in order.
+    pub failed_attempts: Vec<FailedAttempt>,
+    /// The alias whose deployment answered, when it is a fallback of `model`.
+    pub served_alias: Option<String>,
+}
+
+/// One failed upstream attempt of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedAttempt {
+    /// The alias the deployment belongs to (the asked one or a fallback).
+    pub alias: String,
+    pub provider: String,
+    pub model: String,
+    /// The provider's HTTP status, else the one the failure maps to (502, 504).
+    pub status: u16,
+    /// The error code (the provider's, or `upstream_error`, `upstream_timeout`).
+    pub code: Option<String>,
+}
+
+impl FailedAttempt {
+    fn to_json(&self) -> Value {
+        json!({
+            "alias": self.alias,
+            "provider": self.provider,
+            "model": self.model,
+            "status": self.status,
+            "code": self.code,
+        })
+    }
+
+    fn from_json(v: &Value) -> Option<FailedAttempt> {
+        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        Some(FailedAttempt {
+            alias: s("alias").unwrap_or_default(),
+            provider: s("provider")?,
+            model: s("model").unwrap_or_default(),
+            status: u16::try_from(v.get("status").and_then(Value::as_u64)?).ok()?,
+            code: s("code"),
+        })
+    }
 }
 
 fn ms(us: u64) -> f64 {
@@ -117,7 +160,7 @@ impl UsageRecord {
             "cache_write_tokens": self.usage.cache_write_tokens,
             "estimated_prompt_tokens": self.estimated_prompt_tokens,
             "estimated_completion_tokens": self.estimated_completion_tokens,
-            "estimated_tokens": self.estimated_prompt_tokens + self.estimated_completion_tokens,
+            "estimated_tokens": self.estimated_prompt_tokens.saturating_add(self.estimated_completion_tokens),
             "cost_nano_usd": self.cost_nanos,
             "cost_usd": self.cost_nanos.map(crate::pricing::usd),
             "price_known": self.cost_nanos.is_some(),
@@ -127,6 +170,10 @@ impl UsageRecord {
             "overhead_ms": ms(self.overhead_us()),
             "created_at": format_rfc3339(self.created_at_ms / 1000),
             "created_at_ms": self.created_at_ms,
+            "deployment": self.provider.as_ref().zip(self.provider_model.as_ref()).map(|(p, m)| format!("{p}/{m}")),
+            "served_alias": self.served_alias,
+            "attempts": self.attempts,
+            "failed_attempts": self.failed_attempts.iter().map(FailedAttempt::to_json).collect::<Vec<_>>(),
         })
     }
 
@@ -160,6 +207,13 @@ impl UsageRecord {
             latency_us: us("latency_ms"),
             upstream_latency_us: us("upstream_latency_ms"),
             created_at_ms: v.get("created_at_ms").and_then(Value::as_u64)?,
+            attempts: u32::try_from(n("attempts")).unwrap_or(u32::MAX),
+            failed_attempts: v
+                .get("failed_attempts")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(FailedAttempt::from_json).collect())
+                .unwrap_or_default(),
+            served_alias: s("served_alias"),
         })
     }
 }
@@ -379,6 +433,21 @@ mod tests {
         assert_eq!(e.completion_tokens, 0);
     }
 
+    /// Found by fuzzing (`response_openai`): counts whose sum passes 2^64
+    /// overflowed (a panic in debug builds), even with `total_tokens` given.
+    #[test]
+    fn huge_counts_saturate() {
+        let max = u64::MAX;
+        let u = TokenUsage::from_openai(&json!({"prompt_tokens": max, "completion_tokens": 1}))
+            .unwrap();
+        assert_eq!(u.total_tokens, max);
+        let u = TokenUsage::from_openai(
+            &json!({"prompt_tokens": max, "completion_tokens": max, "total_tokens": 7}),
+        )
+        .unwrap();
+        assert_eq!(u.total_tokens, 7);
+    }
+
     #[test]
     fn record_round_trip() {
         let r = UsageRecord {
@@ -403,6 +472,15 @@ mod tests {
             latency_us: 12_345,
             upstream_latency_us: 12_000,
             created_at_ms: 1_700_000_000_123,
+            attempts: 2,
+            failed_attempts: vec![FailedAttempt {
+                alias: "m".into(),
+                provider: "q".into(),
+                model: "x".into(),
+                status: 503,
+                code: Some("upstream_error".into()),
+            }],
+            served_alias: Some("m-backup".into()),
         };
         assert_eq!(UsageRecord::from_json(&r.to_json()).unwrap(), r);
         assert_eq!(r.to_json()["overhead_ms"], 0.345);

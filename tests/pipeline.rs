@@ -98,12 +98,23 @@ struct Harness {
 }
 
 fn harness_with(upstream: Arc<dyn Upstream>, scripted: Option<Arc<ScriptedUpstream>>) -> Harness {
+    harness_on(
+        upstream,
+        scripted,
+        Arc::new(ManualClock::new(1_780_000_000_000_000)),
+    )
+}
+
+fn harness_on(
+    upstream: Arc<dyn Upstream>,
+    scripted: Option<Arc<ScriptedUpstream>>,
+    clock: Arc<ManualClock>,
+) -> Harness {
     let config = Config::parse(CONFIG, "test", &|v| {
         (v == "OPENAI_API_KEY").then(|| "sk-upstream".into())
     })
     .unwrap();
     let usage = Arc::new(MemoryUsageStore::default());
-    let clock = Arc::new(ManualClock::new(1_780_000_000_000_000));
     let ports = Ports {
         keys: Arc::new(MemoryKeyStore::default()),
         usage: usage.clone(),
@@ -460,7 +471,8 @@ fn broken_stream_ends_with_an_error_event_and_drop_still_meters() {
     conduit::port! {
         impl Upstream for Cut {
             async fn send(&self, _r: http::Request<Bytes>) -> Result<http::Response<ByteStream>, UpstreamError> {
-                let first = Bytes::from_static(&TEXT_SSE[..400]);
+                // The role chunk and the first content chunk, then a reset.
+                let first = Bytes::from_static(&TEXT_SSE[..800]);
                 let body: ByteStream = Box::pin(futures_util::stream::iter(vec![Ok(first), Err(UpstreamError("reset".into()))]));
                 Ok(http::Response::new(body))
             }
@@ -478,7 +490,13 @@ fn broken_stream_ends_with_an_error_event_and_drop_still_meters() {
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "upstream_error");
     assert!(!a.text().contains("[DONE]"));
-    assert_eq!(h.usage.all()[0].status, 502);
+    let record = &h.usage.all()[0];
+    assert_eq!(record.status, 502);
+    // Content reached the client before the break: billed like a disconnect
+    // (prompt estimate + the larger of the allowance and what was relayed).
+    assert!(events.len() > 1, "content was relayed first");
+    assert_eq!(record.usage.completion_tokens, 4_096);
+    assert!(record.cost_nanos.unwrap_or(0) > 0, "{record:?}");
 
     // A client that goes away mid-stream: the record is still written, once.
     let h = harness(Some(50));
@@ -561,4 +579,136 @@ fn admin_api_lifecycle() {
             .status,
         404
     );
+}
+
+#[test]
+fn an_error_event_after_content_is_billed() {
+    let h = harness_with(
+        ScriptedUpstream::new(|_r| {
+            let sse = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"},\"finish_reason\":null}]}\n\n\
+                       data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n";
+            Ok(http::Response::new(vec![Bytes::from(sse)]))
+        }),
+        None,
+    );
+    let (_, key) = h.create_key(json!({"name": "e"}));
+    let a = h.call(
+        "POST",
+        "/v1/chat/completions",
+        Some(&key),
+        r#"{"model":"my-gpt4","messages":[{"role":"user","content":"hi"}],"stream":true,"max_tokens":50}"#,
+    );
+    assert!(a.text().contains("Hel"));
+    assert!(a.text().contains("\"error\""));
+    let record = &h.usage.all()[0];
+    assert_eq!(record.status, 502);
+    assert_eq!(record.usage.completion_tokens, 50);
+    assert!(record.usage.prompt_tokens > 0);
+    assert!(record.cost_nanos.unwrap_or(0) > 0);
+}
+
+#[test]
+fn a_huge_max_tokens_is_a_400_naming_it() {
+    let h = harness(None);
+    let (_, key) = h.create_key(json!({"name": "m", "limits": {"tpm": 1000}}));
+    for body in [
+        r#"{"model":"my-gpt4","messages":[],"max_tokens":18446744073709551615}"#,
+        r#"{"model":"my-gpt4","messages":[],"max_completion_tokens":18446744073709551000}"#,
+    ] {
+        let a = h.call("POST", "/v1/chat/completions", Some(&key), body);
+        assert_eq!(a.status, 400, "{}", a.text());
+        let param = a.json()["error"]["param"].as_str().unwrap().to_owned();
+        assert!(param.starts_with("max_"), "{param}");
+    }
+    assert!(h.sent().is_empty(), "nothing went upstream");
+}
+
+#[test]
+fn a_200_carrying_an_error_object_is_a_provider_failure() {
+    let h = harness_with(
+        ScriptedUpstream::new(|_r| {
+            Ok(http::Response::new(vec![Bytes::from_static(
+                br#"{"error":{"message":"quota gone","type":"insufficient_quota"}}"#,
+            )]))
+        }),
+        None,
+    );
+    let (_, key) = h.create_key(json!({"name": "o"}));
+    let a = h.call(
+        "POST",
+        "/v1/chat/completions",
+        Some(&key),
+        r#"{"model":"my-gpt4","messages":[]}"#,
+    );
+    assert_eq!((a.status, error_code(&a)), (502, "upstream_error".into()));
+    assert!(a.text().contains("quota gone"));
+    let record = &h.usage.all()[0];
+    assert_eq!((record.status, record.cost_nanos), (502, Some(0)));
+}
+
+#[test]
+fn a_provider_dripping_bytes_times_out_between_events() {
+    // One content event, then an event that never ends, a byte at a time,
+    // each byte 300 ms after the last (the clock moves as the bytes come).
+    struct Drip(Arc<ManualClock>);
+    conduit::port! {
+        impl Upstream for Drip {
+            async fn send(&self, _r: http::Request<Bytes>) -> Result<http::Response<ByteStream>, UpstreamError> {
+                let clock = self.0.clone();
+                let first = Bytes::from_static(&TEXT_SSE[..400]);
+                let drip = futures_util::stream::iter(0..10_000).map(move |_| {
+                    clock.advance(std::time::Duration::from_millis(300));
+                    Ok(Bytes::from_static(b"x"))
+                });
+                let body: ByteStream = Box::pin(
+                    futures_util::stream::iter(vec![Ok(first), Ok(Bytes::from_static(b"data: {"))]).chain(drip),
+                );
+                Ok(http::Response::new(body))
+            }
+        }
+    }
+    let clock = Arc::new(ManualClock::new(1_780_000_000_000_000));
+    let h = harness_on(Arc::new(Drip(clock.clone())), None, clock);
+    let (_, key) = h.create_key(json!({"name": "d"}));
+    let a = h.call(
+        "POST",
+        "/v1/chat/completions",
+        Some(&key),
+        r#"{"model":"my-gpt4","messages":[],"stream":true}"#,
+    );
+    let events = data_events(&a.text());
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_timeout");
+    // Cut off after about the idle timeout (1 s), not after the whole drip.
+    let record = &h.usage.all()[0];
+    assert_eq!(record.status, 504);
+    assert!(record.latency_us < 3_000_000, "{}", record.latency_us);
+}
+
+#[test]
+fn an_endless_stream_event_ends_with_an_error_and_bounded_memory() {
+    // A provider that sends one event of 8 MiB + 1 and more.
+    let h = harness_with(
+        ScriptedUpstream::new(|_r| {
+            let mut pieces = vec![Bytes::from_static(b"data: {\"a\":\"")];
+            let chunk = Bytes::from(vec![b'z'; 1024 * 1024]);
+            for _ in 0..9 {
+                pieces.push(chunk.clone());
+            }
+            Ok(http::Response::new(pieces))
+        }),
+        None,
+    );
+    let (_, key) = h.create_key(json!({"name": "big"}));
+    let a = h.call(
+        "POST",
+        "/v1/chat/completions",
+        Some(&key),
+        r#"{"model":"my-gpt4","messages":[],"stream":true}"#,
+    );
+    let events = data_events(&a.text());
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_error");
+    assert!(last["error"]["message"].as_str().unwrap().contains("over"));
+    assert_eq!(h.usage.all()[0].status, 502);
 }

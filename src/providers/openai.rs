@@ -92,6 +92,14 @@ pub(crate) fn translate_openai(
     body: &[u8],
 ) -> Result<Map<String, Value>, GatewayError> {
     match serde_json::from_slice::<Value>(body) {
+        // A 200 that carries an error object (some compatible hosts and
+        // proxies do this) is the provider failing, not an answer.
+        Ok(Value::Object(o)) if o.get("error").is_some_and(|e| !e.is_null()) => {
+            Err(GatewayError::Upstream(format!(
+                "the provider answered 200 with an error: {}",
+                o.get("error").map(error_message).unwrap_or_default()
+            )))
+        }
         Ok(Value::Object(mut o)) => {
             normalise_response(endpoint, &mut o);
             Ok(o)
@@ -146,6 +154,9 @@ impl StreamDecoder for OpenAiStream {
     fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) {
         self.sse.feed(bytes, &mut self.events);
         self.drain(out);
+        if let Some(e) = self.sse.take_overflow() {
+            out.push(StreamEvent::Error(e));
+        }
     }
 
     fn finish(&mut self, out: &mut Vec<StreamEvent>) {
@@ -306,6 +317,23 @@ fn normalise_chunk(obj: &mut Map<String, Value>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_200_with_an_error_object_is_an_error() {
+        let e = translate_openai(
+            Endpoint::ChatCompletions,
+            br#"{"error":{"message":"rate limited upstream","code":429}}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(&e, GatewayError::Upstream(m) if m.contains("rate limited upstream")));
+        assert!(e.is_retryable());
+        // `"error": null` beside a real answer is not an error.
+        let ok = translate_openai(
+            Endpoint::ChatCompletions,
+            br#"{"id":"x","object":"chat.completion","choices":[],"error":null}"#,
+        );
+        assert!(ok.is_ok());
+    }
 
     #[test]
     fn request_rewrites_model_and_forces_usage() {

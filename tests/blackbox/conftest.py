@@ -48,6 +48,9 @@ ALIASES: dict[str, tuple[str, str]] = {
     "fail-429": ("openai", "mock-error-429"),
     "hang": ("openai", "mock-hang"),
     "garbage": ("openai", "mock-garbage"),
+    "error-in-200": ("openai", "mock-error-in-200"),
+    "error-after-content": ("openai", "mock-error-after-content"),
+    "drip": ("openai", "mock-drip"),
     "instruct": ("openai", "gpt-3.5-turbo-instruct"),
     "embed": ("openai", "text-embedding-3-small"),
     "local-chat": ("local", "llama3.2"),
@@ -61,6 +64,13 @@ ALIASES: dict[str, tuple[str, str]] = {
     "fam-alpha": ("openai", "gpt-4o-mini"),
     "fam-beta": ("openai", "gpt-4o-mini"),
     "other-gamma": ("openai", "gpt-4o-mini"),
+}
+
+# Aliases whose mock model has no built-in price get one (USD per million tokens), so that
+# billing of their failures can be checked.
+PRICES: dict[str, str] = {
+    "stream-cut": "{ input = 1.0, output = 2.0 }",
+    "error-after-content": "{ input = 1.0, output = 2.0 }",
 }
 
 
@@ -91,7 +101,8 @@ def build_config(mock_url: str) -> str:
     ]
     for alias, (prov, model) in ALIASES.items():
         lines.append(f'[models."{alias}"]')
-        lines.append(f'deployments = [{{ provider = "{prov}", model = "{model}" }}]')
+        price = f", price = {PRICES[alias]}" if alias in PRICES else ""
+        lines.append(f'deployments = [{{ provider = "{prov}", model = "{model}"{price} }}]')
         lines.append("")
     return "\n".join(lines)
 

@@ -14,6 +14,11 @@ Routes (any path prefix before the endpoint is accepted, e.g. ``/v1`` or ``/comp
   missing ``api-version`` -> 404 like Azure).
 
 Behaviour is chosen by the upstream model name (or Azure deployment name), see ``BEHAVIOURS``.
+Tests may also program a model name with the fault and delay models (see ``FAULTS``):
+``mock.set_faults("rt-a", "500", "429:ra=1")`` answers the next two requests for ``rt-a`` with those
+faults, in order (``then=`` names a fault for every request after them), and
+``mock.set_delay("rt-b", 0.05)`` makes every answer for ``rt-b`` wait 50 ms first
+(``mock-delay-<ms>`` model names do the same without programming).
 
 Streams follow real upstream behaviour: when the request has ``stream_options.include_usage: true``
 every chunk carries ``usage: null`` and a final ``choices: []`` chunk carries the usage; without it
@@ -53,14 +58,44 @@ BEHAVIOURS = {
     "mock-garbage": "200 with a non-JSON body",
     "mock-stream-fail": "stream: 2 chunks then the connection is cut (no [DONE]); non-stream: connection cut",
     "mock-slow-stream": "stream events spaced SLOW_GAP seconds apart",
+    "mock-error-in-200": "200 with an OpenAI error object as the body (some compatible hosts do this)",
+    "mock-error-after-content": "stream: 2 chunks (role, content), then an OpenAI error event",
+    "mock-drip": "stream: 2 chunks, then an event that never ends, one byte every DRIP_GAP seconds",
     "mock-close-delimited": "stream body without chunked encoding or Content-Length, ended by closing the connection",
     "mock-tools": "recorded OpenAI tool_calls stream (non-stream: assembled from it)",
     "mock-cached": "like the default, but usage reports prompt_tokens_details.cached_tokens = CACHED_TOKENS",
     "mock-mistral": "Mistral-like text stream: usage on the finish chunk even without stream_options",
     "mock-mistral-tools": "recorded Mistral tool_calls stream verbatim",
+    "mock-delay-<ms>": "the normal answer after <ms> milliseconds",
     "<anything else>": "recorded OpenAI payload (or Azure for the Azure routes)",
 }
+# Fault models, programmed per upstream model name with MockUpstream.set_faults().
+FAULTS = {
+    "ok": "the model's normal answer",
+    "500": "500 with an OpenAI server_error body",
+    "503[:ra=S]": "503 server_error (with Retry-After: S when given)",
+    "429[:ra=S]": "429 rate_limit_exceeded with Retry-After: S (default 1)",
+    "400": "400 with the recorded OpenAI unsupported_parameter error",
+    "context": "400 context_length_exceeded",
+    "cut": "the connection is cut before any answer",
+    "hang": "no answer for HANG_SECONDS, then the connection is cut",
+    "stream-cut-first": "stream: 200 and headers, then the connection is cut before the first event",
+    "stream-error-first": "stream: 200, then an OpenAI error event as the first event",
+    "stream-stall-first=S": "stream: 200 and headers, then S seconds before the first event",
+    "stream-cut-after": "stream: 2 chunks with content, then the connection is cut",
+}
+_CONTEXT_ERROR = {
+    "error": {
+        "message": "This model's maximum context length is 128000 tokens. However, your messages resulted in "
+        "131072 tokens. Please reduce the length of the messages.",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded",
+    }
+}
 HANG_SECONDS = 6.0
+DRIP_GAP = 0.2
+DRIP_BYTES = 40
 SLOW_GAP = 0.2
 CACHED_TOKENS = 64
 
@@ -404,6 +439,14 @@ class _Handler(BaseHTTPRequestHandler):
         stream = bool(r.body.get("stream"))
         include_usage = bool((r.body.get("stream_options") or {}).get("include_usage"))
 
+        # --- programmed delay and fault models ---
+        delay = mock.delay_for(model)
+        if delay and mock._stopping.wait(delay):
+            return self._cut_connection()
+        fault = mock._take_fault(model)
+        if fault and fault != "ok" and self._fault(fault, stream, include_usage):
+            return
+
         # --- behaviours independent of the endpoint ---
         if model == "mock-error-500":
             return self._send_json(500, _PROVIDER_ERROR_500)
@@ -418,6 +461,8 @@ class _Handler(BaseHTTPRequestHandler):
             # fall through to a normal answer (the gateway should have given up already)
         if model == "mock-garbage":
             return self._send_bytes(200, GARBAGE_BODY, "text/html")
+        if model == "mock-error-in-200":
+            return self._send_json(200, _PROVIDER_ERROR_500)
         if model == "mock-stream-fail" and not stream:
             return self._cut_connection()
 
@@ -458,7 +503,52 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(200, full)
         return self._stream(chunks, include_usage, model, verbatim=model.startswith("mock-mistral"))
 
-    def _stream(self, chunks: list[dict], include_usage: bool, model: str, verbatim: bool = False) -> None:
+    def _fault(self, fault: str, stream: bool, include_usage: bool) -> bool:
+        """Answers with fault model ``fault`` (see FAULTS); False when the normal answer should follow."""
+        name, _, arg = fault.partition(":")
+        name, _, value = name.partition("=")
+        retry_after = arg[3:] if arg.startswith("ra=") else None
+        if name == "500":
+            self._send_json(500, _PROVIDER_ERROR_500)
+        elif name == "503":
+            self._send_json(503, _PROVIDER_ERROR_500, {"retry-after": retry_after} if retry_after else None)
+        elif name == "429":
+            self._send_json(429, _PROVIDER_ERROR_429, {"retry-after": retry_after or "1"})
+        elif name == "400":
+            self._send_json(400, self.mock.fx.error_400)
+        elif name == "context":
+            self._send_json(400, _CONTEXT_ERROR)
+        elif name == "cut":
+            self._cut_connection()
+        elif name == "hang":
+            self.mock._stopping.wait(self.mock.hang_seconds)
+            self._cut_connection()
+        elif name == "stream-cut-first" and stream:
+            self._start_stream()
+            self._cut_connection()
+        elif name == "stream-error-first" and stream:
+            self._start_stream()
+            self._event(_PROVIDER_ERROR_500)
+            self._event("[DONE]")
+            self._end_stream()
+        elif name == "stream-stall-first":
+            if not stream:
+                return self.mock._stopping.wait(float(value or 1)) or False
+            self._start_stream()
+            if self.mock._stopping.wait(float(value or 1)):
+                self._cut_connection()
+                return True
+            self._stream(self.mock.fx.chat_stream, include_usage, "", headers_sent=True)
+        elif name == "stream-cut-after" and stream:
+            self._stream(self.mock.fx.chat_stream, include_usage, "mock-stream-fail")
+        elif name.startswith("stream-"):
+            return False  # a stream fault on a non-stream request: the normal answer
+        else:
+            raise ValueError(f"unknown fault model {fault!r}")
+        return True
+
+    def _stream(self, chunks: list[dict], include_usage: bool, model: str, verbatim: bool = False,
+                headers_sent: bool = False) -> None:
         """Replay ``chunks`` (recorded with include_usage=true) the way the real API would."""
         events: list[dict] = []
         for c in chunks:
@@ -468,10 +558,24 @@ class _Handler(BaseHTTPRequestHandler):
                     continue  # the usage-only chunk exists only when asked for
                 c.pop("usage", None)
             events.append(c)
-        self._start_stream(close_delimited=model == "mock-close-delimited")
+        if not headers_sent:
+            self._start_stream(close_delimited=model == "mock-close-delimited")
         gap = self.mock.slow_gap if model == "mock-slow-stream" else 0.0
         for i, ev in enumerate(events):
             if model == "mock-stream-fail" and i == 2:
+                return self._cut_connection()
+            if model == "mock-error-after-content" and i == 2:
+                self._event(_PROVIDER_ERROR_500)
+                return self._end_stream()
+            if model == "mock-drip" and i == 2:
+                self._chunk(b"data: {")
+                for _ in range(DRIP_BYTES):
+                    if self.mock._stopping.wait(DRIP_GAP):
+                        break
+                    try:
+                        self._chunk(b"x")
+                    except OSError:
+                        return  # the gateway gave up on us, as it should
                 return self._cut_connection()
             if gap and i:
                 if self.mock._stopping.wait(gap):
@@ -508,6 +612,9 @@ class MockUpstream:
         self.hang_seconds, self.slow_gap = hang_seconds, slow_gap
         self.fx = Fixtures()
         self._requests: list[RecordedRequest] = []
+        self._faults: dict[str, list[str]] = {}
+        self._fault_after: dict[str, str] = {}
+        self._delays: dict[str, float] = {}
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._stopping = threading.Event()
@@ -541,6 +648,39 @@ class MockUpstream:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    # fault and delay models
+    def set_faults(self, model: str, *faults: str, then: Optional[str] = None) -> None:
+        """The next requests for ``model`` get ``faults`` in order (FAULTS), then ``then`` (None: normal)."""
+        for f in (*faults, *([then] if then else [])):
+            base = f.partition(":")[0].partition("=")[0]
+            if not any(k.partition("[")[0].partition("=")[0] == base for k in FAULTS):
+                raise ValueError(f"unknown fault model {f!r}")
+        with self._lock:
+            self._faults[model] = list(faults)
+            if then:
+                self._fault_after[model] = then
+            else:
+                self._fault_after.pop(model, None)
+
+    def set_delay(self, model: str, seconds: float) -> None:
+        """Every answer for ``model`` waits ``seconds`` first (0: no wait)."""
+        with self._lock:
+            self._delays[model] = seconds
+
+    def delay_for(self, model: str) -> float:
+        m = re.fullmatch(r"mock-delay-(\d+)", model)
+        if m:
+            return int(m.group(1)) / 1000
+        with self._lock:
+            return self._delays.get(model, 0.0)
+
+    def _take_fault(self, model: str) -> Optional[str]:
+        with self._lock:
+            queue = self._faults.get(model)
+            if queue:
+                return queue.pop(0)
+            return self._fault_after.get(model)
+
     # recording
     def _record(self, r: RecordedRequest) -> None:
         with self._cond:
@@ -555,6 +695,10 @@ class MockUpstream:
     def clear(self) -> None:
         with self._lock:
             self._requests.clear()
+
+    def for_model(self, model: str) -> list[RecordedRequest]:
+        """Requests that asked for upstream ``model`` (body model or Azure deployment), in arrival order."""
+        return self.find(lambda r: r.model == model)
 
     def find(self, pred: Callable[[RecordedRequest], bool]) -> list[RecordedRequest]:
         return [r for r in self.requests if pred(r)]

@@ -296,7 +296,9 @@ class LambdaTarget(Target):
     name = "lambda"
     STARTUP_TIMEOUT = 60.0
 
-    def __init__(self) -> None:
+    def __init__(self, instances: Optional[int] = None) -> None:
+        # --instances of the runner (default: its own, 10); 1 keeps every request in one container.
+        self.instances = instances
         self.procs: list[subprocess.Popen] = []
         self.base_url: Optional[str] = None
         self._lines: list[str] = []
@@ -354,7 +356,10 @@ class LambdaTarget(Target):
                          "AWS_EC2_METADATA_DISABLED": "true", "CONDUIT_CONFIG": config_toml})
         full_env.update(env)
         q: queue.Queue = queue.Queue()
-        self._spawn([str(runner), "--listen", "127.0.0.1:0"], full_env, q)
+        cmd = [str(runner), "--listen", "127.0.0.1:0"]
+        if self.instances:
+            cmd += ["--instances", str(self.instances)]
+        self._spawn(cmd, full_env, q)
         deadline = time.monotonic() + self.STARTUP_TIMEOUT
         while True:
             left = deadline - time.monotonic()
@@ -398,7 +403,25 @@ class LambdaTarget(Target):
         return "--- lambda (tail) ---\n" + "\n".join(self._lines[-last:])
 
 
-TARGETS = {"server": ServerTarget, "worker": WorkerTarget, "lambda": LambdaTarget}
+class PostgresServerTarget(ServerTarget):
+    """The native server with `[server] store = "postgres"`, on the test process's throwaway
+    PostgreSQL (tests/blackbox/pg.py): keys, admission state and usage live in the database."""
+
+    name = "server-postgres"
+
+    def start(self, config_toml: str, env: dict[str, str]) -> str:
+        from pg import shared_postgres
+
+        pg = shared_postgres()
+        if "[server]\n" in config_toml:
+            config_toml = config_toml.replace("[server]\n", '[server]\nstore = "postgres"\n', 1)
+        else:
+            config_toml = '[server]\nstore = "postgres"\n' + config_toml
+        return super().start(config_toml, {**env, "CONDUIT_POSTGRES_URL": pg.url})
+
+
+TARGETS = {"server": ServerTarget, "server-postgres": PostgresServerTarget, "worker": WorkerTarget,
+           "lambda": LambdaTarget}
 
 
 def target_name() -> str:

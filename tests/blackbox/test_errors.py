@@ -116,7 +116,7 @@ def test_wrong_method(http, api_key, method, path):
     ("POST", "/v1/chat/completion"),
     ("GET", "/v1/nope"),
     ("POST", "/v2/chat/completions"),
-    ("GET", "/index.html"),  # "/" is the web UI's redirect (test_ui.py)
+    ("GET", "/v1/"),  # (GET / redirects to the web UI: test_ui.py)
 ])
 def test_unknown_path(http, api_key, method, path):
     r = http.request(method, path, headers=auth(api_key), json={} if method == "POST" else None)

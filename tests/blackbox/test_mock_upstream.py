@@ -144,3 +144,40 @@ def test_mock_rejects_wrong_credentials(mock):
     bad_az = openai.AzureOpenAI(azure_endpoint=mock.url, api_key="nope", api_version="2024-10-21", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad_az.chat.completions.create(model="d", messages=user_msg("x"))
+
+
+def test_mock_fault_and_delay_models(mock, oai):
+    mock.set_faults("fm-x", "503:ra=2", "429", "context", then="500")
+    with pytest.raises(openai.InternalServerError) as ei:
+        oai.with_options(max_retries=0).chat.completions.create(model="fm-x", messages=user_msg("x"))
+    assert ei.value.status_code == 503 and ei.value.response.headers["retry-after"] == "2"
+    with pytest.raises(openai.RateLimitError) as ei:
+        oai.chat.completions.create(model="fm-x", messages=user_msg("x"))
+    assert ei.value.response.headers["retry-after"] == "1"
+    with pytest.raises(openai.BadRequestError) as ei:
+        oai.chat.completions.create(model="fm-x", messages=user_msg("x"))
+    assert ei.value.code == "context_length_exceeded"
+    for _ in range(2):  # `then` applies to every later request
+        with pytest.raises(openai.InternalServerError):
+            oai.chat.completions.create(model="fm-x", messages=user_msg("x"))
+    mock.set_faults("fm-x")
+    assert oai.chat.completions.create(model="fm-x", messages=user_msg("x")).choices[0].message.content
+    # stream faults: error event first, then a stall before the first event
+    mock.set_faults("fm-s", "stream-error-first", "stream-stall-first=0.3")
+    with pytest.raises(openai.APIError):
+        list(oai.chat.completions.create(model="fm-s", messages=user_msg("x"), stream=True))
+    t0 = time.monotonic()
+    chunks = list(oai.chat.completions.create(model="fm-s", messages=user_msg("x"), stream=True))
+    assert chunks and time.monotonic() - t0 >= 0.3
+    with pytest.raises(ValueError):
+        mock.set_faults("fm-x", "teapot")
+    # delays: programmed and by name
+    mock.set_delay("fm-d", 0.2)
+    t0 = time.monotonic()
+    oai.chat.completions.create(model="fm-d", messages=user_msg("x"))
+    assert time.monotonic() - t0 >= 0.2
+    mock.set_delay("fm-d", 0)
+    t0 = time.monotonic()
+    oai.chat.completions.create(model="mock-delay-150", messages=user_msg("x"))
+    assert time.monotonic() - t0 >= 0.15
+    assert [r.model for r in mock.for_model("fm-d")] == ["fm-d"]

@@ -150,3 +150,87 @@ def test_sigterm_lets_inflight_stream_finish(server):
     assert events and events[-1].is_done, f"in-flight stream cut by SIGTERM: {got['text'][-300:]!r}"
     rc = t.proc.wait(timeout=10)
     assert rc == 0, f"exit code after SIGTERM: {rc}"
+
+
+# ---- the CLI an operator expects (clap) ----------------------------------------------------------
+SUBCOMMANDS = [["serve"], ["check"], ["keys"], ["keys", "create"], ["keys", "list"], ["keys", "show"],
+               ["keys", "update"], ["keys", "rotate"], ["keys", "revoke"], ["usage"]]
+
+
+@pytest.mark.parametrize("sub", SUBCOMMANDS, ids=lambda s: " ".join(s))
+def test_help_and_version_on_every_subcommand(sub):
+    h = _cli(*sub, "--help")
+    assert h.returncode == 0, h.stderr
+    assert "Usage: conduit " + " ".join(sub) in h.stdout, h.stdout
+    v = _cli(*sub, "--version")
+    assert v.returncode == 0 and v.stdout.startswith("conduit") and "0.1.0" in v.stdout, (v.stdout, v.stderr)
+
+
+def test_unknown_option_is_a_usage_error():
+    r = _cli("serve", "--no-such-flag")
+    assert r.returncode == 2 and "--no-such-flag" in r.stderr
+
+
+def test_check_good_and_broken_configs(tmp_path, mock):
+    good = tmp_path / "good.toml"
+    good.write_text(build_config(mock.url))
+    r = _cli("check", "--config", str(good))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "config " in r.stdout and ": ok" in r.stdout and "chat" in r.stdout and "gpt-4o-mini" in r.stdout
+    assert OPENAI_KEY not in r.stdout + r.stderr, "a secret's value must never be printed"
+    j = _cli("check", "--config", str(good), "--json")
+    report = json.loads(j.stdout)
+    assert report["ok"] is True and any(a["alias"] == "chat" for a in report["aliases"])
+    chat = next(a for a in report["aliases"] if a["alias"] == "chat")
+    assert chat["deployments"][0]["kind"] == "openai"
+    assert chat["deployments"][0]["price_per_million"]["input"] > 0
+    # A secret missing from the environment: reported by name, exit 1.
+    r = subprocess.run([str(conduit_binary()), "check", "--config", str(good)], capture_output=True, text=True,
+                       timeout=30, env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 1 and "BB_OPENAI_API_KEY" in r.stdout, r.stdout
+    # A broken config: the error names the key, exit 1.
+    bad = tmp_path / "bad.toml"
+    bad.write_text(build_config(mock.url).replace('provider = "openai", model = "gpt-4o-mini"',
+                                                  'provider = "opena", model = "gpt-4o-mini"', 1))
+    r = _cli("check", "--config", str(bad))
+    assert r.returncode == 1 and "opena" in r.stderr, r.stderr
+    r = _cli("check", "--config", str(tmp_path / "missing.toml"))
+    assert r.returncode == 1 and "cannot read" in r.stderr
+
+
+def test_keys_show_update_rotate_and_usage(tmp_path, server):
+    db = tmp_path / "ops.db"
+    created = json.loads(_cli("keys", "create", "--name", "ops", "--rpm", "7", "--budget-usd", "2",
+                              "--budget-period", "daily", "--metadata", "team=search",
+                              "--database", str(db)).stdout)
+    kid = created["id"]
+    shown = json.loads(_cli("keys", "show", kid, "--database", str(db)).stdout)
+    assert shown["limits"]["rpm"] == 7 and shown["budget"]["max_usd"] == 2 and shown["metadata"] == {"team": "search"}
+    assert "key" not in shown
+    upd = _cli("keys", "update", kid, "--rpm", "9", "--disable", "--database", str(db))
+    assert upd.returncode == 0, upd.stderr
+    assert json.loads(upd.stdout)["limits"]["rpm"] == 9 and json.loads(upd.stdout)["enabled"] is False
+    assert _cli("keys", "update", kid, "--enable", "--database", str(db)).returncode == 0
+    rot = json.loads(_cli("keys", "rotate", kid, "--database", str(db)).stdout)
+    assert rot["key"].startswith("condt_") and rot["key"] != created["key"]
+    missing = _cli("keys", "show", "key_nope", "--database", str(db))
+    assert missing.returncode == 1 and "key_nope" in missing.stderr
+
+    _, base = server(database=db)
+    with httpx.Client(base_url=base, timeout=10) as h:
+        assert h.post("/v1/chat/completions", json=chat_body("chat"), headers=auth(created["key"])).status_code == 401
+        for _ in range(3):
+            assert h.post("/v1/chat/completions", json=chat_body("chat"), headers=auth(rot["key"])).status_code == 200
+    # Usage written by the server (its writes are batched: give it a moment).
+    import time
+    deadline = time.monotonic() + 5
+    while True:
+        j = _cli("usage", "--key", kid, "--json", "--database", str(db))
+        body = json.loads(j.stdout)
+        if body["totals"]["requests"] >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert body["totals"]["requests"] == 3
+    table = _cli("usage", "--key", kid, "--database", str(db))
+    assert table.returncode == 0 and "REQUESTS" in table.stdout and kid in table.stdout
+    assert "total" in table.stdout

@@ -3,7 +3,7 @@
 //!
 //! A thin adapter: the Function URL's request becomes an `http::Request`
 //! for [`conduit::Gateway`], whose answer is streamed back. Ports: keys,
-//! admission and usage on DynamoDB ([`dynamo`]), the hyper upstream and the
+//! admission and usage on DynamoDB (`conduit-dynamodb`), the hyper upstream and the
 //! clock from `conduit-native`, and a spawner whose tasks (settlement, usage
 //! writes) the response waits for before it ends, since Lambda may freeze
 //! the sandbox as soon as the invocation returns.
@@ -14,70 +14,25 @@
 //! `conduit-usage`), `CONDUIT_USAGE_TTL_DAYS` (90), and
 //! `CONDUIT_CREATE_TABLES=1` to create missing tables at start (local runs).
 
-mod dynamo;
-
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use conduit::compat::BoxFuture;
 use conduit::ports::Spawner;
 use conduit::{Config, Gateway, GatewayError, Ports, ResponseBody};
-use conduit_native::{HyperUpstream, SystemClock};
+use conduit_native::{HyperUpstream, RequestTasks, SystemClock};
 use futures_util::StreamExt;
 use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, StreamBody};
 use lambda_http::{service_fn, Error, Request};
-use tokio::task::JoinHandle;
 
-use crate::dynamo::{Dynamo, Tables};
+use conduit_dynamodb::{Dynamo, Tables};
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
-/// How long a response waits, after its last byte, for its settlement and
-/// usage write.
-const TASKS_GRACE: Duration = Duration::from_secs(10);
-
-/// The tasks one invocation started, awaited before it returns.
-#[derive(Default)]
-struct InvocationTasks(Mutex<Vec<JoinHandle<()>>>);
-
-impl Spawner for InvocationTasks {
-    fn spawn(&self, task: BoxFuture<'static, ()>) {
-        let handle = tokio::spawn(task);
-        if let Ok(mut tasks) = self.0.lock() {
-            tasks.push(handle);
-        }
-    }
-}
-
-impl InvocationTasks {
-    async fn join(&self) {
-        let handles = self
-            .0
-            .lock()
-            .map(|mut t| std::mem::take(&mut *t))
-            .unwrap_or_default();
-        for h in handles {
-            let _ = tokio::time::timeout(TASKS_GRACE, h).await;
-        }
-    }
-}
-
-/// Runs after the last body chunk: waits for the invocation's tasks.
-fn then_join(
-    tasks: Arc<InvocationTasks>,
-) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> {
-    futures_util::stream::once(async move {
-        tasks.join().await;
-    })
-    .filter_map(|()| async { None })
-}
-
 async fn handle(gateway: Arc<Gateway>, request: Request) -> Result<http::Response<Body>, Error> {
-    let tasks = Arc::new(InvocationTasks::default());
+    let tasks = Arc::new(RequestTasks::default());
     let spawner: Arc<dyn Spawner> = tasks.clone();
     let (parts, body) = request.into_parts();
     let bytes = match body {
@@ -102,7 +57,7 @@ async fn handle(gateway: Arc<Gateway>, request: Request) -> Result<http::Respons
     };
     let frames = stream
         .map(|b| Ok::<_, Infallible>(Frame::data(b)))
-        .chain(then_join(tasks));
+        .chain(tasks.joined());
     Ok(http::Response::from_parts(
         parts,
         StreamBody::new(frames).boxed_unsync(),

@@ -1,6 +1,7 @@
 //! Conduit's ports on native tokio platforms (the server and the Lambda
 //! function share them): the upstream HTTP client (hyper, rustls with
-//! webpki roots), the wall clock and tokio timers, and the spawner.
+//! webpki roots), the wall clock and tokio timers, and the spawners: one
+//! that lets work run on, and one whose work a response waits for.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -8,7 +9,7 @@ use bytes::Bytes;
 use conduit::compat::BoxFuture;
 use conduit::port;
 use conduit::ports::{ByteStream, Clock, Spawner, Upstream, UpstreamError};
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -94,6 +95,50 @@ pub struct TokioSpawner;
 impl Spawner for TokioSpawner {
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         tokio::spawn(task);
+    }
+}
+
+/// How long a response waits, after its last byte, for its settlement and
+/// usage write.
+const TASKS_GRACE: Duration = Duration::from_secs(10);
+
+/// The tasks one request started (settlement, usage write), for a response
+/// that must not end before them: on Lambda, which may freeze the sandbox as
+/// soon as the invocation returns; on a server sharing its store with
+/// others, so that the key's next request, wherever it lands, sees this one
+/// settled (exactly as a single process, whose settlement is immediate).
+#[derive(Default)]
+pub struct RequestTasks(std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>);
+
+impl Spawner for RequestTasks {
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        let handle = tokio::spawn(task);
+        if let Ok(mut tasks) = self.0.lock() {
+            tasks.push(handle);
+        }
+    }
+}
+
+impl RequestTasks {
+    /// Waits for every task started so far (each for at most 10 s).
+    pub async fn join(&self) {
+        let handles = self
+            .0
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        for h in handles {
+            let _ = tokio::time::timeout(TASKS_GRACE, h).await;
+        }
+    }
+
+    /// A stream of no items that ends once [`join`](Self::join) does: chained
+    /// after a response body, it holds the body's end until the tasks are done.
+    pub fn joined<T>(self: std::sync::Arc<Self>) -> impl futures_util::Stream<Item = T> {
+        futures_util::stream::once(async move {
+            self.join().await;
+        })
+        .filter_map(|()| async { None })
     }
 }
 

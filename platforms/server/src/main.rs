@@ -1,199 +1,81 @@
-//! `conduit`: the native server and its key-management commands.
+//! `conduit`: the native server and the operator's commands (see [`cli`]).
 //!
-//! ```text
-//! conduit serve [--config FILE] [--listen ADDR] [--database PATH] [--workers N]
-//! conduit keys create --name NAME [--allowed-model M]... [--config FILE | --database PATH]
-//! conduit keys list [--config FILE | --database PATH]
-//! conduit keys revoke ID [--config FILE | --database PATH]
-//! ```
-//!
-//! The config is the TOML file given by `--config`, else the text of the
-//! environment variable `CONDUIT_CONFIG`. The admin API's master key comes
-//! from `CONDUIT_MASTER_KEY`.
+//! `serve` builds the core's [`Gateway`] on the configured store and serves
+//! it over hyper. `keys` and `usage` run the very admin API the server
+//! exposes, in process, on the same store: one implementation of every
+//! rule (validation, rotation, totals), whichever way an operator comes in.
+//! `check` parses the config as `serve` would and reports what it would
+//! serve, without starting anything.
 
+mod check;
+mod cli;
 mod http;
+mod postgres;
+mod settings;
 mod store;
+mod stores;
 
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use conduit::keys::{generate_secret, hash_secret, random_id, VirtualKey};
-use conduit::limits::LocalLimiter;
-use conduit::ports::KeyStore;
-use conduit::Ports;
-use conduit::{Config, Gateway};
-use serde_json::{json, Value};
+use bytes::Bytes;
+use clap::Parser;
+use conduit::ports::Clock;
+use conduit::{Config, Gateway, Ports, ResponseBody};
+use serde_json::{json, Map, Value};
 
-use crate::store::SqliteStore;
+use crate::cli::{Cli, Command, KeyFields, KeysCommand, StoreArgs, UsageArgs};
 use conduit_native::{HyperUpstream, SystemClock, TokioSpawner};
 
-const USAGE: &str = "\
-usage:
-  conduit serve [--config FILE] [--listen ADDR] [--database PATH] [--workers N]
-  conduit keys create --name NAME [--allowed-model MODEL]... [--config FILE | --database PATH]
-  conduit keys list [--config FILE | --database PATH]
-  conduit keys revoke ID [--config FILE | --database PATH]
-
-Without --config the TOML config is read from the environment variable CONDUIT_CONFIG.
-CONDUIT_MASTER_KEY enables the admin API (/admin/...).";
-
-const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
-const DEFAULT_DATABASE: &str = "conduit.db";
-
-/// Parsed command-line options.
-#[derive(Default)]
-struct Options {
-    positional: Vec<String>,
-    config: Option<PathBuf>,
-    listen: Option<String>,
-    database: Option<PathBuf>,
-    workers: Option<String>,
-    name: Option<String>,
-    allowed_models: Vec<String>,
-}
-
-fn parse_args(args: &[String]) -> Result<Options, String> {
-    let mut o = Options::default();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
-            _ => (arg.as_str(), None),
-        };
-        let mut value = |name: &str| -> Result<String, String> {
-            inline
-                .clone()
-                .or_else(|| it.next().cloned())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match flag {
-            "--config" | "-c" => o.config = Some(PathBuf::from(value(flag)?)),
-            "--listen" => o.listen = Some(value(flag)?),
-            "--database" => o.database = Some(PathBuf::from(value(flag)?)),
-            "--workers" => o.workers = Some(value(flag)?),
-            "--name" => o.name = Some(value(flag)?),
-            "--allowed-model" => o.allowed_models.push(value(flag)?),
-            f if f.starts_with('-') => return Err(format!("unknown option {f}")),
-            _ => o.positional.push(arg.clone()),
-        }
-    }
-    Ok(o)
-}
-
-/// The config text and a name for it in error messages.
-fn config_source(o: &Options) -> Result<(String, String), String> {
-    match &o.config {
-        Some(path) => std::fs::read_to_string(path)
-            .map(|t| (t, path.display().to_string()))
-            .map_err(|e| format!("cannot read the config file {}: {e}", path.display())),
-        None => std::env::var("CONDUIT_CONFIG")
-            .map(|t| (t, "CONDUIT_CONFIG".to_owned()))
-            .map_err(|_| "no config: pass --config FILE or set CONDUIT_CONFIG".to_owned()),
-    }
-}
-
-/// A `[server]` setting, checked to be a string.
-fn server_setting(
-    server: Option<&toml::Table>,
-    key: &str,
-    source: &str,
-) -> Result<Option<String>, String> {
-    match server.and_then(|s| s.get(key)) {
-        None => Ok(None),
-        Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(format!(
-            "config error in {source}: `server.{key}`: must be a string"
-        )),
-    }
-}
-
-fn database_for_keys(o: &Options) -> Result<PathBuf, String> {
-    if let Some(db) = &o.database {
-        return Ok(db.clone());
-    }
-    if o.config.is_none() && std::env::var_os("CONDUIT_CONFIG").is_none() {
-        return Ok(PathBuf::from(DEFAULT_DATABASE));
-    }
-    let (text, source) = config_source(o)?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| format!("config error in {source}: {}", e.message()))?;
-    let server = match table.get("server") {
-        Some(toml::Value::Table(t)) => Some(t),
-        _ => None,
-    };
-    Ok(server_setting(server, "database", &source)?
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATABASE)))
-}
-
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("serve") => parse_args(&args[1..]).and_then(serve),
-        Some("keys") => parse_args(&args[1..]).and_then(keys),
-        Some("--version" | "-V") => {
-            println!("conduit {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
-        }
-        Some("--help" | "-h" | "help") => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        _ => Err(USAGE.to_owned()),
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Check(args) => return check::run(&args),
+        Command::Keys(command) => keys(command),
+        Command::Usage(args) => usage(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("conduit: {message}");
-            ExitCode::from(2)
+            ExitCode::from(1)
         }
     }
 }
 
-fn serve(o: Options) -> Result<(), String> {
-    if let Some(extra) = o.positional.first() {
-        return Err(format!("unexpected argument {extra}"));
+/// The config text and a name for it in error messages: `--config FILE`,
+/// else the text of `CONDUIT_CONFIG`, else (`required` false) nothing.
+pub(crate) fn config_source(
+    file: Option<&std::path::Path>,
+    required: bool,
+) -> Result<Option<(String, String)>, String> {
+    match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|t| Some((t, path.display().to_string())))
+            .map_err(|e| format!("cannot read the config file {}: {e}", path.display())),
+        None => match std::env::var("CONDUIT_CONFIG") {
+            Ok(t) => Ok(Some((t, "CONDUIT_CONFIG".to_owned()))),
+            Err(_) if required => {
+                Err("no config: pass --config FILE or set CONDUIT_CONFIG".to_owned())
+            }
+            Err(_) => Ok(None),
+        },
     }
-    let (text, source) = config_source(&o)?;
+}
+
+fn serve(args: cli::ServeArgs) -> Result<(), String> {
+    let (text, source) = config_source(args.store.config.as_deref(), true)?.unwrap_or_default();
     let config =
         Config::parse(&text, &source, &|var| std::env::var(var).ok()).map_err(|e| e.to_string())?;
-    let listen = match o.listen.clone() {
-        Some(l) => l,
-        None => server_setting(config.server.as_ref(), "listen", &source)?
-            .unwrap_or_else(|| DEFAULT_LISTEN.into()),
-    };
-    let database = match o.database.clone() {
-        Some(d) => d,
-        None => server_setting(config.server.as_ref(), "database", &source)?
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATABASE)),
-    };
-    let workers = match o.workers.clone() {
-        Some(w) => Some(w),
-        None => match config.server.as_ref().and_then(|s| s.get("workers")) {
-            None => None,
-            Some(toml::Value::Integer(n)) => Some(n.to_string()),
-            Some(_) => {
-                return Err(format!(
-                    "config error in {source}: `server.workers`: must be an integer"
-                ))
-            }
-        },
-    };
-    let workers = match workers {
-        None => None,
-        Some(w) => match w.parse::<usize>() {
-            Ok(n) if (1..=1024).contains(&n) => Some(n),
-            _ => {
-                return Err(format!(
-                    "`workers` must be an integer from 1 to 1024, not {w}"
-                ))
-            }
-        },
-    };
+    let mut server = settings::read(config.server.as_ref(), &source, &args.store)?;
+    if let Some(listen) = args.listen {
+        server.listen = listen;
+    }
+    if let Some(n) = args.workers {
+        server.workers = Some(usize::from(n));
+    }
     let master_key = std::env::var("CONDUIT_MASTER_KEY")
         .ok()
         .filter(|k| !k.is_empty());
@@ -202,102 +84,317 @@ fn serve(o: Options) -> Result<(), String> {
     }
 
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
+    if let Some(n) = server.workers {
         builder.worker_threads(n);
     }
     let runtime = builder
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let store = SqliteStore::open(&database)
-        .map_err(|e| format!("cannot open the database {}: {e}", database.display()))?;
     let result = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&listen)
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let store = stores::open(&server.store, clock.clone()).await?;
+        let listener = tokio::net::TcpListener::bind(&server.listen)
             .await
-            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            .map_err(|e| format!("cannot listen on {}: {e}", server.listen))?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
-        let clock = Arc::new(SystemClock);
         let ports = Ports {
-            keys: store.clone(),
-            usage: store.clone(),
+            keys: store.keys.clone(),
+            usage: store.usage.clone(),
             upstream: Arc::new(HyperUpstream::new()),
-            clock: clock.clone(),
-            limiter: Arc::new(LocalLimiter::new(clock, Some(store.clone()))),
+            clock,
+            limiter: store.limiter.clone(),
             spawner: Arc::new(TokioSpawner),
         };
         let gateway = Arc::new(Gateway::new(config, ports, master_key.as_deref()));
         eprintln!(
-            "conduit: {} model aliases, database {}",
+            "conduit: {} model aliases, {}",
             gateway.config().models.len(),
-            database.display()
+            store.description
         );
         println!("conduit listening on http://{local}");
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        http::run(listener, gateway).await;
+        let serving = http::Serving {
+            limits: server.client_limits,
+            settle_before_end: store.shared,
+        };
+        http::run(listener, gateway, serving).await;
+        store.close();
         Ok::<(), String>(())
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
-    store.close();
     result
 }
 
-fn keys(o: Options) -> Result<(), String> {
-    let database = database_for_keys(&o)?;
-    let store = SqliteStore::open(&database)
-        .map_err(|e| format!("cannot open the database {}: {e}", database.display()))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let result = runtime.block_on(keys_command(&o, store.as_ref(), &database));
-    store.close();
+/// Runs admin API calls in process, on the store the config names.
+struct AdminSession {
+    runtime: tokio::runtime::Runtime,
+    gateway: Gateway,
+    store: stores::OpenStore,
+    master: String,
+}
+
+impl AdminSession {
+    fn open(args: &StoreArgs) -> Result<AdminSession, String> {
+        // Only `[server]` matters here: no provider is called, so no secret is needed.
+        let (server_table, source) = match config_source(args.config.as_deref(), false)? {
+            Some((text, source)) => {
+                let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+                    format!("config error in {source}: {}", e.message())
+                })?;
+                let server = match table.get("server") {
+                    Some(toml::Value::Table(t)) => Some(t.clone()),
+                    _ => None,
+                };
+                (server, source)
+            }
+            None => (None, "defaults".to_owned()),
+        };
+        let settings = settings::read(server_table.as_ref(), &source, args)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the runtime: {e}"))?;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let store = runtime.block_on(stores::open(&settings.store, clock.clone()))?;
+        let config = Config::parse("", "defaults", &|_| None).map_err(|e| e.to_string())?;
+        let master = conduit::keys::generate_secret().map_err(|e| e.message())?;
+        let ports = Ports {
+            keys: store.keys.clone(),
+            usage: store.usage.clone(),
+            upstream: Arc::new(HyperUpstream::new()),
+            clock,
+            limiter: store.limiter.clone(),
+            spawner: Arc::new(TokioSpawner),
+        };
+        let gateway = Gateway::new(config, ports, Some(&master));
+        Ok(AdminSession {
+            runtime,
+            gateway,
+            store,
+            master,
+        })
+    }
+
+    /// One admin API call; the JSON answer, or its error message.
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let request = ::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {}", self.master))
+            .body(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default()))
+            .map_err(|e| e.to_string())?;
+        let response = self.runtime.block_on(self.gateway.handle(request));
+        let status = response.status();
+        let bytes = match response.into_body() {
+            ResponseBody::Full(b) => b,
+            ResponseBody::Stream(_) => return Err("unexpected stream".into()),
+        };
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status.is_success() {
+            Ok(value)
+        } else {
+            Err(value["error"]["message"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("HTTP {status}")))
+        }
+    }
+
+    fn close(self) {
+        self.store.close();
+    }
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+fn print_json(v: &Value) {
+    out(&format!(
+        "{}\n",
+        serde_json::to_string_pretty(v).unwrap_or_default()
+    ));
+}
+
+/// The admin API body fields the flags set.
+fn key_body(fields: &KeyFields, body: &mut Map<String, Value>) -> Result<(), String> {
+    if !fields.allowed_models.is_empty() {
+        body.insert("allowed_models".into(), json!(fields.allowed_models));
+    }
+    if fields.rpm.is_some() || fields.rpd.is_some() || fields.tpm.is_some() {
+        body.insert(
+            "limits".into(),
+            json!({"rpm": fields.rpm, "rpd": fields.rpd, "tpm": fields.tpm}),
+        );
+    }
+    match (fields.budget_usd, &fields.budget_period) {
+        (Some(usd), period) => {
+            body.insert(
+                "budget".into(),
+                json!({"max_usd": usd, "period": period.as_deref().unwrap_or("total")}),
+            );
+        }
+        (None, Some(_)) => return Err("--budget-period needs --budget-usd".into()),
+        (None, None) => {}
+    }
+    if let Some(t) = &fields.expires_at {
+        let v = t
+            .parse::<u64>()
+            .map(Value::from)
+            .unwrap_or_else(|_| json!(t));
+        body.insert("expires_at".into(), v);
+    }
+    if !fields.metadata.is_empty() {
+        let mut m = Map::new();
+        for entry in &fields.metadata {
+            let (k, v) = entry
+                .split_once('=')
+                .ok_or_else(|| format!("--metadata takes KEY=VALUE, not {entry}"))?;
+            m.insert(k.to_owned(), Value::String(v.to_owned()));
+        }
+        body.insert("metadata".into(), Value::Object(m));
+    }
+    Ok(())
+}
+
+fn keys(command: KeysCommand) -> Result<(), String> {
+    let store_args = match &command {
+        KeysCommand::Create(a) => &a.store,
+        KeysCommand::List(a) => &a.store,
+        KeysCommand::Show(a) | KeysCommand::Rotate(a) | KeysCommand::Revoke(a) => &a.store,
+        KeysCommand::Update(a) => &a.store,
+    };
+    let session = AdminSession::open(store_args)?;
+    let id_path = |id: &str| format!("/admin/keys/{}", percent_encode(id));
+    let result = match &command {
+        KeysCommand::Create(a) => {
+            let mut body = Map::new();
+            body.insert("name".into(), json!(a.name));
+            key_body(&a.fields, &mut body)?;
+            session
+                .call("POST", "/admin/keys", Some(Value::Object(body)))
+                .map(|v| {
+                    print_json(&v);
+                    eprintln!(
+                        "conduit: key created in {} (the secret is shown only once)",
+                        session.store.description
+                    );
+                })
+        }
+        KeysCommand::List(_) => session.call("GET", "/admin/keys", None).map(|v| {
+            let data = v.get("data").cloned().unwrap_or(json!([]));
+            print_json(&json!({"object": "list", "data": data}));
+        }),
+        KeysCommand::Show(a) => session
+            .call("GET", &id_path(&a.id), None)
+            .map(|v| print_json(&v)),
+        KeysCommand::Update(a) => {
+            let mut body = Map::new();
+            if let Some(n) = &a.name {
+                body.insert("name".into(), json!(n));
+            }
+            if a.enable || a.disable {
+                body.insert("enabled".into(), json!(a.enable));
+            }
+            if a.clear_limits {
+                body.insert("limits".into(), Value::Null);
+            }
+            if a.clear_budget {
+                body.insert("budget".into(), Value::Null);
+            }
+            key_body(&a.fields, &mut body)?;
+            if body.is_empty() {
+                return Err("keys update: nothing to change (see --help)".into());
+            }
+            session
+                .call("PATCH", &id_path(&a.id), Some(Value::Object(body)))
+                .map(|v| print_json(&v))
+        }
+        KeysCommand::Rotate(a) => session
+            .call("POST", &format!("{}/rotate", id_path(&a.id)), None)
+            .map(|v| print_json(&v)),
+        KeysCommand::Revoke(a) => session
+            .call("DELETE", &id_path(&a.id), None)
+            .map(|v| print_json(&v)),
+    };
+    session.close();
     result
 }
 
-async fn keys_command(o: &Options, store: &SqliteStore, database: &Path) -> Result<(), String> {
+fn usage(args: UsageArgs) -> Result<(), String> {
+    let session = AdminSession::open(&args.store)?;
+    // The admin summary (kept as records are written): day buckets, the last
+    // 30 days unless --since says otherwise.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let print = |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-    match o.positional.first().map(String::as_str) {
-        Some("create") => {
-            let name = o.name.clone().ok_or("keys create needs --name NAME")?;
-            let body = json!({"name": name, "allowed_models": o.allowed_models});
-            let key = VirtualKey::from_create_body(&body, random_id("key_"), now)
-                .map_err(|e| e.message())?;
-            let secret = generate_secret().map_err(|e| e.message())?;
-            store
-                .insert(&key, &hash_secret(&secret))
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut view = key.to_json();
-            if let Some(obj) = view.as_object_mut() {
-                obj.insert("key".into(), Value::String(secret));
-            }
-            print(&view);
-            eprintln!(
-                "conduit: key created in {} (the secret is shown only once)",
-                database.display()
-            );
-            Ok(())
+    let since = args
+        .since
+        .clone()
+        .unwrap_or_else(|| (now.saturating_sub(30 * 86_400)).to_string());
+    let mut query = vec!["bucket=day".to_owned(), format!("since={}", percent_encode(&since))];
+    for (k, v) in [("key_id", &args.key), ("until", &args.until)] {
+        if let Some(v) = v {
+            query.push(format!("{k}={}", percent_encode(v)));
         }
-        Some("list") => {
-            let keys = store.list().await.map_err(|e| e.to_string())?;
-            print(
-                &json!({"object": "list", "data": keys.iter().map(VirtualKey::to_json).collect::<Vec<_>>()}),
-            );
-            Ok(())
-        }
-        Some("revoke") => {
-            let id = o.positional.get(1).ok_or("keys revoke needs the key id")?;
-            if store.delete(id).await.map_err(|e| e.to_string())? {
-                print(&json!({"id": id, "object": "virtual_key", "deleted": true}));
-                Ok(())
-            } else {
-                Err(format!("no virtual key with id {id}"))
-            }
-        }
-        _ => Err(USAGE.to_owned()),
     }
+    let path = format!("/admin/usage/summary?{}", query.join("&"));
+    let result = session.call("GET", &path, None).map(|v| {
+        if args.json {
+            print_json(&v);
+        } else {
+            out(&usage_table(&v));
+        }
+    });
+    session.close();
+    result
+}
+
+/// `GET /admin/usage/summary` as a table: the top keys, the top models, the total.
+fn usage_table(summary: &Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "usage from {} to {}",
+        summary["since"].as_str().unwrap_or(""),
+        summary["until"].as_str().unwrap_or("")
+    );
+    let line = |out: &mut String, group: &str, name: &str, t: &Value| {
+        let n = |k: &str| t[k].as_u64().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "{group:<6} {name:<32} {:>9} {:>7} {:>8} {:>12} {:>12} {:>14.6}",
+            n("requests"),
+            n("errors"),
+            n("refused"),
+            n("prompt_tokens"),
+            n("completion_tokens"),
+            t["cost_usd"].as_f64().unwrap_or(0.0)
+        );
+    };
+    let _ = writeln!(
+        out,
+        "{:<6} {:<32} {:>9} {:>7} {:>8} {:>12} {:>12} {:>14}",
+        "", "", "REQUESTS", "ERRORS", "REFUSED", "PROMPT", "COMPLETION", "COST (USD)"
+    );
+    for (group, field, id) in [("key", "top_keys", "key_id"), ("model", "top_models", "model")] {
+        for row in summary[field].as_array().into_iter().flatten() {
+            line(&mut out, group, row[id].as_str().unwrap_or(""), row);
+        }
+    }
+    line(&mut out, "total", "", &summary["totals"]);
+    out
+}
+
+/// Escapes what a path segment or query value cannot hold.
+fn percent_encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }

@@ -793,11 +793,15 @@ impl Usage {
     }
 
     fn to_openai(self) -> Value {
-        let prompt = self.input + self.cache_read + self.cache_write;
+        // Saturating: the counts are the provider's (fuzz/regressions).
+        let prompt = self
+            .input
+            .saturating_add(self.cache_read)
+            .saturating_add(self.cache_write);
         json!({
             "prompt_tokens": prompt,
             "completion_tokens": self.output,
-            "total_tokens": prompt + self.output,
+            "total_tokens": prompt.saturating_add(self.output),
             "prompt_tokens_details": {"cached_tokens": self.cache_read, "cache_write_tokens": self.cache_write},
             "completion_tokens_details": {"reasoning_tokens": 0},
         })
@@ -1167,6 +1171,9 @@ impl StreamDecoder for MessagesStream {
         }
         self.sse.feed(bytes, &mut self.events);
         self.drain(out);
+        if let Some(e) = self.sse.take_overflow() {
+            out.push(StreamEvent::Error(e));
+        }
     }
 
     fn finish(&mut self, out: &mut Vec<StreamEvent>) {

@@ -837,3 +837,20 @@ fn errors_map_by_status() {
     let env = e.to_json();
     assert_eq!(env["error"].as_object().unwrap().len(), 4);
 }
+
+/// Found by fuzzing (`response_anthropic`, input in fuzz/regressions): token
+/// counts whose sum passes 2^64 overflowed (a panic in debug builds, a
+/// wrapped, near-free count in release).
+#[test]
+fn huge_token_counts_saturate() {
+    let found = include_bytes!("../../../fuzz/regressions/response_anthropic/usage-sum-overflow");
+    let r = provider().translate_response(&chat(), found).unwrap();
+    assert_eq!(r["usage"]["total_tokens"], json!(u64::MAX));
+    let max = u64::MAX;
+    let mut u = Usage::default();
+    u.update(Some(
+        &json!({"input_tokens": max, "cache_read_input_tokens": 1,
+        "cache_creation_input_tokens": 1, "output_tokens": max}),
+    ));
+    assert_eq!(u.to_openai()["prompt_tokens"], json!(max));
+}

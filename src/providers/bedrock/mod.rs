@@ -981,11 +981,12 @@ fn openai_usage(u: &Value) -> Value {
     let output = n(u, &["outputTokens"]);
     let cache_read = n(u, &["cacheReadInputTokens", "cacheReadInputTokenCount"]);
     let cache_write = n(u, &["cacheWriteInputTokens", "cacheWriteInputTokenCount"]);
-    let prompt = input + cache_read + cache_write;
+    // Saturating: the counts are the provider's (fuzz/regressions).
+    let prompt = input.saturating_add(cache_read).saturating_add(cache_write);
     json!({
         "prompt_tokens": prompt,
         "completion_tokens": output,
-        "total_tokens": prompt + output,
+        "total_tokens": prompt.saturating_add(output),
         "prompt_tokens_details": {"cached_tokens": cache_read, "cache_write_tokens": cache_write},
         "completion_tokens_details": {"reasoning_tokens": 0},
     })

@@ -952,3 +952,20 @@ fn legacy_completions_through_converse() {
         .starts_with("Let me count"));
     assert_eq!(r["usage"]["total_tokens"], 79);
 }
+
+/// Found by fuzzing (`response_bedrock`, input in fuzz/regressions): token
+/// counts whose sum passes 2^64 overflowed (a panic in debug builds, a
+/// wrapped, near-free count in release).
+#[test]
+fn huge_token_counts_saturate() {
+    let found = include_bytes!("../../../fuzz/regressions/response_bedrock/usage-sum-overflow");
+    let _ =
+        provider(false).translate_response(&call(Endpoint::ChatCompletions, MODEL, false), found);
+    let max = u64::MAX;
+    let u = openai_usage(&json!({"inputTokens": max, "cacheReadInputTokens": 1,
+        "cacheWriteInputTokens": 1, "outputTokens": max}));
+    assert_eq!(
+        (&u["prompt_tokens"], &u["total_tokens"]),
+        (&json!(max), &json!(max))
+    );
+}

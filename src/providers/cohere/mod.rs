@@ -705,7 +705,8 @@ fn usage(u: Option<&Value>) -> Value {
     json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
-        "total_tokens": prompt + completion,
+        // Saturating: the counts are the provider's (fuzz/regressions).
+        "total_tokens": prompt.saturating_add(completion),
         "prompt_tokens_details": {"cached_tokens": cached},
         "completion_tokens_details": {"reasoning_tokens": 0},
     })
@@ -1054,6 +1055,9 @@ impl StreamDecoder for CohereStream {
     fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) {
         self.sse.feed(bytes, &mut self.events);
         self.drain(out);
+        if let Some(e) = self.sse.take_overflow() {
+            out.push(StreamEvent::Error(e));
+        }
     }
 
     fn finish(&mut self, out: &mut Vec<StreamEvent>) {

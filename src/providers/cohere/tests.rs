@@ -682,3 +682,17 @@ fn errors() {
     let env = e.to_json();
     assert_eq!(env["error"].as_object().unwrap().len(), 4);
 }
+
+/// Found by fuzzing (`response_cohere`, input in fuzz/regressions): token
+/// counts whose sum passes 2^64 overflowed (a panic in debug builds, a
+/// wrapped, near-free count in release).
+#[test]
+fn huge_token_counts_saturate() {
+    let found = include_bytes!("../../../fuzz/regressions/response_cohere/usage-sum-overflow");
+    let _ = provider().translate_response(&call(Endpoint::ChatCompletions, false), found);
+    let max = u64::MAX;
+    let u = usage(Some(
+        &json!({"tokens": {"input_tokens": max, "output_tokens": 1}}),
+    ));
+    assert_eq!(u["total_tokens"], json!(max));
+}

@@ -260,13 +260,14 @@ fn retry_delay(err: &Value) -> Option<String> {
 /// Gemini's `usageMetadata` as an OpenAI `usage` object (table in the module doc).
 pub(crate) fn usage(meta: &Value) -> Value {
     let n = |k: &str| meta.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let prompt = n("promptTokenCount") + n("toolUsePromptTokenCount");
+    // Saturating: the counts are the provider's (fuzz/regressions).
+    let prompt = n("promptTokenCount").saturating_add(n("toolUsePromptTokenCount"));
     let thoughts = n("thoughtsTokenCount");
-    let completion = n("candidatesTokenCount") + thoughts;
+    let completion = n("candidatesTokenCount").saturating_add(thoughts);
     serde_json::json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
-        "total_tokens": prompt + completion,
+        "total_tokens": prompt.saturating_add(completion),
         "prompt_tokens_details": {"cached_tokens": n("cachedContentTokenCount")},
         "completion_tokens_details": {"reasoning_tokens": thoughts},
     })

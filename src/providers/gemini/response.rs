@@ -365,6 +365,9 @@ impl StreamDecoder for GeminiStream {
     fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) {
         self.sse.feed(bytes, &mut self.events);
         self.drain(out);
+        if let Some(e) = self.sse.take_overflow() {
+            out.push(StreamEvent::Error(e));
+        }
     }
 
     /// Gemini ends a stream by closing it: complete only if every candidate

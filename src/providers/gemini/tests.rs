@@ -582,3 +582,25 @@ fn legacy_completions() {
     assert_eq!(events.last(), Some(&StreamEvent::Done));
     assert_split_invariant(&sc, SSE_TEXT);
 }
+
+/// Found by fuzzing (`response_gemini`, input in fuzz/regressions): token
+/// counts whose sum passes 2^64 overflowed (a panic in debug builds, a
+/// wrapped, near-free count in release).
+#[test]
+fn huge_token_counts_saturate() {
+    let found = include_bytes!("../../../fuzz/regressions/response_gemini/usage-sum-overflow");
+    let _ = provider().translate_response(&call(Endpoint::ChatCompletions, false), found);
+    let max = u64::MAX;
+    let u = usage(
+        &json!({"promptTokenCount": max, "toolUsePromptTokenCount": 1,
+        "candidatesTokenCount": max, "thoughtsTokenCount": 1}),
+    );
+    assert_eq!(
+        (
+            &u["prompt_tokens"],
+            &u["completion_tokens"],
+            &u["total_tokens"]
+        ),
+        (&json!(max), &json!(max), &json!(max))
+    );
+}

@@ -1,4 +1,5 @@
-//! The core's stores on DynamoDB.
+//! The core's stores on DynamoDB, shared by the Lambda function and the
+//! native server (`[server] store = "dynamodb"`).
 //!
 //! Two tables (names from `CONDUIT_KEYS_TABLE` and `CONDUIT_USAGE_TABLE`):
 //!

@@ -1,0 +1,157 @@
+//! Provider answers, whole and streamed, through each provider's own
+//! translation, with the invariants the core relies on.
+
+use conduit::providers::{Endpoint, StreamDecoder, StreamEvent};
+use conduit::{GatewayError, TokenUsage};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde_json::{Map, Value};
+
+use crate::cuts::cuts;
+use crate::setup::{alias_for, call, provider, ENDPOINTS};
+
+/// Runs a fresh decoder over `pieces`, then `finish`.
+pub fn decode(decoder: &mut dyn StreamDecoder, pieces: &[&[u8]]) -> Vec<StreamEvent> {
+    let mut out = Vec::new();
+    for p in pieces {
+        decoder.feed(p, &mut out);
+    }
+    decoder.finish(&mut out);
+    out
+}
+
+/// An error as a client sees it: a 4xx or 5xx with OpenAI's envelope.
+pub fn check_error(e: &GatewayError) {
+    let status = e.status();
+    assert!(
+        status.is_client_error() || status.is_server_error(),
+        "an error with status {status}: {e:?}"
+    );
+    assert!(
+        !matches!(e, GatewayError::Internal(_)),
+        "input caused an internal error: {e:?}"
+    );
+    let body = e.to_json();
+    assert!(body["error"]["message"].is_string(), "{body}");
+    assert!(body["error"]["type"].is_string(), "{body}");
+}
+
+/// A `usage` object, as the core reads it for metering.
+fn check_usage(usage: Option<&Value>) {
+    if let Some(u) = usage {
+        if let Some(t) = TokenUsage::from_openai(u) {
+            // Money comes from these: cost must be computable.
+            let _ = t.to_openai();
+        }
+    }
+}
+
+/// The `object` a translated answer on `endpoint` carries.
+fn response_object(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::ChatCompletions => "chat.completion",
+        Endpoint::Completions => "text_completion",
+        Endpoint::Embeddings => "list",
+    }
+}
+
+/// Providers whose answers are OpenAI's own, passed through (normalised):
+/// their shape is whatever the provider sent.
+fn passthrough(kind: &str) -> bool {
+    matches!(kind, "openai" | "azure" | "compatible")
+}
+
+/// Feeds `data` to `kind`'s stream decoder (chat and legacy completions),
+/// cut in several ways: every cut gives the same events, and translated
+/// chunks are well-formed OpenAI chunks.
+pub fn check_stream(kind: &'static str, data: &[u8]) {
+    for endpoint in [Endpoint::ChatCompletions, Endpoint::Completions] {
+        let c = call(alias_for(kind, endpoint), endpoint, true);
+        let p = provider(alias_for(kind, endpoint));
+        let ways = cuts(data);
+        let whole = decode(p.stream_decoder(&c).as_mut(), &ways[0]);
+        for way in &ways[1..] {
+            let events = decode(p.stream_decoder(&c).as_mut(), way);
+            assert_eq!(
+                events,
+                whole,
+                "{kind} {endpoint:?}: cut into {} reads gives other events",
+                way.len()
+            );
+        }
+        for ev in &whole {
+            match ev {
+                StreamEvent::Chunk(chunk) => check_chunk(kind, endpoint, chunk),
+                StreamEvent::Error(e) => check_error(e),
+                StreamEvent::Done => {}
+            }
+        }
+    }
+}
+
+fn check_chunk(kind: &str, endpoint: Endpoint, chunk: &Map<String, Value>) {
+    check_usage(chunk.get("usage"));
+    assert!(
+        serde_json::to_vec(chunk).is_ok(),
+        "a chunk that cannot be encoded"
+    );
+    if passthrough(kind) {
+        return;
+    }
+    assert_eq!(
+        chunk.get("object").and_then(Value::as_str),
+        Some(endpoint.chunk_object()),
+        "{kind}: {chunk:?}"
+    );
+    assert!(
+        chunk.get("choices").is_some_and(Value::is_array),
+        "{kind}: a chunk without choices: {chunk:?}"
+    );
+}
+
+/// Whether `kind` serves `/v1/embeddings` at all.
+fn has_embeddings(kind: &str) -> bool {
+    kind != "anthropic"
+}
+
+/// Statuses a provider's error answer is mapped from.
+const ERROR_STATUSES: [u16; 12] = [400, 401, 403, 404, 408, 413, 422, 429, 500, 502, 503, 529];
+
+/// Translates `data` as `kind`'s whole answer on every endpoint, and maps
+/// it as an error answer: a translated answer is the endpoint's OpenAI
+/// object, a failure a client-visible error with OpenAI's envelope.
+pub fn check_response(kind: &'static str, data: &[u8]) {
+    for endpoint in ENDPOINTS {
+        if endpoint == Endpoint::Embeddings && !has_embeddings(kind) {
+            // Refused when the request is built: its answer is never read.
+            continue;
+        }
+        let alias = alias_for(kind, endpoint);
+        let c = call(alias, endpoint, false);
+        match provider(alias).translate_response(&c, data) {
+            Ok(object) => {
+                check_usage(object.get("usage"));
+                assert!(serde_json::to_vec(&object).is_ok());
+                if !passthrough(kind) {
+                    assert_eq!(
+                        object.get("object").and_then(Value::as_str),
+                        Some(response_object(endpoint)),
+                        "{kind} {endpoint:?}: {object:?}"
+                    );
+                }
+            }
+            Err(e) => check_error(&e),
+        }
+    }
+    let status = ERROR_STATUSES[data.first().map_or(0, |b| *b as usize) % ERROR_STATUSES.len()];
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut headers = HeaderMap::new();
+    headers.insert("retry-after", HeaderValue::from_static("7"));
+    headers.insert(
+        "x-amzn-errortype",
+        HeaderValue::from_static("ThrottlingException:http://internal.amazon.com/"),
+    );
+    for h in [HeaderMap::new(), headers] {
+        let e = provider(kind).map_error(status, &h, data);
+        check_error(&e);
+    }
+}

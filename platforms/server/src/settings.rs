@@ -1,0 +1,133 @@
+//! `[server]`: the native server's own settings, read from the config's
+//! `[server]` table (the core ignores it) and overridden by the command line.
+//!
+//! ```toml
+//! [server]
+//! listen = "127.0.0.1:5000"
+//! workers = 2                               # tokio worker threads (default: one per core)
+//! store = "sqlite"                          # sqlite (default) | postgres | dynamodb
+//! database = "conduit.db"                   # sqlite: the file
+//! postgres_url_env = "CONDUIT_POSTGRES_URL" # postgres: the variable holding the URL
+//! postgres_pool_size = 16
+//! dynamodb_keys_table = "conduit-keys"
+//! dynamodb_usage_table = "conduit-usage"
+//! dynamodb_create_tables = false            # or CONDUIT_CREATE_TABLES=1
+//! header_read_timeout_ms = 10000
+//! body_read_timeout_ms = 60000
+//! max_header_bytes = 65536
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::{StoreArgs, StoreKind};
+use crate::http::ClientLimits;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
+pub const DEFAULT_DATABASE: &str = "conduit.db";
+
+/// Where the server keeps its state.
+#[derive(Debug, Clone)]
+pub enum StoreSettings {
+    Sqlite {
+        database: PathBuf,
+    },
+    Postgres {
+        /// The variable that holds the URL (the URL itself never sits in the file).
+        url_env: String,
+        pool_size: usize,
+    },
+    Dynamodb {
+        keys_table: String,
+        usage_table: String,
+        create_tables: bool,
+    },
+}
+
+/// Everything `[server]` says, checked.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: String,
+    pub workers: Option<usize>,
+    pub store: StoreSettings,
+    pub client_limits: ClientLimits,
+}
+
+/// Reads `[server]` from `table` (`source` names it in errors), with the
+/// command line's store options on top.
+pub fn read(
+    table: Option<&toml::Table>,
+    source: &str,
+    args: &StoreArgs,
+) -> Result<ServerSettings, String> {
+    let text = |key: &str| -> Result<Option<String>, String> {
+        match table.and_then(|s| s.get(key)) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(format!(
+                "config error in {source}: `server.{key}`: must be a string"
+            )),
+        }
+    };
+    let number = |key: &str, max: u64| -> Result<Option<u64>, String> {
+        match table.and_then(|s| s.get(key)) {
+            None => Ok(None),
+            Some(toml::Value::Integer(n)) if (1..=max as i64).contains(n) => Ok(Some(*n as u64)),
+            Some(_) => Err(format!(
+                "config error in {source}: `server.{key}`: must be an integer from 1 to {max}"
+            )),
+        }
+    };
+    let flag = |key: &str| -> Result<Option<bool>, String> {
+        match table.and_then(|s| s.get(key)) {
+            None => Ok(None),
+            Some(toml::Value::Boolean(b)) => Ok(Some(*b)),
+            Some(_) => Err(format!(
+                "config error in {source}: `server.{key}`: must be true or false"
+            )),
+        }
+    };
+
+    let kind = match (args.store, text("store")?) {
+        (Some(kind), _) => kind,
+        (None, Some(s)) => StoreKind::parse(&s).ok_or_else(|| {
+            format!("config error in {source}: `server.store`: must be sqlite, postgres or dynamodb, not `{s}`")
+        })?,
+        (None, None) => StoreKind::Sqlite,
+    };
+    let store = match kind {
+        StoreKind::Sqlite => StoreSettings::Sqlite {
+            database: match &args.database {
+                Some(d) => d.clone(),
+                None => PathBuf::from(text("database")?.unwrap_or_else(|| DEFAULT_DATABASE.into())),
+            },
+        },
+        StoreKind::Postgres => StoreSettings::Postgres {
+            url_env: text("postgres_url_env")?.unwrap_or_else(|| "CONDUIT_POSTGRES_URL".into()),
+            pool_size: number("postgres_pool_size", 1024)?.unwrap_or(16) as usize,
+        },
+        StoreKind::Dynamodb => StoreSettings::Dynamodb {
+            keys_table: text("dynamodb_keys_table")?.unwrap_or_else(|| "conduit-keys".into()),
+            usage_table: text("dynamodb_usage_table")?.unwrap_or_else(|| "conduit-usage".into()),
+            create_tables: flag("dynamodb_create_tables")?.unwrap_or(false)
+                || std::env::var("CONDUIT_CREATE_TABLES").is_ok_and(|v| v == "1"),
+        },
+    };
+
+    let mut client_limits = ClientLimits::default();
+    if let Some(ms) = number("header_read_timeout_ms", 3_600_000)? {
+        client_limits.header_read_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = number("body_read_timeout_ms", 3_600_000)? {
+        client_limits.body_read_timeout = Duration::from_millis(ms);
+    }
+    if let Some(n) = number("max_header_bytes", 16 * 1024 * 1024)? {
+        client_limits.max_header_bytes = n as usize;
+    }
+    Ok(ServerSettings {
+        listen: text("listen")?.unwrap_or_else(|| DEFAULT_LISTEN.into()),
+        workers: number("workers", 1024)?.map(|n| n as usize),
+        store,
+        client_limits,
+    })
+}
