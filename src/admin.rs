@@ -303,16 +303,27 @@ fn models_view(gw: &Gateway) -> Value {
                             "cache_write_usd": p.cache_write.map(per_million),
                         })),
                         "drop_unsupported_params": d.drop_unsupported_params,
+                        "weight": d.weight,
                     })
                 })
                 .collect();
+            let p = &route.policy;
             json!({
                 "id": route.alias,
                 "object": "model_route",
                 "deployments": deployments,
+                // The configured policy; live health is `GET /admin/routes`.
                 "routing": {
-                    "strategy": "ordered_fallback",
-                    "description": "Deployments are tried in order; a retryable failure (5xx, 429, timeout, connection) moves on to the next one.",
+                    "strategy": p.strategy.name(),
+                    "retries": p.retries,
+                    "retry_backoff_ms": p.retry_backoff_ms,
+                    "retry_backoff_max_ms": p.retry_backoff_max_ms,
+                    "timeout_ms": p.timeout_ms,
+                    "stream_first_event_timeout_ms": p.stream_first_event_timeout_ms,
+                    "cooldown_after_failures": p.cooldown_after_failures,
+                    "cooldown_ms": p.cooldown_ms,
+                    "fallbacks": p.fallbacks,
+                    "context_window_fallbacks": p.context_window_fallbacks,
                 },
             })
         })

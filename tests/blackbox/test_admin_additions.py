@@ -134,7 +134,8 @@ def test_models_view_without_secrets(admin, gateway):
     by_id = {m["id"]: m for m in body["data"]}
     assert set(by_id) == set(ALIASES)
     chat = by_id["chat"]
-    assert chat["routing"]["strategy"] == "ordered_fallback"
+    assert chat["routing"]["strategy"] == "ordered" and chat["routing"]["fallbacks"] == []
+    assert isinstance(chat["routing"]["retries"], int) and chat["routing"]["timeout_ms"] > 0
     (d,) = chat["deployments"]
     assert (d["provider"], d["provider_kind"], d["model"]) == ("openai", "openai", "gpt-4o-mini")
     assert d["price_per_million_tokens"]["input_usd"] == 0.15 and d["price_per_million_tokens"]["output_usd"] == 0.6

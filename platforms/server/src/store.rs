@@ -517,3 +517,161 @@ port! {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use conduit::summary::{Bucket, SummaryQuery, DAY, HOUR};
+    use conduit::usage::{StatusFilter, TokenUsage};
+
+    fn record(n: u64, key: &str, at_ms: u64, status: u16) -> UsageRecord {
+        UsageRecord {
+            request_id: format!("req_{n:04}"),
+            key_id: key.into(),
+            model: if n.is_multiple_of(2) { "a" } else { "b" }.into(),
+            provider: None,
+            provider_model: None,
+            endpoint: "/v1/chat/completions".into(),
+            status,
+            streamed: false,
+            usage: TokenUsage {
+                prompt_tokens: 10,
+                completion_tokens: 5,
+                total_tokens: 15,
+                ..Default::default()
+            },
+            estimated_prompt_tokens: 0,
+            estimated_completion_tokens: 0,
+            cost_nanos: Some(100),
+            refused_by: (status == 429).then(|| "rpm".to_owned()),
+            latency_us: 0,
+            upstream_latency_us: 0,
+            created_at_ms: at_ms,
+            attempts: 1,
+            failed_attempts: Vec::new(),
+            served_alias: None,
+        }
+    }
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn pages_counters_last_use_and_backfill() {
+        let path =
+            std::env::temp_dir().join(format!("conduit-store-test-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let day0 = 1_767_225_600u64; // 2026-01-01T00:00:00Z
+        let store = SqliteStore::open(&path).unwrap();
+        run(async {
+            for n in 0..10u64 {
+                let status = if n == 9 { 429 } else { 200 };
+                store
+                    .record(record(n, "k1", (day0 + n * 1800) * 1000, status))
+                    .await;
+            }
+            store
+                .record(record(10, "k2", (day0 + DAY) * 1000, 200))
+                .await;
+            // The same record twice is counted once.
+            store
+                .record(record(10, "k2", (day0 + DAY) * 1000, 200))
+                .await;
+        });
+        store.close();
+        let store = SqliteStore::open(&path).unwrap();
+        run(async {
+            let mut q = UsageQuery {
+                limit: 4,
+                ..Default::default()
+            };
+            let mut seen = Vec::new();
+            loop {
+                let page = store.query(&q).await.unwrap();
+                if page.is_empty() {
+                    break;
+                }
+                let last = page.last().unwrap();
+                q.before = Some((last.created_at_ms, last.request_id.clone()));
+                seen.extend(page.into_iter().map(|r| r.request_id));
+            }
+            let expected: Vec<String> = (0..=10).rev().map(|n| format!("req_{n:04}")).collect();
+            assert_eq!(seen, expected);
+            let refused = UsageQuery {
+                status: Some(StatusFilter::Refused),
+                ..Default::default()
+            };
+            assert_eq!(store.query(&refused).await.unwrap().len(), 1);
+            let model_a = UsageQuery {
+                model: Some("a".into()),
+                key_id: Some("k1".into()),
+                ..Default::default()
+            };
+            assert_eq!(store.query(&model_a).await.unwrap().len(), 5);
+
+            let hours = SummaryQuery {
+                since: day0,
+                until: day0 + 2 * DAY,
+                key_id: None,
+                model: None,
+                bucket: Bucket::Hour,
+            };
+            let rows = store.hours(&hours).await.unwrap();
+            assert_eq!(rows.iter().map(|r| r.counters.requests).sum::<u64>(), 11);
+            assert!(rows.iter().all(|r| r.hour % HOUR == 0));
+            let days = store
+                .hours(&SummaryQuery {
+                    bucket: Bucket::Day,
+                    ..hours.clone()
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                days.len(),
+                3,
+                "k1/a, k1/b on day 0; k2/a on day 1: {days:?}"
+            );
+            assert_eq!(days.iter().map(|r| r.counters.rate_limited).sum::<u64>(), 1);
+            assert_eq!(
+                days.iter().map(|r| r.counters.cost_nanos).sum::<u64>(),
+                1100
+            );
+
+            let used = store
+                .last_used(&["k1".into(), "k2".into(), "k3".into()])
+                .await
+                .unwrap();
+            assert_eq!(
+                used,
+                vec![
+                    Some((day0 + 9 * 1800) * 1000),
+                    Some((day0 + DAY) * 1000),
+                    None
+                ]
+            );
+        });
+        // An older database (records, no counters) gets them on open.
+        store
+            .with(|c| c.execute_batch("DELETE FROM usage_hourly; DELETE FROM usage_daily;"))
+            .unwrap();
+        store.close();
+        let store = SqliteStore::open(&path).unwrap();
+        run(async {
+            let q = SummaryQuery {
+                since: day0,
+                until: day0 + 2 * DAY,
+                key_id: None,
+                model: None,
+                bucket: Bucket::Day,
+            };
+            let rows = store.hours(&q).await.unwrap();
+            assert_eq!(rows.iter().map(|r| r.counters.requests).sum::<u64>(), 11);
+        });
+        store.close();
+        let _ = std::fs::remove_file(&path);
+    }
+}
