@@ -11,10 +11,6 @@
 //! | [`inputs`]    | key extraction, admin key bodies, the config document         |
 //! | [`mutate`]    | a JSON-aware mutator: one value of a valid document changed (edge numbers, type swaps, keys removed) |
 //! | [`pipeline`]  | a whole request through the gateway: status, error shape, SSE framing, one usage record |
-//!
-//! Known defects that another branch fixes are skipped by name in
-//! [`pipeline::known_defect`], so that the fuzzers keep exploring past them;
-//! each has a regression input in `fuzz/regressions/`.
 
 pub mod cuts;
 pub mod decoders;
