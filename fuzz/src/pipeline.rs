@@ -462,7 +462,10 @@ pub fn check_upstream(select: u8, shape: u8, body: &[u8]) {
     check_answer(&answer, Some(alias));
     if status == 200 && !stream && ["openai", "azure"].contains(&kind) && error_object(&body) {
         // A 200 carrying `{"error": …}` is the provider failing, never a success.
-        assert_ne!(answer.status, 200, "a 200 with an error object passed as a success");
+        assert_ne!(
+            answer.status, 200,
+            "a 200 with an error object passed as a success"
+        );
     }
     if piece != usize::MAX {
         // Read boundaries change nothing: not the client's bytes, not the bill.
