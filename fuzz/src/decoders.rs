@@ -51,6 +51,8 @@ fn response_object(endpoint: Endpoint) -> &'static str {
         Endpoint::ChatCompletions => "chat.completion",
         Endpoint::Completions => "text_completion",
         Endpoint::Embeddings => "list",
+        Endpoint::Responses => "response",
+        Endpoint::Messages => "message",
     }
 }
 
@@ -82,7 +84,8 @@ pub fn check_stream(kind: &'static str, data: &[u8]) {
             match ev {
                 StreamEvent::Chunk(chunk) => check_chunk(kind, endpoint, chunk),
                 StreamEvent::Error(e) => check_error(e),
-                StreamEvent::Done => {}
+                // Passed-through front-door events: the provider's own bytes.
+                StreamEvent::Done | StreamEvent::Native(_) => {}
             }
         }
     }

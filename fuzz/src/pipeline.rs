@@ -431,6 +431,9 @@ pub fn check_upstream(select: u8, shape: u8, body: &[u8]) {
             json!({"model": alias, "prompt": "Say hi", "max_tokens": 16, "stream": stream})
         }
         Endpoint::Embeddings => json!({"model": alias, "input": "hello"}),
+        Endpoint::Responses => json!({"model": alias, "input": "Hi", "stream": stream}),
+        Endpoint::Messages => json!({"model": alias, "max_tokens": 16, "stream": stream,
+            "messages": [{"role": "user", "content": "Hi"}]}),
     };
     let piece = PIECES[(shape & 15) as usize];
     let content_type = match (kind, stream && status == 200) {
