@@ -221,6 +221,9 @@ mod tests {
             refused_by: None,
             latency_us: 0,
             upstream_latency_us: 0,
+            attempts: 0,
+            failed_attempts: Vec::new(),
+            served_alias: None,
             created_at_ms: 1,
         };
         let mut meter = Meter::new(

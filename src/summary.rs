@@ -317,6 +317,9 @@ mod tests {
             refused_by: refused.map(str::to_owned),
             latency_us: 0,
             upstream_latency_us: 0,
+            attempts: 0,
+            failed_attempts: Vec::new(),
+            served_alias: None,
             created_at_ms: ms,
         }
     }

@@ -339,7 +339,10 @@ fn usage(args: UsageArgs) -> Result<(), String> {
         .since
         .clone()
         .unwrap_or_else(|| (now.saturating_sub(30 * 86_400)).to_string());
-    let mut query = vec!["bucket=day".to_owned(), format!("since={}", percent_encode(&since))];
+    let mut query = vec![
+        "bucket=day".to_owned(),
+        format!("since={}", percent_encode(&since)),
+    ];
     for (k, v) in [("key_id", &args.key), ("until", &args.until)] {
         if let Some(v) = v {
             query.push(format!("{k}={}", percent_encode(v)));
@@ -385,7 +388,10 @@ fn usage_table(summary: &Value) -> String {
         "{:<6} {:<32} {:>9} {:>7} {:>8} {:>12} {:>12} {:>14}",
         "", "", "REQUESTS", "ERRORS", "REFUSED", "PROMPT", "COMPLETION", "COST (USD)"
     );
-    for (group, field, id) in [("key", "top_keys", "key_id"), ("model", "top_models", "model")] {
+    for (group, field, id) in [
+        ("key", "top_keys", "key_id"),
+        ("model", "top_models", "model"),
+    ] {
         for row in summary[field].as_array().into_iter().flatten() {
             line(&mut out, group, row[id].as_str().unwrap_or(""), row);
         }

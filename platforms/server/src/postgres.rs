@@ -84,7 +84,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
 ];
 
 /// An arbitrary constant naming the migration lock among advisory locks.
-const MIGRATION_LOCK: i64 = 0x636f_6e64_7569_74;
+const MIGRATION_LOCK: i64 = 0x0063_6f6e_6475_6974;
 
 /// Longest wait for a new connection before 503 (a server that is down
 /// refuses at once; this bounds one that does not answer).

@@ -546,6 +546,9 @@ mod tests {
             refused_by: (status == 429).then(|| "rpm".to_owned()),
             latency_us: 0,
             upstream_latency_us: 0,
+            attempts: 1,
+            failed_attempts: Vec::new(),
+            served_alias: None,
             created_at_ms: at_ms,
         }
     }
