@@ -240,11 +240,11 @@ fn first_visible(events: &[StreamEvent]) -> Option<Result<(), GatewayError>> {
                 )))
             }
             StreamEvent::Error(e) => return Some(Err(e.clone())),
-            // A passed-through event (front doors): content or a complete
-            // answer commits; the opening events (`message_start`,
-            // `response.created`) are peeked past.
-            StreamEvent::Native(n) if n.content || n.finish => return Some(Ok(())),
-            StreamEvent::Native(_) => {}
+            // A passed-through event (front doors) that is not an error: the
+            // provider's stream has begun as it should (`message_start`,
+            // `response.created`); committing here lets the front door keep a
+            // silent provider's client alive (the Messages API's pings).
+            StreamEvent::Native(_) => return Some(Ok(())),
         }
     }
     None
