@@ -383,6 +383,33 @@ pub fn extract_secret(headers: &http::HeaderMap) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
+/// The authoritative check of a presented secret against the stored key
+/// record (`None`: the key is gone) and its stored hash, as a shared store
+/// (DynamoDB, PostgreSQL) does it on every admission: gone → revoked,
+/// another hash → rotated away, then disabled or expired.
+#[allow(clippy::result_large_err)] // the core's error type, on a cold path
+pub fn check_presented(
+    stored: Option<(&Option<VirtualKey>, &str)>,
+    presented_hash: &str,
+    now_secs: u64,
+) -> Result<VirtualKey, GatewayError> {
+    let Some((key, stored_hash)) = stored else {
+        return Err(GatewayError::InvalidApiKey(
+            "This API key has been revoked.".into(),
+        ));
+    };
+    if stored_hash != presented_hash {
+        return Err(GatewayError::InvalidApiKey(
+            "Incorrect API key provided.".into(),
+        ));
+    }
+    let key = key
+        .clone()
+        .ok_or_else(|| GatewayError::InvalidApiKey("Incorrect API key provided.".into()))?;
+    key.check_usable(now_secs)?;
+    Ok(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

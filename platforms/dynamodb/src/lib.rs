@@ -31,7 +31,7 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType, TimeToLiveSpecification,
 };
 use aws_sdk_dynamodb::Client;
-use conduit::keys::VirtualKey;
+use conduit::keys::{check_presented, VirtualKey};
 use conduit::limits::{Ask, KeyLimitState, LimitStatus, Rejection};
 use conduit::port;
 use conduit::ports::{Admission, Demand, KeyStore, Limiter, Settlement, StoreError, UsageStore};
@@ -252,25 +252,14 @@ impl Dynamo {
         }
     }
 
-    /// The authoritative check of a presented key.
+    /// The authoritative check of a presented key ([`check_presented`]).
     #[allow(clippy::result_large_err)] // the core's error type, on a cold path
     fn check(item: &Option<KeyItem>, hash: &str) -> Result<VirtualKey, GatewayError> {
-        let Some(item) = item else {
-            return Err(GatewayError::InvalidApiKey(
-                "This API key has been revoked.".into(),
-            ));
-        };
-        if item.hash != hash {
-            return Err(GatewayError::InvalidApiKey(
-                "Incorrect API key provided.".into(),
-            ));
-        }
-        let key = item
-            .key
-            .clone()
-            .ok_or_else(|| GatewayError::InvalidApiKey("Incorrect API key provided.".into()))?;
-        key.check_usable(now_secs())?;
-        Ok(key)
+        check_presented(
+            item.as_ref().map(|i| (&i.key, i.hash.as_str())),
+            hash,
+            now_secs(),
+        )
     }
 
     async fn backoff(attempt: u32) {

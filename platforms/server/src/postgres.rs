@@ -24,7 +24,7 @@
 
 use std::time::Duration;
 
-use conduit::keys::VirtualKey;
+use conduit::keys::{check_presented, VirtualKey};
 use conduit::limits::{Ask, KeyLimitState, LimitStatus, Rejection};
 use conduit::port;
 use conduit::ports::{Admission, Demand, KeyStore, Limiter, Settlement, StoreError, UsageStore};
@@ -208,25 +208,10 @@ impl PgStore {
         Ok(row.as_ref().map(key_row))
     }
 
-    /// The authoritative check of a presented key against its row.
+    /// The authoritative check of a presented key against its row ([`check_presented`]).
     #[allow(clippy::result_large_err)] // the core's error type, on a cold path
     fn check(row: Option<&KeyRow>, hash: &str) -> Result<VirtualKey, GatewayError> {
-        let Some(row) = row else {
-            return Err(GatewayError::InvalidApiKey(
-                "This API key has been revoked.".into(),
-            ));
-        };
-        if row.hash != hash {
-            return Err(GatewayError::InvalidApiKey(
-                "Incorrect API key provided.".into(),
-            ));
-        }
-        let key = row
-            .key
-            .clone()
-            .ok_or_else(|| GatewayError::InvalidApiKey("Incorrect API key provided.".into()))?;
-        key.check_usable(now_secs())?;
-        Ok(key)
+        check_presented(row.map(|r| (&r.key, r.hash.as_str())), hash, now_secs())
     }
 
     /// Runs `step` on the key's limit state under its row lock and writes
