@@ -20,17 +20,17 @@
 //! | `GET\|POST\|DELETE /admin/session` | the web UI's sign-in ([`crate::ui::session`]) |
 //! | `GET /admin/routes`                | every alias's routing policy and its deployments' health on this instance |
 
-use crate::error::GatewayError;
 use crate::gateway::{json_response, percent_decode, Gateway, Response};
 use crate::keys::{generate_secret, hash_secret, random_id, VirtualKey};
-use crate::limits::LimitStatus;
-use crate::pricing::usd;
-use crate::summary::{summarize, Bucket, SummaryQuery, HOUR, MAX_BUCKETS};
-use crate::time::{format_rfc3339, parse_timestamp};
-use crate::ui::session;
-use crate::usage::{
+use crate::metering::limits::LimitStatus;
+use crate::metering::pricing::usd;
+use crate::metering::summary::{summarize, Bucket, SummaryQuery, HOUR, MAX_BUCKETS};
+use crate::metering::usage::{
     decode_cursor, encode_cursor, totals, StatusFilter, UsageQuery, DEFAULT_PAGE, MAX_PAGE,
 };
+use crate::ui::session;
+use crate::wire::error::GatewayError;
+use crate::wire::time::{format_rfc3339, parse_timestamp};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};

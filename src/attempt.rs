@@ -19,13 +19,13 @@ use futures_util::StreamExt;
 use http::HeaderMap;
 use serde_json::{Map, Value};
 
-use crate::error::GatewayError;
 use crate::gateway::{Gateway, PendingRelay, Proxied, StreamHead, MAX_ERROR_BODY};
-use crate::meter::Meter;
+use crate::metering::meter::Meter;
 use crate::ports::{ByteStream, UpstreamError};
 use crate::providers::{Call, Endpoint, StreamDecoder, StreamEvent};
 use crate::routing::health::InFlight;
 use crate::routing::{Attempt, Failure};
+use crate::wire::error::GatewayError;
 
 /// Bytes of a stream read before committing, at most: past this the
 /// stream is committed even without a visible event.

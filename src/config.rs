@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::pricing::{self, Price, UsdPrice};
+use crate::metering::pricing::{self, Price, UsdPrice};
 use crate::providers::{self, Provider, ProviderKind};
 use crate::routing::{RoutePolicy, Strategy};
 
@@ -152,7 +152,7 @@ pub struct GatewaySettings {
     /// Whether such fetches may go to loopback, private or link-local addresses.
     pub image_fetch_allow_private: bool,
     /// Largest whole (non-streamed) answer read from a provider; a larger one
-    /// is a 502. Streams are bounded per event instead ([`crate::sse::MAX_EVENT_BYTES`]).
+    /// is a 502. Streams are bounded per event instead ([`crate::wire::sse::MAX_EVENT_BYTES`]).
     pub max_response_bytes: usize,
 }
 

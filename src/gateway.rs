@@ -48,20 +48,20 @@ use sha2::{Digest, Sha256};
 
 use crate::admin::{self, AdminRoute};
 use crate::attempt::{CallContext, Replay};
-use crate::cache::KeyCache;
 use crate::compat::BoxStream;
 use crate::config::{Config, ModelRoute};
-use crate::error::GatewayError;
+use crate::keys::cache::KeyCache;
 use crate::keys::{extract_secret, hash_secret, random_id, VirtualKey};
-use crate::limits::{completion_allowance, estimate_prompt_tokens};
-use crate::meter::Meter;
+use crate::metering::limits::{completion_allowance, estimate_prompt_tokens};
+use crate::metering::meter::Meter;
+use crate::metering::usage::{TokenUsage, UsageRecord};
 use crate::ports::{
     Admission, ByteStream, Clock, Demand, KeyStore, Limiter, Spawner, Upstream, UsageStore,
 };
 use crate::providers::{Call, Endpoint, Provider, StreamDecoder};
 use crate::routing::{Attempt, AttemptPlan, Router, Step};
 use crate::stream::Relay;
-use crate::usage::{TokenUsage, UsageRecord};
+use crate::wire::error::GatewayError;
 
 /// The adapters' implementations of the ports.
 #[derive(Clone)]
@@ -373,7 +373,7 @@ impl Gateway {
             return;
         }
         if let Ok(status) = self.ports.limiter.status(key).await {
-            add_headers(headers, &crate::limits::headers(&status));
+            add_headers(headers, &crate::metering::limits::headers(&status));
         }
     }
 

@@ -23,8 +23,8 @@ use base64::Engine;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::wire::error::GatewayError;
 
 fn private_v4(ip: Ipv4Addr) -> bool {
     ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified() || ip.is_broadcast()

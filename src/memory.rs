@@ -9,12 +9,12 @@ use bytes::Bytes;
 
 use crate::compat::BoxFuture;
 use crate::keys::VirtualKey;
+use crate::metering::summary::{merge_into, HourRow, SummaryQuery};
+use crate::metering::usage::{UsageQuery, UsageRecord};
 use crate::port;
 use crate::ports::{
     ByteStream, Clock, KeyStore, Spawner, StoreError, Upstream, UpstreamError, UsageStore,
 };
-use crate::summary::{merge_into, HourRow, SummaryQuery};
-use crate::usage::{UsageQuery, UsageRecord};
 
 fn poisoned<T>(_: T) -> StoreError {
     StoreError("in-memory store lock poisoned".into())

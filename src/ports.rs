@@ -11,12 +11,12 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::compat::{BoxFuture, BoxStream, MaybeSendSync};
-use crate::error::GatewayError;
 use crate::keys::VirtualKey;
-use crate::limits::{LimitStatus, Rejection, Reservation};
+use crate::metering::limits::{LimitStatus, Rejection, Reservation};
+use crate::metering::summary::{HourRow, SummaryQuery};
+use crate::metering::usage::{UsageQuery, UsageRecord};
 use crate::port;
-use crate::summary::{HourRow, SummaryQuery};
-use crate::usage::{UsageQuery, UsageRecord};
+use crate::wire::error::GatewayError;
 
 /// A failure of a store (keys, usage, limits).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,7 +143,7 @@ pub struct Settlement {
 
 port! {
     /// Admission control: rate limits and budgets per key, with the
-    /// semantics of [`crate::limits`]. `admit` must be atomic per key.
+    /// semantics of [`crate::metering::limits`]. `admit` must be atomic per key.
     pub trait Limiter: MaybeSendSync {
         /// Admits (reserving what the request may use) or refuses with a
         /// 429/402 and the key's status (for the rate-limit headers).

@@ -26,13 +26,13 @@ use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
 use crate::compat::BoxStream;
-use crate::error::GatewayError;
 use crate::frontdoors::StreamEncoder;
-use crate::meter::Meter;
+use crate::metering::meter::Meter;
+use crate::metering::usage::TokenUsage;
 use crate::ports::{ByteStream, Clock};
 use crate::providers::{Endpoint, NativeEvent, StreamDecoder, StreamEvent};
-use crate::sse::{encode_data, DONE};
-use crate::usage::TokenUsage;
+use crate::wire::error::GatewayError;
+use crate::wire::sse::{encode_data, DONE};
 
 pub(crate) struct Relay {
     pub upstream: ByteStream,

@@ -2,7 +2,7 @@
 //! binary eventstream.
 
 use conduit::providers::bedrock::eventstream::{crc32, Frame, FrameParser};
-use conduit::sse::{SseEvent, SseParser};
+use conduit::wire::sse::{SseEvent, SseParser};
 
 use crate::cuts::cuts;
 
@@ -118,7 +118,7 @@ pub fn check_sse(data: &[u8]) {
         }
         for line in ev.data.split('\n') {
             let mut b = bytes::BytesMut::new();
-            conduit::sse::encode_data(&mut b, line.as_bytes());
+            conduit::wire::sse::encode_data(&mut b, line.as_bytes());
             // `data: line\n\n` minus the blank line, which ends the event.
             encoded.extend_from_slice(&b[..b.len() - 1]);
         }

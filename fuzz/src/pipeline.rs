@@ -9,10 +9,10 @@ use std::sync::Arc;
 use base64::Engine;
 use bytes::Bytes;
 use conduit::keys::{hash_secret, VirtualKey};
-use conduit::limits::LocalLimiter;
 use conduit::memory::{
     ManualClock, MemoryKeyStore, MemoryUsageStore, QueueSpawner, ScriptedUpstream,
 };
+use conduit::metering::limits::LocalLimiter;
 use conduit::ports::{KeyStore, UpstreamError};
 use conduit::providers::Endpoint;
 use conduit::{Gateway, Ports, ResponseBody};

@@ -28,8 +28,8 @@ use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 
 use crate::compat::MaybeSend;
-use crate::error::GatewayError;
 use crate::providers::{Call, Endpoint, NativeEvent, Provider, StreamDecoder};
+use crate::wire::error::GatewayError;
 
 /// Wraps a configured provider so that it serves the front doors.
 pub fn behind_front_doors(inner: Arc<dyn Provider>) -> Arc<dyn Provider> {

@@ -5,9 +5,9 @@ use bytes::BytesMut;
 use serde_json::Value;
 
 use super::StreamEncoder;
+use crate::metering::usage::TokenUsage;
 use crate::providers::StreamEvent;
-use crate::sse::{SseEvent, SseParser};
-use crate::usage::TokenUsage;
+use crate::wire::sse::{SseEvent, SseParser};
 
 /// What the relay would write for `events` (the output of a provider's
 /// decoder): chunks with choices go to the encoder (usage taken out first),

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use super::openai::{map_openai_error, openai_stream, prepare_body, translate_openai};
 use super::{json_post, Call, Endpoint, Provider, StreamDecoder};
-use crate::error::GatewayError;
+use crate::wire::error::GatewayError;
 
 /// The `azure` kind.
 pub struct Azure {

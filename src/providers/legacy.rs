@@ -11,7 +11,7 @@
 use serde_json::{Map, Value};
 
 use super::{StreamDecoder, StreamEvent};
-use crate::error::GatewayError;
+use crate::wire::error::GatewayError;
 
 /// Rewrites a completions body into a chat body, in place.
 pub fn completions_to_chat(

@@ -32,7 +32,7 @@ use serde_json::{Map, Value};
 
 use crate::compat::{MaybeSend, MaybeSendSync};
 use crate::config::RawProvider;
-use crate::error::GatewayError;
+use crate::wire::error::GatewayError;
 
 /// The endpoints the gateway serves through providers: OpenAI's chat,
 /// legacy completions and embeddings, and the front doors
@@ -184,7 +184,7 @@ pub struct NativeEvent {
     /// The SSE `data:` payload, as the provider sent it.
     pub data: String,
     /// The usage so far, when this event reports it (the last one wins).
-    pub usage: Option<crate::usage::TokenUsage>,
+    pub usage: Option<crate::metering::usage::TokenUsage>,
     /// The event carries generated content (what a disconnect bills).
     pub content: bool,
     /// The event ends a complete answer.

@@ -17,8 +17,8 @@ use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 
 use super::{json_post, Call, Endpoint, Provider, StreamDecoder, StreamEvent};
-use crate::error::GatewayError;
-use crate::sse::{SseEvent, SseParser};
+use crate::wire::error::GatewayError;
+use crate::wire::sse::{SseEvent, SseParser};
 
 /// The `openai` and `openai-compatible` kinds.
 pub struct OpenAi {

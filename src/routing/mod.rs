@@ -26,8 +26,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::config::{Config, ModelRoute};
-use crate::time::format_rfc3339;
-use crate::usage::TokenUsage;
+use crate::metering::usage::TokenUsage;
+use crate::wire::time::format_rfc3339;
 use backoff::Rng;
 use health::RouteState;
 pub use plan::{classify, Attempt, AttemptPlan, Failure, FailureKind, Step};
@@ -163,7 +163,7 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::GatewayError;
+    use crate::wire::error::GatewayError;
     use http::StatusCode;
 
     const MS: u64 = 1000;

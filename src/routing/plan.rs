@@ -36,8 +36,8 @@ use super::policy::Strategy;
 use super::strategy::{pick, EXPLORE_EVERY};
 use super::Router;
 use crate::config::{Config, Deployment, ModelRoute};
-use crate::error::GatewayError;
-use crate::usage::{FailedAttempt, TokenUsage};
+use crate::metering::usage::{FailedAttempt, TokenUsage};
+use crate::wire::error::GatewayError;
 
 /// What a failure means for the rest of the plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use super::backoff::Rng;
 use super::health::RouteState;
 use super::policy::Strategy;
 use crate::config::Deployment;
-use crate::usage::TokenUsage;
+use crate::metering::usage::TokenUsage;
 
 /// Least-latency sends one request in this many to the deployment measured
 /// longest ago, so that one that was slow and recovered is seen again.
@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn least_cost_takes_the_cheapest_priced() {
-        use crate::pricing::Price;
+        use crate::metering::pricing::Price;
         let mut ds = deployments(3);
         let price = |input, output| {
             Some(Price {

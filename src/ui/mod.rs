@@ -23,8 +23,8 @@ pub mod session;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
-use crate::error::GatewayError;
 use crate::gateway::{Response, ResponseBody};
+use crate::wire::error::GatewayError;
 
 /// What a `/` or `/ui…` path asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,9 +25,9 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::error::GatewayError;
 use crate::gateway::{json_response, Gateway, Response};
 use crate::providers::bedrock::sigv4::{hex, hmac_sha256};
+use crate::wire::error::GatewayError;
 
 /// The cookie's name.
 pub const COOKIE: &str = "conduit_session";
@@ -246,7 +246,7 @@ pub async fn handle(
             let expiry = now + SESSION_SECS;
             let mut r = json_response(
                 StatusCode::OK,
-                &json!({"object": "session", "signed_in": true, "expires_at": crate::time::format_rfc3339(expiry)}),
+                &json!({"object": "session", "signed_in": true, "expires_at": crate::wire::time::format_rfc3339(expiry)}),
             );
             set_cookie(
                 &mut r,

@@ -24,9 +24,9 @@
 use std::cell::RefCell;
 
 use conduit::keys::VirtualKey;
-use conduit::limits::{Ask, KeyLimitState, LimitStatus, Reservation};
-use conduit::summary::{Counters, HourRow, SummaryQuery};
-use conduit::usage::{StatusFilter, UsageQuery, UsageRecord};
+use conduit::metering::limits::{Ask, KeyLimitState, LimitStatus, Reservation};
+use conduit::metering::summary::{Counters, HourRow, SummaryQuery};
+use conduit::metering::usage::{StatusFilter, UsageQuery, UsageRecord};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use worker::{

@@ -8,14 +8,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use conduit::compat::BoxFuture;
 use conduit::keys::VirtualKey;
-use conduit::limits::{LimitStatus, Refusal, Rejection};
+use conduit::metering::limits::{LimitStatus, Refusal, Rejection};
+use conduit::metering::summary::{HourRow, SummaryQuery};
+use conduit::metering::usage::{UsageQuery, UsageRecord};
 use conduit::port;
 use conduit::ports::{
     Admission, ByteStream, Clock, Demand, KeyStore, Limiter, Settlement, Spawner, StoreError,
     Upstream, UpstreamError, UsageStore,
 };
-use conduit::summary::{HourRow, SummaryQuery};
-use conduit::usage::{UsageQuery, UsageRecord};
 use conduit::GatewayError;
 use futures_util::StreamExt;
 use serde_json::{json, Value};

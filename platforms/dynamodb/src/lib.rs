@@ -32,11 +32,11 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 use conduit::keys::{check_presented, VirtualKey};
-use conduit::limits::{Ask, KeyLimitState, LimitStatus, Rejection};
+use conduit::metering::limits::{Ask, KeyLimitState, LimitStatus, Rejection};
+use conduit::metering::summary::{Counters, HourRow, SummaryQuery};
+use conduit::metering::usage::{UsageQuery, UsageRecord};
 use conduit::port;
 use conduit::ports::{Admission, Demand, KeyStore, Limiter, Settlement, StoreError, UsageStore};
-use conduit::summary::{Counters, HourRow, SummaryQuery};
-use conduit::usage::{UsageQuery, UsageRecord};
 use conduit::GatewayError;
 use serde_json::Value;
 

@@ -25,11 +25,11 @@
 use std::time::Duration;
 
 use conduit::keys::{check_presented, VirtualKey};
-use conduit::limits::{Ask, KeyLimitState, LimitStatus, Rejection};
+use conduit::metering::limits::{Ask, KeyLimitState, LimitStatus, Rejection};
+use conduit::metering::summary::{Counters, HourRow, SummaryQuery};
+use conduit::metering::usage::{StatusFilter, UsageQuery, UsageRecord};
 use conduit::port;
 use conduit::ports::{Admission, Demand, KeyStore, Limiter, Settlement, StoreError, UsageStore};
-use conduit::summary::{Counters, HourRow, SummaryQuery};
-use conduit::usage::{StatusFilter, UsageQuery, UsageRecord};
 use conduit::GatewayError;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::Value;

@@ -18,11 +18,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use conduit::keys::VirtualKey;
-use conduit::limits::SpendStore;
+use conduit::metering::limits::SpendStore;
+use conduit::metering::summary::{Bucket, Counters, HourRow, SummaryQuery, DAY};
+use conduit::metering::usage::{StatusFilter, UsageQuery, UsageRecord};
 use conduit::port;
 use conduit::ports::{KeyStore, StoreError, UsageStore};
-use conduit::summary::{Bucket, Counters, HourRow, SummaryQuery, DAY};
-use conduit::usage::{StatusFilter, UsageQuery, UsageRecord};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
@@ -521,8 +521,8 @@ port! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use conduit::summary::{Bucket, SummaryQuery, DAY, HOUR};
-    use conduit::usage::{StatusFilter, TokenUsage};
+    use conduit::metering::summary::{Bucket, SummaryQuery, DAY, HOUR};
+    use conduit::metering::usage::{StatusFilter, TokenUsage};
 
     fn record(n: u64, key: &str, at_ms: u64, status: u16) -> UsageRecord {
         UsageRecord {

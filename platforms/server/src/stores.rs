@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use conduit::limits::LocalLimiter;
+use conduit::metering::limits::LocalLimiter;
 use conduit::ports::{Clock, KeyStore, Limiter, UsageStore};
 
 use conduit_dynamodb::{Dynamo, Tables};

@@ -13,10 +13,10 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::{json, Map, Value};
 
-use crate::error::GatewayError;
 use crate::gateway::{json_response, Gateway, Response};
-use crate::limits::estimate_prompt_tokens;
+use crate::metering::limits::estimate_prompt_tokens;
 use crate::providers::{Call, Endpoint};
+use crate::wire::error::GatewayError;
 
 /// Bytes read from the provider's count answer, at most.
 const MAX_COUNT_BODY: usize = 64 * 1024;

@@ -21,7 +21,7 @@
 use http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::error::GatewayError;
+use crate::wire::error::GatewayError;
 
 /// Anthropic's error types (a provider's own `type` is kept when it is one).
 const TYPES: [&str; 9] = [

@@ -7,10 +7,10 @@
 
 use serde_json::Value;
 
-use crate::error::GatewayError;
+use crate::metering::usage::TokenUsage;
 use crate::providers::{NativeEvent, StreamDecoder, StreamEvent};
-use crate::sse::{SseEvent, SseParser};
-use crate::usage::TokenUsage;
+use crate::wire::error::GatewayError;
+use crate::wire::sse::{SseEvent, SseParser};
 
 /// Anthropic's usage counts, kept across the events of a stream.
 #[derive(Debug, Default, Clone, Copy)]

@@ -2,8 +2,8 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::metering::usage::TokenUsage;
 use crate::providers::Call;
-use crate::usage::TokenUsage;
 
 /// `stop_reason` for a chat `finish_reason`.
 pub fn stop_reason(finish: Option<&str>) -> &'static str {

@@ -17,10 +17,10 @@ use serde_json::{json, Map, Value};
 
 use super::errors;
 use super::response::{message_id, stop_reason, usage};
-use crate::error::GatewayError;
 use crate::frontdoors::{write_event, write_json_event, write_json_str, StreamEncoder};
+use crate::metering::usage::TokenUsage;
 use crate::providers::NativeEvent;
-use crate::usage::TokenUsage;
+use crate::wire::error::GatewayError;
 
 /// The longest silence before a `ping`.
 pub const PING_EVERY: Duration = Duration::from_secs(5);

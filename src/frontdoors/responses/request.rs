@@ -3,9 +3,9 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::error::GatewayError;
 use crate::frontdoors::{number, positive_int};
 use crate::providers::Call;
+use crate::wire::error::GatewayError;
 
 fn invalid(message: impl Into<String>, param: &str) -> GatewayError {
     GatewayError::invalid(message, Some(param))

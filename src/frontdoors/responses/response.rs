@@ -2,8 +2,8 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::metering::usage::TokenUsage;
 use crate::providers::Call;
-use crate::usage::TokenUsage;
 
 /// The `usage` of a response.
 pub fn usage(u: &TokenUsage) -> Value {

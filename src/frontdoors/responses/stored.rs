@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use crate::error::GatewayError;
 use crate::gateway::{Gateway, Response, ResponseBody};
+use crate::wire::error::GatewayError;
 
 /// Bytes read from a stored response, at most.
 const MAX_STORED_BODY: usize = 64 * 1024 * 1024;

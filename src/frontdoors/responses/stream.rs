@@ -17,10 +17,10 @@ use bytes::BytesMut;
 use serde_json::{json, Map, Value};
 
 use super::response::{function_call_item, id, message_item, skeleton, status, usage};
-use crate::error::GatewayError;
 use crate::frontdoors::{write_event, write_json_event, write_json_str, StreamEncoder};
+use crate::metering::usage::TokenUsage;
 use crate::providers::NativeEvent;
-use crate::usage::TokenUsage;
+use crate::wire::error::GatewayError;
 
 /// One output item being streamed.
 enum Item {

@@ -8,13 +8,13 @@ use super::native::NativeResponses;
 use super::request::to_chat;
 use super::response::from_chat;
 use super::stream::ResponsesEncoder;
-use crate::error::GatewayError;
 use crate::frontdoors::testing::{assert_split_invariant, call, events};
 use crate::frontdoors::StreamEncoder;
+use crate::metering::usage::TokenUsage;
 use crate::providers::openai::OpenAiStream;
 use crate::providers::testing::{decode, obj};
 use crate::providers::{Endpoint, StreamEvent};
-use crate::usage::TokenUsage;
+use crate::wire::error::GatewayError;
 
 const OPENAI_TEXT_SSE: &[u8] =
     include_bytes!("../../../tests/fixtures/openai/chat.completions.stream.text.include_usage.sse");

@@ -94,8 +94,8 @@ use serde_json::{json, Map, Value};
 
 use super::legacy::{self, LegacyStream};
 use super::{json_post, Call, Endpoint, Provider, StreamDecoder, StreamEvent};
-use crate::error::GatewayError;
-use crate::sse::{SseEvent, SseParser};
+use crate::wire::error::GatewayError;
+use crate::wire::sse::{SseEvent, SseParser};
 
 /// The API version Conduit speaks.
 const API_VERSION: &str = "2023-06-01";

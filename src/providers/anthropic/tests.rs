@@ -504,7 +504,7 @@ fn usage_counts_cache_reads_and_writes_once() {
     let c = provider()
         .translate_response(&chat(), &serde_json::to_vec(&msg).unwrap())
         .unwrap();
-    let u = crate::usage::TokenUsage::from_openai(&c["usage"]).unwrap();
+    let u = crate::metering::usage::TokenUsage::from_openai(&c["usage"]).unwrap();
     assert_eq!(u.prompt_tokens, 162);
     assert_eq!(u.cached_tokens, 100);
     assert_eq!(u.cache_write_tokens, 50);

@@ -18,9 +18,9 @@ use base64::Engine;
 use serde_json::{Map, Value};
 
 use super::eventstream::{Frame, FrameParser};
-use crate::error::GatewayError;
 use crate::frontdoors::messages::native::NativeMessages;
 use crate::providers::{StreamDecoder, StreamEvent};
+use crate::wire::error::GatewayError;
 use http::StatusCode;
 
 /// The Messages API version Bedrock's Claude models take in the body.

@@ -107,7 +107,7 @@ use serde_json::{json, Map, Value};
 use super::legacy::{chat_to_completion, completions_to_chat, LegacyStream};
 use super::{required_secret, Call, Endpoint, Provider, StreamDecoder, StreamEvent};
 use crate::config::RawProvider;
-use crate::error::GatewayError;
+use crate::wire::error::GatewayError;
 use eventstream::{Frame, FrameParser};
 use sigv4::Credentials;
 

@@ -85,7 +85,7 @@ pub fn canonical_uri(path: &str) -> String {
 /// `20240620T101112Z` and `20240620` for Unix seconds.
 pub fn amz_dates(now_secs: u64) -> (String, String) {
     let secs = now_secs as i64;
-    let (y, m, d) = crate::time::civil_from_days(secs.div_euclid(86_400));
+    let (y, m, d) = crate::wire::time::civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
     let date = format!("{y:04}{m:02}{d:02}");
     let stamp = format!(

@@ -510,7 +510,7 @@ fn tool_use_answer_and_cache_usage() {
         r["usage"]["prompt_tokens_details"]["cache_write_tokens"],
         1004
     );
-    let u = crate::usage::TokenUsage::from_openai(&r["usage"]).unwrap();
+    let u = crate::metering::usage::TokenUsage::from_openai(&r["usage"]).unwrap();
     assert_eq!(
         (u.prompt_tokens, u.cached_tokens, u.cache_write_tokens),
         (1108, 100, 1004)

@@ -89,8 +89,8 @@ use serde_json::{json, Map, Value};
 
 use super::legacy::{chat_to_completion, completions_to_chat, LegacyStream};
 use super::{json_post, Call, Endpoint, Provider, StreamDecoder, StreamEvent};
-use crate::error::GatewayError;
-use crate::sse::{SseEvent, SseParser};
+use crate::wire::error::GatewayError;
+use crate::wire::sse::{SseEvent, SseParser};
 
 /// The `cohere` kind.
 pub struct Cohere {

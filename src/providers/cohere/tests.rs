@@ -288,7 +288,7 @@ fn non_streaming_text_answer() {
                 "completion_tokens_details": {"reasoning_tokens": 0}},
         })
     );
-    let u = crate::usage::TokenUsage::from_openai(&usage(
+    let u = crate::metering::usage::TokenUsage::from_openai(&usage(
         serde_json::from_slice::<Value>(MAX_TOKENS)
             .unwrap()
             .get("usage"),

@@ -95,7 +95,7 @@ use serde_json::{Map, Value};
 
 use super::legacy::{chat_to_completion, completions_to_chat, LegacyStream};
 use super::{json_post, Call, Endpoint, Provider, StreamDecoder};
-use crate::error::GatewayError;
+use crate::wire::error::GatewayError;
 
 /// The `gemini` kind.
 pub struct Gemini {

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use serde_json::{json, Map, Value};
 
 use super::SIGNATURE_MARK;
-use crate::error::GatewayError;
 use crate::providers::Call;
+use crate::wire::error::GatewayError;
 
 fn invalid(message: impl Into<String>, param: &str) -> GatewayError {
     GatewayError::invalid(message, Some(param))

@@ -6,9 +6,9 @@ use http::StatusCode;
 use serde_json::{json, Map, Value};
 
 use super::{call_id, error_from, finish_reason, usage};
-use crate::error::GatewayError;
 use crate::providers::{Call, StreamDecoder, StreamEvent};
-use crate::sse::{SseEvent, SseParser};
+use crate::wire::error::GatewayError;
+use crate::wire::sse::{SseEvent, SseParser};
 
 fn unreadable() -> GatewayError {
     GatewayError::Upstream("the provider's answer is not a JSON object".into())

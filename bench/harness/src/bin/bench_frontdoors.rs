@@ -20,7 +20,7 @@ use conduit::frontdoors::messages::stream::MessagesEncoder;
 use conduit::frontdoors::responses::stream::ResponsesEncoder;
 use conduit::frontdoors::StreamEncoder;
 use conduit::providers::{Call, Endpoint, Provider, StreamEvent};
-use conduit::sse::encode_data;
+use conduit::wire::sse::encode_data;
 use conduit::Config;
 use conduit_bench::{err, Args, Result};
 use serde_json::{json, Map, Value};

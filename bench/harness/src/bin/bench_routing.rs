@@ -15,9 +15,9 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use conduit::metering::usage::TokenUsage;
 use conduit::routing::backoff::Rng;
 use conduit::routing::{Failure, Router, Step};
-use conduit::usage::TokenUsage;
 use conduit::{Config, GatewayError};
 use conduit_bench::{err, Args, Result};
 

@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use bytes::Bytes;
 use conduit::memory::{ManualClock, MemoryKeyStore, QueueSpawner};
+use conduit::metering::usage::{UsageQuery, UsageRecord};
 use conduit::ports::{ByteStream, NoLimits, StoreError, Upstream, UpstreamError, UsageStore};
 use conduit::providers::{Call, Endpoint, Provider, StreamEvent};
-use conduit::usage::{UsageQuery, UsageRecord};
 use conduit::{Config, Gateway, Ports, ResponseBody};
 use conduit_bench::{err, Args, Result};
 use serde_json::{json, Map, Value};
@@ -698,7 +698,7 @@ conduit::port! {
         async fn query(&self, _query: &UsageQuery) -> std::result::Result<Vec<UsageRecord>, StoreError> {
             Ok(Vec::new())
         }
-        async fn hours(&self, _query: &conduit::summary::SummaryQuery) -> std::result::Result<Vec<conduit::summary::HourRow>, StoreError> {
+        async fn hours(&self, _query: &conduit::metering::summary::SummaryQuery) -> std::result::Result<Vec<conduit::metering::summary::HourRow>, StoreError> {
             Ok(Vec::new())
         }
         async fn last_used(&self, key_ids: &[String]) -> std::result::Result<Vec<Option<u64>>, StoreError> {

@@ -127,11 +127,11 @@ impl SseParser {
     }
 
     /// Once, after an event went over the bound: the error that ends the stream.
-    pub fn take_overflow(&mut self) -> Option<crate::error::GatewayError> {
+    pub fn take_overflow(&mut self) -> Option<crate::wire::error::GatewayError> {
         if !std::mem::take(&mut self.overflow_unreported) {
             return None;
         }
-        Some(crate::error::GatewayError::Upstream(format!(
+        Some(crate::wire::error::GatewayError::Upstream(format!(
             "the provider sent a stream event over {} bytes",
             self.max_event_bytes
         )))

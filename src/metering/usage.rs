@@ -2,7 +2,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::time::format_rfc3339;
+use crate::wire::time::format_rfc3339;
 
 /// Token counts in OpenAI's terms. Cached prompt tokens are a subset of
 /// `prompt_tokens`, reasoning tokens a subset of `completion_tokens`.
@@ -195,7 +195,7 @@ impl UsageRecord {
             "estimated_completion_tokens": self.estimated_completion_tokens,
             "estimated_tokens": self.estimated_prompt_tokens.saturating_add(self.estimated_completion_tokens),
             "cost_nano_usd": self.cost_nanos,
-            "cost_usd": self.cost_nanos.map(crate::pricing::usd),
+            "cost_usd": self.cost_nanos.map(crate::metering::pricing::usd),
             "price_known": self.cost_nanos.is_some(),
             "refused_by": self.refused_by,
             "latency_ms": ms(self.latency_us),
@@ -411,7 +411,7 @@ impl Sum {
             "reasoning_tokens": self.tokens.reasoning_tokens,
             "total_tokens": self.tokens.total_tokens,
             "cost_nano_usd": self.cost_nanos,
-            "cost_usd": crate::pricing::usd(self.cost_nanos),
+            "cost_usd": crate::metering::pricing::usd(self.cost_nanos),
             "unpriced_requests": self.unpriced_requests,
         })
     }

@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::pricing::usd;
-use crate::time::format_rfc3339;
-use crate::usage::UsageRecord;
+use crate::metering::pricing::usd;
+use crate::metering::usage::UsageRecord;
+use crate::wire::time::format_rfc3339;
 
 /// Seconds in an hour and in a day.
 pub const HOUR: u64 = 3_600;
@@ -293,7 +293,7 @@ pub fn merge_into(rows: &mut Vec<HourRow>, row: HourRow) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::usage::TokenUsage;
+    use crate::metering::usage::TokenUsage;
 
     fn record(ms: u64, key: &str, model: &str, cost: u64, refused: Option<&str>) -> UsageRecord {
         UsageRecord {

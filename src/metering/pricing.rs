@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 
 use serde::Deserialize;
 
-use crate::usage::TokenUsage;
+use crate::metering::usage::TokenUsage;
 
 /// USD → nano-USD.
 const NANOS: f64 = 1e9;
@@ -117,7 +117,7 @@ fn table() -> &'static HashMap<(String, String), Price> {
     TABLE.get_or_init(|| {
         let mut map = HashMap::new();
         // The file is checked by a unit test; a bad entry is skipped, not fatal.
-        if let Ok(t) = toml::from_str::<Table>(include_str!("../data/prices.toml")) {
+        if let Ok(t) = toml::from_str::<Table>(include_str!("../../data/prices.toml")) {
             for e in t.price {
                 let usd = UsdPrice {
                     input: e.input,
@@ -211,8 +211,8 @@ mod tests {
 
     #[test]
     fn builtin_table_parses_and_knows_common_models() {
-        let t: Table =
-            toml::from_str(include_str!("../data/prices.toml")).expect("data/prices.toml parses");
+        let t: Table = toml::from_str(include_str!("../../data/prices.toml"))
+            .expect("data/prices.toml parses");
         assert!(t.price.len() > 20);
         for e in &t.price {
             let usd = UsdPrice {

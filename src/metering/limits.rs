@@ -33,11 +33,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::compat::MaybeSendSync;
-use crate::error::GatewayError;
 use crate::keys::{Budget, BudgetPeriod, Limits, VirtualKey};
+use crate::metering::pricing::usd;
 use crate::ports::{Admission, Clock, Demand, Limiter, Settlement, StoreError};
-use crate::pricing::usd;
-use crate::time::{civil_from_days, days_from_civil};
+use crate::wire::error::GatewayError;
+use crate::wire::time::{civil_from_days, days_from_civil};
 
 /// Width of the per-minute window, in seconds.
 const WINDOW_SECS: u64 = 60;
@@ -561,8 +561,8 @@ mod tests {
     #[test]
     fn periods() {
         // 2026-11-24 is a Tuesday.
-        let t = crate::time::parse_timestamp("2026-11-24T15:00:00Z").unwrap();
-        let f = crate::time::format_rfc3339;
+        let t = crate::wire::time::parse_timestamp("2026-11-24T15:00:00Z").unwrap();
+        let f = crate::wire::time::format_rfc3339;
         assert_eq!(
             f(period_start(BudgetPeriod::Daily, t)),
             "2026-11-24T00:00:00Z"

@@ -4,15 +4,17 @@
 //! padding. Conduit stores only its SHA-256 (hex); the secret itself is shown
 //! once, when it is created or rotated. The [`VirtualKey`] record carries the
 //! permissions (enabled, expiry, allowed models) and the limits and budget
-//! that admission enforces.
+//! that admission enforces. [`cache`] keeps found keys in front of the store.
+
+pub mod cache;
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::error::GatewayError;
-use crate::time::{format_rfc3339, parse_timestamp};
+use crate::wire::error::GatewayError;
+use crate::wire::time::{format_rfc3339, parse_timestamp};
 
 /// The prefix every virtual key starts with.
 pub const KEY_PREFIX: &str = "condt_";

@@ -17,10 +17,10 @@ use std::task::{Context, Waker};
 
 use crate::compat::BoxFuture;
 use crate::keys::VirtualKey;
-use crate::limits::headers;
+use crate::metering::limits::headers;
+use crate::metering::pricing::Price;
+use crate::metering::usage::{TokenUsage, UsageRecord};
 use crate::ports::{Admission, Clock, Limiter, Settlement, Spawner, UsageStore};
-use crate::pricing::Price;
-use crate::usage::{TokenUsage, UsageRecord};
 
 pub(crate) struct Meter {
     usage_store: Arc<dyn UsageStore>,
@@ -185,8 +185,8 @@ impl Drop for Meter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::LocalLimiter;
     use crate::memory::{ManualClock, MemoryUsageStore, QueueSpawner};
+    use crate::metering::limits::LocalLimiter;
 
     /// Found by fuzzing (`gateway_upstream`, fuzz/regressions): a provider
     /// reporting counts whose sum passes 2^64 overflowed the settlement.
