@@ -54,10 +54,10 @@ if [ "$fuzz_seconds" != 0 ]; then
   bash bench/fuzz.sh --time "$fuzz_seconds" --strict
 fi
 
-step "release build of the server; the Lambda function and its local runner"
+step "release build of the server; the Lambda runner"
 cargo build --locked --release -p conduit-server
-# The Lambda target runs the debug build (cargo test built it): the release
-# build is what `sam build` makes, through cargo-lambda.
+# conduit-lambda-local is a test harness (a Runtime API and a Function URL
+# front): its debug build is enough. The function it runs is built below.
 cargo build --locked -p conduit-lambda
 
 if wants worker; then
@@ -79,11 +79,22 @@ fi
 
 if wants lambda; then
   npm_ci   # dynalite, the local DynamoDB the Lambda target starts
-  step "template.yaml: sam validate --lint and cfn-lint"
   samvenv="${CONDUIT_SAM_VENV:-$root/.venv-sam}"
-  [ -x "$samvenv/bin/sam" ] || { python3 -m venv "$samvenv" && "$samvenv/bin/pip" install --quiet --disable-pip-version-check aws-sam-cli==1.170.0; }
-  SAM_CLI_TELEMETRY=0 AWS_EC2_METADATA_DISABLED=true "$samvenv/bin/sam" validate --lint -t template.yaml
+  [ -x "$samvenv/bin/sam" ] && [ -x "$samvenv/bin/cargo-lambda" ] || {
+    python3 -m venv "$samvenv"
+    "$samvenv/bin/pip" install --quiet --disable-pip-version-check aws-sam-cli==1.170.0 cargo-lambda==1.9.2
+  }
+  export SAM_CLI_TELEMETRY=0 AWS_EC2_METADATA_DISABLED=true
+  step "template.yaml: sam validate --lint and cfn-lint"
+  "$samvenv/bin/sam" validate --lint -t template.yaml
   "$samvenv/bin/cfn-lint" template.yaml
+  # What `sam deploy` ships is what the Lambda target tests: sam build runs
+  # cargo lambda build --release (zig from PyPI as the linker) and writes the
+  # bootstrap that the local runner starts.
+  step "sam build: the Lambda function as deployed"
+  PATH="$samvenv/bin:$PATH" "$samvenv/bin/sam" build --template-file template.yaml
+  export CONDUIT_LAMBDA_FUNCTION="$root/.aws-sam/build/ConduitFunction/bootstrap"
+  ls -l "$CONDUIT_LAMBDA_FUNCTION"
 fi
 
 if wants server || wants server-postgres; then

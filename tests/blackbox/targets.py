@@ -290,7 +290,10 @@ class LambdaTarget(Target):
     """The Lambda function run as Lambda runs it: ``conduit-lambda-local`` (the real
     ``conduit-lambda`` binary behind a Runtime API and a Function-URL front), against a
     local DynamoDB (dynalite from npm) that each instance starts for itself.
-    ``CONDUIT_LAMBDA_LOCAL`` names the runner (default target/release/conduit-lambda-local).
+    ``CONDUIT_LAMBDA_LOCAL`` names the runner (default target/release/conduit-lambda-local);
+    ``CONDUIT_LAMBDA_FUNCTION`` the function binary (default: the runner's sibling
+    ``conduit-lambda``; the test command passes ``sam build``'s bootstrap, the artifact
+    ``sam deploy`` ships).
     """
 
     name = "lambda"
@@ -357,6 +360,9 @@ class LambdaTarget(Target):
         full_env.update(env)
         q: queue.Queue = queue.Queue()
         cmd = [str(runner), "--listen", "127.0.0.1:0"]
+        function = os.environ.get("CONDUIT_LAMBDA_FUNCTION")
+        if function:
+            cmd += ["--function", str(Path(function) if Path(function).is_absolute() else REPO_ROOT / function)]
         if self.instances:
             cmd += ["--instances", str(self.instances)]
         self._spawn(cmd, full_env, q)
