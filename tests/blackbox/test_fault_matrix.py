@@ -439,3 +439,34 @@ def test_chunked_body_over_max_body_bytes_is_413(gw):
     assert_error_body(r.json(), code="request_too_large")
     assert gw.spend(key_id)["spent_nano_usd"] == 0
     next_request_succeeds(gw, key, "fm-ok")
+
+
+# ------------------------------------------------------------------------------------------
+# A Durable Object that throws (Worker)
+# ------------------------------------------------------------------------------------------
+@pytest.mark.skipif(target_name() != "worker", reason="the Worker's Durable Objects")
+def test_durable_object_that_throws_is_503_and_the_key_is_intact(gw):
+    """A natural fault, no switch: a Durable Object's SQLite refuses a string over its row limit
+    (2 MB on Cloudflare, enforced by workerd as well), so writing a key record with 3 MB of
+    metadata makes the key's object throw. KV would take it (25 MiB); the object is written first,
+    so the admin write is a 503 that changed nothing, and the object keeps serving the key."""
+    key_id, key = gw.new_key(metadata={"team": "a"}, limits={"rpm": 100})
+    next_request_succeeds(gw, key, "fm-ok")
+    before = gw.admin.get(f"/admin/keys/{key_id}").json()
+    big = {"blob": "x" * (3 << 20)}
+    r = gw.admin.patch(f"/admin/keys/{key_id}", json={"metadata": big, "name": "renamed"})
+    assert r.status_code == 503, r.text[:300]
+    assert_error_body(r.json(), type_="api_error", code="store_unavailable")
+    after = gw.admin.get(f"/admin/keys/{key_id}").json()
+    assert (after["name"], after["metadata"]) == (before["name"], {"team": "a"}), after
+    assert after["spend"] == before["spend"], (before["spend"], after["spend"])
+    next_request_succeeds(gw, key, "fm-ok")
+    after = gw.admin.get(f"/admin/keys/{key_id}").json()
+    assert after["rate_limits"]["requests"]["remaining"] == 98, after["rate_limits"]
+    recs = gw.records(key_id, 2)
+    assert after["spend"]["spent_nano_usd"] == sum(x["cost_nano_usd"] for x in recs)
+    # A key created with such a record does not half-exist: refused whole.
+    r = gw.admin.post("/admin/keys", json={"name": "too-big-for-its-object", "metadata": big})
+    assert r.status_code == 503, r.text[:300]
+    names = [k["name"] for k in gw.admin.get("/admin/keys").json()["data"]]
+    assert "too-big-for-its-object" not in names
