@@ -389,7 +389,7 @@ fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
 }
 
 impl SpendStore for SqliteStore {
-    fn load(&self, key_id: &str) -> Option<(u64, u64)> {
+    fn load(&self, key_id: &str) -> Result<Option<(u64, u64)>, StoreError> {
         self.with(|c| {
             c.prepare_cached("SELECT period_start, spent_nanos FROM key_spend WHERE key_id = ?1")?
                 .query_row([key_id], |r| {
@@ -397,8 +397,6 @@ impl SpendStore for SqliteStore {
                 })
                 .optional()
         })
-        .ok()
-        .flatten()
     }
 
     fn save(&self, key_id: &str, period_start: u64, spent_nanos: u64) {
