@@ -284,6 +284,7 @@ def test_huge_answers_keep_memory_bounded(gw, mock):
                 r = gw.http.post("/v1/chat/completions", headers=auth(key), json=body)
                 assert r.status_code == 502, r.text[:300]
     grown_mib = (_rss_kib(pid) - before) / 1024
+    print(f"server RSS {before / 1024:.0f} MiB before, grew {grown_mib:.1f} MiB over 20 answers of 64 MiB")
     # Bounded: a few times the 8 MiB event bound at most, never the 1.25 GiB that was sent.
     assert grown_mib < 48, f"resident memory grew by {grown_mib:.0f} MiB"
     next_request_succeeds(gw, key, "fm-ok")
