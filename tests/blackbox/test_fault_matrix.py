@@ -25,7 +25,6 @@ disconnect is checked where the runtime passes the disconnect on (see ``DISCONNE
 from __future__ import annotations
 
 import json
-import math
 import socket
 import time
 import uuid
@@ -34,7 +33,7 @@ import httpx
 import pytest
 
 from conftest import AZURE_KEY_ENV, MASTER_KEY, OPENAI_KEY_ENV
-from helpers import assert_error_body, auth, chat_body, data_payloads, stream_raw, user_msg
+from helpers import assert_error_body, auth, chat_body, data_payloads, stream_raw
 from mock_upstream import AZURE_KEY, OPENAI_KEY
 from targets import LambdaTarget, ServerTarget, make_target, target_name
 

@@ -19,7 +19,6 @@ takes writes again — without a restart; and a restart afterwards finds every r
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
