@@ -259,8 +259,8 @@ const BATCH_MAX: usize = 1024;
 
 /// Writes held while the file cannot be written (read-only, disk full):
 /// beyond this many, the oldest usage records are dropped, and counted in
-/// the log. Spend writes are never dropped (each is the key's whole spend,
-/// so the last one written is the truth).
+/// the log. Of the spend writes only each key's last is held (each is the
+/// key's whole spend), and none is dropped: see [`hold`].
 const HELD_MAX: usize = 100_000;
 /// The first wait before a failed batch is tried again; it doubles up to
 /// [`RETRY_MAX`] while the store stays unwritable.
@@ -323,15 +323,9 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
                         batch.len()
                     );
                 }
-                held = batch;
-                let over = held.len().saturating_sub(HELD_MAX);
-                if over > 0 {
-                    let mut dropped = 0;
-                    held.retain(|w| {
-                        let drop = dropped < over && matches!(w, Write::Usage(_));
-                        dropped += usize::from(drop);
-                        !drop
-                    });
+                let dropped;
+                (held, dropped) = hold(batch);
+                if dropped > 0 {
                     eprintln!("conduit: {dropped} usage records dropped: more than {HELD_MAX} writes held while the database is unwritable");
                 }
                 retry = (retry * 2).min(RETRY_MAX);
@@ -346,6 +340,43 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
             }
         }
     }
+}
+
+/// What is kept of a failed batch: the last spend write of each key (each
+/// carries the key's whole spend, so the earlier ones say nothing more),
+/// and the usage records, the oldest dropped beyond [`HELD_MAX`]. Returns
+/// the writes kept, in order, and how many records were dropped.
+fn hold(batch: Vec<Write>) -> (Vec<Write>, usize) {
+    let mut seen = std::collections::HashSet::new();
+    let mut keep: Vec<bool> = batch
+        .iter()
+        .rev()
+        .map(|w| match w {
+            Write::Spend { key_id, .. } => seen.insert(key_id.clone()),
+            Write::Usage(_) => true,
+        })
+        .collect();
+    keep.reverse();
+    let kept = keep.iter().filter(|k| **k).count();
+    let mut over = kept.saturating_sub(HELD_MAX);
+    let mut dropped = 0;
+    let held = batch
+        .into_iter()
+        .zip(keep)
+        .filter(|(w, keep)| {
+            if !keep {
+                return false;
+            }
+            if over > 0 && matches!(w, Write::Usage(_)) {
+                over -= 1;
+                dropped += 1;
+                return false;
+            }
+            true
+        })
+        .map(|(w, _)| w)
+        .collect();
+    (held, dropped)
 }
 
 /// One batch in one transaction: all of it is written, or none.
@@ -619,6 +650,42 @@ mod tests {
             attempts: 1,
             failed_attempts: Vec::new(),
             served_alias: None,
+        }
+    }
+
+    /// A failed batch is held whole, except earlier spend writes of a key
+    /// (the last one is its spend) and, past HELD_MAX, the oldest records.
+    #[test]
+    fn held_writes_keep_each_keys_last_spend_and_the_newest_records() {
+        let spend = |key: &str, n: u64| Write::Spend {
+            key_id: key.into(),
+            period_start: 0,
+            spent_nanos: n,
+        };
+        let mut batch = vec![spend("k1", 1), spend("k2", 5)];
+        batch.extend(
+            (0..HELD_MAX as u64 + 3).map(|n| Write::Usage(Box::new(record(n, "k1", n, 200)))),
+        );
+        batch.push(spend("k1", 2));
+        let (held, dropped) = hold(batch);
+        // HELD_MAX + 5 writes kept by the spend rule: the 5 oldest records go.
+        assert_eq!(dropped, 5);
+        assert_eq!(held.len(), HELD_MAX);
+        let spends: Vec<(String, u64)> = held
+            .iter()
+            .filter_map(|w| match w {
+                Write::Spend {
+                    key_id,
+                    spent_nanos,
+                    ..
+                } => Some((key_id.clone(), *spent_nanos)),
+                Write::Usage(_) => None,
+            })
+            .collect();
+        assert_eq!(spends, [("k2".to_owned(), 5), ("k1".to_owned(), 2)]);
+        match &held[1] {
+            Write::Usage(r) => assert_eq!(r.request_id, "req_0005"),
+            Write::Spend { .. } => panic!("expected the oldest record kept"),
         }
     }
 
