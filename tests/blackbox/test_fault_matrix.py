@@ -361,16 +361,18 @@ DEEP = 100_000
     ("/v1/completions", b'{"model":"fm-ok","prompt":' + b"[" * DEEP + b"]" * DEEP + b"}"),
     ("/v1/responses", b'{"model":"fm-ok","input":' + b"[" * DEEP + b"]" * DEEP + b"}"),
     ("/v1/messages", b'{"model":"fm-ok","max_tokens":5,"messages":' + b"[" * DEEP + b"]" * DEEP + b"}"),
+    ("/v1/messages/count_tokens", b'{"model":"fm-ok","messages":' + b"[" * DEEP + b"]" * DEEP + b"}"),
     ("/admin/keys", b'{"name":"deep","metadata":' + b"[" * DEEP + b"]" * DEEP + b"}"),
-], ids=["chat-messages", "chat-top", "chat-object", "embeddings", "completions", "responses", "messages", "admin"])
+], ids=["chat-messages", "chat-top", "chat-object", "embeddings", "completions", "responses", "messages",
+        "count-tokens", "admin"])
 def test_json_nested_100000_deep_is_a_400_and_the_gateway_lives(gw, path, body):
     key_id, key = gw.new_key()
     headers = {**auth(MASTER_KEY if path.startswith("/admin") else key), "content-type": "application/json"}
-    if path == "/v1/messages":
+    if path.startswith("/v1/messages"):
         headers["anthropic-version"] = "2023-06-01"
     r = gw.http.post(path, content=body, headers=headers)
     assert r.status_code == 400, r.text[:300]
-    if path == "/v1/messages":
+    if path.startswith("/v1/messages"):
         assert r.json()["type"] == "error" and r.json()["error"]["type"] == "invalid_request_error", r.text
     else:
         assert_error_body(r.json(), type_="invalid_request_error")
