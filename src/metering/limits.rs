@@ -342,6 +342,63 @@ impl KeyLimitState {
 mod tests {
     use super::*;
 
+    /// Runs a future that completes without waiting (the local limiter's do).
+    fn ready<T>(f: impl std::future::Future<Output = T>) -> T {
+        let mut f = std::pin::pin!(f);
+        match f
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("the local limiter waited"),
+        }
+    }
+
+    /// The fault matrix's store case: a saved spend that cannot be read
+    /// refuses the key's admission with 503, rather than starting it from
+    /// zero (which would let it spend its budget again, and then overwrite
+    /// the saved spend with the smaller figure).
+    #[test]
+    fn an_unreadable_saved_spend_refuses_admission_until_it_reads() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        struct Flaky(AtomicBool);
+        impl SpendStore for Flaky {
+            fn load(&self, _: &str) -> Result<Option<(u64, u64)>, StoreError> {
+                if self.0.load(Ordering::SeqCst) {
+                    Ok(Some((0, 900_000)))
+                } else {
+                    Err(StoreError("sqlite: disk I/O error".into()))
+                }
+            }
+            fn save(&self, _: &str, _: u64, _: u64) {}
+        }
+        let store = Arc::new(Flaky(AtomicBool::new(false)));
+        let clock = Arc::new(crate::memory::ManualClock::new(1_000_000));
+        let limiter = LocalLimiter::new(clock, Some(store.clone()));
+        let key = VirtualKey::from_create_body(
+            &serde_json::json!({"name": "k", "budget": {"max_usd": 0.001, "period": "total"}}),
+            "key_1".into(),
+            1,
+        )
+        .unwrap();
+        let demand = Demand {
+            key_hash: String::new(),
+            model: "m".into(),
+            tokens: 10,
+            cost_nanos: 200_000,
+            ttl_secs: 60,
+        };
+        let refused = ready(limiter.admit(&key, &demand)).unwrap_err();
+        assert_eq!(refused.error.status().as_u16(), 503);
+        assert!(ready(limiter.status(&key)).is_err());
+        // Readable again: the saved 900,000 of 1,000,000 nano-USD count, so this
+        // 200,000 demand is over the budget.
+        store.0.store(true, Ordering::SeqCst);
+        let refused = ready(limiter.admit(&key, &demand)).unwrap_err();
+        assert_eq!(refused.error.status().as_u16(), 402);
+        assert_eq!(ready(limiter.status(&key)).unwrap().spent_nanos, 900_000);
+    }
+
     #[test]
     fn an_absurd_allowance_is_refused_not_wrapped() {
         let body = |v: Value| v.as_object().cloned().unwrap_or_default();
@@ -749,8 +806,10 @@ pub fn completion_allowance(body: &Map<String, Value>, default: u64) -> Result<u
 
 /// Spend kept across restarts by a single-process limiter.
 pub trait SpendStore: MaybeSendSync {
-    /// The saved `(period_start, spent_nanos)` of a key.
-    fn load(&self, key_id: &str) -> Option<(u64, u64)>;
+    /// The saved `(period_start, spent_nanos)` of a key. An error (the store
+    /// cannot be read) refuses the key's admission with 503 rather than
+    /// starting its spend from zero.
+    fn load(&self, key_id: &str) -> Result<Option<(u64, u64)>, StoreError>;
     /// Saves them. Must not block.
     fn save(&self, key_id: &str, period_start: u64, spent_nanos: u64);
 }
@@ -777,16 +836,28 @@ impl LocalLimiter {
         &self,
         key: &VirtualKey,
         f: impl FnOnce(&mut KeyLimitState) -> T,
-    ) -> Option<T> {
-        let mut states = self.states.lock().ok()?;
-        let state = states.entry(key.id.clone()).or_insert_with(|| {
-            let mut s = KeyLimitState::default();
-            if let Some((start, spent)) = self.spend.as_ref().and_then(|p| p.load(&key.id)) {
-                s.restore_spend(start, spent);
+    ) -> Result<T, StoreError> {
+        let mut states = self
+            .states
+            .lock()
+            .map_err(|_| StoreError("limiter lock poisoned".into()))?;
+        let state = match states.entry(key.id.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let mut s = KeyLimitState::default();
+                // The saved spend is read before the key's first admission; a read
+                // that fails is an error, not a key that has spent nothing.
+                let saved = match &self.spend {
+                    Some(p) => p.load(&key.id)?,
+                    None => None,
+                };
+                if let Some((start, spent)) = saved {
+                    s.restore_spend(start, spent);
+                }
+                e.insert(s)
             }
-            s
-        });
-        Some(f(state))
+        };
+        Ok(f(state))
     }
 }
 
@@ -814,8 +885,8 @@ crate::port! {
                     let r = s.admit(&ask);
                     (r, s.status(now, &key.limits, key.budget.as_ref()))
                 })
-                .ok_or_else(|| Rejection {
-                    error: GatewayError::Internal("limiter lock poisoned".into()),
+                .map_err(|e| Rejection {
+                    error: e.into(),
                     status: LimitStatus::default(),
                 })?;
             match result {
@@ -830,7 +901,7 @@ crate::port! {
             let spend = self.with_state(key, |s| {
                 s.settle(now, key.budget.as_ref(), reservation.id, settlement.tokens, settlement.cost_nanos);
                 s.spend()
-            });
+            }).ok();
             if let (Some(store), Some((start, spent)), true) = (&self.spend, spend, key.budget.is_some()) {
                 store.save(&key.id, start, spent);
             }
@@ -839,7 +910,6 @@ crate::port! {
         async fn status(&self, key: &VirtualKey) -> Result<LimitStatus, StoreError> {
             let now = self.clock.now_micros() / 1_000_000;
             self.with_state(key, |s| s.status(now, &key.limits, key.budget.as_ref()))
-                .ok_or_else(|| StoreError("limiter lock poisoned".into()))
         }
     }
 }

@@ -89,6 +89,16 @@ FAULTS = {
     "stream-error-first": "stream: 200, then an OpenAI error event as the first event",
     "stream-stall-first=S": "stream: 200 and headers, then S seconds before the first event",
     "stream-cut-after": "stream: 2 chunks with content, then the connection is cut",
+    "502": "502 with an OpenAI server_error body",
+    "reset-headers": "200 and its headers (a Content-Length, or a stream's), then the connection is reset (SO_LINGER 0)",
+    "reset-body": "non-stream: 200, headers and half the body, then a reset; stream: 2 chunks with content, then a reset",
+    "garbage": "200 with a non-JSON (HTML) body, stream or not",
+    "error-in-200": "200 with an OpenAI error object as its JSON body, stream or not",
+    "error-after": "stream: 2 chunks with content, then an OpenAI error event (non-stream: the normal answer)",
+    "drip": "200 and headers, then one byte every DRIP_GAP s: a body that never ends (stream: after 2 chunks, an event that never ends)",
+    "huge=N": "200 with an N-byte body (stream: one N-byte event after 2 chunks with content)",
+    "stall=S": "no answer for S s, watching the connection: a close by the gateway is recorded (closed_by_peer)",
+    "slow=S": "stream: the first chunks, then a content chunk every S s for 60 chunks; a close by the gateway is recorded",
 }
 _CONTEXT_ERROR = {
     "error": {
@@ -471,6 +481,7 @@ class _Handler(BaseHTTPRequestHandler):
         if delay and mock._stopping.wait(delay):
             return self._cut_connection()
         fault = mock._take_fault(model)
+        self._fault_model = model
         if fault and fault != "ok" and self._fault(fault, stream, include_usage):
             return
 
@@ -571,11 +582,141 @@ class _Handler(BaseHTTPRequestHandler):
             self._stream(self.mock.fx.chat_stream, include_usage, "", headers_sent=True)
         elif name == "stream-cut-after" and stream:
             self._stream(self.mock.fx.chat_stream, include_usage, "mock-stream-fail")
-        elif name.startswith("stream-"):
+        elif name == "502":
+            self._send_json(502, _PROVIDER_ERROR_500)
+        elif name == "reset-headers":
+            if stream:
+                self._start_stream()
+            else:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "4096")
+                self.end_headers()
+            self._cut_connection()
+        elif name == "reset-body" and not stream:
+            body = json.dumps(self.mock.fx.chat).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self._cut_connection()
+        elif name == "reset-body":
+            self._stream(self.mock.fx.chat_stream, include_usage, "mock-stream-fail")
+        elif name == "garbage":
+            self._send_bytes(200, GARBAGE_BODY, "text/html")
+        elif name == "error-in-200":
+            self._send_json(200, _PROVIDER_ERROR_500)
+        elif name == "error-after" and stream:
+            self._stream(self.mock.fx.chat_stream, include_usage, "mock-error-after-content")
+        elif name == "drip" and stream:
+            self._stream(self.mock.fx.chat_stream, include_usage, "mock-drip")
+        elif name == "drip":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self._drip(b"{")
+        elif name == "huge":
+            self._huge(int(value), stream)
+        elif name == "stall":
+            self._stall(float(value or 1))
+        elif name == "slow" and stream:
+            self._slow(float(value or 0.2), include_usage)
+        elif name.startswith("stream-") or name in ("error-after", "slow"):
             return False  # a stream fault on a non-stream request: the normal answer
         else:
             raise ValueError(f"unknown fault model {fault!r}")
         return True
+
+    def _drip(self, first: bytes) -> None:
+        """Writes ``first``, then one byte every DRIP_GAP s until the peer goes or DRIP_BYTES are sent."""
+        try:
+            self.wfile.write(first)
+            self.wfile.flush()
+            for _ in range(DRIP_BYTES):
+                if self.mock._stopping.wait(DRIP_GAP):
+                    break
+                self.wfile.write(b" ")
+                self.wfile.flush()
+        except OSError:
+            self.mock._closed_by_peer(self._fault_model)
+            return
+        self._cut_connection()
+
+    def _huge(self, size: int, stream: bool) -> None:
+        """A ``size``-byte answer, sent in 64 KiB writes (stops when the peer goes)."""
+        piece = b"x" * 65536
+        try:
+            if stream:
+                self._start_stream()
+                for ev in self.mock.fx.chat_stream[:2]:  # role, then content
+                    self._event(ev)
+                self._chunk(b'data: {"pad":"')
+                left = size
+                while left > 0:
+                    self._chunk(piece[:left])
+                    left -= len(piece)
+                self._chunk(b'"}\n\n')
+                self._event("[DONE]")
+                self._end_stream()
+                return
+            head = b'{"id":"chatcmpl-huge","object":"chat.completion","created":1,"model":"m","choices":[],"pad":"'
+            tail = b'"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            self.wfile.write(head)
+            left = size - len(head) - len(tail)
+            while left > 0:
+                self.wfile.write(piece[:left])
+                left -= len(piece)
+            self.wfile.write(tail)
+            self.wfile.flush()
+        except (_ClientGone, OSError):
+            self.mock._closed_by_peer(self._fault_model)
+            self.close_connection = True
+
+    def _peer_closed(self, wait: float) -> bool:
+        """Waits up to ``wait`` s for the peer to close the connection; True if it did."""
+        import select
+        readable, _, _ = select.select([self.connection], [], [], wait)
+        if not readable:
+            return False
+        try:
+            return self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def _stall(self, seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until and not self.mock._stopping.is_set():
+            if self._peer_closed(min(0.05, max(0.0, until - time.monotonic()))):
+                self.mock._closed_by_peer(self._fault_model)
+                self.close_connection = True
+                return
+        self._send_json(200, self.mock.fx.chat)
+
+    def _slow(self, gap: float, include_usage: bool) -> None:
+        first = self.mock.fx.chat_stream[0]
+        base = {k: first[k] for k in ("id", "object", "created", "model")}
+        try:
+            self._start_stream()
+            self._event(first)
+            for _ in range(60):
+                if self._peer_closed(gap):
+                    raise _ClientGone()
+                self._event({**base, "choices": [{"index": 0, "delta": {"content": "tick "}, "finish_reason": None}]})
+            self._event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            if include_usage:
+                self._event({**base, "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 60,
+                                                              "total_tokens": 70}})
+            self._event("[DONE]")
+            self._end_stream()
+        except (_ClientGone, OSError):
+            self.mock._closed_by_peer(self._fault_model)
+            self.close_connection = True
 
     def _responses(self, body: dict, model: str, stream: bool) -> None:
         """The Responses API from the recorded payloads (the real API refuses chat-only fields)."""
@@ -667,6 +808,7 @@ class MockUpstream:
         self._faults: dict[str, list[str]] = {}
         self._fault_after: dict[str, str] = {}
         self._delays: dict[str, float] = {}
+        self._closed: dict[str, int] = {}
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._stopping = threading.Event()
@@ -732,6 +874,20 @@ class MockUpstream:
             if queue:
                 return queue.pop(0)
             return self._fault_after.get(model)
+
+    def _closed_by_peer(self, model: str) -> None:
+        with self._cond:
+            self._closed[model] = self._closed.get(model, 0) + 1
+            self._cond.notify_all()
+
+    def closed_by_peer(self, model: str, timeout: float = 0.0) -> int:
+        """How many answers for ``model`` the gateway closed before their end (``stall``, ``slow``,
+        ``huge``, ``drip``), waiting up to ``timeout`` s for at least one."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._closed.get(model) and time.monotonic() < deadline:
+                self._cond.wait(max(0.0, deadline - time.monotonic()))
+            return self._closed.get(model, 0)
 
     # recording
     def _record(self, r: RecordedRequest) -> None:

@@ -302,6 +302,8 @@ class LambdaTarget(Target):
     def __init__(self, instances: Optional[int] = None) -> None:
         # --instances of the runner (default: its own, 10); 1 keeps every request in one container.
         self.instances = instances
+        # Optional: maps dynalite's URL to the one the function is given (a fault proxy in front).
+        self.dynamodb_front = None
         self.procs: list[subprocess.Popen] = []
         self.base_url: Optional[str] = None
         self._lines: list[str] = []
@@ -354,7 +356,10 @@ class LambdaTarget(Target):
                     raise TargetError("dynalite did not start\n" + self.logs())
                 time.sleep(0.05)
         full_env = dict(base_env)
-        full_env.update({"AWS_ENDPOINT_URL_DYNAMODB": f"http://127.0.0.1:{ddb_port}", "AWS_REGION": "us-east-1",
+        ddb_url = f"http://127.0.0.1:{ddb_port}"
+        if self.dynamodb_front is not None:
+            ddb_url = self.dynamodb_front(ddb_url)
+        full_env.update({"AWS_ENDPOINT_URL_DYNAMODB": ddb_url, "AWS_REGION": "us-east-1",
                          "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
                          "AWS_EC2_METADATA_DISABLED": "true", "CONDUIT_CONFIG": config_toml})
         full_env.update(env)

@@ -73,7 +73,7 @@ async fn gateway() -> Result<Gateway, String> {
         .load()
         .await;
     let dynamo = Arc::new(Dynamo {
-        client: aws_sdk_dynamodb::Client::new(&aws),
+        client: conduit_dynamodb::client(aws_sdk_dynamodb::config::Builder::from(&aws)),
         tables: Tables::from_env(),
     });
     if std::env::var("CONDUIT_CREATE_TABLES").is_ok_and(|v| v == "1" || v == "true") {

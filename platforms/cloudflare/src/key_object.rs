@@ -150,6 +150,16 @@ impl KeyObject {
         }
     }
 
+    /// The outcome of a storage write. One that failed leaves memory ahead
+    /// of storage: memory is forgotten, and the next request reloads what
+    /// storage holds (the object answers the error, the Worker a 503).
+    fn persisted(&self, written: Result<()>) -> Result<()> {
+        if written.is_err() {
+            self.loaded.replace(None);
+        }
+        written
+    }
+
     fn save_limits(&self, state: &KeyLimitState) -> Result<()> {
         self.set_meta("limits", &serde_json::to_string(state)?)
     }
@@ -217,8 +227,10 @@ impl KeyObject {
             }
         })?;
         if dirty {
-            self.with(|l| l.limits.clone())
-                .and_then(|s| self.save_limits(&s))?;
+            // Not saved, not admitted: the error answers 503 and memory goes back to
+            // what storage holds, so no reservation outlives the refused request.
+            let state = self.with(|l| l.limits.clone())?;
+            self.persisted(self.save_limits(&state))?;
         }
         Ok(answer)
     }
@@ -319,21 +331,28 @@ impl DurableObject for KeyObject {
                 let body: Value = req.json().await?;
                 let record = body.get("record").cloned().unwrap_or(Value::Null);
                 let hash = body.get("hash").and_then(Value::as_str).map(str::to_owned);
+                // Storage first, memory after: a write that throws (say, a record over
+                // the object's SQLite row limit) refuses the admin write and leaves the
+                // key as it was, in storage and in memory alike.
+                self.with(|_| ())?;
+                self.persisted((|| {
+                    self.set_meta("record", &record.to_string())?;
+                    if let Some(h) = &hash {
+                        self.set_meta("hash", h)?;
+                    }
+                    self.set_meta("revoked", "0")
+                })())?;
                 self.with(|l| {
                     l.record = VirtualKey::from_storage_json(&record);
                     l.hash = hash.clone();
                     l.revoked = false;
                 })?;
-                self.set_meta("record", &record.to_string())?;
-                if let Some(h) = &hash {
-                    self.set_meta("hash", h)?;
-                }
-                self.set_meta("revoked", "0")?;
                 Response::from_json(&json!({ "ok": true }))
             }
             (Method::Delete, "/key") => {
+                self.with(|_| ())?;
+                self.persisted(self.set_meta("revoked", "1"))?;
                 self.with(|l| l.revoked = true)?;
-                self.set_meta("revoked", "1")?;
                 Response::from_json(&json!({ "ok": true }))
             }
             (Method::Post, "/admit") | (Method::Post, "/verify") => {
@@ -354,7 +373,7 @@ impl DurableObject for KeyObject {
                     );
                     l.limits.clone()
                 })?;
-                self.save_limits(&state)?;
+                self.persisted(self.save_limits(&state))?;
                 Response::from_json(&json!({ "ok": true }))
             }
             (Method::Get, "/status") => {

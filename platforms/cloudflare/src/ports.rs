@@ -89,6 +89,11 @@ impl KvKeyStore {
     async fn write(&self, key: &VirtualKey, hash: &str) -> Result<(), StoreError> {
         let record = key.to_storage_json();
         let entry = json!({ "record": record, "hash": hash });
+        // The authority first: when the object refuses (it threw), KV is not
+        // touched and the admin write is a 503 that changed nothing.
+        call_object(&self.env, &key.id, Method::Put, "/key", Some(&entry))
+            .await
+            .map_err(store_err)?;
         self.kv()?
             .put(&format!("key:{}", key.id), entry.to_string())
             .map_err(store_err)?
@@ -99,9 +104,6 @@ impl KvKeyStore {
             .put(&format!("hash:{hash}"), key.id.clone())
             .map_err(store_err)?
             .execute()
-            .await
-            .map_err(store_err)?;
-        call_object(&self.env, &key.id, Method::Put, "/key", Some(&entry))
             .await
             .map_err(store_err)?;
         Ok(())

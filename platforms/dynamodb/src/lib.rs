@@ -86,6 +86,24 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// DynamoDB calls are retried by the SDK, with the policy set here rather
+/// than left to the SDK's defaults: the standard mode (throttling errors,
+/// 5xx and transient transport errors are retried, with exponential backoff
+/// and full jitter), 4 attempts, backoff from 50 ms up to 1 s. A call still
+/// failing after that is a [`StoreError`], which the request answers with
+/// 503 `store_unavailable`.
+pub const RETRY_MAX_ATTEMPTS: u32 = 4;
+
+/// A DynamoDB client on `config` (the AWS environment's) with Conduit's retry policy.
+pub fn client(config: aws_sdk_dynamodb::config::Builder) -> Client {
+    use aws_sdk_dynamodb::config::retry::RetryConfig;
+    let retry = RetryConfig::standard()
+        .with_max_attempts(RETRY_MAX_ATTEMPTS)
+        .with_initial_backoff(Duration::from_millis(50))
+        .with_max_backoff(Duration::from_secs(1));
+    Client::from_conf(config.retry_config(retry).build())
+}
+
 /// Everything on DynamoDB: keys, admission state, usage.
 pub struct Dynamo {
     pub client: Client,

@@ -257,68 +257,170 @@ fn parse_key(record: String) -> rusqlite::Result<Option<VirtualKey>> {
 const BATCH_WINDOW: Duration = Duration::from_millis(100);
 const BATCH_MAX: usize = 1024;
 
+/// Writes held while the file cannot be written (read-only, disk full):
+/// beyond this many, the oldest usage records are dropped, and counted in
+/// the log. Of the spend writes only each key's last is held (each is the
+/// key's whole spend), and none is dropped: see [`hold`].
+const HELD_MAX: usize = 100_000;
+/// The first wait before a failed batch is tried again; it doubles up to
+/// [`RETRY_MAX`] while the store stays unwritable.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
 /// The writer thread: waits for a write, gathers what else comes within
-/// [`BATCH_WINDOW`], and applies the batch in one transaction.
+/// [`BATCH_WINDOW`], and applies the batch in one transaction. A batch that
+/// fails (the file read-only, the disk full) is not lost: it is held in
+/// memory (up to [`HELD_MAX`] writes) and tried again, with what came
+/// since, until the store takes it; nothing of a failed batch was written
+/// (one transaction), and a record written twice is counted once.
 fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        let deadline = Instant::now() + BATCH_WINDOW;
-        while batch.len() < BATCH_MAX {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(w) => batch.push(w),
+    let mut held: Vec<Write> = Vec::new();
+    let mut retry = RETRY_FIRST;
+    let mut open = true;
+    while open || !held.is_empty() {
+        let mut batch = std::mem::take(&mut held);
+        if batch.is_empty() {
+            match rx.recv() {
+                Ok(first) => batch.push(first),
                 Err(_) => break,
             }
-        }
-        let result = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
-            {
-                let mut usage = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO usage_records (request_id, key_id, created_at_ms, record) VALUES (?1, ?2, ?3, ?4)",
-                )?;
-                let mut hourly = tx.prepare_cached(ADD_HOURLY)?;
-                let mut daily = tx.prepare_cached(&add_daily_sql())?;
-                let mut spend = tx.prepare_cached(
-                    "INSERT INTO key_spend (key_id, period_start, spent_nanos) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (key_id) DO UPDATE SET period_start = excluded.period_start, spent_nanos = excluded.spent_nanos",
-                )?;
-                for w in &batch {
-                    match w {
-                        Write::Usage(r) => {
-                            // A record is counted once, even if written twice.
-                            let inserted = usage.execute(params![
-                                r.request_id,
-                                r.key_id,
-                                r.created_at_ms as i64,
-                                r.to_json().to_string()
-                            ])?;
-                            if inserted > 0 {
-                                add_hourly(&mut hourly, &mut daily, r)?;
-                            }
-                        }
-                        Write::Spend {
-                            key_id,
-                            period_start,
-                            spent_nanos,
-                        } => {
-                            spend.execute(params![
-                                key_id,
-                                *period_start as i64,
-                                *spent_nanos as i64
-                            ])?;
-                        }
+        } else if open {
+            // Wait before trying the held writes again, taking new ones meanwhile.
+            let until = Instant::now() + retry;
+            loop {
+                match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                    Ok(w) => batch.push(w),
+                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        open = false;
+                        break;
                     }
                 }
             }
-            tx.commit()
-        })();
-        if let Err(e) = result {
-            eprintln!("conduit: could not write {} records: {e}", batch.len());
+        }
+        let deadline = Instant::now() + BATCH_WINDOW;
+        while open && batch.len() < BATCH_MAX {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(w) => batch.push(w),
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
+            }
+        }
+        match write_batch(&mut conn, &batch) {
+            Ok(()) => {
+                if retry > RETRY_FIRST {
+                    eprintln!(
+                        "conduit: the database takes writes again; {} held writes written",
+                        batch.len()
+                    );
+                }
+                retry = RETRY_FIRST;
+            }
+            Err(e) if open => {
+                if retry == RETRY_FIRST {
+                    eprintln!(
+                        "conduit: could not write {} records ({e}); held in memory and retried",
+                        batch.len()
+                    );
+                }
+                let dropped;
+                (held, dropped) = hold(batch);
+                if dropped > 0 {
+                    eprintln!("conduit: {dropped} usage records dropped: more than {HELD_MAX} writes held while the database is unwritable");
+                }
+                retry = (retry * 2).min(RETRY_MAX);
+            }
+            Err(e) => {
+                // Shutting down with the store still unwritable: say what is lost.
+                eprintln!(
+                    "conduit: could not write {} records at shutdown: {e}",
+                    batch.len()
+                );
+                break;
+            }
         }
     }
 }
 
+/// What is kept of a failed batch: the last spend write of each key (each
+/// carries the key's whole spend, so the earlier ones say nothing more),
+/// and the usage records, the oldest dropped beyond [`HELD_MAX`]. Returns
+/// the writes kept, in order, and how many records were dropped.
+fn hold(batch: Vec<Write>) -> (Vec<Write>, usize) {
+    let mut seen = std::collections::HashSet::new();
+    let mut keep: Vec<bool> = batch
+        .iter()
+        .rev()
+        .map(|w| match w {
+            Write::Spend { key_id, .. } => seen.insert(key_id.clone()),
+            Write::Usage(_) => true,
+        })
+        .collect();
+    keep.reverse();
+    let kept = keep.iter().filter(|k| **k).count();
+    let mut over = kept.saturating_sub(HELD_MAX);
+    let mut dropped = 0;
+    let held = batch
+        .into_iter()
+        .zip(keep)
+        .filter(|(w, keep)| {
+            if !keep {
+                return false;
+            }
+            if over > 0 && matches!(w, Write::Usage(_)) {
+                over -= 1;
+                dropped += 1;
+                return false;
+            }
+            true
+        })
+        .map(|(w, _)| w)
+        .collect();
+    (held, dropped)
+}
+
+/// One batch in one transaction: all of it is written, or none.
+fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut usage = tx.prepare_cached(
+            "INSERT OR IGNORE INTO usage_records (request_id, key_id, created_at_ms, record) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut hourly = tx.prepare_cached(ADD_HOURLY)?;
+        let mut daily = tx.prepare_cached(&add_daily_sql())?;
+        let mut spend = tx.prepare_cached(
+            "INSERT INTO key_spend (key_id, period_start, spent_nanos) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key_id) DO UPDATE SET period_start = excluded.period_start, spent_nanos = excluded.spent_nanos",
+        )?;
+        for w in batch {
+            match w {
+                Write::Usage(r) => {
+                    // A record is counted once, even if written twice.
+                    let inserted = usage.execute(params![
+                        r.request_id,
+                        r.key_id,
+                        r.created_at_ms as i64,
+                        r.to_json().to_string()
+                    ])?;
+                    if inserted > 0 {
+                        add_hourly(&mut hourly, &mut daily, r)?;
+                    }
+                }
+                Write::Spend {
+                    key_id,
+                    period_start,
+                    spent_nanos,
+                } => {
+                    spend.execute(params![key_id, *period_start as i64, *spent_nanos as i64])?;
+                }
+            }
+        }
+    }
+    tx.commit()
+}
+
 impl SpendStore for SqliteStore {
-    fn load(&self, key_id: &str) -> Option<(u64, u64)> {
+    fn load(&self, key_id: &str) -> Result<Option<(u64, u64)>, StoreError> {
         self.with(|c| {
             c.prepare_cached("SELECT period_start, spent_nanos FROM key_spend WHERE key_id = ?1")?
                 .query_row([key_id], |r| {
@@ -326,8 +428,6 @@ impl SpendStore for SqliteStore {
                 })
                 .optional()
         })
-        .ok()
-        .flatten()
     }
 
     fn save(&self, key_id: &str, period_start: u64, spent_nanos: u64) {
@@ -550,6 +650,42 @@ mod tests {
             attempts: 1,
             failed_attempts: Vec::new(),
             served_alias: None,
+        }
+    }
+
+    /// A failed batch is held whole, except earlier spend writes of a key
+    /// (the last one is its spend) and, past HELD_MAX, the oldest records.
+    #[test]
+    fn held_writes_keep_each_keys_last_spend_and_the_newest_records() {
+        let spend = |key: &str, n: u64| Write::Spend {
+            key_id: key.into(),
+            period_start: 0,
+            spent_nanos: n,
+        };
+        let mut batch = vec![spend("k1", 1), spend("k2", 5)];
+        batch.extend(
+            (0..HELD_MAX as u64 + 3).map(|n| Write::Usage(Box::new(record(n, "k1", n, 200)))),
+        );
+        batch.push(spend("k1", 2));
+        let (held, dropped) = hold(batch);
+        // HELD_MAX + 5 writes kept by the spend rule: the 5 oldest records go.
+        assert_eq!(dropped, 5);
+        assert_eq!(held.len(), HELD_MAX);
+        let spends: Vec<(String, u64)> = held
+            .iter()
+            .filter_map(|w| match w {
+                Write::Spend {
+                    key_id,
+                    spent_nanos,
+                    ..
+                } => Some((key_id.clone(), *spent_nanos)),
+                Write::Usage(_) => None,
+            })
+            .collect();
+        assert_eq!(spends, [("k2".to_owned(), 5), ("k1".to_owned(), 2)]);
+        match &held[1] {
+            Write::Usage(r) => assert_eq!(r.request_id, "req_0005"),
+            Write::Spend { .. } => panic!("expected the oldest record kept"),
         }
     }
 

@@ -88,7 +88,7 @@ pub async fn open(settings: &StoreSettings, clock: Arc<dyn Clock>) -> Result<Ope
             tables.keys = keys_table.clone();
             tables.usage = usage_table.clone();
             let store = Arc::new(Dynamo {
-                client: aws_sdk_dynamodb::Client::new(&aws),
+                client: conduit_dynamodb::client(aws_sdk_dynamodb::config::Builder::from(&aws)),
                 tables,
             });
             if *create_tables {
