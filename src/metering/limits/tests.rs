@@ -1,0 +1,242 @@
+//! Unit tests of the state machine and its answers.
+
+use super::*;
+use crate::keys::{Budget, BudgetPeriod, Limits};
+use crate::wire::error::GatewayError;
+use serde_json::{Map, Value};
+
+#[test]
+fn an_absurd_allowance_is_refused_not_wrapped() {
+    let body = |v: Value| v.as_object().cloned().unwrap_or_default();
+    for (field, v) in [
+        ("max_tokens", serde_json::json!(u64::MAX)),
+        ("max_tokens", serde_json::json!(18446744073709551000u64)),
+        (
+            "max_completion_tokens",
+            serde_json::json!(MAX_COMPLETION_TOKENS + 1),
+        ),
+        ("max_tokens", serde_json::json!(-1)),
+        ("max_tokens", serde_json::json!(1.5)),
+        ("max_tokens", serde_json::json!("100")),
+        ("n", serde_json::json!(0)),
+        ("n", serde_json::json!(MAX_CHOICES + 1)),
+    ] {
+        let b = body(serde_json::json!({ field: v }));
+        match completion_allowance(&b, 16) {
+            Err(GatewayError::InvalidRequest { param, .. }) => {
+                assert_eq!(param.as_deref(), Some(field))
+            }
+            other => panic!("{field}={v}: {other:?}"),
+        }
+    }
+    let b = body(serde_json::json!({"max_tokens": MAX_COMPLETION_TOKENS, "n": MAX_CHOICES}));
+    assert_eq!(
+        completion_allowance(&b, 16).unwrap(),
+        MAX_COMPLETION_TOKENS * MAX_CHOICES
+    );
+    let b = body(serde_json::json!({"max_tokens": null, "max_completion_tokens": 7}));
+    assert_eq!(completion_allowance(&b, 16).unwrap(), 7);
+    assert_eq!(completion_allowance(&Map::new(), 16).unwrap(), 16);
+}
+
+#[test]
+fn huge_asks_saturate_and_are_refused_by_a_small_tpm() {
+    let l = limits(None, None, Some(1000));
+    let mut s = KeyLimitState::default();
+    assert!(s.admit(&ask(1_000, &l, None, u64::MAX, 0)).is_err());
+    assert!(s.admit(&ask(1_000, &l, None, 999, 0)).is_ok());
+    assert!(s.admit(&ask(1_000, &l, None, u64::MAX - 10, 0)).is_err());
+    let b = Budget {
+        max_nanos: 1_000,
+        period: BudgetPeriod::Total,
+    };
+    let mut s = KeyLimitState::default();
+    assert!(s
+        .admit(&ask(
+            1_000,
+            &limits(None, None, None),
+            Some(&b),
+            0,
+            u64::MAX
+        ))
+        .is_err());
+}
+
+fn limits(rpm: Option<u64>, rpd: Option<u64>, tpm: Option<u64>) -> Limits {
+    Limits { rpm, rpd, tpm }
+}
+
+fn ask<'a>(now: u64, l: &'a Limits, b: Option<&'a Budget>, tokens: u64, cost: u64) -> Ask<'a> {
+    Ask {
+        now_secs: now,
+        limits: l,
+        budget: b,
+        tokens,
+        cost_nanos: cost,
+        ttl_secs: 600,
+    }
+}
+
+#[test]
+fn rpm_exact_in_a_burst_and_truthful_retry_after() {
+    let l = limits(Some(5), None, None);
+    let mut s = KeyLimitState::default();
+    let t0 = 1_000_000;
+    for _ in 0..5 {
+        assert!(s.admit(&ask(t0, &l, None, 0, 0)).is_ok());
+    }
+    let Err(Refusal::Rate {
+        limit,
+        retry_after_secs,
+        ..
+    }) = s.admit(&ask(t0 + 10, &l, None, 0, 0))
+    else {
+        panic!()
+    };
+    assert_eq!((limit, retry_after_secs), ("rpm", 50));
+    assert!(s.admit(&ask(t0 + 59, &l, None, 0, 0)).is_err());
+    assert!(
+        s.admit(&ask(t0 + 60, &l, None, 0, 0)).is_ok(),
+        "free exactly when Retry-After said"
+    );
+}
+
+#[test]
+fn rpm_window_slides() {
+    let l = limits(Some(2), None, None);
+    let mut s = KeyLimitState::default();
+    assert!(s.admit(&ask(100, &l, None, 0, 0)).is_ok());
+    assert!(s.admit(&ask(130, &l, None, 0, 0)).is_ok());
+    let Err(Refusal::Rate {
+        retry_after_secs, ..
+    }) = s.admit(&ask(140, &l, None, 0, 0))
+    else {
+        panic!()
+    };
+    assert_eq!(retry_after_secs, 20);
+    assert!(s.admit(&ask(160, &l, None, 0, 0)).is_ok());
+    assert!(s.admit(&ask(161, &l, None, 0, 0)).is_err());
+}
+
+#[test]
+fn rpd_is_the_utc_day() {
+    let l = limits(None, Some(2), None);
+    let mut s = KeyLimitState::default();
+    let noon = 20_000 * 86_400 + 43_200;
+    assert!(s.admit(&ask(noon, &l, None, 0, 0)).is_ok());
+    assert!(s.admit(&ask(noon + 1, &l, None, 0, 0)).is_ok());
+    let Err(Refusal::Rate {
+        limit,
+        retry_after_secs,
+        ..
+    }) = s.admit(&ask(noon + 2, &l, None, 0, 0))
+    else {
+        panic!()
+    };
+    assert_eq!((limit, retry_after_secs), ("rpd", 43_198));
+    assert!(s.admit(&ask(noon + 43_200, &l, None, 0, 0)).is_ok());
+}
+
+#[test]
+fn tpm_reserves_then_settles_to_actual() {
+    let l = limits(None, None, Some(1000));
+    let mut s = KeyLimitState::default();
+    let r = s.admit(&ask(50, &l, None, 600, 0)).unwrap();
+    assert!(
+        s.admit(&ask(50, &l, None, 600, 0)).is_err(),
+        "estimate is held"
+    );
+    s.settle(51, None, r.id, 100, 0);
+    assert!(
+        s.admit(&ask(52, &l, None, 600, 0)).is_ok(),
+        "settled to actual"
+    );
+    let Err(Refusal::Rate { limit, .. }) = s.admit(&ask(52, &l, None, 5000, 0)) else {
+        panic!()
+    };
+    assert_eq!(limit, "tpm");
+}
+
+#[test]
+fn budget_counts_spent_reserved_and_own_estimate() {
+    let l = Limits::default();
+    let b = Budget {
+        max_nanos: 1000,
+        period: BudgetPeriod::Daily,
+    };
+    let mut s = KeyLimitState::default();
+    let day = 20_000 * 86_400;
+    let r1 = s.admit(&ask(day, &l, Some(&b), 0, 400)).unwrap();
+    let r2 = s.admit(&ask(day, &l, Some(&b), 0, 400)).unwrap();
+    assert!(matches!(
+        s.admit(&ask(day, &l, Some(&b), 0, 400)),
+        Err(Refusal::Budget { .. })
+    ));
+    s.settle(day + 1, Some(&b), r1.id, 0, 100);
+    s.settle(day + 1, Some(&b), r2.id, 0, 100);
+    assert_eq!(s.spent_nanos, 200);
+    assert!(s.admit(&ask(day + 2, &l, Some(&b), 0, 800)).is_ok());
+    // A new UTC day starts over.
+    assert!(s.admit(&ask(day + 86_400, &l, Some(&b), 0, 1000)).is_ok());
+    assert_eq!(s.spent_nanos, 0);
+}
+
+#[test]
+fn unsettled_reservations_expire_and_are_charged() {
+    let l = Limits::default();
+    let b = Budget {
+        max_nanos: 1000,
+        period: BudgetPeriod::Total,
+    };
+    let mut s = KeyLimitState::default();
+    let r = s
+        .admit(&Ask {
+            ttl_secs: 10,
+            ..ask(100, &l, Some(&b), 0, 300)
+        })
+        .unwrap();
+    let st = s.status(111, &l, Some(&b));
+    assert_eq!((st.spent_nanos, st.reserved_nanos), (300, 0));
+    s.settle(112, Some(&b), r.id, 0, 50);
+    assert_eq!(s.spent_nanos, 300, "a late settle does not count twice");
+}
+
+#[test]
+fn refusal_round_trips_through_json() {
+    for r in [
+        Refusal::Rate {
+            limit: "tpm",
+            max: 5,
+            retry_after_secs: 7,
+        },
+        Refusal::Budget {
+            max_nanos: 1,
+            spent_nanos: 2,
+            reserved_nanos: 3,
+            asked_nanos: 4,
+        },
+    ] {
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(Refusal::from_json(&v), Some(r));
+    }
+}
+
+#[test]
+fn periods() {
+    // 2026-11-24 is a Tuesday.
+    let t = crate::wire::time::parse_timestamp("2026-11-24T15:00:00Z").unwrap();
+    let f = crate::wire::time::format_rfc3339;
+    assert_eq!(
+        f(period_start(BudgetPeriod::Daily, t)),
+        "2026-11-24T00:00:00Z"
+    );
+    assert_eq!(
+        f(period_start(BudgetPeriod::Weekly, t)),
+        "2026-11-23T00:00:00Z"
+    );
+    assert_eq!(
+        f(period_start(BudgetPeriod::Monthly, t)),
+        "2026-11-01T00:00:00Z"
+    );
+    assert_eq!(period_start(BudgetPeriod::Total, t), 0);
+}
