@@ -72,10 +72,10 @@ async fn gateway() -> Result<Gateway, String> {
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
         .await;
-    let dynamo = Arc::new(Dynamo {
-        client: aws_sdk_dynamodb::Client::new(&aws),
-        tables: Tables::from_env(),
-    });
+    let mut dynamo = Dynamo::new(aws_sdk_dynamodb::Client::new(&aws), Tables::from_env());
+    // The key item's record is trusted for `revocation_delay_ms` (README, "Limits").
+    dynamo.edge = true;
+    let dynamo = Arc::new(dynamo);
     if std::env::var("CONDUIT_CREATE_TABLES").is_ok_and(|v| v == "1" || v == "true") {
         dynamo
             .create_tables()

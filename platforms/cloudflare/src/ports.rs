@@ -258,6 +258,10 @@ port! {
                 .map_err(|e| GatewayError::Store(format!("key object: {e}")))?;
             parse_answer(answer, key).map(|a| a.key).map_err(|r| r.error)
         }
+
+        fn trust_for_revocation_delay(&self) -> bool {
+            true
+        }
     }
 }
 

@@ -87,10 +87,7 @@ pub async fn open(settings: &StoreSettings, clock: Arc<dyn Clock>) -> Result<Ope
             let mut tables = Tables::from_env();
             tables.keys = keys_table.clone();
             tables.usage = usage_table.clone();
-            let store = Arc::new(Dynamo {
-                client: aws_sdk_dynamodb::Client::new(&aws),
-                tables,
-            });
+            let store = Arc::new(Dynamo::new(aws_sdk_dynamodb::Client::new(&aws), tables));
             if *create_tables {
                 store
                     .create_tables()

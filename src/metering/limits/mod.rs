@@ -29,11 +29,14 @@
 //! ## Files
 //! - `state.rs`: [`KeyLimitState`], the per-key state machine (windows,
 //!   day, budget, reservations);
+//! - `counters.rs`: the same rules over separate counters updated under
+//!   conditions (DynamoDB), so that a hot key's admissions do not collide;
 //! - `answer.rs`: refusals as the client sees them (errors, headers);
 //! - `estimate.rs`: what a request may use, estimated before the call;
 //! - `local.rs`: the single-process [`LocalLimiter`] (the native server).
 
 mod answer;
+pub mod counters;
 mod estimate;
 mod local;
 mod state;

@@ -103,6 +103,42 @@ pub fn period_start(period: BudgetPeriod, now_secs: u64) -> u64 {
 }
 
 impl KeyLimitState {
+    /// A state with the given minute buckets `(sec, requests, tokens)`, day
+    /// count and spend, and no reservations: the view of a store that keeps
+    /// the counters apart ([`super::counters`]), where outstanding
+    /// reservations are already part of `spent_nanos`.
+    pub(super) fn from_counters(
+        minute: impl IntoIterator<Item = (u64, u64, u64)>,
+        day: i64,
+        day_requests: u64,
+        period_start: u64,
+        spent_nanos: u64,
+    ) -> Self {
+        let mut minute: Vec<Bucket> = minute
+            .into_iter()
+            .map(|(sec, requests, tokens)| Bucket {
+                sec,
+                requests,
+                tokens,
+            })
+            .collect();
+        minute.sort_by_key(|b| b.sec);
+        KeyLimitState {
+            minute,
+            day,
+            day_requests,
+            period_start,
+            spent_nanos,
+            reservations: Vec::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Requests and tokens in the minute window (after [`Self::status`] or an admission rolled it).
+    pub(super) fn window_totals(&self) -> (u64, u64) {
+        self.window()
+    }
+
     fn roll(&mut self, now: u64, budget: Option<&Budget>) {
         self.minute.retain(|b| b.sec + WINDOW_SECS > now);
         let day = (now / 86_400) as i64;

@@ -240,3 +240,157 @@ fn periods() {
     );
     assert_eq!(period_start(BudgetPeriod::Total, t), 0);
 }
+
+mod counter_layout {
+    //! [`counters`]: the same decisions as the state machine, and exactness
+    //! when admissions race on the store.
+
+    use std::collections::HashMap;
+
+    use super::super::counters::{settlement_writes, Condition, CounterWrite, KeyCounters, Update};
+    use super::*;
+
+    /// A store item: the conditional update DynamoDB would run.
+    #[derive(Default)]
+    struct Item(HashMap<String, i64>);
+
+    impl Item {
+        fn read(&self) -> KeyCounters {
+            KeyCounters::read(|n| self.0.get(n).map(|v| *v as u64))
+        }
+
+        fn write(&mut self, w: &CounterWrite) -> bool {
+            let ok = w.conditions.iter().all(|c| match c {
+                Condition::Absent(a) => !self.0.contains_key(a),
+                Condition::Equals(a, v) => self.0.get(a) == Some(&(*v as i64)),
+                Condition::AtMost(a, v) => self.0.get(a).is_none_or(|x| *x <= *v as i64),
+            });
+            if ok {
+                for u in &w.updates {
+                    match u {
+                        Update::Set(a, v) => {
+                            self.0.insert(a.clone(), *v as i64);
+                        }
+                        Update::Add(a, d) => *self.0.entry(a.clone()).or_insert(0) += d,
+                    }
+                }
+            }
+            ok
+        }
+    }
+
+    #[test]
+    fn same_decisions_as_the_state_machine() {
+        let l = limits(Some(7), Some(400), Some(5_000));
+        let b = Budget {
+            max_nanos: 200_000,
+            period: BudgetPeriod::Daily,
+        };
+        let mut state = KeyLimitState::default();
+        let mut item = Item::default();
+        let mut seed: u64 = 42;
+        let mut next = |m: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % m
+        };
+        let mut now = 20_000 * 86_400 - 300;
+        let (mut admitted, mut refused) = (0, 0);
+        for _ in 0..2_000 {
+            now += next(4);
+            let tokens = next(900);
+            let cost = next(2_000);
+            let a = ask(now, &l, Some(&b), tokens, cost);
+            let expected = state.admit(&a);
+            let (got, status) = item.read().admit(&a);
+            let mut s2 = state.clone();
+            assert_eq!(
+                status.requests,
+                s2.status(now, &l, Some(&b)).requests,
+                "at {now}"
+            );
+            match (expected, got) {
+                (Ok(r), Ok((r2, w))) => {
+                    admitted += 1;
+                    assert!(item.write(&w), "an uncontended write succeeds");
+                    assert_eq!(
+                        (r.sec, r.tokens, r.cost_nanos),
+                        (r2.sec, r2.tokens, r2.cost_nanos)
+                    );
+                    // Most settle at once, to less than the estimate; some never do.
+                    if next(5) != 0 {
+                        let (used, spent) = (tokens / 2, cost / 3);
+                        state.settle(now, Some(&b), r.id, used, spent);
+                        for w in settlement_writes(&r2, Some(&b), used, spent) {
+                            item.write(&w);
+                        }
+                    }
+                }
+                (Err(e), Err(g)) => {
+                    refused += 1;
+                    assert_eq!(e, g, "at {now}");
+                }
+                (e, g) => panic!("at {now}: state machine {e:?}, counters {g:?}"),
+            }
+        }
+        assert!(admitted > 200 && refused > 200, "{admitted} {refused}");
+    }
+
+    #[test]
+    fn racing_admissions_admit_exactly_the_limit() {
+        let l = limits(Some(100), None, None);
+        let mut item = Item::default();
+        let mut admitted = 0;
+        let mut attempts = 0;
+        // 8 admitters read the same state, then write one after another;
+        // a failed write is re-read and retried, as the adapter does.
+        for round in 0..400u64 {
+            let now = 1_000 + round / 50;
+            let snapshot = item.read();
+            let plans: Vec<_> = (0..8)
+                .map(|_| snapshot.admit(&ask(now, &l, None, 10, 0)).0)
+                .collect();
+            for plan in plans {
+                let mut plan = plan;
+                loop {
+                    attempts += 1;
+                    match plan {
+                        Ok((_, w)) if item.write(&w) => {
+                            admitted += 1;
+                            break;
+                        }
+                        Ok(_) => plan = item.read().admit(&ask(now, &l, None, 10, 0)).0,
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        assert_eq!(admitted, 100, "exactly rpm within the window");
+        assert!(attempts < 3_400, "few retries: {attempts}");
+    }
+
+    #[test]
+    fn budget_is_never_exceeded_under_races() {
+        let l = limits(None, None, None);
+        let b = Budget {
+            max_nanos: 10_000,
+            period: BudgetPeriod::Total,
+        };
+        let mut item = Item::default();
+        let mut admitted = 0;
+        for _ in 0..50 {
+            let snapshot = item.read();
+            for _ in 0..4 {
+                if let (Ok((_, w)), _) = snapshot.admit(&ask(5_000, &l, Some(&b), 0, 700)) {
+                    if item.write(&w) {
+                        admitted += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(admitted, 14, "10,000 / 700");
+        let st = item.read().status(5_000, &l, Some(&b));
+        assert_eq!((st.spent_nanos, st.reserved_nanos), (0, 9_800));
+    }
+}
