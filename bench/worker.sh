@@ -293,7 +293,7 @@ for scenario in \
   run_fg "$BIN_DIR/bench-load" rate --url "$WR_URL/v1/chat/completions" "${H_TRIPS[@]}" --body-file "$d/probe.json" \
     --warmup 0 --rate "$TRIPS_RATE" --duration-s "$TRIPS_DURATION" --connections "$RATE_CONNS" \
     --out "$OUT/trips-${label// /-}.json" >/dev/null
-  sleep 1 # the last answers' wait_until (settlement, usage batches)
+  sleep 1 # the last answers' wait_until (settlement, usage records)
   after=$(trips_of "$tkey")
   printf '%s\t%s\t%s\n' "$label" "$before" "$after" >>"$OUT/trips.tsv"
 done
@@ -475,7 +475,7 @@ const rows = require("fs").readFileSync(process.argv[2], "utf8").trim().split("\
 const kinds = ["kv_read", "admit", "settle", "usage", "other"];
 const out = ["", "Store round trips per request (Conduit Worker, `x-conduit-store-trips`; before the upstream " +
   "call: KV reads and the Durable Object's admission; after the response, under `wait_until`: settlement and " +
-  "usage batches). Target for the first two rows: ≤ 0.1 in total before the upstream call.", "",
+  "usage record calls). Target for the first two rows: ≤ 0.1 in total before the upstream call.", "",
   `| key | requests | ${kinds.join(" | ")} | before upstream | total |`, `|---|---:|${kinds.map(() => "---:").join("|")}|---:|---:|`];
 for (const [label, a, b] of rows) {
   try {

@@ -65,16 +65,6 @@ pub fn slot_attrs(i: u64) -> [String; 3] {
     [format!("ws{i}"), format!("wr{i}"), format!("wt{i}")]
 }
 
-/// Every attribute this module reads (a projection for the store's read).
-pub fn attribute_names() -> Vec<String> {
-    let mut names: Vec<String> = [HI, DAY, DAY_REQUESTS, PERIOD, COMMITTED, SETTLED]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    names.extend((0..SLOTS).flat_map(slot_attrs));
-    names
-}
-
 /// One slot of the minute window, as read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Slot {
