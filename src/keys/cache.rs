@@ -101,7 +101,17 @@ impl KeyCache {
             return;
         }
         store(&self.trusted, hash, key.clone(), now_us + self.trust_us);
-        self.put(hash, key, now_us);
+        // The record stays cached past the trust: when the trust runs out, the
+        // next request asks the authority (which re-checks the presented
+        // secret) without looking the key up by hash first.
+        if self.ttl_us > 0 {
+            store(
+                &self.entries,
+                hash,
+                key,
+                now_us + self.trust_us + self.ttl_us,
+            );
+        }
     }
 
     /// Forgets everything (after any admin change).
