@@ -28,6 +28,11 @@ STREAM_CHUNKS=${BENCH_STREAM_CHUNKS:-10}
 COLD_RUNS=${BENCH_COLD_RUNS:-15}          # cold starts measured per kind (>= 10)
 COLD_KINDS=${BENCH_COLD_KINDS-health-runner health chat}
 STRICT=${BENCH_STRICT:-0}                 # 1: exit 1 when a target is missed
+HOT_INSTANCES=${BENCH_HOT_INSTANCES:-8}   # instances of the hot-key and round-trip phases
+HOT_RATE=${BENCH_HOT_RATE:-200}           # req/s offered by one key in the hot-key phase
+HOT_DURATION=${BENCH_HOT_DURATION:-10}    # seconds of the hot-key phase
+TRIPS_RATE=${BENCH_TRIPS_RATE:-50}        # req/s of each store-round-trip phase (one key each)
+TRIPS_DURATION=${BENCH_TRIPS_DURATION:-3} # seconds per store-round-trip phase
 ZIP_TARGET_MIB=8
 COLD_TARGET_MS=30
 
@@ -541,6 +546,60 @@ log "function VmHWM ${FN_HWM} kB"
 cp "$WORK/warm.err" "$OUT/warm-runner.log"
 stop_and_forget "$WARM_PID"
 
+# ---- 4b. one hot key on several instances (issue 14): DynamoDB round trips per request by kind
+# of key (CONDUIT_COUNT_TRIPS=1: each instance logs its counts after every request; the last
+# line of each instance is summed), then the hot-key load: 503s, achieved rate, latency.
+start_runner HOT_PID HOT_URL hot "$HOT_INSTANCES" "$FUNCTION" CONDUIT_COUNT_TRIPS=1
+hot_key() { # JSON : the secret of a new key made from JSON
+  curl -sS --max-time 10 -X POST "$HOT_URL/admin/keys" -H "Authorization: Bearer $MASTER_KEY" \
+    -H 'Content-Type: application/json' -d "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("key",""))'
+}
+trips_sum() { # the summed last trip line of every instance so far
+  python3 - "$WORK/hot.out" "$WORK/hot.err" <<'PY'
+import json, sys
+last = {}
+for f in sys.argv[1:]:
+    for line in open(f, errors="replace"):
+        i = line.find('{"conduit_store_trips"')
+        if i >= 0:
+            try:
+                t = json.loads(line[i:])["conduit_store_trips"]
+            except ValueError:
+                continue
+            last[t["instance"]] = t
+total = {"requests": sum(t["requests"] for t in last.values()), "trips": {}}
+for t in last.values():
+    for k, v in t["trips"].items():
+        total["trips"][k] = total["trips"].get(k, 0) + v
+print(json.dumps(total))
+PY
+}
+: >"$OUT/trips.tsv"
+trips_n=$((TRIPS_RATE * TRIPS_DURATION))
+for scenario in \
+  "no limits|{\"name\":\"trips-plain\"}" \
+  "generous limits|{\"name\":\"trips-generous\",\"limits\":{\"rpm\":100000000,\"tpm\":1000000000},\"budget\":{\"max_usd\":1000000,\"period\":\"total\"}}" \
+  "near its limit|{\"name\":\"trips-near\",\"limits\":{\"rpm\":$((trips_n + 10))}}"; do
+  label=${scenario%%|*}
+  tkey=$(hot_key "${scenario#*|}")
+  [[ -n $tkey ]] || die "could not create the $label key"
+  sleep 1
+  before=$(trips_sum)
+  log "store round trips: $label ($TRIPS_RATE req/s, ${TRIPS_DURATION}s, $HOT_INSTANCES instances)"
+  run_fg "$BIN_DIR/bench-load" rate --url "$HOT_URL/v1/chat/completions" --header "Authorization: Bearer $tkey" \
+    --body-file "$OUT/lambda/body.json" --warmup 0 --rate "$TRIPS_RATE" --duration-s "$TRIPS_DURATION" \
+    --connections "$HOT_INSTANCES" --out "$OUT/trips-${label// /-}.json" >/dev/null
+  sleep 1
+  printf '%s\t%s\t%s\n' "$label" "$before" "$(trips_sum)" >>"$OUT/trips.tsv"
+done
+HKEY=$(hot_key '{"name":"hot","limits":{"rpm":100000000,"tpm":1000000000},"budget":{"max_usd":1000000,"period":"total"}}')
+log "hot key: $HOT_RATE req/s offered for ${HOT_DURATION}s, $HOT_INSTANCES instances"
+run_fg "$BIN_DIR/bench-load" rate --url "$HOT_URL/v1/chat/completions" --header "Authorization: Bearer $HKEY" \
+  --body-file "$OUT/lambda/body.json" --warmup 0 --rate "$HOT_RATE" --duration-s "$HOT_DURATION" \
+  --connections 64 --out "$OUT/hot.json" >/dev/null || log "hot-key load failed"
+cp "$WORK/hot.err" "$OUT/hot-runner.log" 2>/dev/null || true
+stop_and_forget "$HOT_PID"
+
 # ---- 5. cold starts: per run, a fresh runner whose first instance is kept busy by a slow
 # ---- stream; the measured request makes the runner start a second, fresh instance for it.
 declare -A COLD_FAIL=()
@@ -593,6 +652,33 @@ R_TTFE_REQUESTS=$TTFE_REQUESTS R_STREAM_CHUNKS=$STREAM_CHUNKS R_STREAM_DELAY_MS=
 for kind in "${!COLD_FAIL[@]}"; do export "R_COLD_FAIL_${kind//-/_}=${COLD_FAIL[$kind]}"; done
 status=0
 "${PYB[@]}" report "$OUT" >"$OUT/table.md" || status=$?
+python3 - "$OUT" "$HOT_RATE" "$HOT_DURATION" "$HOT_INSTANCES" >>"$OUT/table.md" <<'PY' || true
+import json, sys
+out, rate, dur, inst = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+kinds = ["hash_read", "key_read", "admit_write", "settle_write", "usage_write"]
+L = ["", f"Store round trips per request ({inst} instances, DynamoDB calls counted in the function; before the "
+     "upstream call: hash and key reads, the admission write; after it, before the invocation ends: settlement "
+     "and usage writes). Target for the first two rows: ≤ 0.1 before the upstream call.", "",
+     "| key | requests | " + " | ".join(kinds) + " | before upstream | total |",
+     "|---|---:|" + "|".join("---:" for _ in kinds) + "|---:|---:|"]
+for line in open(f"{out}/trips.tsv"):
+    label, a, b = line.rstrip("\n").split("\t")
+    x, y = json.loads(a), json.loads(b)
+    n = y["requests"] - x["requests"]
+    per = {k: (y["trips"].get(k, 0) - x["trips"].get(k, 0)) / max(1, n) for k in kinds}
+    before = per["hash_read"] + per["key_read"] + per["admit_write"]
+    L.append(f"| {label} | {n} | " + " | ".join(f"{per[k]:.3f}" for k in kinds) + f" | {before:.3f} | {sum(per.values()):.3f} |")
+try:
+    h = json.load(open(f"{out}/hot.json"))
+    lat = h.get("latency", {})
+    L += ["", f"Hot key (generous limits), {rate} req/s offered for {dur} s over {inst} instances: "
+          f"{h.get('requests_ok')} of {h.get('scheduled')} answered 200; errors {h.get('error_count')} {h.get('errors')}; "
+          f"late starts {h.get('late_starts')}; achieved {h.get('throughput_rps', 0):.1f} req/s in {h.get('elapsed_s', 0):.1f} s; "
+          f"latency p50 {lat.get('p50_ms')} ms, p99 {lat.get('p99_ms')} ms."]
+except (OSError, ValueError) as e:
+    L.append(f"Hot key: no result ({e}).")
+print("\n".join(L))
+PY
 mkdir -p "$TARGET_DIR/bench"
 cp "$OUT/table.md" "$TARGET_DIR/bench/lambda-latest.md"
 cat "$OUT/table.md"

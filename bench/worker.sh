@@ -28,6 +28,8 @@ PORTKEY_VERSION=${BENCH_PORTKEY_VERSION:-1.15.2}
 PORTKEY_DIR=${BENCH_PORTKEY_DIR:-${TMPDIR:-/tmp}/conduit-bench-portkey-$PORTKEY_VERSION}  # outside the repo
 INSPECTOR=${BENCH_WORKER_INSPECTOR:-0}    # 1: keep wrangler's DevTools inspector attached (default: off)
 STRICT=${BENCH_STRICT:-0}                 # 1: exit 1 when a target is missed
+TRIPS_RATE=${BENCH_TRIPS_RATE:-100}       # req/s of each store-round-trip phase (one key each)
+TRIPS_DURATION=${BENCH_TRIPS_DURATION:-3} # seconds per store-round-trip phase
 GZIP_TARGET_KIB=1024
 
 UPSTREAM_KEY="bench-upstream-key"
@@ -242,6 +244,8 @@ EOF
   printf "CONDUIT_CONFIG='%s'\n" "$(cat "$d/conduit.toml")"
   printf "CONDUIT_MASTER_KEY='%s'\n" "$MASTER_KEY"
   printf "BENCH_UPSTREAM_KEY='%s'\n" "$UPSTREAM_KEY"
+  # x-conduit-store-trips on every answer: the isolate's store round trips so far (read below)
+  printf "CONDUIT_COUNT_TRIPS='1'\n"
 } >"$d/.dev.vars"
 start_wrangler conduit "$d"
 code=$(curl -sS -o "$d/key.json" -w '%{http_code}' --max-time 30 -X POST "$WR_URL/admin/keys" \
@@ -257,6 +261,42 @@ probe "$WR_URL/v1/chat/completions" H_CONDUIT "$d/probe.json" "$d/probe.out" || 
 log "through Conduit's Worker"
 run_phases "$OUT/conduit" "$WR_URL/v1/chat/completions" "$ALIAS" H_CONDUIT \
   "worker=$WR_USER" "proxy=$WR_PROXY" "wrangler=$WR_NODE" "mock=$MOCK_PID"
+
+# ---- store round trips per request, by kind of key (issue 14): the x-conduit-store-trips
+# header (CONDUIT_COUNT_TRIPS=1: the isolate's round trips so far; wrangler dev runs one
+# isolate) read before and after a short fixed-rate phase of one key.
+trips_of() { # KEY : the x-conduit-store-trips JSON of one request with KEY
+  curl -sS -D - -o /dev/null --max-time 30 -X POST "$WR_URL/v1/chat/completions" -H "Authorization: Bearer $1" \
+    -H 'Content-Type: application/json' --data-binary "@$d/probe.json" | tr -d '\r' |
+    sed -n 's/^x-conduit-store-trips: //Ip'
+}
+trips_key() { # JSON : the secret of a new key made from JSON
+  curl -sS --max-time 30 -X POST "$WR_URL/admin/keys" -H "Authorization: Bearer $MASTER_KEY" \
+    -H 'Content-Type: application/json' -d "$1" |
+    node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).key||""))'
+}
+trips_n=$((TRIPS_RATE * TRIPS_DURATION))
+: >"$OUT/trips.tsv"
+for scenario in \
+  "no limits|{\"name\":\"trips-plain\"}" \
+  "generous limits|{\"name\":\"trips-generous\",\"limits\":{\"rpm\":100000000,\"tpm\":1000000000},\"budget\":{\"max_usd\":1000000,\"period\":\"total\"}}" \
+  "near its limit|{\"name\":\"trips-near\",\"limits\":{\"rpm\":$((trips_n + 10))}}"; do
+  label=${scenario%%|*}
+  tkey=$(trips_key "${scenario#*|}")
+  [[ -n $tkey ]] || die "could not create the $label key"
+  trips_of "$tkey" >/dev/null
+  sleep 0.5
+  before=$(trips_of "$tkey")
+  # shellcheck disable=SC2034
+  H_TRIPS=(--header "Authorization: Bearer $tkey")
+  log "store round trips: $label ($TRIPS_RATE req/s, ${TRIPS_DURATION}s)"
+  run_fg "$BIN_DIR/bench-load" rate --url "$WR_URL/v1/chat/completions" "${H_TRIPS[@]}" --body-file "$d/probe.json" \
+    --warmup 0 --rate "$TRIPS_RATE" --duration-s "$TRIPS_DURATION" --connections "$RATE_CONNS" \
+    --out "$OUT/trips-${label// /-}.json" >/dev/null
+  sleep 1 # the last answers' wait_until (settlement, usage records)
+  after=$(trips_of "$tkey")
+  printf '%s\t%s\t%s\n' "$label" "$before" "$after" >>"$OUT/trips.tsv"
+done
 stop_wrangler
 
 # ---- c: Portkey's gateway (npm @portkey-ai/gateway) under the same wrangler
@@ -428,6 +468,24 @@ L.push(portkeyRan
   : `Portkey: ${E.R_PORTKEY_STATUS}.`);
 console.log(L.join("\n"));
 process.exit(missed && E.R_STRICT === "1" ? 1 : 0);
+EOF
+# store round trips per request, from the before/after snapshots
+node - "$OUT/trips.tsv" >>"$OUT/table.md" <<'EOF' || true
+const rows = require("fs").readFileSync(process.argv[2], "utf8").trim().split("\n").map((l) => l.split("\t"));
+const kinds = ["kv_read", "admit", "settle", "usage", "other"];
+const out = ["", "Store round trips per request (Conduit Worker, `x-conduit-store-trips`; before the upstream " +
+  "call: KV reads and the Durable Object's admission; after the response, under `wait_until`: settlement and " +
+  "usage record calls). Target for the first two rows: ≤ 0.1 in total before the upstream call.", "",
+  `| key | requests | ${kinds.join(" | ")} | before upstream | total |`, `|---|---:|${kinds.map(() => "---:").join("|")}|---:|---:|`];
+for (const [label, a, b] of rows) {
+  try {
+    const x = JSON.parse(a), y = JSON.parse(b), n = y.requests - x.requests;
+    const per = (k) => (y.trips[k] - x.trips[k]) / n;
+    const before = per("kv_read") + per("admit"), total = kinds.reduce((s, k) => s + per(k), 0);
+    out.push(`| ${label} | ${n} | ${kinds.map((k) => per(k).toFixed(3)).join(" | ")} | ${before.toFixed(3)} | ${total.toFixed(3)} |`);
+  } catch (e) { out.push(`| ${label} | (no x-conduit-store-trips header: ${e.message}) |`); }
+}
+console.log(out.join("\n"));
 EOF
 mkdir -p "$TARGET_DIR/bench"
 cp "$OUT/table.md" "$TARGET_DIR/bench/worker-latest.md"

@@ -127,6 +127,7 @@ struct RawGateway {
     max_body_bytes: Option<usize>,
     upstream_timeout_ms: Option<u64>,
     key_cache_ttl_ms: Option<u64>,
+    revocation_delay_ms: Option<u64>,
     default_max_tokens: Option<u64>,
     image_max_bytes: Option<usize>,
     image_fetch_allow_private: Option<bool>,
@@ -144,6 +145,12 @@ pub struct GatewaySettings {
     /// store again. Changes made through the admin API of the same process
     /// take effect at once whatever this is.
     pub key_cache_ttl_ms: u64,
+    /// How long the key's authority's word on a key (Durable Object,
+    /// DynamoDB consistent read) is trusted: within it, a key without limits
+    /// or budget makes no store round trip before the upstream call, so a
+    /// revocation, rotation or PATCH made elsewhere takes effect within
+    /// this time. `0`: the authority is asked on every request.
+    pub revocation_delay_ms: u64,
     /// Completion tokens assumed for a chat request without `max_tokens` /
     /// `max_completion_tokens`, when estimating tokens and cost for admission.
     pub default_max_tokens: u64,
@@ -162,6 +169,7 @@ impl Default for GatewaySettings {
             max_body_bytes: 10 * 1024 * 1024,
             upstream_timeout_ms: 600_000,
             key_cache_ttl_ms: 1_000,
+            revocation_delay_ms: 2_000,
             default_max_tokens: 4_096,
             image_max_bytes: 20 * 1024 * 1024,
             image_fetch_allow_private: false,
@@ -366,6 +374,9 @@ impl Config {
             }
             if let Some(v) = g.key_cache_ttl_ms {
                 gateway.key_cache_ttl_ms = v;
+            }
+            if let Some(v) = g.revocation_delay_ms {
+                gateway.revocation_delay_ms = v;
             }
             if let Some(v) = g.default_max_tokens {
                 gateway.default_max_tokens = v;

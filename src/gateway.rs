@@ -18,7 +18,7 @@
 //! | authorize           | the key's `allowed_models` (the limiter's record when the cache says no) | — (403 `model_not_allowed`) |
 //! | select alias        | `[models.ALIAS]`                               | the [`ModelRoute`] (404 `model_not_found`)  |
 //! | estimate            | the body, the prices of the alias's deployments and of its fallbacks' | the [`Demand`]: tokens and cost (403 `model_price_unknown` for a budget without a price) |
-//! | admit               | [`Limiter`] with the key and the [`Demand`]    | an [`Admission`] (once per request, whatever the attempts): reservation, `x-ratelimit-*`, the authoritative key (429/402/401) |
+//! | admit               | [`Limiter`] with the key and the [`Demand`] (skipped for a key without limits or budget that the limiter vouched for within `revocation_delay_ms`, [`KeyCache`]) | an [`Admission`] (once per request, whatever the attempts): reservation, `x-ratelimit-*`, the authoritative key (429/402/401) |
 //! | pick deployment     | the [`Router`]'s [`AttemptPlan`]: strategy, health, retries, backoff, fallbacks, deadline ([`crate::routing`]) | the next [`Attempt`] and its wait ([`Clock`]); or the final error (504 `upstream_timeout` naming the attempts when `timeout_ms` ran out) |
 //! | translate request   | the deployment's [`Provider`], a [`Call`]      | the upstream `http::Request`                |
 //! | call upstream       | [`Upstream`], [`Clock`] for the timeouts       | the answer read whole, or a stream peeked up to its first event ([`crate::attempt`]); a retryable failure (5xx, 408, 429, timeout, connection, unreadable, a stream failing before its first event) goes back to *pick deployment* |
@@ -135,7 +135,12 @@ pub(crate) const MAX_ERROR_BODY: usize = 64 * 1024;
 impl Gateway {
     /// `master_key` enables the admin API; without it, admin routes answer 401.
     pub fn new(config: Config, ports: Ports, master_key: Option<&str>) -> Self {
-        let key_cache = KeyCache::new(config.gateway.key_cache_ttl_ms);
+        let trust_ms = if ports.limiter.trust_for_revocation_delay() {
+            config.gateway.revocation_delay_ms
+        } else {
+            0
+        };
+        let key_cache = KeyCache::with_trust(config.gateway.key_cache_ttl_ms, trust_ms);
         let created_secs = ports.clock.now_micros() / 1_000_000;
         let router = Router::new(&config);
         Gateway {
@@ -314,14 +319,21 @@ impl Gateway {
         headers: &HeaderMap,
     ) -> Result<Arc<VirtualKey>, GatewayError> {
         let (key, hash) = self.authenticate(headers).await?;
+        if self
+            .key_cache
+            .trusted(&hash, self.ports.clock.now_micros())
+            .is_some()
+        {
+            return Ok(key);
+        }
         match self.ports.limiter.verify(&key, &hash).await? {
-            Some(fresh) if fresh != *key => {
+            Some(fresh) => {
                 let fresh = Arc::new(fresh);
                 self.key_cache
-                    .put(&hash, fresh.clone(), self.ports.clock.now_micros());
+                    .vouch(&hash, fresh.clone(), self.ports.clock.now_micros());
                 Ok(fresh)
             }
-            _ => Ok(key),
+            None => Ok(key),
         }
     }
 
@@ -455,6 +467,54 @@ impl Gateway {
                 Ok(response)
             }
         }
+    }
+
+    /// Stage *admit* through the limiter: the admission goes to the meter,
+    /// the authority's record of the key (where it has one) to the cache.
+    async fn admit(
+        &self,
+        key: &VirtualKey,
+        alias: &str,
+        demand: &Demand,
+        meter: &mut Meter,
+    ) -> Result<(), GatewayError> {
+        match self.ports.limiter.admit(key, demand).await {
+            Ok(mut admission) => {
+                let fresh = admission.key.take();
+                meter.admission = Some(admission);
+                // The limiter's record is authoritative: a change made through
+                // another instance (allowed models) applies at once.
+                if let Some(fresh) = fresh {
+                    let allowed = fresh.allows_model(alias);
+                    self.key_cache.vouch(
+                        &demand.key_hash,
+                        Arc::new(fresh),
+                        self.ports.clock.now_micros(),
+                    );
+                    if !allowed {
+                        return Err(GatewayError::ModelNotAllowed {
+                            model: alias.to_owned(),
+                        });
+                    }
+                }
+            }
+            Err(rejection) => {
+                meter.record.refused_by = Some(
+                    match &rejection.error {
+                        GatewayError::RateLimited { limit, .. } => limit,
+                        _ => "budget",
+                    }
+                    .to_owned(),
+                );
+                meter.admission = Some(Admission {
+                    reservation: None,
+                    status: rejection.status,
+                    key: None,
+                });
+                return Err(rejection.error);
+            }
+        }
+        Ok(())
     }
 
     /// Parse, authorize, admit, route, call: the part of the pipeline that
@@ -603,33 +663,16 @@ impl Gateway {
                 * 2
                 + 60,
         };
-        match self.ports.limiter.admit(key, &demand).await {
-            Ok(mut admission) => {
-                let fresh = admission.key.take();
-                meter.admission = Some(admission);
-                // The limiter's record is authoritative: a change made through
-                // another instance (allowed models) applies at once.
-                if let Some(fresh) = fresh.filter(|f| f != key) {
-                    if !fresh.allows_model(&alias) {
-                        return Err(GatewayError::ModelNotAllowed { model: alias });
-                    }
-                }
-            }
-            Err(rejection) => {
-                meter.record.refused_by = Some(
-                    match &rejection.error {
-                        GatewayError::RateLimited { limit, .. } => limit,
-                        _ => "budget",
-                    }
-                    .to_owned(),
-                );
-                meter.admission = Some(Admission {
-                    reservation: None,
-                    status: rejection.status,
-                    key: None,
-                });
-                return Err(rejection.error);
-            }
+        // A key without limits or budget whose authority vouched for it
+        // less than `revocation_delay_ms` ago goes on without asking again.
+        let now_us = self.ports.clock.now_micros();
+        if key.limits.is_empty()
+            && key.budget.is_none()
+            && self.key_cache.trusted(&demand.key_hash, now_us).is_some()
+        {
+            meter.admission = Some(Admission::default());
+        } else {
+            self.admit(key, &alias, &demand, meter).await?;
         }
 
         // The OpenAI SDKs ask for base64 embeddings; providers that answer

@@ -160,6 +160,15 @@ port! {
         async fn verify(&self, _key: &VirtualKey, _key_hash: &str) -> Result<Option<VirtualKey>, GatewayError> {
             Ok(None)
         }
+        /// Whether the gateway may trust this limiter's record of a key (the
+        /// `key` of an [`Admission`], or [`verify`](Self::verify)'s answer)
+        /// for `[gateway] revocation_delay_ms`, and meanwhile admit a key
+        /// without limits or budget without asking: edge platforms, where
+        /// asking is a round trip to one place. `false` (the default): asked
+        /// on every request.
+        fn trust_for_revocation_delay(&self) -> bool {
+            false
+        }
     }
 }
 

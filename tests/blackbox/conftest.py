@@ -97,6 +97,8 @@ def build_config(mock_url: str) -> str:
         "[gateway]",
         f"max_body_bytes = {MAX_BODY_BYTES}",
         f"upstream_timeout_ms = {UPSTREAM_TIMEOUT_MS}",
+        # Revocation at once on every platform (test_keys); the default delay: test_hot_keys.
+        "revocation_delay_ms = 0",
         "",
     ]
     for alias, (prov, model) in ALIASES.items():

@@ -12,7 +12,8 @@
 //! `CONDUIT_MASTER_KEY`, the provider secrets named by `api_key_env`,
 //! `CONDUIT_KEYS_TABLE` / `CONDUIT_USAGE_TABLE` (default `conduit-keys`,
 //! `conduit-usage`), `CONDUIT_USAGE_TTL_DAYS` (90), and
-//! `CONDUIT_CREATE_TABLES=1` to create missing tables at start (local runs).
+//! `CONDUIT_CREATE_TABLES=1` to create missing tables at start (local runs),
+//! `CONDUIT_COUNT_TRIPS=1` to log the DynamoDB round trips after each request (benchmarks).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -31,7 +32,29 @@ use conduit_dynamodb::{Dynamo, Tables};
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
-async fn handle(gateway: Arc<Gateway>, request: Request) -> Result<http::Response<Body>, Error> {
+/// Requests served by this instance (for the round-trip log line).
+static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// With `CONDUIT_COUNT_TRIPS=1`, one line after each request: this
+/// instance's requests and DynamoDB round trips so far, by kind
+/// (`bench/lambda.sh` sums the last line of each instance).
+fn log_trips(dynamo: &Dynamo) {
+    let requests = REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    println!(
+        "{}",
+        serde_json::json!({ "conduit_store_trips": {
+            "instance": std::process::id(),
+            "requests": requests,
+            "trips": dynamo.trips.to_json(),
+        }})
+    );
+}
+
+async fn handle(
+    gateway: Arc<Gateway>,
+    dynamo: Option<Arc<Dynamo>>,
+    request: Request,
+) -> Result<http::Response<Body>, Error> {
     let tasks = Arc::new(RequestTasks::default());
     let spawner: Arc<dyn Spawner> = tasks.clone();
     let (parts, body) = request.into_parts();
@@ -57,14 +80,22 @@ async fn handle(gateway: Arc<Gateway>, request: Request) -> Result<http::Respons
     };
     let frames = stream
         .map(|b| Ok::<_, Infallible>(Frame::data(b)))
-        .chain(tasks.joined());
+        .chain(tasks.joined())
+        .chain(
+            futures_util::stream::once(async move {
+                if let Some(d) = dynamo {
+                    log_trips(&d);
+                }
+            })
+            .filter_map(|()| async { None }),
+        );
     Ok(http::Response::from_parts(
         parts,
         StreamBody::new(frames).boxed_unsync(),
     ))
 }
 
-async fn gateway() -> Result<Gateway, String> {
+async fn gateway() -> Result<(Gateway, Arc<Dynamo>), String> {
     let text =
         std::env::var("CONDUIT_CONFIG").map_err(|_| "CONDUIT_CONFIG is not set".to_owned())?;
     let config = Config::parse(&text, "CONDUIT_CONFIG", &|v| std::env::var(v).ok())
@@ -72,10 +103,13 @@ async fn gateway() -> Result<Gateway, String> {
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
         .await;
-    let dynamo = Arc::new(Dynamo {
-        client: conduit_dynamodb::client(aws_sdk_dynamodb::config::Builder::from(&aws)),
-        tables: Tables::from_env(),
-    });
+    let mut dynamo = Dynamo::new(
+        conduit_dynamodb::client(aws_sdk_dynamodb::config::Builder::from(&aws)),
+        Tables::from_env(),
+    );
+    // The key item's record is trusted for `revocation_delay_ms` (README, "Limits").
+    dynamo.edge = true;
+    let dynamo = Arc::new(dynamo);
     if std::env::var("CONDUIT_CREATE_TABLES").is_ok_and(|v| v == "1" || v == "true") {
         dynamo
             .create_tables()
@@ -87,26 +121,28 @@ async fn gateway() -> Result<Gateway, String> {
         usage: dynamo.clone(),
         upstream: Arc::new(HyperUpstream::new()),
         clock: Arc::new(SystemClock),
-        limiter: dynamo,
+        limiter: dynamo.clone(),
         spawner: Arc::new(conduit_native::TokioSpawner),
     };
     let master = std::env::var("CONDUIT_MASTER_KEY").ok();
-    Ok(Gateway::new(config, ports, master.as_deref()))
+    Ok((Gateway::new(config, ports, master.as_deref()), dynamo))
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let gateway = match gateway().await {
-        Ok(g) => Arc::new(g),
+    let (gateway, dynamo) = match gateway().await {
+        Ok((g, d)) => (Arc::new(g), d),
         Err(message) => {
             // An init error: Lambda reports it and retries the cold start.
             eprintln!("conduit: {message}");
             return Err(message.into());
         }
     };
+    let count_trips = std::env::var("CONDUIT_COUNT_TRIPS").is_ok_and(|v| v == "1");
     lambda_http::run_with_streaming_response(service_fn(move |request: Request| {
         let gateway = gateway.clone();
-        async move { handle(gateway, request).await }
+        let dynamo = count_trips.then(|| dynamo.clone());
+        async move { handle(gateway, dynamo, request).await }
     }))
     .await
 }

@@ -237,6 +237,49 @@ impl KeyObject {
 }
 
 impl KeyObject {
+    /// Settles reservations, then saves the state once.
+    fn settle(&self, items: &[SettleIn]) -> Result<()> {
+        let now = now_secs();
+        let state = self.with(|l| {
+            let budget = l.record.as_ref().and_then(|k| k.budget.clone());
+            for input in items {
+                l.limits.settle(
+                    now,
+                    budget.as_ref(),
+                    input.reservation.id,
+                    input.tokens,
+                    input.cost_nanos,
+                );
+            }
+            l.limits.clone()
+        })?;
+        self.persisted(self.save_limits(&state))
+    }
+
+    /// Stores a usage record once (by request id) and adds it to its hour's
+    /// counters; `false` if it is not a usage record.
+    fn insert_usage(&self, record: &Value) -> Result<bool> {
+        self.with(|_| ())?;
+        let Some(parsed) = UsageRecord::from_json(record) else {
+            return Ok(false);
+        };
+        let inserted = self
+            .sql()
+            .exec(
+                "INSERT OR IGNORE INTO usage (request_id, created_at_ms, record) VALUES (?, ?, ?)",
+                vec![
+                    parsed.request_id.clone().into(),
+                    (parsed.created_at_ms as i64).into(),
+                    record.to_string().into(),
+                ],
+            )?
+            .rows_written();
+        if inserted > 0 {
+            self.add_hourly(&parsed)?;
+        }
+        Ok(true)
+    }
+
     /// Adds a record to its hour's counters (the object is single-threaded,
     /// so the read and the write cannot interleave with another record).
     fn add_hourly(&self, r: &UsageRecord) -> Result<()> {
@@ -361,19 +404,7 @@ impl DurableObject for KeyObject {
             }
             (Method::Post, "/settle") => {
                 let input: SettleIn = req.json().await?;
-                let now = now_secs();
-                let state = self.with(|l| {
-                    let budget = l.record.as_ref().and_then(|k| k.budget.clone());
-                    l.limits.settle(
-                        now,
-                        budget.as_ref(),
-                        input.reservation.id,
-                        input.tokens,
-                        input.cost_nanos,
-                    );
-                    l.limits.clone()
-                })?;
-                self.persisted(self.save_limits(&state))?;
+                self.settle(&[input])?;
                 Response::from_json(&json!({ "ok": true }))
             }
             (Method::Get, "/status") => {
@@ -383,23 +414,8 @@ impl DurableObject for KeyObject {
             }
             (Method::Post, "/usage") => {
                 let record: Value = req.json().await?;
-                self.with(|_| ())?;
-                let Some(parsed) = UsageRecord::from_json(&record) else {
+                if !self.insert_usage(&record)? {
                     return Response::error("not a usage record", 400);
-                };
-                let inserted = self
-                    .sql()
-                    .exec(
-                        "INSERT OR IGNORE INTO usage (request_id, created_at_ms, record) VALUES (?, ?, ?)",
-                        vec![
-                            parsed.request_id.clone().into(),
-                            (parsed.created_at_ms as i64).into(),
-                            record.to_string().into(),
-                        ],
-                    )?
-                    .rows_written();
-                if inserted > 0 {
-                    self.add_hourly(&parsed)?;
                 }
                 Response::from_json(&json!({ "ok": true }))
             }

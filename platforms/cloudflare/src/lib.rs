@@ -44,6 +44,28 @@ use ports::{
 thread_local! {
     /// The gateway of this isolate, built on its first request.
     static GATEWAY: RefCell<Option<Rc<Gateway>>> = const { RefCell::new(None) };
+    /// Requests this isolate served, and its name in the round-trip log.
+    static SERVED: RefCell<(u64, u64)> = const { RefCell::new((0, 0)) };
+}
+
+/// With the var `CONDUIT_COUNT_TRIPS = "1"` (benchmarks): the header
+/// `x-conduit-store-trips` on every answer, this isolate's requests and
+/// store round trips so far as JSON (`bench/worker.sh` reads it after a run;
+/// `wrangler dev` runs one isolate).
+fn trips_header(env: &Env) -> Option<http::HeaderValue> {
+    if binding(env, "CONDUIT_COUNT_TRIPS").as_deref() != Some("1") {
+        return None;
+    }
+    let (isolate, requests) = SERVED.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.0 == 0 {
+            s.0 = (js_sys::Math::random() * 1e15) as u64 + 1;
+        }
+        s.1 += 1;
+        *s
+    });
+    let v = json!({ "instance": isolate, "requests": requests, "trips": ports::trips_json() });
+    http::HeaderValue::from_str(&v.to_string()).ok()
 }
 
 /// A secret or a plain var, whichever the deployment used.
@@ -269,5 +291,9 @@ pub async fn fetch(
         }
         Err(e) => gateway.refuse(&e),
     };
+    let mut response = response;
+    if let Some(v) = trips_header(&env) {
+        response.headers_mut().insert("x-conduit-store-trips", v);
+    }
     to_worker(response, signal, ctx)
 }

@@ -1,7 +1,18 @@
 //! The core's ports on Workers: KV for keys, the key's Durable Object for
 //! admission, settlement and usage, `fetch` upstream, `Date.now()` and
 //! `ctx.wait_until`.
+//!
+//! Settlements and usage records go to the key's Durable Object one call
+//! each, under the request's `ctx.wait_until`. (Batching them per isolate
+//! was tried: a request's `wait_until` then completes through another
+//! request's call, and workerd cancels such requests as hung, because the
+//! Rust futures of all requests share one executor; see the README.)
+//!
+//! **Round trips** are counted by kind ([`Trip`]); with the var
+//! `CONDUIT_COUNT_TRIPS = "1"` the Worker logs them after each request
+//! (`bench/worker.sh` reads the line).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +41,48 @@ fn store_err(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
 }
 
+/// Kinds of store round trip, as counted.
+#[derive(Debug, Clone, Copy)]
+pub enum Trip {
+    /// A KV read (a key by hash, by id, a listing page).
+    Kv,
+    /// A Durable Object call before the upstream call (admission, verification).
+    Admit,
+    /// A Durable Object call carrying settlements.
+    Settle,
+    /// A Durable Object call carrying usage records.
+    Usage,
+    /// Any other Durable Object call (admin, status, queries).
+    Other,
+}
+
+static TRIPS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+
+fn count(kind: Trip) {
+    TRIPS[kind as usize].fetch_add(1, Ordering::Relaxed);
+}
+
+/// This isolate's round trips so far, by kind.
+pub fn trips_json() -> Value {
+    let n = |k: Trip| TRIPS[k as usize].load(Ordering::Relaxed);
+    json!({
+        "kv_read": n(Trip::Kv),
+        "admit": n(Trip::Admit),
+        "settle": n(Trip::Settle),
+        "usage": n(Trip::Usage),
+        "other": n(Trip::Other),
+    })
+}
+
+fn kind_of(path: &str) -> Trip {
+    match path {
+        "/admit" | "/verify" => Trip::Admit,
+        "/settle" => Trip::Settle,
+        "/usage" => Trip::Usage,
+        _ => Trip::Other,
+    }
+}
+
 /// A JSON call to a key's Durable Object.
 async fn call_object(
     env: &Env,
@@ -50,6 +103,7 @@ async fn call_object(
         init.with_headers(headers);
         init.with_body(Some(wasm_bindgen::JsValue::from_str(&b.to_string())));
     }
+    count(kind_of(path));
     let req = Request::new_with_init(&format!("https://key-object{path}"), &init)?;
     let mut resp = stub.fetch_with_request(req).await?;
     if resp.status_code() >= 400 {
@@ -74,6 +128,7 @@ impl KvKeyStore {
     }
 
     async fn entry(&self, id: &str) -> Result<Option<(VirtualKey, String)>, StoreError> {
+        count(Trip::Kv);
         let v: Option<Value> = self
             .kv()?
             .get(&format!("key:{id}"))
@@ -113,6 +168,7 @@ impl KvKeyStore {
 port! {
     impl KeyStore for KvKeyStore {
         async fn find_by_hash(&self, hash: &str) -> Result<Option<VirtualKey>, StoreError> {
+            count(Trip::Kv);
             let Some(id) = self.kv()?.get(&format!("hash:{hash}")).text().await.map_err(store_err)? else {
                 return Ok(None);
             };
@@ -259,6 +315,10 @@ port! {
                 .await
                 .map_err(|e| GatewayError::Store(format!("key object: {e}")))?;
             parse_answer(answer, key).map(|a| a.key).map_err(|r| r.error)
+        }
+
+        fn trust_for_revocation_delay(&self) -> bool {
+            true
         }
     }
 }

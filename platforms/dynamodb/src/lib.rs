@@ -5,7 +5,7 @@
 //!
 //! | table | item | attributes |
 //! |-------|------|------------|
-//! | keys  | `pk = key#{id}` | `record` (the key's JSON), `hash` (SHA-256 of the secret), `limits` (the core's [`KeyLimitState`] as JSON), `version` |
+//! | keys  | `pk = key#{id}` | `record` (the key's JSON), `hash` (SHA-256 of the secret), the admission counters (below) |
 //! | keys  | `pk = hash#{sha256}` | `id`: the lookup from a presented secret |
 //! | usage | `pk = {key id}`, `sk = {unix ms, 13 digits}#{request id}` | `record` (JSON), `expires_at` (TTL) |
 //! | usage | `pk = hours#{key id}`, `sk = {hour start, unix s, 13 digits}#{model alias}` | the hour's counters ([`Counters`] fields, added with `ADD` as records are written), `expires_at` |
@@ -14,13 +14,27 @@
 //!
 //! **Admission** reads the key item with a strongly consistent read (so a
 //! deleted, disabled or rotated key is refused at once, whatever the
-//! in-container key cache holds), runs the core's [`KeyLimitState`] — the
-//! very arithmetic the server and the Durable Object run — and writes the new
-//! state back with a conditional write on `version`. A concurrent admission
-//! makes the condition fail and the step is retried on fresh state, so the
-//! result is the same as if admissions were serialised: with `rpm = N`,
-//! exactly N are admitted, whatever the number of concurrent Lambda
-//! instances. Settlement is the same read-modify-conditional-write.
+//! in-container key cache holds) and decides with the core's
+//! [`KeyCounters`], i.e. [`conduit::metering::limits::KeyLimitState`]'s
+//! rules, the very arithmetic the server and the Durable Object run. The
+//! admission state is kept in the key item as separate numbers (the layout
+//! is in [`conduit::metering::limits::counters`]: `whi`, `ws{i}`/`wr{i}`/
+//! `wt{i}` for the 60 one-second slots of the minute window, `dn`/`dr` for
+//! the day, `bp`/`bc`/`bs` for the budget), and the admission is one
+//! `UpdateItem` that `ADD`s to them under conditions that keep the decision
+//! true at write time. So concurrent admissions of one hot key from many
+//! containers do not collide (they all `ADD` to the same second's counter
+//! under one bound): a condition fails only when the limit would be
+//! crossed (the admission is then re-read and refused, as a serial one
+//! would be) or once a second, when a new second's slot starts. With
+//! `rpm = N`, exactly N are admitted, whatever the number of concurrent
+//! Lambda instances. Settlement is one unconditional-in-effect `ADD` of the
+//! difference between estimate and actual (conditioned only on the slot
+//! and period still being the reservation's), without a read.
+//!
+//! **Store round trips** are counted per kind ([`Trips`]); with
+//! `CONDUIT_COUNT_TRIPS=1` the Lambda adapter logs them after each request
+//! (`bench/lambda.sh` reads them).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -32,7 +46,10 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 use conduit::keys::{check_presented, VirtualKey};
-use conduit::metering::limits::{Ask, KeyLimitState, LimitStatus, Rejection};
+use conduit::metering::limits::counters::{
+    settlement_writes, Condition, CounterWrite, KeyCounters, Update,
+};
+use conduit::metering::limits::{Ask, LimitStatus, Rejection};
 use conduit::metering::summary::{Counters, HourRow, SummaryQuery};
 use conduit::metering::usage::{UsageQuery, UsageRecord};
 use conduit::port;
@@ -108,14 +125,68 @@ pub fn client(config: aws_sdk_dynamodb::config::Builder) -> Client {
 pub struct Dynamo {
     pub client: Client,
     pub tables: Tables,
+    /// Store round trips made, by kind.
+    pub trips: Trips,
+    /// Whether the gateway may trust the consistent read's record of a key
+    /// for `revocation_delay_ms` (the Lambda function: yes; the native
+    /// server on a shared store keeps asking on every request).
+    pub edge: bool,
+}
+
+impl Dynamo {
+    pub fn new(client: Client, tables: Tables) -> Dynamo {
+        Dynamo {
+            client,
+            tables,
+            trips: Trips::default(),
+            edge: false,
+        }
+    }
+}
+
+/// Kinds of store round trip, as counted in [`Trips`].
+#[derive(Debug, Clone, Copy)]
+pub enum Trip {
+    /// The consistent read of a key item (admission, verification, lookups).
+    KeyRead,
+    /// A lookup of a presented secret's hash.
+    HashRead,
+    /// The conditional write of an admission.
+    AdmitWrite,
+    /// A settlement's write.
+    SettleWrite,
+    /// A usage record's writes: the record, its hour's counters and the
+    /// key's last use (three per record).
+    UsageWrite,
+}
+
+/// Round trips to DynamoDB since start, by kind (for `bench/lambda.sh`).
+#[derive(Debug, Default)]
+pub struct Trips([std::sync::atomic::AtomicU64; 5]);
+
+impl Trips {
+    pub fn add(&self, kind: Trip) {
+        self.0[kind as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `{kind: count}` as JSON.
+    pub fn to_json(&self) -> Value {
+        let n = |k: Trip| self.0[k as usize].load(std::sync::atomic::Ordering::Relaxed);
+        serde_json::json!({
+            "key_read": n(Trip::KeyRead),
+            "hash_read": n(Trip::HashRead),
+            "admit_write": n(Trip::AdmitWrite),
+            "settle_write": n(Trip::SettleWrite),
+            "usage_write": n(Trip::UsageWrite),
+        })
+    }
 }
 
 /// A key item, as read.
 struct KeyItem {
     key: Option<VirtualKey>,
     hash: String,
-    limits: KeyLimitState,
-    version: u64,
+    counters: KeyCounters,
 }
 
 impl Dynamo {
@@ -215,6 +286,7 @@ impl Dynamo {
     }
 
     async fn key_item(&self, id: &str) -> Result<Option<KeyItem>, StoreError> {
+        self.trips.add(Trip::KeyRead);
         let out = self
             .client
             .get_item()
@@ -229,38 +301,73 @@ impl Dynamo {
                 .and_then(|r| serde_json::from_str::<Value>(r).ok())
                 .and_then(|v| VirtualKey::from_storage_json(&v)),
             hash: get_s(&item, "hash").unwrap_or_default().to_owned(),
-            limits: get_s(&item, "limits")
-                .and_then(|l| serde_json::from_str(l).ok())
-                .unwrap_or_default(),
-            version: item
-                .get("version")
-                .and_then(|v| v.as_n().ok())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0),
+            counters: KeyCounters::read(|name| {
+                item.get(name)
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|n| n.parse().ok())
+            }),
         }))
     }
 
-    /// Writes `limits` if the item is still at `version`; `Ok(false)` when
-    /// another writer came first (or the key is gone).
-    async fn put_limits(
-        &self,
-        id: &str,
-        limits: &KeyLimitState,
-        version: u64,
-    ) -> Result<bool, StoreError> {
-        let state = serde_json::to_string(limits).map_err(|e| StoreError(e.to_string()))?;
-        let result = self
+    /// Runs one [`CounterWrite`] on the key item; `Ok(false)` when a
+    /// condition no longer holds (or the key is gone).
+    async fn write_counters(&self, id: &str, w: &CounterWrite) -> Result<bool, StoreError> {
+        let mut update = self
             .client
             .update_item()
             .table_name(&self.tables.keys)
-            .key("pk", s(format!("key#{id}")))
-            .update_expression("SET #l = :l, #v = :next")
-            .condition_expression("attribute_exists(pk) AND (attribute_not_exists(#v) OR #v = :v)")
-            .expression_attribute_names("#l", "limits")
-            .expression_attribute_names("#v", "version")
-            .expression_attribute_values(":l", s(state))
-            .expression_attribute_values(":v", AttributeValue::N(version.to_string()))
-            .expression_attribute_values(":next", AttributeValue::N((version + 1).to_string()))
+            .key("pk", s(format!("key#{id}")));
+        // Placeholders for every name (some could be DynamoDB reserved words).
+        let mut owned: Vec<String> = Vec::new();
+        let mut index = |attr: &str| -> String {
+            let i = owned.iter().position(|n| n == attr).unwrap_or_else(|| {
+                owned.push(attr.to_owned());
+                owned.len() - 1
+            });
+            format!("#n{i}")
+        };
+        let mut values: Vec<AttributeValue> = Vec::new();
+        let mut value = |v: String| -> String {
+            values.push(AttributeValue::N(v));
+            format!(":v{}", values.len() - 1)
+        };
+        let mut conditions = vec!["attribute_exists(pk)".to_owned()];
+        for c in &w.conditions {
+            conditions.push(match c {
+                Condition::Absent(a) => format!("attribute_not_exists({})", index(a)),
+                Condition::Equals(a, v) => format!("{} = {}", index(a), value(v.to_string())),
+                Condition::AtMost(a, v) => {
+                    let n = index(a);
+                    format!(
+                        "(attribute_not_exists({n}) OR {n} <= {})",
+                        value(v.to_string())
+                    )
+                }
+            });
+        }
+        let (mut sets, mut adds) = (Vec::new(), Vec::new());
+        for u in &w.updates {
+            match u {
+                Update::Set(a, v) => sets.push(format!("{} = {}", index(a), value(v.to_string()))),
+                Update::Add(a, d) => adds.push(format!("{} {}", index(a), value(d.to_string()))),
+            }
+        }
+        let mut expression = String::new();
+        if !sets.is_empty() {
+            expression = format!("SET {}", sets.join(", "));
+        }
+        if !adds.is_empty() {
+            expression.push_str(&format!(" ADD {}", adds.join(", ")));
+        }
+        for (i, n) in owned.into_iter().enumerate() {
+            update = update.expression_attribute_names(format!("#n{i}"), n);
+        }
+        for (i, v) in values.into_iter().enumerate() {
+            update = update.expression_attribute_values(format!(":v{i}"), v);
+        }
+        let result = update
+            .update_expression(expression.trim())
+            .condition_expression(conditions.join(" AND "))
             .send()
             .await;
         match result {
@@ -281,12 +388,13 @@ impl Dynamo {
     }
 
     async fn backoff(attempt: u32) {
-        // Jittered, growing waits: contention is between admissions of one key.
+        // A failed condition means the state moved (a new second, or the
+        // limit in reach): re-read at once; wait only if it keeps moving.
+        if attempt < 3 {
+            return;
+        }
         let jitter = u64::from(std::process::id() % 7 + attempt % 5);
-        tokio::time::sleep(Duration::from_millis(
-            u64::from(attempt.min(20)) * 2 + jitter,
-        ))
-        .await;
+        tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(20)) + jitter)).await;
     }
 }
 
@@ -306,25 +414,23 @@ port! {
             for attempt in 0..MAX_ATTEMPTS {
                 let item = self.key_item(&key.id).await.map_err(unavailable)?;
                 let current = Self::check(&item, &demand.key_hash).map_err(|error| Rejection { error, status: LimitStatus::default() })?;
-                let Some(mut item) = item else { break };
+                let Some(item) = item else { break };
                 if current.limits.is_empty() && current.budget.is_none() {
                     return Ok(Admission { key: Some(current), ..Admission::default() });
                 }
-                let now = now_secs();
                 let ask = Ask {
-                    now_secs: now,
+                    now_secs: now_secs(),
                     limits: &current.limits,
                     budget: current.budget.as_ref(),
                     tokens: demand.tokens,
                     cost_nanos: demand.cost_nanos,
                     ttl_secs: demand.ttl_secs,
                 };
-                let result = item.limits.admit(&ask);
-                let status = item.limits.status(now, &current.limits, current.budget.as_ref());
-                match result {
-                    Err(refusal) => return Err(Rejection { error: refusal.to_error(current.budget.as_ref()), status }),
-                    Ok(reservation) => {
-                        if self.put_limits(&key.id, &item.limits, item.version).await.map_err(unavailable)? {
+                match item.counters.admit(&ask) {
+                    (Err(refusal), status) => return Err(Rejection { error: refusal.to_error(current.budget.as_ref()), status }),
+                    (Ok((reservation, write)), status) => {
+                        self.trips.add(Trip::AdmitWrite);
+                        if self.write_counters(&key.id, &write).await.map_err(unavailable)? {
                             return Ok(Admission { reservation: Some(reservation), status, key: Some(current) });
                         }
                     }
@@ -336,30 +442,29 @@ port! {
 
         async fn settle(&self, key: &VirtualKey, admission: &Admission, settlement: Settlement) {
             let Some(reservation) = admission.reservation else { return };
-            for attempt in 0..MAX_ATTEMPTS {
-                let Ok(Some(mut item)) = self.key_item(&key.id).await else { return };
-                let budget = item.key.as_ref().and_then(|k| k.budget.clone());
-                item.limits.settle(now_secs(), budget.as_ref(), reservation.id, settlement.tokens, settlement.cost_nanos);
-                match self.put_limits(&key.id, &item.limits, item.version).await {
-                    Ok(true) => return,
-                    Ok(false) => Self::backoff(attempt).await,
-                    Err(e) => {
-                        eprintln!("conduit: settlement for key {} failed: {}", key.id, e);
-                        return;
-                    }
+            // The key's budget as admitted (a PATCH since then applies to later requests).
+            for write in settlement_writes(&reservation, key.budget.as_ref(), settlement.tokens, settlement.cost_nanos) {
+                self.trips.add(Trip::SettleWrite);
+                // A failed condition: the slot or period moved on, nothing to correct there.
+                if let Err(e) = self.write_counters(&key.id, &write).await {
+                    eprintln!("conduit: settlement for key {} failed: {}", key.id, e);
                 }
             }
         }
 
         async fn status(&self, key: &VirtualKey) -> Result<LimitStatus, StoreError> {
-            let Some(mut item) = self.key_item(&key.id).await? else { return Ok(LimitStatus::default()) };
+            let Some(item) = self.key_item(&key.id).await? else { return Ok(LimitStatus::default()) };
             let current = item.key.clone().unwrap_or_else(|| key.clone());
-            Ok(item.limits.status(now_secs(), &current.limits, current.budget.as_ref()))
+            Ok(item.counters.status(now_secs(), &current.limits, current.budget.as_ref()))
         }
 
         async fn verify(&self, key: &VirtualKey, key_hash: &str) -> Result<Option<VirtualKey>, GatewayError> {
             let item = self.key_item(&key.id).await?;
             Self::check(&item, key_hash).map(Some)
+        }
+
+        fn trust_for_revocation_delay(&self) -> bool {
+            self.edge
         }
     }
 }
@@ -367,6 +472,7 @@ port! {
 port! {
     impl KeyStore for Dynamo {
         async fn find_by_hash(&self, hash: &str) -> Result<Option<VirtualKey>, StoreError> {
+            self.trips.add(Trip::HashRead);
             let out = self
                 .client
                 .get_item()
@@ -706,6 +812,9 @@ port! {
                 .condition_expression("attribute_not_exists(pk)");
             if let Some(e) = expires {
                 put = put.item("expires_at", AttributeValue::N(e.to_string()));
+            }
+            for _ in 0..3 {
+                self.trips.add(Trip::UsageWrite);
             }
             match put.send().await {
                 Ok(_) => {

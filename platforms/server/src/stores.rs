@@ -87,10 +87,10 @@ pub async fn open(settings: &StoreSettings, clock: Arc<dyn Clock>) -> Result<Ope
             let mut tables = Tables::from_env();
             tables.keys = keys_table.clone();
             tables.usage = usage_table.clone();
-            let store = Arc::new(Dynamo {
-                client: conduit_dynamodb::client(aws_sdk_dynamodb::config::Builder::from(&aws)),
+            let store = Arc::new(Dynamo::new(
+                conduit_dynamodb::client(aws_sdk_dynamodb::config::Builder::from(&aws)),
                 tables,
-            });
+            ));
             if *create_tables {
                 store
                     .create_tables()

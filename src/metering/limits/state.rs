@@ -1,0 +1,342 @@
+//! The per-key admission state machine: sliding minute window, UTC day,
+//! budget period, reservations (see the module doc of [`super`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{Budget, BudgetPeriod, Limits};
+use crate::wire::time::{civil_from_days, days_from_civil};
+
+/// Width of the per-minute window, in seconds.
+const WINDOW_SECS: u64 = 60;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Bucket {
+    sec: u64,
+    requests: u64,
+    tokens: u64,
+}
+
+/// An admitted request's hold on the key's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub id: u64,
+    /// The second it was admitted in (its minute bucket).
+    pub sec: u64,
+    pub tokens: u64,
+    pub cost_nanos: u64,
+    /// Unix second after which an unsettled reservation is charged as is.
+    pub expires_at: u64,
+}
+
+/// Everything admission remembers about one key. Serializable, so that a
+/// Durable Object or a DynamoDB item can hold it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyLimitState {
+    minute: Vec<Bucket>,
+    day: i64,
+    day_requests: u64,
+    /// Start (Unix seconds) of the budget period `spent_nanos` belongs to.
+    period_start: u64,
+    pub spent_nanos: u64,
+    reservations: Vec<Reservation>,
+    next_id: u64,
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    pub now_secs: u64,
+    pub limits: &'a Limits,
+    pub budget: Option<&'a Budget>,
+    pub tokens: u64,
+    pub cost_nanos: u64,
+    /// How long the reservation may stay unsettled.
+    pub ttl_secs: u64,
+}
+
+/// Which limit refused, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Refusal {
+    /// `rpm`, `rpd` or `tpm`.
+    Rate {
+        limit: &'static str,
+        max: u64,
+        retry_after_secs: u64,
+    },
+    Budget {
+        max_nanos: u64,
+        spent_nanos: u64,
+        reserved_nanos: u64,
+        asked_nanos: u64,
+    },
+}
+
+/// Remaining capacity, for the `x-ratelimit-*` headers and the admin API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitStatus {
+    /// (limit, remaining, seconds until one more request fits)
+    pub requests: Option<(u64, u64, u64)>,
+    /// (limit, remaining, seconds until the window frees tokens)
+    pub tokens: Option<(u64, u64, u64)>,
+    /// `rpd` alone: (limit, remaining today, seconds until UTC midnight).
+    #[serde(default)]
+    pub daily_requests: Option<(u64, u64, u64)>,
+    pub spent_nanos: u64,
+    pub reserved_nanos: u64,
+    pub period_start: Option<u64>,
+}
+
+/// Start of the budget period containing `now_secs`.
+pub fn period_start(period: BudgetPeriod, now_secs: u64) -> u64 {
+    let day = (now_secs / 86_400) as i64;
+    let start_day = match period {
+        BudgetPeriod::Daily => day,
+        // 1970-01-01 was a Thursday: Monday is 3 days later.
+        BudgetPeriod::Weekly => day - (day - 4).rem_euclid(7),
+        BudgetPeriod::Monthly => {
+            let (y, m, _) = civil_from_days(day);
+            days_from_civil(y, m, 1)
+        }
+        BudgetPeriod::Total => 0,
+    };
+    (start_day.max(0) as u64) * 86_400
+}
+
+impl KeyLimitState {
+    /// A state with the given minute buckets `(sec, requests, tokens)`, day
+    /// count and spend, and no reservations: the view of a store that keeps
+    /// the counters apart ([`super::counters`]), where outstanding
+    /// reservations are already part of `spent_nanos`.
+    pub(super) fn from_counters(
+        minute: impl IntoIterator<Item = (u64, u64, u64)>,
+        day: i64,
+        day_requests: u64,
+        period_start: u64,
+        spent_nanos: u64,
+    ) -> Self {
+        let mut minute: Vec<Bucket> = minute
+            .into_iter()
+            .map(|(sec, requests, tokens)| Bucket {
+                sec,
+                requests,
+                tokens,
+            })
+            .collect();
+        minute.sort_by_key(|b| b.sec);
+        KeyLimitState {
+            minute,
+            day,
+            day_requests,
+            period_start,
+            spent_nanos,
+            reservations: Vec::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Requests and tokens in the minute window (after [`Self::status`] or an admission rolled it).
+    pub(super) fn window_totals(&self) -> (u64, u64) {
+        self.window()
+    }
+
+    fn roll(&mut self, now: u64, budget: Option<&Budget>) {
+        self.minute.retain(|b| b.sec + WINDOW_SECS > now);
+        let day = (now / 86_400) as i64;
+        if day != self.day {
+            self.day = day;
+            self.day_requests = 0;
+        }
+        // Unsettled reservations past their time are charged at their estimate.
+        let mut charged: u64 = 0;
+        self.reservations.retain(|r| {
+            if r.expires_at <= now {
+                charged = charged.saturating_add(r.cost_nanos);
+                false
+            } else {
+                true
+            }
+        });
+        self.spent_nanos = self.spent_nanos.saturating_add(charged);
+        if let Some(b) = budget {
+            let start = period_start(b.period, now);
+            if start != self.period_start {
+                self.period_start = start;
+                self.spent_nanos = 0;
+            }
+        }
+    }
+
+    fn window(&self) -> (u64, u64) {
+        self.minute.iter().fold((0u64, 0u64), |(r, t), b| {
+            (r.saturating_add(b.requests), t.saturating_add(b.tokens))
+        })
+    }
+
+    /// Seconds until `need` more units fit under `max`, given per-bucket use.
+    fn wait(&self, now: u64, used: u64, need: u64, max: u64, per: impl Fn(&Bucket) -> u64) -> u64 {
+        if need > max {
+            return WINDOW_SECS;
+        }
+        let mut left = used;
+        for b in &self.minute {
+            if left.saturating_add(need) <= max {
+                break;
+            }
+            left = left.saturating_sub(per(b));
+            if left.saturating_add(need) <= max {
+                return (b.sec + WINDOW_SECS).saturating_sub(now).max(1);
+            }
+        }
+        1
+    }
+
+    fn reserved_nanos(&self) -> u64 {
+        self.reservations
+            .iter()
+            .fold(0u64, |sum, r| sum.saturating_add(r.cost_nanos))
+    }
+
+    /// Admits and reserves, or refuses and changes nothing.
+    pub fn admit(&mut self, ask: &Ask<'_>) -> Result<Reservation, Refusal> {
+        let now = ask.now_secs;
+        self.roll(now, ask.budget);
+        let (requests, tokens) = self.window();
+        if let Some(max) = ask.limits.rpd {
+            if self.day_requests.saturating_add(1) > max {
+                let next_midnight = (now / 86_400 + 1) * 86_400;
+                return Err(Refusal::Rate {
+                    limit: "rpd",
+                    max,
+                    retry_after_secs: (next_midnight - now).max(1),
+                });
+            }
+        }
+        if let Some(max) = ask.limits.rpm {
+            if requests.saturating_add(1) > max {
+                return Err(Refusal::Rate {
+                    limit: "rpm",
+                    max,
+                    retry_after_secs: self.wait(now, requests, 1, max, |b| b.requests),
+                });
+            }
+        }
+        if let Some(max) = ask.limits.tpm {
+            if tokens.saturating_add(ask.tokens) > max {
+                return Err(Refusal::Rate {
+                    limit: "tpm",
+                    max,
+                    retry_after_secs: self.wait(now, tokens, ask.tokens, max, |b| b.tokens),
+                });
+            }
+        }
+        if let Some(b) = ask.budget {
+            let reserved = self.reserved_nanos();
+            if self
+                .spent_nanos
+                .saturating_add(reserved)
+                .saturating_add(ask.cost_nanos)
+                > b.max_nanos
+            {
+                return Err(Refusal::Budget {
+                    max_nanos: b.max_nanos,
+                    spent_nanos: self.spent_nanos,
+                    reserved_nanos: reserved,
+                    asked_nanos: ask.cost_nanos,
+                });
+            }
+        }
+        self.day_requests = self.day_requests.saturating_add(1);
+        match self.minute.last_mut() {
+            Some(b) if b.sec == now => {
+                b.requests = b.requests.saturating_add(1);
+                b.tokens = b.tokens.saturating_add(ask.tokens);
+            }
+            _ => self.minute.push(Bucket {
+                sec: now,
+                requests: 1,
+                tokens: ask.tokens,
+            }),
+        }
+        self.next_id += 1;
+        let r = Reservation {
+            id: self.next_id,
+            sec: now,
+            tokens: ask.tokens,
+            cost_nanos: if ask.budget.is_some() {
+                ask.cost_nanos
+            } else {
+                0
+            },
+            expires_at: now.saturating_add(ask.ttl_secs.max(1)),
+        };
+        self.reservations.push(r);
+        Ok(r)
+    }
+
+    /// Replaces a reservation's estimates with what was used. Settling an
+    /// unknown (already expired, hence charged) reservation changes nothing.
+    pub fn settle(
+        &mut self,
+        now_secs: u64,
+        budget: Option<&Budget>,
+        id: u64,
+        tokens: u64,
+        cost_nanos: u64,
+    ) {
+        self.roll(now_secs, budget);
+        let Some(pos) = self.reservations.iter().position(|r| r.id == id) else {
+            return;
+        };
+        let r = self.reservations.remove(pos);
+        if let Some(b) = self.minute.iter_mut().find(|b| b.sec == r.sec) {
+            b.tokens = b.tokens.saturating_sub(r.tokens).saturating_add(tokens);
+        }
+        if budget.is_some() {
+            self.spent_nanos = self.spent_nanos.saturating_add(cost_nanos);
+        }
+    }
+
+    /// Remaining capacity at `now_secs` (rolls the windows first).
+    pub fn status(
+        &mut self,
+        now_secs: u64,
+        limits: &Limits,
+        budget: Option<&Budget>,
+    ) -> LimitStatus {
+        self.roll(now_secs, budget);
+        let (requests, tokens) = self.window();
+        let oldest_leaves = self
+            .minute
+            .first()
+            .map_or(0, |b| (b.sec + WINDOW_SECS).saturating_sub(now_secs));
+        let next_midnight = (now_secs / 86_400 + 1) * 86_400 - now_secs;
+        let requests = match (limits.rpm, limits.rpd) {
+            (Some(max), _) => Some((max, max.saturating_sub(requests), oldest_leaves)),
+            (None, Some(max)) => Some((max, max.saturating_sub(self.day_requests), next_midnight)),
+            (None, None) => None,
+        };
+        LimitStatus {
+            requests,
+            tokens: limits
+                .tpm
+                .map(|max| (max, max.saturating_sub(tokens), oldest_leaves)),
+            daily_requests: limits
+                .rpd
+                .map(|max| (max, max.saturating_sub(self.day_requests), next_midnight)),
+            spent_nanos: self.spent_nanos,
+            reserved_nanos: self.reserved_nanos(),
+            period_start: budget.map(|_| self.period_start),
+        }
+    }
+
+    /// The part that must survive a restart: the period's spend.
+    pub fn spend(&self) -> (u64, u64) {
+        (self.period_start, self.spent_nanos)
+    }
+
+    /// Restores [`spend`](Self::spend) after a restart.
+    pub fn restore_spend(&mut self, period_start: u64, spent_nanos: u64) {
+        self.period_start = period_start;
+        self.spent_nanos = spent_nanos;
+    }
+}

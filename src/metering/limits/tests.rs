@@ -1,0 +1,462 @@
+//! Unit tests of the state machine and its answers.
+
+use super::*;
+use crate::keys::{Budget, BudgetPeriod, Limits};
+use crate::wire::error::GatewayError;
+use serde_json::{Map, Value};
+
+#[test]
+fn an_absurd_allowance_is_refused_not_wrapped() {
+    let body = |v: Value| v.as_object().cloned().unwrap_or_default();
+    for (field, v) in [
+        ("max_tokens", serde_json::json!(u64::MAX)),
+        ("max_tokens", serde_json::json!(18446744073709551000u64)),
+        (
+            "max_completion_tokens",
+            serde_json::json!(MAX_COMPLETION_TOKENS + 1),
+        ),
+        ("max_tokens", serde_json::json!(-1)),
+        ("max_tokens", serde_json::json!(1.5)),
+        ("max_tokens", serde_json::json!("100")),
+        ("n", serde_json::json!(0)),
+        ("n", serde_json::json!(MAX_CHOICES + 1)),
+    ] {
+        let b = body(serde_json::json!({ field: v }));
+        match completion_allowance(&b, 16) {
+            Err(GatewayError::InvalidRequest { param, .. }) => {
+                assert_eq!(param.as_deref(), Some(field))
+            }
+            other => panic!("{field}={v}: {other:?}"),
+        }
+    }
+    let b = body(serde_json::json!({"max_tokens": MAX_COMPLETION_TOKENS, "n": MAX_CHOICES}));
+    assert_eq!(
+        completion_allowance(&b, 16).unwrap(),
+        MAX_COMPLETION_TOKENS * MAX_CHOICES
+    );
+    let b = body(serde_json::json!({"max_tokens": null, "max_completion_tokens": 7}));
+    assert_eq!(completion_allowance(&b, 16).unwrap(), 7);
+    assert_eq!(completion_allowance(&Map::new(), 16).unwrap(), 16);
+}
+
+#[test]
+fn huge_asks_saturate_and_are_refused_by_a_small_tpm() {
+    let l = limits(None, None, Some(1000));
+    let mut s = KeyLimitState::default();
+    assert!(s.admit(&ask(1_000, &l, None, u64::MAX, 0)).is_err());
+    assert!(s.admit(&ask(1_000, &l, None, 999, 0)).is_ok());
+    assert!(s.admit(&ask(1_000, &l, None, u64::MAX - 10, 0)).is_err());
+    let b = Budget {
+        max_nanos: 1_000,
+        period: BudgetPeriod::Total,
+    };
+    let mut s = KeyLimitState::default();
+    assert!(s
+        .admit(&ask(
+            1_000,
+            &limits(None, None, None),
+            Some(&b),
+            0,
+            u64::MAX
+        ))
+        .is_err());
+}
+
+fn limits(rpm: Option<u64>, rpd: Option<u64>, tpm: Option<u64>) -> Limits {
+    Limits { rpm, rpd, tpm }
+}
+
+fn ask<'a>(now: u64, l: &'a Limits, b: Option<&'a Budget>, tokens: u64, cost: u64) -> Ask<'a> {
+    Ask {
+        now_secs: now,
+        limits: l,
+        budget: b,
+        tokens,
+        cost_nanos: cost,
+        ttl_secs: 600,
+    }
+}
+
+#[test]
+fn rpm_exact_in_a_burst_and_truthful_retry_after() {
+    let l = limits(Some(5), None, None);
+    let mut s = KeyLimitState::default();
+    let t0 = 1_000_000;
+    for _ in 0..5 {
+        assert!(s.admit(&ask(t0, &l, None, 0, 0)).is_ok());
+    }
+    let Err(Refusal::Rate {
+        limit,
+        retry_after_secs,
+        ..
+    }) = s.admit(&ask(t0 + 10, &l, None, 0, 0))
+    else {
+        panic!()
+    };
+    assert_eq!((limit, retry_after_secs), ("rpm", 50));
+    assert!(s.admit(&ask(t0 + 59, &l, None, 0, 0)).is_err());
+    assert!(
+        s.admit(&ask(t0 + 60, &l, None, 0, 0)).is_ok(),
+        "free exactly when Retry-After said"
+    );
+}
+
+#[test]
+fn rpm_window_slides() {
+    let l = limits(Some(2), None, None);
+    let mut s = KeyLimitState::default();
+    assert!(s.admit(&ask(100, &l, None, 0, 0)).is_ok());
+    assert!(s.admit(&ask(130, &l, None, 0, 0)).is_ok());
+    let Err(Refusal::Rate {
+        retry_after_secs, ..
+    }) = s.admit(&ask(140, &l, None, 0, 0))
+    else {
+        panic!()
+    };
+    assert_eq!(retry_after_secs, 20);
+    assert!(s.admit(&ask(160, &l, None, 0, 0)).is_ok());
+    assert!(s.admit(&ask(161, &l, None, 0, 0)).is_err());
+}
+
+#[test]
+fn rpd_is_the_utc_day() {
+    let l = limits(None, Some(2), None);
+    let mut s = KeyLimitState::default();
+    let noon = 20_000 * 86_400 + 43_200;
+    assert!(s.admit(&ask(noon, &l, None, 0, 0)).is_ok());
+    assert!(s.admit(&ask(noon + 1, &l, None, 0, 0)).is_ok());
+    let Err(Refusal::Rate {
+        limit,
+        retry_after_secs,
+        ..
+    }) = s.admit(&ask(noon + 2, &l, None, 0, 0))
+    else {
+        panic!()
+    };
+    assert_eq!((limit, retry_after_secs), ("rpd", 43_198));
+    assert!(s.admit(&ask(noon + 43_200, &l, None, 0, 0)).is_ok());
+}
+
+#[test]
+fn tpm_reserves_then_settles_to_actual() {
+    let l = limits(None, None, Some(1000));
+    let mut s = KeyLimitState::default();
+    let r = s.admit(&ask(50, &l, None, 600, 0)).unwrap();
+    assert!(
+        s.admit(&ask(50, &l, None, 600, 0)).is_err(),
+        "estimate is held"
+    );
+    s.settle(51, None, r.id, 100, 0);
+    assert!(
+        s.admit(&ask(52, &l, None, 600, 0)).is_ok(),
+        "settled to actual"
+    );
+    let Err(Refusal::Rate { limit, .. }) = s.admit(&ask(52, &l, None, 5000, 0)) else {
+        panic!()
+    };
+    assert_eq!(limit, "tpm");
+}
+
+#[test]
+fn budget_counts_spent_reserved_and_own_estimate() {
+    let l = Limits::default();
+    let b = Budget {
+        max_nanos: 1000,
+        period: BudgetPeriod::Daily,
+    };
+    let mut s = KeyLimitState::default();
+    let day = 20_000 * 86_400;
+    let r1 = s.admit(&ask(day, &l, Some(&b), 0, 400)).unwrap();
+    let r2 = s.admit(&ask(day, &l, Some(&b), 0, 400)).unwrap();
+    assert!(matches!(
+        s.admit(&ask(day, &l, Some(&b), 0, 400)),
+        Err(Refusal::Budget { .. })
+    ));
+    s.settle(day + 1, Some(&b), r1.id, 0, 100);
+    s.settle(day + 1, Some(&b), r2.id, 0, 100);
+    assert_eq!(s.spent_nanos, 200);
+    assert!(s.admit(&ask(day + 2, &l, Some(&b), 0, 800)).is_ok());
+    // A new UTC day starts over.
+    assert!(s.admit(&ask(day + 86_400, &l, Some(&b), 0, 1000)).is_ok());
+    assert_eq!(s.spent_nanos, 0);
+}
+
+#[test]
+fn unsettled_reservations_expire_and_are_charged() {
+    let l = Limits::default();
+    let b = Budget {
+        max_nanos: 1000,
+        period: BudgetPeriod::Total,
+    };
+    let mut s = KeyLimitState::default();
+    let r = s
+        .admit(&Ask {
+            ttl_secs: 10,
+            ..ask(100, &l, Some(&b), 0, 300)
+        })
+        .unwrap();
+    let st = s.status(111, &l, Some(&b));
+    assert_eq!((st.spent_nanos, st.reserved_nanos), (300, 0));
+    s.settle(112, Some(&b), r.id, 0, 50);
+    assert_eq!(s.spent_nanos, 300, "a late settle does not count twice");
+}
+
+#[test]
+fn refusal_round_trips_through_json() {
+    for r in [
+        Refusal::Rate {
+            limit: "tpm",
+            max: 5,
+            retry_after_secs: 7,
+        },
+        Refusal::Budget {
+            max_nanos: 1,
+            spent_nanos: 2,
+            reserved_nanos: 3,
+            asked_nanos: 4,
+        },
+    ] {
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(Refusal::from_json(&v), Some(r));
+    }
+}
+
+#[test]
+fn periods() {
+    // 2026-11-24 is a Tuesday.
+    let t = crate::wire::time::parse_timestamp("2026-11-24T15:00:00Z").unwrap();
+    let f = crate::wire::time::format_rfc3339;
+    assert_eq!(
+        f(period_start(BudgetPeriod::Daily, t)),
+        "2026-11-24T00:00:00Z"
+    );
+    assert_eq!(
+        f(period_start(BudgetPeriod::Weekly, t)),
+        "2026-11-23T00:00:00Z"
+    );
+    assert_eq!(
+        f(period_start(BudgetPeriod::Monthly, t)),
+        "2026-11-01T00:00:00Z"
+    );
+    assert_eq!(period_start(BudgetPeriod::Total, t), 0);
+}
+
+mod counter_layout {
+    //! [`counters`]: the same decisions as the state machine, and exactness
+    //! when admissions race on the store.
+
+    use std::collections::HashMap;
+
+    use super::super::counters::{settlement_writes, Condition, CounterWrite, KeyCounters, Update};
+    use super::*;
+
+    /// A store item: the conditional update DynamoDB would run.
+    #[derive(Default)]
+    struct Item(HashMap<String, i64>);
+
+    impl Item {
+        fn read(&self) -> KeyCounters {
+            KeyCounters::read(|n| self.0.get(n).map(|v| *v as u64))
+        }
+
+        fn write(&mut self, w: &CounterWrite) -> bool {
+            let ok = w.conditions.iter().all(|c| match c {
+                Condition::Absent(a) => !self.0.contains_key(a),
+                Condition::Equals(a, v) => self.0.get(a) == Some(&(*v as i64)),
+                Condition::AtMost(a, v) => self.0.get(a).is_none_or(|x| *x <= *v as i64),
+            });
+            if ok {
+                for u in &w.updates {
+                    match u {
+                        Update::Set(a, v) => {
+                            self.0.insert(a.clone(), *v as i64);
+                        }
+                        Update::Add(a, d) => *self.0.entry(a.clone()).or_insert(0) += d,
+                    }
+                }
+            }
+            ok
+        }
+    }
+
+    #[test]
+    fn same_decisions_as_the_state_machine() {
+        let l = limits(Some(7), Some(400), Some(5_000));
+        let b = Budget {
+            max_nanos: 200_000,
+            period: BudgetPeriod::Daily,
+        };
+        let mut state = KeyLimitState::default();
+        let mut item = Item::default();
+        let mut seed: u64 = 42;
+        let mut next = |m: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % m
+        };
+        let mut now = 20_000 * 86_400 - 300;
+        let (mut admitted, mut refused) = (0, 0);
+        for _ in 0..2_000 {
+            now += next(4);
+            let tokens = next(900);
+            let cost = next(2_000);
+            let a = ask(now, &l, Some(&b), tokens, cost);
+            let expected = state.admit(&a);
+            let (got, status) = item.read().admit(&a);
+            let mut s2 = state.clone();
+            assert_eq!(
+                status.requests,
+                s2.status(now, &l, Some(&b)).requests,
+                "at {now}"
+            );
+            match (expected, got) {
+                (Ok(r), Ok((r2, w))) => {
+                    admitted += 1;
+                    assert!(item.write(&w), "an uncontended write succeeds");
+                    assert_eq!(
+                        (r.sec, r.tokens, r.cost_nanos),
+                        (r2.sec, r2.tokens, r2.cost_nanos)
+                    );
+                    // Most settle at once, to less than the estimate; some never do.
+                    if next(5) != 0 {
+                        let (used, spent) = (tokens / 2, cost / 3);
+                        state.settle(now, Some(&b), r.id, used, spent);
+                        for w in settlement_writes(&r2, Some(&b), used, spent) {
+                            item.write(&w);
+                        }
+                    }
+                }
+                (Err(e), Err(g)) => {
+                    refused += 1;
+                    assert_eq!(e, g, "at {now}");
+                }
+                (e, g) => panic!("at {now}: state machine {e:?}, counters {g:?}"),
+            }
+        }
+        assert!(admitted > 200 && refused > 200, "{admitted} {refused}");
+    }
+
+    #[test]
+    fn racing_admissions_admit_exactly_the_limit() {
+        let l = limits(Some(100), None, None);
+        let mut item = Item::default();
+        let mut admitted = 0;
+        let mut attempts = 0;
+        // 8 admitters read the same state, then write one after another;
+        // a failed write is re-read and retried, as the adapter does.
+        for round in 0..400u64 {
+            let now = 1_000 + round / 50;
+            let snapshot = item.read();
+            let plans: Vec<_> = (0..8)
+                .map(|_| snapshot.admit(&ask(now, &l, None, 10, 0)).0)
+                .collect();
+            for plan in plans {
+                let mut plan = plan;
+                loop {
+                    attempts += 1;
+                    match plan {
+                        Ok((_, w)) if item.write(&w) => {
+                            admitted += 1;
+                            break;
+                        }
+                        Ok(_) => plan = item.read().admit(&ask(now, &l, None, 10, 0)).0,
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        assert_eq!(admitted, 100, "exactly rpm within the window");
+        assert!(attempts < 3_400, "few retries: {attempts}");
+    }
+
+    #[test]
+    fn budget_is_never_exceeded_under_races() {
+        let l = limits(None, None, None);
+        let b = Budget {
+            max_nanos: 10_000,
+            period: BudgetPeriod::Total,
+        };
+        let mut item = Item::default();
+        let mut admitted = 0;
+        for _ in 0..50 {
+            let snapshot = item.read();
+            for _ in 0..4 {
+                if let (Ok((_, w)), _) = snapshot.admit(&ask(5_000, &l, Some(&b), 0, 700)) {
+                    if item.write(&w) {
+                        admitted += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(admitted, 14, "10,000 / 700");
+        let st = item.read().status(5_000, &l, Some(&b));
+        assert_eq!((st.spent_nanos, st.reserved_nanos), (0, 9_800));
+    }
+}
+
+/// The local limiter with a saved spend that cannot always be read.
+mod unreadable_spend {
+    use std::sync::Arc;
+
+    use super::super::local::{LocalLimiter, SpendStore};
+    use crate::keys::VirtualKey;
+    use crate::ports::{Demand, Limiter, StoreError};
+
+    /// Runs a future that completes without waiting (the local limiter's do).
+    fn ready<T>(f: impl std::future::Future<Output = T>) -> T {
+        let mut f = std::pin::pin!(f);
+        match f
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("the local limiter waited"),
+        }
+    }
+
+    /// The fault matrix's store case: a saved spend that cannot be read
+    /// refuses the key's admission with 503, rather than starting it from
+    /// zero (which would let it spend its budget again, and then overwrite
+    /// the saved spend with the smaller figure).
+    #[test]
+    fn an_unreadable_saved_spend_refuses_admission_until_it_reads() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        struct Flaky(AtomicBool);
+        impl SpendStore for Flaky {
+            fn load(&self, _: &str) -> Result<Option<(u64, u64)>, StoreError> {
+                if self.0.load(Ordering::SeqCst) {
+                    Ok(Some((0, 900_000)))
+                } else {
+                    Err(StoreError("sqlite: disk I/O error".into()))
+                }
+            }
+            fn save(&self, _: &str, _: u64, _: u64) {}
+        }
+        let store = Arc::new(Flaky(AtomicBool::new(false)));
+        let clock = Arc::new(crate::memory::ManualClock::new(1_000_000));
+        let limiter = LocalLimiter::new(clock, Some(store.clone()));
+        let key = VirtualKey::from_create_body(
+            &serde_json::json!({"name": "k", "budget": {"max_usd": 0.001, "period": "total"}}),
+            "key_1".into(),
+            1,
+        )
+        .unwrap();
+        let demand = Demand {
+            key_hash: String::new(),
+            model: "m".into(),
+            tokens: 10,
+            cost_nanos: 200_000,
+            ttl_secs: 60,
+        };
+        let refused = ready(limiter.admit(&key, &demand)).unwrap_err();
+        assert_eq!(refused.error.status().as_u16(), 503);
+        assert!(ready(limiter.status(&key)).is_err());
+        // Readable again: the saved 900,000 of 1,000,000 nano-USD count, so this
+        // 200,000 demand is over the budget.
+        store.0.store(true, Ordering::SeqCst);
+        let refused = ready(limiter.admit(&key, &demand)).unwrap_err();
+        assert_eq!(refused.error.status().as_u16(), 402);
+        assert_eq!(ready(limiter.status(&key)).unwrap().spent_nanos, 900_000);
+    }
+}
