@@ -55,6 +55,8 @@ use crate::keys::{extract_secret, hash_secret, random_id, VirtualKey};
 use crate::metering::limits::{completion_allowance, estimate_prompt_tokens};
 use crate::metering::meter::Meter;
 use crate::metering::usage::{TokenUsage, UsageRecord};
+use crate::observe::trace::TraceContext;
+use crate::observe::{KeyCacheOutcome, NoObserver, Observer, Refusal, RequestEvent};
 use crate::ports::{
     Admission, ByteStream, Clock, Demand, KeyStore, Limiter, Spawner, Upstream, UsageStore,
 };
@@ -127,6 +129,8 @@ pub struct Gateway {
     created_secs: u64,
     /// Deployment health on this instance (process, isolate, container).
     router: Router,
+    /// Where each inference request is reported ([`crate::observe`]).
+    observer: Arc<dyn Observer>,
 }
 
 /// Body bytes read from an upstream error answer, at most.
@@ -147,7 +151,14 @@ impl Gateway {
                 .filter(|k| !k.is_empty())
                 .map(|k| Sha256::digest(k.as_bytes()).into()),
             created_secs,
+            observer: Arc::new(NoObserver),
         }
+    }
+
+    /// Reports every inference request to `observer` (metrics, log lines).
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
     }
 
     pub fn config(&self) -> &Config {
@@ -214,6 +225,7 @@ impl Gateway {
             Ok(Route::Models) => self.list_models(&parts.headers).await,
             Ok(Route::Model(id)) => self.get_model(&parts.headers, &id).await,
             Ok(Route::Inference(endpoint)) => {
+                self.observer.started();
                 self.inference(
                     endpoint,
                     &parts.headers,
@@ -285,6 +297,15 @@ impl Gateway {
         &self,
         headers: &HeaderMap,
     ) -> Result<(Arc<VirtualKey>, String), GatewayError> {
+        self.authenticate_noting(headers, &mut None).await
+    }
+
+    /// [`authenticate`](Self::authenticate), noting whether the key cache had the key.
+    async fn authenticate_noting(
+        &self,
+        headers: &HeaderMap,
+        cache: &mut Option<KeyCacheOutcome>,
+    ) -> Result<(Arc<VirtualKey>, String), GatewayError> {
         let secret = extract_secret(headers).ok_or_else(|| {
             GatewayError::InvalidApiKey(
                 "Missing API key: send it as `Authorization: Bearer condt_…`, `X-API-Key` or `api-key`.".into(),
@@ -294,10 +315,12 @@ impl Gateway {
         let now_us = self.ports.clock.now_micros();
         if let Some(k) = self.key_cache.get(&hash, now_us) {
             if k.check_usable(now_us / 1_000_000).is_ok() {
+                *cache = Some(KeyCacheOutcome::Hit);
                 return Ok((k, hash));
             }
             // A cached refusal may be stale (re-enabled elsewhere): ask the store.
         }
+        *cache = Some(KeyCacheOutcome::Miss);
         let key =
             Arc::new(self.ports.keys.find_by_hash(&hash).await?.ok_or_else(|| {
                 GatewayError::InvalidApiKey("Incorrect API key provided.".into())
@@ -387,7 +410,24 @@ impl Gateway {
         started_us: u64,
         spawner: &Arc<dyn Spawner>,
     ) -> Result<Response, GatewayError> {
-        let (key, key_hash) = self.authenticate(headers).await?;
+        let trace = TraceContext::from_headers(headers);
+        let mut key_cache = None;
+        let (key, key_hash) = match self.authenticate_noting(headers, &mut key_cache).await {
+            Ok(found) => found,
+            Err(e) => {
+                let trace_id = trace.trace_id_hex();
+                let latency = self.ports.clock.now_micros().saturating_sub(started_us);
+                self.observer.finished(&RequestEvent::unmetered(
+                    request_id,
+                    endpoint.route(),
+                    &e,
+                    latency,
+                    key_cache,
+                    Some(&trace_id),
+                ));
+                return Err(e);
+            }
+        };
         // From here on, every outcome is metered exactly once.
         let mut meter = Meter::new(
             self.ports.usage.clone(),
@@ -415,10 +455,17 @@ impl Gateway {
                 attempts: 0,
                 failed_attempts: Vec::new(),
                 served_alias: None,
+                trace_id: Some(trace.trace_id_hex()),
+                traceparent: Some(trace.traceparent()),
             },
             started_us,
         );
-        match self.proxy(endpoint, &key, key_hash, body, &mut meter).await {
+        meter.observed_by(self.observer.clone());
+        meter.facts.key_cache = key_cache;
+        match self
+            .proxy(endpoint, &key, key_hash, body, &trace, &mut meter)
+            .await
+        {
             Ok(Proxied::Full(mut response, usage)) => {
                 add_headers(response.headers_mut(), &meter.limit_headers());
                 add_headers(response.headers_mut(), &route_headers(&meter.record));
@@ -440,6 +487,8 @@ impl Gateway {
                 Ok(response)
             }
             Err(e) => {
+                meter.facts.refusal = Refusal::of_error(&e);
+                meter.facts.store_error = matches!(e, GatewayError::Store(_));
                 meter.finish(e.status().as_u16());
                 let mut response = self.error_response_on(Some(endpoint), &e);
                 add_headers(response.headers_mut(), &route_headers(&meter.record));
@@ -465,6 +514,7 @@ impl Gateway {
         key: &VirtualKey,
         key_hash: String,
         body: Bytes,
+        trace: &TraceContext,
         meter: &mut Meter,
     ) -> Result<Proxied, GatewayError> {
         // Stage *parse*.
@@ -550,6 +600,7 @@ impl Gateway {
             .ok_or_else(|| GatewayError::ModelNotFound {
                 model: alias.clone(),
             })?;
+        meter.facts.alias_known = true;
         // Stage *admit*.
         let prompt_estimate = estimate_prompt_tokens(&request);
         let completion_estimate = match endpoint {
@@ -650,6 +701,7 @@ impl Gateway {
             base64_embeddings,
             alias: &alias,
             request_id: &request_id,
+            trace,
         };
         loop {
             let attempt = match plan.next(meter.now()) {

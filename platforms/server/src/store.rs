@@ -550,6 +550,8 @@ mod tests {
             attempts: 1,
             failed_attempts: Vec::new(),
             served_alias: None,
+            trace_id: None,
+            traceparent: None,
         }
     }
 
