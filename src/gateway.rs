@@ -554,6 +554,8 @@ impl Gateway {
             }
         };
         meter.record.model = alias.clone();
+        // Only a configured alias may label a metric (an unknown `model` must not).
+        meter.facts.alias_known = self.config.models.contains_key(&alias);
         let required = endpoint.required_field();
         if request.get(required).is_none_or(Value::is_null) {
             return Err(GatewayError::invalid(
@@ -600,7 +602,6 @@ impl Gateway {
             .ok_or_else(|| GatewayError::ModelNotFound {
                 model: alias.clone(),
             })?;
-        meter.facts.alias_known = true;
         // Stage *admit*.
         let prompt_estimate = estimate_prompt_tokens(&request);
         let completion_estimate = match endpoint {

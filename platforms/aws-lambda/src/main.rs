@@ -91,7 +91,9 @@ async fn gateway() -> Result<Gateway, String> {
         spawner: Arc::new(conduit_native::TokioSpawner),
     };
     let master = std::env::var("CONDUIT_MASTER_KEY").ok();
-    Ok(Gateway::new(config, ports, master.as_deref()))
+    // CloudWatch Logs: one JSON line per request (and per failed attempt) on stdout.
+    let log = conduit::observe::LogLines(|line: &str| println!("{line}"));
+    Ok(Gateway::new(config, ports, master.as_deref()).with_observer(Arc::new(log)))
 }
 
 #[tokio::main]

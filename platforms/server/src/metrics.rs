@@ -1,0 +1,449 @@
+//! `GET /metrics`: the core's request events as Prometheus series
+//! (OpenMetrics text, by the `prometheus-client` crate).
+//!
+//! [`Metrics`] is the gateway's [`Observer`]: it only counts what the core
+//! reports ([`RequestEvent`]); every rule (what a refusal is, how an attempt
+//! failed, which alias a request is for) is the core's. Labels are bounded:
+//! an alias or a provider is one of the config's (interned at start, so an
+//! observation allocates nothing), anything else comes from a fixed
+//! vocabulary; a key id or an unknown `model` never becomes a label.
+//!
+//! The endpoint is guarded: `Authorization: Bearer` with the master key
+//! (`CONDUIT_MASTER_KEY`) or `[server] metrics_token`; 401 otherwise, and
+//! 401 with a hint when neither is set.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use conduit::observe::{status_class, KeyCacheOutcome, Observer, Refusal, RequestEvent};
+use conduit::Config;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+use serde_json::json;
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// The endpoints of inference requests (a fixed set of label values).
+const ENDPOINTS: [&str; 5] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/messages",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    alias: Arc<str>,
+    provider: Arc<str>,
+    endpoint: &'static str,
+    status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    alias: Arc<str>,
+    r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AliasLabels {
+    alias: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    provider: Arc<str>,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    result: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every series of `GET /metrics`.
+pub struct Metrics {
+    registry: Registry,
+    /// The config's aliases and provider names, interned.
+    names: HashMap<String, Arc<str>>,
+    none: Arc<str>,
+    requests: Family<RequestLabels, Counter>,
+    refusals: Family<ReasonLabels, Counter>,
+    overhead: HistogramFamily<EndpointLabels>,
+    upstream_latency: HistogramFamily<ProviderLabels>,
+    first_event: HistogramFamily<ProviderLabels>,
+    tokens: Family<TokenLabels, Counter>,
+    cost: Family<AliasLabels, Counter>,
+    attempts: Family<ProviderLabels, Counter>,
+    failures: Family<FailureLabels, Counter>,
+    in_flight: Gauge,
+    key_cache: Family<CacheLabels, Counter>,
+    store_errors: Counter,
+    /// SHA-256 (hex) of the secrets that may read `/metrics`.
+    allowed: Vec<String>,
+}
+
+fn gateway_overhead() -> Histogram {
+    // 50 µs … ~1.6 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+fn upstream_seconds() -> Histogram {
+    // 5 ms … ~164 s.
+    Histogram::new(exponential_buckets(0.005, 2.0, 16))
+}
+
+impl Metrics {
+    /// The series for `config`'s aliases and providers; readable with the
+    /// master key or `metrics_token`.
+    pub fn new(config: &Config, master_key: Option<&str>, metrics_token: Option<&str>) -> Metrics {
+        let mut names = HashMap::new();
+        for route in config.models.values() {
+            names.insert(route.alias.clone(), Arc::from(route.alias.as_str()));
+            for d in &route.deployments {
+                names.insert(d.provider_name.to_string(), Arc::from(&*d.provider_name));
+            }
+        }
+        let mut registry = Registry::with_prefix("conduit");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Inference requests by alias, answering provider, endpoint and status class",
+            requests.clone(),
+        );
+        let refusals = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "refusals",
+            "Requests refused before going upstream, by reason",
+            refusals.clone(),
+        );
+        let overhead: HistogramFamily<EndpointLabels> =
+            Family::new_with_constructor(gateway_overhead);
+        registry.register_with_unit(
+            "gateway_overhead",
+            "Time spent in the gateway (total minus upstream), by endpoint",
+            Unit::Seconds,
+            overhead.clone(),
+        );
+        let upstream_latency: HistogramFamily<ProviderLabels> =
+            Family::new_with_constructor(upstream_seconds);
+        registry.register_with_unit(
+            "upstream_latency",
+            "Time spent waiting on providers per request, by answering provider",
+            Unit::Seconds,
+            upstream_latency.clone(),
+        );
+        let first_event: HistogramFamily<ProviderLabels> =
+            Family::new_with_constructor(upstream_seconds);
+        registry.register_with_unit(
+            "time_to_first_event",
+            "Streams: from the request's arrival to the provider's first event, by provider",
+            Unit::Seconds,
+            first_event.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Tokens by alias and type (prompt, completion, cached, reasoning)",
+            tokens.clone(),
+        );
+        let cost = Family::<AliasLabels, Counter>::default();
+        registry.register(
+            "cost_nano_usd",
+            "Cost in nano-USD (1e-9 USD) by alias",
+            cost.clone(),
+        );
+        let attempts = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "upstream_attempts",
+            "Upstream attempts by provider",
+            attempts.clone(),
+        );
+        let failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "upstream_failures",
+            "Failed upstream attempts by provider and kind (timeout, connect, 5xx, 429, 4xx, broken)",
+            failures.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "Inference requests being served (streams until their end)",
+            in_flight.clone(),
+        );
+        let key_cache = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "key_cache_lookups",
+            "Virtual-key lookups by result (hit: from the cache, miss: from the store)",
+            key_cache.clone(),
+        );
+        let store_errors = Counter::default();
+        registry.register(
+            "store_errors",
+            "Requests answered 503 because a store (keys, limits) failed",
+            store_errors.clone(),
+        );
+        // Series that should read 0 rather than be absent before the first event.
+        for reason in Refusal::ALL {
+            let _zero = refusals.get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            });
+        }
+        for result in [KeyCacheOutcome::Hit, KeyCacheOutcome::Miss] {
+            let _zero = key_cache.get_or_create(&CacheLabels {
+                result: result.as_str(),
+            });
+        }
+        let allowed = [master_key, metrics_token]
+            .into_iter()
+            .flatten()
+            .filter(|s| !s.is_empty())
+            .map(conduit::keys::hash_secret)
+            .collect();
+        Metrics {
+            registry,
+            names,
+            none: Arc::from(""),
+            requests,
+            refusals,
+            overhead,
+            upstream_latency,
+            first_event,
+            tokens,
+            cost,
+            attempts,
+            failures,
+            in_flight,
+            key_cache,
+            store_errors,
+            allowed,
+        }
+    }
+
+    /// A configured alias or provider name, or `""`.
+    fn name(&self, name: Option<&str>) -> Arc<str> {
+        name.and_then(|n| self.names.get(n))
+            .unwrap_or(&self.none)
+            .clone()
+    }
+
+    /// The exposition text (OpenMetrics).
+    pub fn encode(&self) -> String {
+        let mut text = String::with_capacity(16 * 1024);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            eprintln!("conduit: cannot encode the metrics: {e}");
+        }
+        text
+    }
+
+    /// `GET /metrics`, for a request with `headers`.
+    pub fn answer(&self, method: &http::Method, headers: &http::HeaderMap) -> http::Response<Body> {
+        if method != http::Method::GET && method != http::Method::HEAD {
+            let mut r = error(
+                http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Use GET /metrics.".into(),
+            );
+            r.headers_mut().insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_static("GET, HEAD"),
+            );
+            return r;
+        }
+        if self.allowed.is_empty() {
+            return error(
+                http::StatusCode::UNAUTHORIZED,
+                "metrics_disabled",
+                "GET /metrics needs a token: set CONDUIT_MASTER_KEY or `[server] metrics_token`, and send it as `Authorization: Bearer …`.".into(),
+            );
+        }
+        let presented = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        let ok = presented.is_some_and(|t| {
+            let hash = conduit::keys::hash_secret(t);
+            self.allowed.iter().any(|a| *a == hash)
+        });
+        if !ok {
+            return error(
+                http::StatusCode::UNAUTHORIZED,
+                "invalid_metrics_token",
+                "GET /metrics needs `Authorization: Bearer` with the master key or `[server] metrics_token`.".into(),
+            );
+        }
+        let mut r = http::Response::new(Full::new(Bytes::from(self.encode())).boxed_unsync());
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+        );
+        r.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        );
+        r
+    }
+}
+
+fn error(status: http::StatusCode, code: &str, message: String) -> http::Response<Body> {
+    let body = json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}});
+    let mut r = http::Response::new(Full::new(Bytes::from(body.to_string())).boxed_unsync());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn endpoint_label(endpoint: &str) -> &'static str {
+    ENDPOINTS
+        .into_iter()
+        .find(|e| *e == endpoint)
+        .unwrap_or("other")
+}
+
+impl Observer for Metrics {
+    fn started(&self) {
+        self.in_flight.inc();
+    }
+
+    fn finished(&self, e: &RequestEvent<'_>) {
+        self.in_flight.dec();
+        let endpoint = endpoint_label(e.endpoint);
+        let alias = self.name(e.alias);
+        let provider = self.name(e.provider);
+        self.requests
+            .get_or_create(&RequestLabels {
+                alias: alias.clone(),
+                provider: provider.clone(),
+                endpoint,
+                status_class: status_class(e.status),
+            })
+            .inc();
+        if let Some(reason) = e.refusal {
+            self.refusals
+                .get_or_create(&ReasonLabels {
+                    reason: reason.as_str(),
+                })
+                .inc();
+        }
+        if let Some(result) = e.key_cache {
+            self.key_cache
+                .get_or_create(&CacheLabels {
+                    result: result.as_str(),
+                })
+                .inc();
+        }
+        if e.store_error {
+            self.store_errors.inc();
+        }
+        self.overhead
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(seconds(e.overhead_us()));
+        if e.attempts == 0 {
+            return;
+        }
+        let by_provider = ProviderLabels {
+            provider: provider.clone(),
+        };
+        self.upstream_latency
+            .get_or_create(&by_provider)
+            .observe(seconds(e.upstream_us));
+        if let Some(us) = e.first_event_us {
+            self.first_event
+                .get_or_create(&by_provider)
+                .observe(seconds(us));
+        }
+        for f in e.failed_attempts {
+            let provider = self.name(Some(&f.provider));
+            self.attempts
+                .get_or_create(&ProviderLabels {
+                    provider: provider.clone(),
+                })
+                .inc();
+            self.failures
+                .get_or_create(&FailureLabels {
+                    provider,
+                    kind: f.kind.as_str(),
+                })
+                .inc();
+        }
+        // The last attempt answered unless it is among the failed ones.
+        if e.attempts as usize > e.failed_attempts.len() {
+            self.attempts.get_or_create(&by_provider).inc();
+        }
+        let tokens = [
+            ("prompt", e.usage.prompt_tokens),
+            ("completion", e.usage.completion_tokens),
+            ("cached", e.usage.cached_tokens),
+            ("reasoning", e.usage.reasoning_tokens),
+        ];
+        for (kind, n) in tokens {
+            if n > 0 {
+                self.tokens
+                    .get_or_create(&TokenLabels {
+                        alias: alias.clone(),
+                        r#type: kind,
+                    })
+                    .inc_by(n);
+            }
+        }
+        if let Some(c) = e.cost_nanos.filter(|c| *c > 0) {
+            self.cost.get_or_create(&AliasLabels { alias }).inc_by(c);
+        }
+    }
+}
+
+fn seconds(us: u64) -> f64 {
+    us as f64 / 1_000_000.0
+}
+
+/// The server's metrics, once `serve` has made them (none for the CLI's
+/// in-process admin sessions).
+static METRICS: OnceLock<Arc<Metrics>> = OnceLock::new();
+
+/// Makes `metrics` the ones `GET /metrics` answers with.
+pub fn install(metrics: Arc<Metrics>) {
+    let _ = METRICS.set(metrics);
+}
+
+/// `GET /metrics` if the server has metrics, else `None` (the gateway's 404).
+pub fn serve(parts: &http::request::Parts) -> Option<http::Response<Body>> {
+    if parts.uri.path() != "/metrics" {
+        return None;
+    }
+    Some(METRICS.get()?.answer(&parts.method, &parts.headers))
+}
