@@ -293,7 +293,7 @@ impl Metrics {
             .map(str::trim);
         let ok = presented.is_some_and(|t| {
             let hash = conduit::keys::hash_secret(t);
-            self.allowed.iter().any(|a| *a == hash)
+            self.allowed.contains(&hash)
         });
         if !ok {
             return error(
