@@ -20,10 +20,10 @@
 //! | estimate            | the body, the prices of the alias's deployments and of its fallbacks' | the [`Demand`]: tokens and cost (403 `model_price_unknown` for a budget without a price) |
 //! | admit               | [`Limiter`] with the key and the [`Demand`]    | an [`Admission`] (once per request, whatever the attempts): reservation, `x-ratelimit-*`, the authoritative key (429/402/401) |
 //! | pick deployment     | the [`Router`]'s [`AttemptPlan`]: strategy, health, retries, backoff, fallbacks, deadline ([`crate::routing`]) | the next [`Attempt`] and its wait ([`Clock`]); or the final error (504 `upstream_timeout` naming the attempts when `timeout_ms` ran out) |
-//! | translate request   | the deployment's [`Provider`], a [`Call`]      | the upstream `http::Request`                |
+//! | translate request   | the deployment's [`Provider`], a [`Call`], the client's `traceparent` | the upstream `http::Request`, with Conduit's `traceparent` ([`crate::observe::trace`]) |
 //! | call upstream       | [`Upstream`], [`Clock`] for the timeouts       | the answer read whole, or a stream peeked up to its first event ([`crate::attempt`]); a retryable failure (5xx, 408, 429, timeout, connection, unreadable, a stream failing before its first event) goes back to *pick deployment* |
 //! | translate response  | the provider's body or stream decoder          | an OpenAI object with `model` = the alias, or the [`Relay`] |
-//! | meter               | the usage the provider reported, timings, the answering deployment's price | the cost, the settlement, one [`UsageRecord`] with the attempts and the failed ones, handed to the [`Spawner`] unless done at once (from the stream's end, or its `Drop`) |
+//! | meter               | the usage the provider reported, timings, the answering deployment's price | the cost, the settlement, one [`UsageRecord`] with the attempts and the failed ones, handed to the [`Spawner`] unless done at once (from the stream's end, or its `Drop`); the [`RequestEvent`] to the [`Observer`] (metrics, log lines; also for a request refused before it had a key) |
 //! | respond             | —                                              | `x-request-id`, `x-conduit-overhead-ms`, `x-ratelimit-*`, `x-conduit-deployment`, `x-conduit-attempts` |
 //!
 //! The front doors ([`crate::frontdoors`]: `/v1/responses`, `/v1/messages`)
