@@ -131,13 +131,10 @@ impl TraceContext {
     /// Adds `traceparent` (and `tracestate`) to a request for the provider.
     pub fn add_to(&self, headers: &mut HeaderMap) {
         headers.insert("traceparent", self.header.clone());
-        match &self.tracestate {
-            Some(state) => {
-                headers.insert("tracestate", state.clone());
-            }
-            None => {
-                headers.remove("tracestate");
-            }
+        // A provider's request is built from the body, never from the
+        // client's headers: there is no other `tracestate` to replace.
+        if let Some(state) = &self.tracestate {
+            headers.insert("tracestate", state.clone());
         }
     }
 }

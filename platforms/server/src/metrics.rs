@@ -87,20 +87,34 @@ struct CacheLabels {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// A configured alias: its label value and its series, made at start (so
+/// they read 0 before the first request, and an observation is no lookup).
+struct AliasSeries {
+    name: Arc<str>,
+    /// Prompt, completion, cached, reasoning.
+    tokens: [Counter; 4],
+    cost: Counter,
+}
+
+/// A configured provider: its label value and its series.
+struct ProviderSeries {
+    name: Arc<str>,
+    attempts: Counter,
+    latency: Histogram,
+    first_event: Histogram,
+}
+
+const TOKEN_TYPES: [&str; 4] = ["prompt", "completion", "cached", "reasoning"];
+
 /// Every series of `GET /metrics`.
 pub struct Metrics {
     registry: Registry,
-    /// The config's aliases and provider names, interned.
-    names: HashMap<String, Arc<str>>,
+    aliases: HashMap<String, AliasSeries>,
+    providers: HashMap<String, ProviderSeries>,
     none: Arc<str>,
     requests: Family<RequestLabels, Counter>,
     refusals: Family<ReasonLabels, Counter>,
     overhead: HistogramFamily<EndpointLabels>,
-    upstream_latency: HistogramFamily<ProviderLabels>,
-    first_event: HistogramFamily<ProviderLabels>,
-    tokens: Family<TokenLabels, Counter>,
-    cost: Family<AliasLabels, Counter>,
-    attempts: Family<ProviderLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
     in_flight: Gauge,
     key_cache: Family<CacheLabels, Counter>,
@@ -123,13 +137,6 @@ impl Metrics {
     /// The series for `config`'s aliases and providers; readable with the
     /// master key or `metrics_token`.
     pub fn new(config: &Config, master_key: Option<&str>, metrics_token: Option<&str>) -> Metrics {
-        let mut names = HashMap::new();
-        for route in config.models.values() {
-            names.insert(route.alias.clone(), Arc::from(route.alias.as_str()));
-            for d in &route.deployments {
-                names.insert(d.provider_name.to_string(), Arc::from(&*d.provider_name));
-            }
-        }
         let mut registry = Registry::with_prefix("conduit");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -226,31 +233,52 @@ impl Metrics {
             .filter(|s| !s.is_empty())
             .map(conduit::keys::hash_secret)
             .collect();
+        let mut aliases = HashMap::new();
+        let mut providers = HashMap::new();
+        for route in config.models.values() {
+            let alias: Arc<str> = Arc::from(route.alias.as_str());
+            let series = AliasSeries {
+                tokens: TOKEN_TYPES.map(|t| {
+                    tokens.get_or_create_owned(&TokenLabels {
+                        alias: alias.clone(),
+                        r#type: t,
+                    })
+                }),
+                cost: cost.get_or_create_owned(&AliasLabels {
+                    alias: alias.clone(),
+                }),
+                name: alias,
+            };
+            aliases.insert(route.alias.clone(), series);
+            for d in &route.deployments {
+                let name: Arc<str> = Arc::from(&*d.provider_name);
+                let by = ProviderLabels {
+                    provider: name.clone(),
+                };
+                providers
+                    .entry(d.provider_name.to_string())
+                    .or_insert_with(|| ProviderSeries {
+                        attempts: attempts.get_or_create_owned(&by),
+                        latency: upstream_latency.get_or_create_owned(&by),
+                        first_event: first_event.get_or_create_owned(&by),
+                        name,
+                    });
+            }
+        }
         Metrics {
             registry,
-            names,
+            aliases,
+            providers,
             none: Arc::from(""),
             requests,
             refusals,
             overhead,
-            upstream_latency,
-            first_event,
-            tokens,
-            cost,
-            attempts,
             failures,
             in_flight,
             key_cache,
             store_errors,
             allowed,
         }
-    }
-
-    /// A configured alias or provider name, or `""`.
-    fn name(&self, name: Option<&str>) -> Arc<str> {
-        name.and_then(|n| self.names.get(n))
-            .unwrap_or(&self.none)
-            .clone()
     }
 
     /// The exposition text (OpenMetrics).
@@ -343,12 +371,12 @@ impl Observer for Metrics {
     fn finished(&self, e: &RequestEvent<'_>) {
         self.in_flight.dec();
         let endpoint = endpoint_label(e.endpoint);
-        let alias = self.name(e.alias);
-        let provider = self.name(e.provider);
+        let alias = e.alias.and_then(|a| self.aliases.get(a));
+        let provider = e.provider.and_then(|p| self.providers.get(p));
         self.requests
             .get_or_create(&RequestLabels {
-                alias: alias.clone(),
-                provider: provider.clone(),
+                alias: alias.map_or(&self.none, |a| &a.name).clone(),
+                provider: provider.map_or(&self.none, |p| &p.name).clone(),
                 endpoint,
                 status_class: status_class(e.status),
             })
@@ -373,56 +401,43 @@ impl Observer for Metrics {
         self.overhead
             .get_or_create(&EndpointLabels { endpoint })
             .observe(seconds(e.overhead_us()));
-        if e.attempts == 0 {
-            return;
-        }
-        let by_provider = ProviderLabels {
-            provider: provider.clone(),
-        };
-        self.upstream_latency
-            .get_or_create(&by_provider)
-            .observe(seconds(e.upstream_us));
-        if let Some(us) = e.first_event_us {
-            self.first_event
-                .get_or_create(&by_provider)
-                .observe(seconds(us));
-        }
-        for f in e.failed_attempts {
-            let provider = self.name(Some(&f.provider));
-            self.attempts
-                .get_or_create(&ProviderLabels {
-                    provider: provider.clone(),
-                })
-                .inc();
-            self.failures
-                .get_or_create(&FailureLabels {
-                    provider,
-                    kind: f.kind.as_str(),
-                })
-                .inc();
-        }
-        // The last attempt answered unless it is among the failed ones.
-        if e.attempts as usize > e.failed_attempts.len() {
-            self.attempts.get_or_create(&by_provider).inc();
-        }
-        let tokens = [
-            ("prompt", e.usage.prompt_tokens),
-            ("completion", e.usage.completion_tokens),
-            ("cached", e.usage.cached_tokens),
-            ("reasoning", e.usage.reasoning_tokens),
-        ];
-        for (kind, n) in tokens {
-            if n > 0 {
-                self.tokens
-                    .get_or_create(&TokenLabels {
-                        alias: alias.clone(),
-                        r#type: kind,
-                    })
-                    .inc_by(n);
+        if let Some(p) = provider {
+            p.latency.observe(seconds(e.upstream_us));
+            if let Some(us) = e.first_event_us {
+                p.first_event.observe(seconds(us));
+            }
+            // The last attempt answered unless it is among the failed ones.
+            if e.attempts as usize > e.failed_attempts.len() {
+                p.attempts.inc();
             }
         }
-        if let Some(c) = e.cost_nanos.filter(|c| *c > 0) {
-            self.cost.get_or_create(&AliasLabels { alias }).inc_by(c);
+        for f in e.failed_attempts {
+            if let Some(p) = self.providers.get(&f.provider) {
+                p.attempts.inc();
+                self.failures
+                    .get_or_create(&FailureLabels {
+                        provider: p.name.clone(),
+                        kind: f.kind.as_str(),
+                    })
+                    .inc();
+            }
+        }
+        if let Some(a) = alias {
+            let u = &e.usage;
+            let counts = [
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cached_tokens,
+                u.reasoning_tokens,
+            ];
+            for (counter, n) in a.tokens.iter().zip(counts) {
+                if n > 0 {
+                    counter.inc_by(n);
+                }
+            }
+            if let Some(c) = e.cost_nanos.filter(|c| *c > 0) {
+                a.cost.inc_by(c);
+            }
         }
     }
 }
