@@ -462,3 +462,70 @@ pub fn serve(parts: &http::request::Parts) -> Option<http::Response<Body>> {
     }
     Some(METRICS.get()?.answer(&parts.method, &parts.headers))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use conduit::observe::RequestEvent;
+    use conduit::GatewayError;
+
+    const CONFIG: &str = r#"
+[providers.openai]
+kind = "openai-compatible"
+base_url = "http://upstream.test/v1"
+[models."m"]
+deployments = [{ provider = "openai", model = "x" }]
+"#;
+
+    fn metrics(master: Option<&str>, token: Option<&str>) -> Metrics {
+        let config = Config::parse(CONFIG, "test", &|_| None).unwrap();
+        Metrics::new(&config, master, token)
+    }
+
+    fn get(m: &Metrics, auth: Option<&str>) -> http::StatusCode {
+        let mut headers = http::HeaderMap::new();
+        if let Some(a) = auth {
+            headers.insert(http::header::AUTHORIZATION, a.parse().unwrap());
+        }
+        m.answer(&http::Method::GET, &headers).status()
+    }
+
+    #[test]
+    fn guarded_by_the_master_key_or_the_token() {
+        let m = metrics(Some("master"), Some("scrape"));
+        assert_eq!(get(&m, None), 401);
+        assert_eq!(get(&m, Some("Bearer nope")), 401);
+        assert_eq!(get(&m, Some("Bearer master")), 200);
+        assert_eq!(get(&m, Some("Bearer scrape")), 200);
+        // Neither set: 401 saying what to set.
+        assert_eq!(get(&metrics(None, None), Some("Bearer ")), 401);
+    }
+
+    #[test]
+    fn an_unknown_model_is_no_label() {
+        let m = metrics(Some("master"), None);
+        m.started();
+        let e = RequestEvent {
+            alias: Some("client-made-this-up"),
+            provider: Some("nor-this"),
+            ..RequestEvent::unmetered(
+                "req_1",
+                "/v1/chat/completions",
+                &GatewayError::InvalidApiKey("x".into()),
+                10,
+                None,
+                None,
+            )
+        };
+        m.finished(&e);
+        let text = m.encode();
+        assert!(!text.contains("client-made-this-up") && !text.contains("nor-this"));
+        assert!(text.contains(
+            r#"conduit_requests_total{alias="",provider="",endpoint="/v1/chat/completions",status_class="4xx"} 1"#
+        ), "{text}");
+        assert!(text.contains(r#"conduit_refusals_total{reason="invalid_api_key"} 1"#));
+        assert!(text.contains(r#"conduit_tokens_total{alias="m",type="prompt"} 0"#));
+        assert!(text.contains("conduit_requests_in_flight 0"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
