@@ -81,6 +81,11 @@ struct FailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
     result: &'static str,
 }
@@ -118,7 +123,9 @@ pub struct Metrics {
     failures: Family<FailureLabels, Counter>,
     in_flight: Gauge,
     key_cache: Family<CacheLabels, Counter>,
-    store_errors: Counter,
+    /// `op="request"`: a request answered 503; `op="write"`: a record or
+    /// settlement written after the response was lost.
+    store_errors: Family<OpLabels, Counter>,
     /// SHA-256 (hex) of the secrets that may read `/metrics`.
     allowed: Vec<String>,
 }
@@ -210,12 +217,15 @@ impl Metrics {
             "Virtual-key lookups by result (hit: from the cache, miss: from the store)",
             key_cache.clone(),
         );
-        let store_errors = Counter::default();
+        let store_errors = Family::<OpLabels, Counter>::default();
         registry.register(
             "store_errors",
-            "Requests answered 503 because a store (keys, limits) failed",
+            "Store failures: requests answered 503 (op=request), usage records and settlements not written (op=write)",
             store_errors.clone(),
         );
+        for op in ["request", "write"] {
+            let _zero = store_errors.get_or_create(&OpLabels { op });
+        }
         // Series that should read 0 rather than be absent before the first event.
         for reason in Refusal::ALL {
             let _zero = refusals.get_or_create(&ReasonLabels {
@@ -396,7 +406,9 @@ impl Observer for Metrics {
                 .inc();
         }
         if e.store_error {
-            self.store_errors.inc();
+            self.store_errors
+                .get_or_create(&OpLabels { op: "request" })
+                .inc();
         }
         self.overhead
             .get_or_create(&EndpointLabels { endpoint })
@@ -453,6 +465,16 @@ static METRICS: OnceLock<Arc<Metrics>> = OnceLock::new();
 /// Makes `metrics` the ones `GET /metrics` answers with.
 pub fn install(metrics: Arc<Metrics>) {
     let _ = METRICS.set(metrics);
+}
+
+/// Counts `n` usage records or settlements a store could not write (off the
+/// response path, so no request event reports them).
+pub fn store_write_failed(n: u64) {
+    if let Some(m) = METRICS.get() {
+        m.store_errors
+            .get_or_create(&OpLabels { op: "write" })
+            .inc_by(n);
+    }
 }
 
 /// `GET /metrics` if the server has metrics, else `None` (the gateway's 404).

@@ -321,6 +321,7 @@ port! {
             if let Err(e) = result {
                 // The reservation stays and is charged at its estimate when it expires.
                 eprintln!("conduit: settlement for key {} failed: {e}", key.id);
+                crate::metrics::store_write_failed(1);
             }
         }
 
@@ -454,6 +455,7 @@ port! {
             };
             if let Err(e) = write.await {
                 eprintln!("conduit: could not write the usage record of {}: {e}", record.request_id);
+                crate::metrics::store_write_failed(1);
             }
         }
 

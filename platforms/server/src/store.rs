@@ -313,6 +313,7 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
         })();
         if let Err(e) = result {
             eprintln!("conduit: could not write {} records: {e}", batch.len());
+            crate::metrics::store_write_failed(batch.len() as u64);
         }
     }
 }
