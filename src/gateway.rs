@@ -412,19 +412,22 @@ impl Gateway {
     ) -> Result<Response, GatewayError> {
         let trace = TraceContext::from_headers(headers);
         let mut key_cache = None;
+        let mut unmetered = Unmetered {
+            gateway: self,
+            request_id,
+            endpoint,
+            started_us,
+            trace: &trace,
+            pending: true,
+        };
         let (key, key_hash) = match self.authenticate_noting(headers, &mut key_cache).await {
-            Ok(found) => found,
+            Ok(found) => {
+                unmetered.pending = false;
+                found
+            }
             Err(e) => {
-                let trace_id = trace.trace_id_hex();
-                let latency = self.ports.clock.now_micros().saturating_sub(started_us);
-                self.observer.finished(&RequestEvent::unmetered(
-                    request_id,
-                    endpoint.route(),
-                    &e,
-                    latency,
-                    key_cache,
-                    Some(&trace_id),
-                ));
+                unmetered.pending = false;
+                unmetered.report(Some(&e), key_cache);
                 return Err(e);
             }
         };
@@ -844,6 +847,42 @@ impl Gateway {
         } else {
             Bytes::from(rest)
         })
+    }
+}
+
+/// Reports an inference request that ends before it has a [`Meter`]: refused
+/// by authentication, or dropped while its key was looked up (the client went
+/// away), so that every [`Observer::started`] has its `finished`.
+struct Unmetered<'a> {
+    gateway: &'a Gateway,
+    request_id: &'a str,
+    endpoint: Endpoint,
+    started_us: u64,
+    trace: &'a TraceContext,
+    /// Not reported yet, and no meter took over.
+    pending: bool,
+}
+
+impl Unmetered<'_> {
+    fn report(&self, error: Option<&GatewayError>, key_cache: Option<KeyCacheOutcome>) {
+        let trace_id = self.trace.trace_id_hex();
+        let now = self.gateway.ports.clock.now_micros();
+        self.gateway.observer.finished(&RequestEvent::unmetered(
+            self.request_id,
+            self.endpoint.route(),
+            error,
+            now.saturating_sub(self.started_us),
+            key_cache,
+            Some(&trace_id),
+        ));
+    }
+}
+
+impl Drop for Unmetered<'_> {
+    fn drop(&mut self) {
+        if self.pending {
+            self.report(None, None);
+        }
     }
 }
 

@@ -218,12 +218,13 @@ pub struct RequestEvent<'a> {
 }
 
 impl<'a> RequestEvent<'a> {
-    /// A request that ended before it had a usage record (no key, or the
-    /// key store failed).
+    /// A request that ended before it had a usage record: with `error` (no
+    /// key, or the key store failed), or without (the client went away
+    /// while its key was looked up: 499).
     pub fn unmetered(
         request_id: &'a str,
         endpoint: &'a str,
-        error: &GatewayError,
+        error: Option<&GatewayError>,
         latency_us: u64,
         key_cache: Option<KeyCacheOutcome>,
         trace_id: Option<&'a str>,
@@ -235,9 +236,9 @@ impl<'a> RequestEvent<'a> {
             alias: None,
             provider: None,
             provider_model: None,
-            status: error.status().as_u16(),
+            status: error.map_or(499, |e| e.status().as_u16()),
             streamed: false,
-            refusal: Refusal::of_error(error),
+            refusal: error.and_then(Refusal::of_error),
             usage: TokenUsage::default(),
             cost_nanos: Some(0),
             attempts: 0,
@@ -246,7 +247,7 @@ impl<'a> RequestEvent<'a> {
             upstream_us: 0,
             first_event_us: None,
             key_cache,
-            store_error: matches!(error, GatewayError::Store(_)),
+            store_error: matches!(error, Some(GatewayError::Store(_))),
             trace_id,
         }
     }
@@ -430,7 +431,9 @@ mod tests {
         let e = RequestEvent::unmetered(
             "req_1",
             "/v1/chat/completions",
-            &GatewayError::InvalidApiKey("Incorrect API key provided.".into()),
+            Some(&GatewayError::InvalidApiKey(
+                "Incorrect API key provided.".into(),
+            )),
             1500,
             Some(KeyCacheOutcome::Miss),
             Some("4bf92f3577b34da6a3ce929d0e0e4736"),

@@ -533,7 +533,7 @@ deployments = [{ provider = "openai", model = "x" }]
             ..RequestEvent::unmetered(
                 "req_1",
                 "/v1/chat/completions",
-                &GatewayError::InvalidApiKey("x".into()),
+                Some(&GatewayError::InvalidApiKey("x".into())),
                 10,
                 None,
                 None,
