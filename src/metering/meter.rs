@@ -3,7 +3,8 @@
 //!
 //! A [`Meter`] is created once the key is known and travels with the
 //! request, into the response stream if there is one. [`Meter::finish`]
-//! prices the usage, settles the admission and writes the record. If the
+//! prices the usage, settles the admission, writes the record and reports
+//! the request to the gateway's [`Observer`] (metrics, log lines). If the
 //! request is dropped first (the client went away), `Drop` does it with
 //! status 499 and, when the provider has not reported usage yet, the
 //! estimate: the prompt estimate plus the larger of the completion allowance
