@@ -941,3 +941,56 @@ fn every_inference_request_reaches_the_observer_once() {
         assert!(!text.contains(&key) && !text.contains("sk-upstream"));
     }
 }
+
+#[test]
+fn a_request_dropped_while_its_key_is_looked_up_leaves_nothing_in_flight() {
+    use conduit::ports::{KeyStore, StoreError};
+    use conduit::VirtualKey;
+    /// A key store that never answers a lookup.
+    struct Stalled;
+    conduit::port! {
+        impl KeyStore for Stalled {
+            async fn find_by_hash(&self, _hash: &str) -> Result<Option<VirtualKey>, StoreError> {
+                std::future::pending().await
+            }
+            async fn get(&self, _id: &str) -> Result<Option<VirtualKey>, StoreError> { Ok(None) }
+            async fn list(&self) -> Result<Vec<VirtualKey>, StoreError> { Ok(Vec::new()) }
+            async fn insert(&self, _key: &VirtualKey, _hash: &str) -> Result<(), StoreError> { Ok(()) }
+            async fn update(&self, _key: &VirtualKey) -> Result<bool, StoreError> { Ok(false) }
+            async fn set_hash(&self, _id: &str, _hash: &str) -> Result<bool, StoreError> { Ok(false) }
+            async fn delete(&self, _id: &str) -> Result<bool, StoreError> { Ok(false) }
+        }
+    }
+    let config = Config::parse(CONFIG, "test", &|_| Some("sk".into())).unwrap();
+    let ports = Ports {
+        keys: Arc::new(Stalled),
+        usage: Arc::new(MemoryUsageStore::default()),
+        upstream: ScriptedUpstream::new(responder(None)),
+        clock: Arc::new(ManualClock::new(1_780_000_000_000_000)),
+        limiter: Arc::new(NoLimits),
+        spawner: Arc::new(QueueSpawner::default()),
+    };
+    let recorder = Arc::new(Recorder::default());
+    let gateway = Gateway::new(config, ports, None).with_observer(recorder.clone());
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("authorization", "Bearer condt_whatever")
+        .body(Bytes::from_static(b"{}"))
+        .unwrap();
+    let mut pending = Box::pin(gateway.handle(request));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(std::future::Future::poll(pending.as_mut(), &mut cx).is_pending());
+    assert!(recorder.lines.lock().unwrap().is_empty());
+    drop(pending); // the client went away
+    let lines = recorder.lines.lock().unwrap().clone();
+    assert_eq!(
+        recorder.started.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(lines.len(), 1);
+    assert_eq!(
+        (lines[0]["status"].as_u64(), lines[0]["refusal"].as_str()),
+        (Some(499), None)
+    );
+}
