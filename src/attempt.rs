@@ -21,6 +21,7 @@ use serde_json::{Map, Value};
 
 use crate::gateway::{Gateway, PendingRelay, Proxied, StreamHead, MAX_ERROR_BODY};
 use crate::metering::meter::Meter;
+use crate::observe::AttemptFailure;
 use crate::ports::{ByteStream, UpstreamError};
 use crate::providers::{Call, Endpoint, StreamDecoder, StreamEvent};
 use crate::routing::health::InFlight;
@@ -42,6 +43,8 @@ pub(crate) struct CallContext<'a> {
     pub base64_embeddings: bool,
     pub alias: &'a str,
     pub request_id: &'a str,
+    /// `traceparent` (Conduit's span) for every provider request.
+    pub trace: &'a crate::observe::trace::TraceContext,
 }
 
 impl Gateway {
@@ -79,7 +82,8 @@ impl Gateway {
         } else {
             request
         };
-        let upstream_request = provider.build_request(&call, body).map_err(Failure::new)?;
+        let mut upstream_request = provider.build_request(&call, body).map_err(Failure::new)?;
+        cx.trace.add_to(upstream_request.headers_mut());
         let sent_us = meter.now();
         // An attempt may take what is left of the request's deadline, and
         // at most [gateway] upstream_timeout_ms; a stream's first event may
@@ -97,11 +101,7 @@ impl Gateway {
             .await
         {
             Err(e) => return Err(Failure::new(e)),
-            Ok(Err(e)) => {
-                return Err(Failure::new(GatewayError::Upstream(format!(
-                    "cannot reach the provider: {e}"
-                ))))
-            }
+            Ok(Err(e)) => return Err(Failure::new(crate::observe::unreachable(e))),
             Ok(Ok(response)) => response,
         };
         let (parts, mut body) = response.into_parts();
@@ -111,6 +111,7 @@ impl Gateway {
                 error: provider.map_error(parts.status, &parts.headers, &bytes.unwrap_or_default()),
                 status: parts.status.as_u16(),
                 retry_after_us: retry_after_us(&parts.headers),
+                kind: AttemptFailure::of_status(parts.status.as_u16()),
             });
         }
         if cx.stream {
@@ -121,6 +122,7 @@ impl Gateway {
                 .map_err(Failure::new)?;
             let latency = meter.now().saturating_sub(sent_us);
             meter.add_upstream(latency);
+            meter.first_event();
             return Ok((
                 Proxied::Stream(
                     StreamHead {

@@ -20,10 +20,10 @@
 //! | estimate            | the body, the prices of the alias's deployments and of its fallbacks' | the [`Demand`]: tokens and cost (403 `model_price_unknown` for a budget without a price) |
 //! | admit               | [`Limiter`] with the key and the [`Demand`] (skipped for a key without limits or budget that the limiter vouched for within `revocation_delay_ms`, [`KeyCache`]) | an [`Admission`] (once per request, whatever the attempts): reservation, `x-ratelimit-*`, the authoritative key (429/402/401) |
 //! | pick deployment     | the [`Router`]'s [`AttemptPlan`]: strategy, health, retries, backoff, fallbacks, deadline ([`crate::routing`]) | the next [`Attempt`] and its wait ([`Clock`]); or the final error (504 `upstream_timeout` naming the attempts when `timeout_ms` ran out) |
-//! | translate request   | the deployment's [`Provider`], a [`Call`]      | the upstream `http::Request`                |
+//! | translate request   | the deployment's [`Provider`], a [`Call`], the client's `traceparent` | the upstream `http::Request`, with Conduit's `traceparent` ([`crate::observe::trace`]) |
 //! | call upstream       | [`Upstream`], [`Clock`] for the timeouts       | the answer read whole, or a stream peeked up to its first event ([`crate::attempt`]); a retryable failure (5xx, 408, 429, timeout, connection, unreadable, a stream failing before its first event) goes back to *pick deployment* |
 //! | translate response  | the provider's body or stream decoder          | an OpenAI object with `model` = the alias, or the [`Relay`] |
-//! | meter               | the usage the provider reported, timings, the answering deployment's price | the cost, the settlement, one [`UsageRecord`] with the attempts and the failed ones, handed to the [`Spawner`] unless done at once (from the stream's end, or its `Drop`) |
+//! | meter               | the usage the provider reported, timings, the answering deployment's price | the cost, the settlement, one [`UsageRecord`] with the attempts and the failed ones, handed to the [`Spawner`] unless done at once (from the stream's end, or its `Drop`); the [`RequestEvent`] to the [`Observer`] (metrics, log lines; also for a request refused before it had a key) |
 //! | respond             | —                                              | `x-request-id`, `x-conduit-overhead-ms`, `x-ratelimit-*`, `x-conduit-deployment`, `x-conduit-attempts` |
 //!
 //! The front doors ([`crate::frontdoors`]: `/v1/responses`, `/v1/messages`)
@@ -55,6 +55,8 @@ use crate::keys::{extract_secret, hash_secret, random_id, VirtualKey};
 use crate::metering::limits::{completion_allowance, estimate_prompt_tokens};
 use crate::metering::meter::Meter;
 use crate::metering::usage::{TokenUsage, UsageRecord};
+use crate::observe::trace::TraceContext;
+use crate::observe::{KeyCacheOutcome, NoObserver, Observer, Refusal, RequestEvent};
 use crate::ports::{
     Admission, ByteStream, Clock, Demand, KeyStore, Limiter, Spawner, Upstream, UsageStore,
 };
@@ -127,6 +129,8 @@ pub struct Gateway {
     created_secs: u64,
     /// Deployment health on this instance (process, isolate, container).
     router: Router,
+    /// Where each inference request is reported ([`crate::observe`]).
+    observer: Arc<dyn Observer>,
 }
 
 /// Body bytes read from an upstream error answer, at most.
@@ -152,7 +156,14 @@ impl Gateway {
                 .filter(|k| !k.is_empty())
                 .map(|k| Sha256::digest(k.as_bytes()).into()),
             created_secs,
+            observer: Arc::new(NoObserver),
         }
+    }
+
+    /// Reports every inference request to `observer` (metrics, log lines).
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
     }
 
     pub fn config(&self) -> &Config {
@@ -219,6 +230,7 @@ impl Gateway {
             Ok(Route::Models) => self.list_models(&parts.headers).await,
             Ok(Route::Model(id)) => self.get_model(&parts.headers, &id).await,
             Ok(Route::Inference(endpoint)) => {
+                self.observer.started();
                 self.inference(
                     endpoint,
                     &parts.headers,
@@ -290,6 +302,15 @@ impl Gateway {
         &self,
         headers: &HeaderMap,
     ) -> Result<(Arc<VirtualKey>, String), GatewayError> {
+        self.authenticate_noting(headers, &mut None).await
+    }
+
+    /// [`authenticate`](Self::authenticate), noting whether the key cache had the key.
+    async fn authenticate_noting(
+        &self,
+        headers: &HeaderMap,
+        cache: &mut Option<KeyCacheOutcome>,
+    ) -> Result<(Arc<VirtualKey>, String), GatewayError> {
         let secret = extract_secret(headers).ok_or_else(|| {
             GatewayError::InvalidApiKey(
                 "Missing API key: send it as `Authorization: Bearer condt_…`, `X-API-Key` or `api-key`.".into(),
@@ -299,10 +320,12 @@ impl Gateway {
         let now_us = self.ports.clock.now_micros();
         if let Some(k) = self.key_cache.get(&hash, now_us) {
             if k.check_usable(now_us / 1_000_000).is_ok() {
+                *cache = Some(KeyCacheOutcome::Hit);
                 return Ok((k, hash));
             }
             // A cached refusal may be stale (re-enabled elsewhere): ask the store.
         }
+        *cache = Some(KeyCacheOutcome::Miss);
         let key =
             Arc::new(self.ports.keys.find_by_hash(&hash).await?.ok_or_else(|| {
                 GatewayError::InvalidApiKey("Incorrect API key provided.".into())
@@ -399,7 +422,27 @@ impl Gateway {
         started_us: u64,
         spawner: &Arc<dyn Spawner>,
     ) -> Result<Response, GatewayError> {
-        let (key, key_hash) = self.authenticate(headers).await?;
+        let trace = TraceContext::from_headers(headers);
+        let mut key_cache = None;
+        let mut unmetered = Unmetered {
+            gateway: self,
+            request_id,
+            endpoint,
+            started_us,
+            trace: &trace,
+            pending: true,
+        };
+        let (key, key_hash) = match self.authenticate_noting(headers, &mut key_cache).await {
+            Ok(found) => {
+                unmetered.pending = false;
+                found
+            }
+            Err(e) => {
+                unmetered.pending = false;
+                unmetered.report(Some(&e), key_cache);
+                return Err(e);
+            }
+        };
         // From here on, every outcome is metered exactly once.
         let mut meter = Meter::new(
             self.ports.usage.clone(),
@@ -427,10 +470,17 @@ impl Gateway {
                 attempts: 0,
                 failed_attempts: Vec::new(),
                 served_alias: None,
+                trace_id: Some(trace.trace_id_hex()),
+                traceparent: Some(trace.traceparent()),
             },
             started_us,
         );
-        match self.proxy(endpoint, &key, key_hash, body, &mut meter).await {
+        meter.observed_by(self.observer.clone());
+        meter.facts.key_cache = key_cache;
+        match self
+            .proxy(endpoint, &key, key_hash, body, &trace, &mut meter)
+            .await
+        {
             Ok(Proxied::Full(mut response, usage)) => {
                 add_headers(response.headers_mut(), &meter.limit_headers());
                 add_headers(response.headers_mut(), &route_headers(&meter.record));
@@ -452,6 +502,8 @@ impl Gateway {
                 Ok(response)
             }
             Err(e) => {
+                meter.facts.refusal = Refusal::of_error(&e);
+                meter.facts.store_error = matches!(e, GatewayError::Store(_));
                 meter.finish(e.status().as_u16());
                 let mut response = self.error_response_on(Some(endpoint), &e);
                 add_headers(response.headers_mut(), &route_headers(&meter.record));
@@ -525,6 +577,7 @@ impl Gateway {
         key: &VirtualKey,
         key_hash: String,
         body: Bytes,
+        trace: &TraceContext,
         meter: &mut Meter,
     ) -> Result<Proxied, GatewayError> {
         // Stage *parse*.
@@ -564,6 +617,8 @@ impl Gateway {
             }
         };
         meter.record.model = alias.clone();
+        // Only a configured alias may label a metric (an unknown `model` must not).
+        meter.facts.alias_known = self.config.models.contains_key(&alias);
         let required = endpoint.required_field();
         if request.get(required).is_none_or(Value::is_null) {
             return Err(GatewayError::invalid(
@@ -693,6 +748,7 @@ impl Gateway {
             base64_embeddings,
             alias: &alias,
             request_id: &request_id,
+            trace,
         };
         loop {
             let attempt = match plan.next(meter.now()) {
@@ -834,6 +890,42 @@ impl Gateway {
         } else {
             Bytes::from(rest)
         })
+    }
+}
+
+/// Reports an inference request that ends before it has a [`Meter`]: refused
+/// by authentication, or dropped while its key was looked up (the client went
+/// away), so that every [`Observer::started`] has its `finished`.
+struct Unmetered<'a> {
+    gateway: &'a Gateway,
+    request_id: &'a str,
+    endpoint: Endpoint,
+    started_us: u64,
+    trace: &'a TraceContext,
+    /// Not reported yet, and no meter took over.
+    pending: bool,
+}
+
+impl Unmetered<'_> {
+    fn report(&self, error: Option<&GatewayError>, key_cache: Option<KeyCacheOutcome>) {
+        let trace_id = self.trace.trace_id_hex();
+        let now = self.gateway.ports.clock.now_micros();
+        self.gateway.observer.finished(&RequestEvent::unmetered(
+            self.request_id,
+            self.endpoint.route(),
+            error,
+            now.saturating_sub(self.started_us),
+            key_cache,
+            Some(&trace_id),
+        ));
+    }
+}
+
+impl Drop for Unmetered<'_> {
+    fn drop(&mut self) {
+        if self.pending {
+            self.report(None, None);
+        }
     }
 }
 

@@ -32,6 +32,7 @@ pub mod images;
 pub mod keys;
 pub mod memory;
 pub mod metering;
+pub mod observe;
 pub mod ports;
 pub mod providers;
 pub mod routing;

@@ -754,3 +754,243 @@ fn an_endless_stream_event_ends_with_an_error_and_bounded_memory() {
     assert!(last["error"]["message"].as_str().unwrap().contains("over"));
     assert_eq!(h.usage.all()[0].status, 502);
 }
+
+/// A request with extra headers (`call` sends only `authorization`).
+fn call_with(h: &Harness, key: &str, body: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut b = http::Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("authorization", format!("Bearer {key}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = block_on(
+        h.gateway
+            .handle(b.body(Bytes::from(body.to_owned())).unwrap()),
+    );
+    let (parts, body) = resp.into_parts();
+    let body = match body {
+        ResponseBody::Full(b) => b.to_vec(),
+        ResponseBody::Stream(s) => block_on(s.collect::<Vec<Bytes>>()).concat(),
+    };
+    Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+#[test]
+fn the_clients_traceparent_reaches_every_attempt_and_the_record() {
+    use conduit::observe::trace::parse_traceparent;
+    let h = harness(None);
+    let (_, key) = h.create_key(json!({"name": "t"}));
+    let client = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let a = call_with(
+        &h,
+        &key,
+        r#"{"model":"fallback","messages":[{"role":"user","content":"hi"}]}"#,
+        &[("traceparent", client), ("tracestate", "congo=t61rcWkgMzE")],
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    let sent = h.sent();
+    assert_eq!(sent.len(), 2, "the 500, then the fallback");
+    let record = &h.usage.all()[0];
+    assert_eq!(
+        record.trace_id.as_deref(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    for (_, _, headers) in &sent {
+        let tp = headers["traceparent"].to_str().unwrap();
+        let (trace, parent, flags) = parse_traceparent(tp.as_bytes()).expect("valid");
+        assert_eq!(trace[..2], [0x4b, 0xf9]);
+        // Conduit's own span is the provider's parent, not the client's.
+        assert_ne!(parent, [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+        assert_eq!(flags, 1);
+        assert_eq!(headers["tracestate"], "congo=t61rcWkgMzE");
+        assert_eq!(record.traceparent.as_deref(), Some(tp));
+    }
+    // The admin API returns it.
+    let u = h.call("GET", "/admin/usage", Some(MASTER), "").json();
+    assert_eq!(u["data"][0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(
+        u["data"][0]["failed_attempts"][0]["kind"], "5xx",
+        "{}",
+        u["data"][0]
+    );
+}
+
+#[test]
+fn a_missing_or_invalid_traceparent_starts_a_new_trace() {
+    use conduit::observe::trace::parse_traceparent;
+    let h = harness(None);
+    let (_, key) = h.create_key(json!({"name": "t"}));
+    let body = r#"{"model":"my-gpt4","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+    for headers in [
+        vec![],
+        vec![(
+            "traceparent",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        )],
+    ] {
+        let a = call_with(&h, &key, body, &headers);
+        assert_eq!(a.status, 200, "{}", a.text());
+    }
+    let sent = h.sent();
+    let records = h.usage.all();
+    assert_eq!((sent.len(), records.len()), (2, 2));
+    let mut ids = Vec::new();
+    for (_, _, headers) in &sent {
+        let tp = headers["traceparent"].to_str().unwrap();
+        assert!(!headers.contains_key("tracestate"));
+        let (trace, _, _) = parse_traceparent(tp.as_bytes()).expect("a valid new one");
+        assert_ne!(trace, [0; 16]);
+        assert!(records.iter().any(|r| r.traceparent.as_deref() == Some(tp)
+            && tp[3..35] == *r.trace_id.as_deref().unwrap()));
+        ids.push(trace);
+    }
+    assert_ne!(ids[0], ids[1]);
+}
+
+/// Collects the observer's events as their log lines.
+#[derive(Default)]
+struct Recorder {
+    started: std::sync::atomic::AtomicUsize,
+    lines: std::sync::Mutex<Vec<Value>>,
+}
+
+impl conduit::observe::Observer for Recorder {
+    fn started(&self) {
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn finished(&self, event: &conduit::observe::RequestEvent<'_>) {
+        let v = serde_json::from_str(&event.log_line()).unwrap();
+        self.lines.lock().unwrap().push(v);
+    }
+}
+
+#[test]
+fn every_inference_request_reaches_the_observer_once() {
+    let h = harness(None);
+    let recorder = Arc::new(Recorder::default());
+    let h = Harness {
+        gateway: h.gateway.with_observer(recorder.clone()),
+        ..h
+    };
+    let (key_id, key) =
+        h.create_key(json!({"name": "o", "allowed_models": ["my-gpt4", "fallback", "nope"]}));
+    let chat = |model: &str, stream: bool| {
+        format!(
+            r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"stream":{stream}}}"#
+        )
+    };
+    assert_eq!(
+        call_with(&h, &key, &chat("my-gpt4", false), &[]).status,
+        200
+    );
+    assert_eq!(call_with(&h, &key, &chat("my-gpt4", true), &[]).status, 200);
+    assert_eq!(
+        call_with(&h, &key, &chat("fallback", false), &[]).status,
+        200
+    );
+    assert_eq!(call_with(&h, &key, &chat("other", false), &[]).status, 403);
+    assert_eq!(call_with(&h, &key, &chat("nope", false), &[]).status, 404);
+    assert_eq!(
+        call_with(&h, "condt_wrong", &chat("my-gpt4", false), &[]).status,
+        401
+    );
+    // Not inference: not observed.
+    assert_eq!(h.call("GET", "/v1/models", Some(&key), "").status, 200);
+    let lines = recorder.lines.lock().unwrap().clone();
+    assert_eq!(lines.len(), 6);
+    assert_eq!(
+        recorder.started.load(std::sync::atomic::Ordering::Relaxed),
+        6
+    );
+    let [whole, stream, fallback, not_allowed, unknown, bad_key] = &lines[..] else {
+        unreachable!()
+    };
+    assert_eq!(whole["alias"], "my-gpt4");
+    assert_eq!(whole["provider"], "openai");
+    assert_eq!(whole["status_class"], "2xx");
+    assert_eq!(whole["key_id"], key_id.as_str());
+    assert_eq!(whole["prompt_tokens"], 9);
+    assert_eq!(whole["cached_tokens"], 4);
+    assert_eq!(whole["key_cache"], "miss");
+    assert_eq!(whole["ttfe_ms"], Value::Null);
+    assert_eq!(stream["streamed"], true);
+    assert_eq!(stream["key_cache"], "hit");
+    assert!(stream["ttfe_ms"].is_number(), "{stream}");
+    assert_eq!(fallback["attempts"], 2);
+    assert_eq!(fallback["provider"], "backup");
+    assert_eq!(
+        fallback["failures"],
+        json!([{"provider": "openai", "kind": "5xx", "status": 500}])
+    );
+    assert_eq!(not_allowed["refusal"], "model_not_allowed");
+    assert_eq!(not_allowed["alias"], "other");
+    // An unknown `model` is no alias: it never becomes a label.
+    assert_eq!(unknown["alias"], Value::Null);
+    assert_eq!(unknown["status"], 404);
+    assert_eq!(bad_key["refusal"], "invalid_api_key");
+    assert_eq!(bad_key["key_id"], Value::Null);
+    assert!(bad_key["trace_id"].as_str().is_some_and(|t| t.len() == 32));
+    for line in &lines {
+        let text = line.to_string();
+        assert!(!text.contains(&key) && !text.contains("sk-upstream"));
+    }
+}
+
+#[test]
+fn a_request_dropped_while_its_key_is_looked_up_leaves_nothing_in_flight() {
+    use conduit::ports::{KeyStore, StoreError};
+    use conduit::VirtualKey;
+    /// A key store that never answers a lookup.
+    struct Stalled;
+    conduit::port! {
+        impl KeyStore for Stalled {
+            async fn find_by_hash(&self, _hash: &str) -> Result<Option<VirtualKey>, StoreError> {
+                std::future::pending().await
+            }
+            async fn get(&self, _id: &str) -> Result<Option<VirtualKey>, StoreError> { Ok(None) }
+            async fn list(&self) -> Result<Vec<VirtualKey>, StoreError> { Ok(Vec::new()) }
+            async fn insert(&self, _key: &VirtualKey, _hash: &str) -> Result<(), StoreError> { Ok(()) }
+            async fn update(&self, _key: &VirtualKey) -> Result<bool, StoreError> { Ok(false) }
+            async fn set_hash(&self, _id: &str, _hash: &str) -> Result<bool, StoreError> { Ok(false) }
+            async fn delete(&self, _id: &str) -> Result<bool, StoreError> { Ok(false) }
+        }
+    }
+    let config = Config::parse(CONFIG, "test", &|_| Some("sk".into())).unwrap();
+    let ports = Ports {
+        keys: Arc::new(Stalled),
+        usage: Arc::new(MemoryUsageStore::default()),
+        upstream: ScriptedUpstream::new(responder(None)),
+        clock: Arc::new(ManualClock::new(1_780_000_000_000_000)),
+        limiter: Arc::new(NoLimits),
+        spawner: Arc::new(QueueSpawner::default()),
+    };
+    let recorder = Arc::new(Recorder::default());
+    let gateway = Gateway::new(config, ports, None).with_observer(recorder.clone());
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("authorization", "Bearer condt_whatever")
+        .body(Bytes::from_static(b"{}"))
+        .unwrap();
+    let mut pending = Box::pin(gateway.handle(request));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(std::future::Future::poll(pending.as_mut(), &mut cx).is_pending());
+    assert!(recorder.lines.lock().unwrap().is_empty());
+    drop(pending); // the client went away
+    let lines = recorder.lines.lock().unwrap().clone();
+    assert_eq!(
+        recorder.started.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(lines.len(), 1);
+    assert_eq!(
+        (lines[0]["status"].as_u64(), lines[0]["refusal"].as_str()),
+        (Some(499), None)
+    );
+}

@@ -3,7 +3,8 @@
 //!
 //! A [`Meter`] is created once the key is known and travels with the
 //! request, into the response stream if there is one. [`Meter::finish`]
-//! prices the usage, settles the admission and writes the record. If the
+//! prices the usage, settles the admission, writes the record and reports
+//! the request to the gateway's [`Observer`] (metrics, log lines). If the
 //! request is dropped first (the client went away), `Drop` does it with
 //! status 499 and, when the provider has not reported usage yet, the
 //! estimate: the prompt estimate plus the larger of the completion allowance
@@ -20,6 +21,7 @@ use crate::keys::VirtualKey;
 use crate::metering::limits::headers;
 use crate::metering::pricing::Price;
 use crate::metering::usage::{TokenUsage, UsageRecord};
+use crate::observe::{Observer, RequestEvent, RequestFacts};
 use crate::ports::{Admission, Clock, Limiter, Settlement, Spawner, UsageStore};
 
 pub(crate) struct Meter {
@@ -37,6 +39,9 @@ pub(crate) struct Meter {
     pub seen_completion: u64,
     /// Whether the provider reported usage.
     pub usage_reported: bool,
+    /// What the observer learns beside the record.
+    pub facts: RequestFacts,
+    observer: Option<Arc<dyn Observer>>,
     finished: bool,
 }
 
@@ -62,8 +67,20 @@ impl Meter {
             price: None,
             seen_completion: 0,
             usage_reported: false,
+            facts: RequestFacts::default(),
+            observer: None,
             finished: false,
         }
+    }
+
+    /// Reports the request's outcome to `observer` when it finishes.
+    pub fn observed_by(&mut self, observer: Arc<dyn Observer>) {
+        self.observer = Some(observer);
+    }
+
+    /// A stream's first event is in: the time to first event, from arrival.
+    pub fn first_event(&mut self) {
+        self.facts.first_event_us = Some(self.now().saturating_sub(self.started_us));
     }
 
     /// Adds time spent waiting on the provider.
@@ -117,6 +134,9 @@ impl Meter {
             tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
             cost_nanos: self.record.cost_nanos.unwrap_or(0),
         };
+        if let Some(observer) = &self.observer {
+            observer.finished(&RequestEvent::of_record(&self.record, &self.facts));
+        }
         let admission = self.admission.clone().filter(|a| a.reservation.is_some());
         let (limiter, store, key, record) = (
             self.limiter.clone(),
@@ -220,6 +240,8 @@ mod tests {
             attempts: 0,
             failed_attempts: Vec::new(),
             served_alias: None,
+            trace_id: None,
+            traceparent: None,
         };
         let mut meter = Meter::new(
             store.clone(),

@@ -321,6 +321,8 @@ mod tests {
             attempts: 0,
             failed_attempts: Vec::new(),
             served_alias: None,
+            trace_id: None,
+            traceparent: None,
         }
     }
 

@@ -2,6 +2,7 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::observe::AttemptFailure;
 use crate::wire::time::format_rfc3339;
 
 /// Token counts in OpenAI's terms. Cached prompt tokens are a subset of
@@ -91,7 +92,7 @@ impl TokenUsage {
 }
 
 /// One request's record. Written once, after the response (or stream) ends.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct UsageRecord {
     pub request_id: String,
     pub key_id: String,
@@ -126,6 +127,10 @@ pub struct UsageRecord {
     pub failed_attempts: Vec<FailedAttempt>,
     /// The alias whose deployment answered, when it is a fallback of `model`.
     pub served_alias: Option<String>,
+    /// The W3C trace id (32 hex digits): the client's `traceparent`'s, or a new one.
+    pub trace_id: Option<String>,
+    /// The `traceparent` sent to the provider (Conduit's span as the parent).
+    pub traceparent: Option<String>,
 }
 
 /// One failed upstream attempt of a request.
@@ -139,6 +144,8 @@ pub struct FailedAttempt {
     pub status: u16,
     /// The error code (the provider's, or `upstream_error`, `upstream_timeout`).
     pub code: Option<String>,
+    /// `timeout`, `connect`, `5xx`, `429`, `4xx` or `broken`.
+    pub kind: AttemptFailure,
 }
 
 impl FailedAttempt {
@@ -149,6 +156,7 @@ impl FailedAttempt {
             "model": self.model,
             "status": self.status,
             "code": self.code,
+            "kind": self.kind.as_str(),
         })
     }
 
@@ -160,6 +168,11 @@ impl FailedAttempt {
             model: s("model").unwrap_or_default(),
             status: u16::try_from(v.get("status").and_then(Value::as_u64)?).ok()?,
             code: s("code"),
+            kind: v
+                .get("kind")
+                .and_then(Value::as_str)
+                .and_then(AttemptFailure::parse)
+                .unwrap_or_default(),
         })
     }
 }
@@ -207,6 +220,8 @@ impl UsageRecord {
             "served_alias": self.served_alias,
             "attempts": self.attempts,
             "failed_attempts": self.failed_attempts.iter().map(FailedAttempt::to_json).collect::<Vec<_>>(),
+            "trace_id": self.trace_id,
+            "traceparent": self.traceparent,
         })
     }
 
@@ -247,6 +262,8 @@ impl UsageRecord {
                 .map(|a| a.iter().filter_map(FailedAttempt::from_json).collect())
                 .unwrap_or_default(),
             served_alias: s("served_alias"),
+            trace_id: s("trace_id"),
+            traceparent: s("traceparent"),
         })
     }
 }
@@ -512,8 +529,11 @@ mod tests {
                 model: "x".into(),
                 status: 503,
                 code: Some("upstream_error".into()),
+                kind: AttemptFailure::Status5xx,
             }],
             served_alias: Some("m-backup".into()),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
         };
         assert_eq!(UsageRecord::from_json(&r.to_json()).unwrap(), r);
         assert_eq!(r.to_json()["overhead_ms"], 0.345);

@@ -37,6 +37,7 @@ use super::strategy::{pick, EXPLORE_EVERY};
 use super::Router;
 use crate::config::{Config, Deployment, ModelRoute};
 use crate::metering::usage::{FailedAttempt, TokenUsage};
+use crate::observe::AttemptFailure;
 use crate::wire::error::GatewayError;
 
 /// What a failure means for the rest of the plan.
@@ -114,12 +115,15 @@ pub struct Failure {
     pub status: u16,
     /// The provider's `Retry-After`, in µs.
     pub retry_after_us: Option<u64>,
+    /// For the metrics: timeout, connect, the provider's 5xx/429/4xx, broken.
+    pub kind: AttemptFailure,
 }
 
 impl Failure {
     pub fn new(error: GatewayError) -> Failure {
         Failure {
             status: error.status().as_u16(),
+            kind: AttemptFailure::of(&error),
             error,
             retry_after_us: None,
         }
@@ -368,6 +372,7 @@ impl<'a> AttemptPlan<'a> {
             model: d.model.clone(),
             status: failure.status,
             code: failure.error.kind().2.map(str::to_owned),
+            kind: failure.kind,
         });
         match classify(&failure.error) {
             FailureKind::Retryable => {

@@ -33,6 +33,9 @@ OPENAI_KEY_ENV = "BB_OPENAI_API_KEY"
 AZURE_KEY_ENV = "BB_AZURE_OPENAI_API_KEY"
 AZURE_API_VERSION = "2024-10-21"
 UPSTREAM_TIMEOUT_MS = 1500
+# GET /metrics (server): this token, or the master key
+METRICS_TOKEN_ENV = "BB_METRICS_TOKEN"
+METRICS_TOKEN = os.environ.setdefault("BB_METRICS_TOKEN_VALUE", "bb-metrics-" + uuid.uuid4().hex)
 MAX_BODY_BYTES = 1048576
 
 # alias -> (provider name in config, upstream model / Azure deployment)
@@ -78,6 +81,7 @@ def build_config(mock_url: str) -> str:
     lines = [
         "[server]",
         'listen = "127.0.0.1:0"',
+        f'metrics_token_env = "{METRICS_TOKEN_ENV}"',
         "",
         "[providers.openai]",
         'kind = "openai"',
@@ -156,6 +160,7 @@ def gateway(mock: MockUpstream) -> Gateway:
         "CONDUIT_MASTER_KEY": MASTER_KEY,
         OPENAI_KEY_ENV: OPENAI_KEY,
         AZURE_KEY_ENV: AZURE_KEY,
+        METRICS_TOKEN_ENV: METRICS_TOKEN,
     }
     try:
         target = make_target()

@@ -329,7 +329,7 @@ def test_retries_back_off_exponentially_with_jitter(rgw, rkey, rc, mock):
     rec = usage_record(rgw, rkey[0], headers["x-request-id"])
     assert rec["attempts"] == 4 and len(rec["failed_attempts"]) == 4
     assert rec["failed_attempts"][0] == {"alias": "rt-backoff", "provider": "p1", "model": "bo-a",
-                                         "status": 500, "code": "upstream_error"}
+                                         "status": 500, "code": "upstream_error", "kind": "5xx"}
 
 
 def test_retry_after_is_waited_out(rc, mock):

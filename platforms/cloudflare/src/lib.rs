@@ -7,7 +7,8 @@
 //! |-----------|----------------------------------------------------------------|
 //! | keys      | KV namespace `KEYS` (by SHA-256), with the core's cache in front |
 //! | limiter   | Durable Object `KEY_OBJECT`, one per key: admission, settlement, and the authority on revocation |
-//! | usage     | the same Durable Object (queryable), plus one JSON log line per request |
+//! | usage     | the same Durable Object (queryable)                            |
+//! | observer  | one JSON log line per request ([`conduit::observe`]), for Workers Logs |
 //! | upstream  | `fetch`, streamed both ways, aborted when the client goes away |
 //! | clock     | `Date.now()`, `setTimeout`                                     |
 //! | spawner   | `ctx.wait_until` (settlement and usage after the response)     |
@@ -96,11 +97,12 @@ fn build(env: &Env) -> Result<Gateway, String> {
         // Replaced per request by one bound to the request's context.
         spawner: Arc::new(LocalSpawner),
     };
-    Ok(Gateway::new(
-        config,
-        ports,
-        binding(env, "CONDUIT_MASTER_KEY").as_deref(),
-    ))
+    // Workers Logs: one JSON line per request (and per failed attempt).
+    let log = conduit::observe::LogLines(|line: &str| worker::console_log!("{line}"));
+    Ok(
+        Gateway::new(config, ports, binding(env, "CONDUIT_MASTER_KEY").as_deref())
+            .with_observer(Arc::new(log)),
+    )
 }
 
 /// Runs work on the isolate's event loop (used only outside a request).

@@ -323,7 +323,7 @@ port! {
     }
 }
 
-/// Usage records in the key's Durable Object, and one JSON log line each.
+/// Usage records in the key's Durable Object.
 pub struct ObjectUsageStore {
     pub env: Env,
     pub keys: Arc<KvKeyStore>,
@@ -333,8 +333,6 @@ port! {
     impl UsageStore for ObjectUsageStore {
         async fn record(&self, record: UsageRecord) {
             let v = record.to_json();
-            // Workers Logs: the record, which holds no key, secret or prompt.
-            worker::console_log!("{}", json!({ "conduit_usage": v }));
             if let Err(e) = call_object(&self.env, &record.key_id, Method::Post, "/usage", Some(&v)).await {
                 worker::console_error!("conduit: usage record {} not stored: {e}", record.request_id);
             }

@@ -797,8 +797,6 @@ port! {
     impl UsageStore for Dynamo {
         async fn record(&self, record: UsageRecord) {
             let json = record.to_json();
-            // CloudWatch: one structured line per request (no key, secret or prompt in it).
-            println!("{}", serde_json::json!({ "conduit_usage": json }));
             let expires = (self.tables.usage_ttl_days > 0)
                 .then(|| record.created_at_ms / 1000 + self.tables.usage_ttl_days * 86_400);
             let mut put = self

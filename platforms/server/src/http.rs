@@ -72,6 +72,9 @@ async fn serve(
         .then(|| Arc::new(RequestTasks::default()));
     let limit = gateway.max_body_bytes();
     let (parts, body) = request.into_parts();
+    if let Some(answer) = crate::metrics::serve(&parts) {
+        return Ok(answer);
+    }
     let declared = parts
         .headers
         .get(http::header::CONTENT_LENGTH)

@@ -10,6 +10,7 @@
 mod check;
 mod cli;
 mod http;
+mod metrics;
 mod postgres;
 mod settings;
 mod store;
@@ -106,7 +107,14 @@ fn serve(args: cli::ServeArgs) -> Result<(), String> {
             limiter: store.limiter.clone(),
             spawner: Arc::new(TokioSpawner),
         };
-        let gateway = Arc::new(Gateway::new(config, ports, master_key.as_deref()));
+        let metrics = Arc::new(metrics::Metrics::new(
+            &config,
+            master_key.as_deref(),
+            server.metrics_token.as_deref(),
+        ));
+        metrics::install(metrics.clone());
+        let gateway =
+            Arc::new(Gateway::new(config, ports, master_key.as_deref()).with_observer(metrics));
         eprintln!(
             "conduit: {} model aliases, {}",
             gateway.config().models.len(),

@@ -3,7 +3,7 @@
 //! | table | row | columns |
 //! |-------|-----|---------|
 //! | `conduit_keys` | a key | `id`, `key_hash` (SHA-256 of the secret, unique), `record` (the key's JSON), `limit_state` (the core's [`KeyLimitState`] as JSON), `created_at` |
-//! | `conduit_usage` | a request | `request_id`, `key_id`, `created_at_ms`, `model`, `status`, `refused`, `record` (the admin API's JSON) |
+//! | `conduit_usage` | a request | `request_id`, `key_id`, `created_at_ms`, `model`, `status`, `refused`, `trace_id` (W3C, indexed), `record` (the admin API's JSON) |
 //! | `conduit_usage_hourly` | an hour, key and model alias | the summary's counters, added to as each record is written (never computed by scanning records) |
 //! | `conduit_schema_migrations` | an applied migration | `version`, `applied_at` |
 //!
@@ -80,6 +80,12 @@ const MIGRATIONS: &[(i32, &str)] = &[
              unpriced          BIGINT NOT NULL DEFAULT 0,
              PRIMARY KEY (hour, key_id, model)
          );",
+    ),
+    (
+        3,
+        // The W3C trace id of each request, to find a trace's records.
+        "ALTER TABLE conduit_usage ADD COLUMN trace_id TEXT;
+         CREATE INDEX conduit_usage_by_trace ON conduit_usage (trace_id) WHERE trace_id IS NOT NULL;",
     ),
 ];
 
@@ -315,6 +321,7 @@ port! {
             if let Err(e) = result {
                 // The reservation stays and is charged at its estimate when it expires.
                 eprintln!("conduit: settlement for key {} failed: {e}", key.id);
+                crate::metrics::store_write_failed(1);
             }
         }
 
@@ -412,10 +419,11 @@ port! {
                 let tx = client.transaction().await.map_err(err)?;
                 let inserted = tx
                     .execute(
-                        "INSERT INTO conduit_usage (request_id, key_id, created_at_ms, model, status, refused, record)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (request_id) DO NOTHING",
+                        "INSERT INTO conduit_usage (request_id, key_id, created_at_ms, model, status, refused, record, trace_id)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (request_id) DO NOTHING",
                         &[&record.request_id, &record.key_id, &big(record.created_at_ms), &record.model,
-                          &i32::from(record.status), &record.refused_by.is_some(), &record.to_json().to_string()],
+                          &i32::from(record.status), &record.refused_by.is_some(), &record.to_json().to_string(),
+                          &record.trace_id],
                     )
                     .await
                     .map_err(err)?;
@@ -447,6 +455,7 @@ port! {
             };
             if let Err(e) = write.await {
                 eprintln!("conduit: could not write the usage record of {}: {e}", record.request_id);
+                crate::metrics::store_write_failed(1);
             }
         }
 

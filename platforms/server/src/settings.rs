@@ -15,6 +15,7 @@
 //! header_read_timeout_ms = 10000
 //! body_read_timeout_ms = 60000
 //! max_header_bytes = 65536
+//! metrics_token_env = "CONDUIT_METRICS_TOKEN" # GET /metrics: this token (or the master key)
 //! ```
 
 use std::path::PathBuf;
@@ -51,6 +52,8 @@ pub struct ServerSettings {
     pub workers: Option<usize>,
     pub store: StoreSettings,
     pub client_limits: ClientLimits,
+    /// A token for `GET /metrics` besides the master key.
+    pub metrics_token: Option<String>,
 }
 
 /// Reads `[server]` from `table` (`source` names it in errors), with the
@@ -124,7 +127,15 @@ pub fn read(
     if let Some(n) = number("max_header_bytes", 16 * 1024 * 1024)? {
         client_limits.max_header_bytes = n as usize;
     }
+    // `GET /metrics`: the token itself, or (kept out of the file) the variable holding it.
+    let metrics_token = match (text("metrics_token")?, text("metrics_token_env")?) {
+        (Some(t), _) => Some(t),
+        (None, Some(var)) => std::env::var(&var).ok(),
+        (None, None) => None,
+    }
+    .filter(|t| !t.is_empty());
     Ok(ServerSettings {
+        metrics_token,
         listen: text("listen")?.unwrap_or_else(|| DEFAULT_LISTEN.into()),
         workers: number("workers", 1024)?.map(|n| n as usize),
         store,

@@ -322,6 +322,7 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
                         "conduit: could not write {} records ({e}); held in memory and retried",
                         batch.len()
                     );
+                    crate::metrics::store_write_failed(batch.len() as u64);
                 }
                 let dropped;
                 (held, dropped) = hold(batch);
@@ -336,6 +337,7 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
                     "conduit: could not write {} records at shutdown: {e}",
                     batch.len()
                 );
+                crate::metrics::store_write_failed(batch.len() as u64);
                 break;
             }
         }
@@ -650,6 +652,8 @@ mod tests {
             attempts: 1,
             failed_attempts: Vec::new(),
             served_alias: None,
+            trace_id: None,
+            traceparent: None,
         }
     }
 

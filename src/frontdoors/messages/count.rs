@@ -76,7 +76,10 @@ impl Gateway {
         };
         let mut response = match deployment.provider.count_tokens_request(&call, &request) {
             Some(upstream) => {
-                let tokens = self.provider_count(&call, deployment, upstream?).await?;
+                let mut upstream = upstream?;
+                crate::observe::trace::TraceContext::from_headers(headers)
+                    .add_to(upstream.headers_mut());
+                let tokens = self.provider_count(&call, deployment, upstream).await?;
                 json_response(StatusCode::OK, &json!({ "input_tokens": tokens }))
             }
             None => {

@@ -35,10 +35,12 @@ impl Gateway {
                 "No response `{id}`: none of the models this key may use keeps stored responses (OpenAI and Azure deployments do)."
             )));
         };
+        let mut request = request?;
+        crate::observe::trace::TraceContext::from_headers(headers).add_to(request.headers_mut());
         let timeout = Duration::from_millis(self.config().gateway.upstream_timeout_ms);
         let deadline_us = self.now_micros() + timeout.as_micros() as u64;
         let answer = self
-            .within(timeout, self.upstream().send(request?))
+            .within(timeout, self.upstream().send(request))
             .await?
             .map_err(|e| GatewayError::Upstream(format!("cannot reach the provider: {e}")))?;
         let (parts, body) = answer.into_parts();
