@@ -316,6 +316,9 @@ def test_ui_main_flow(ui, admin, make_client, gateway):
 
     # ... on the requests page, filtered by the key
     page.get_by_role("link", name="Requests").click()
+    # The page renders after the hash changes: wait for it (the overview also
+    # has regions whose names contain "keys").
+    page.get_by_role("heading", name="Requests", level=1).wait_for()
     page.get_by_label("Key").select_option(label=name)
 
     def requests_page():
