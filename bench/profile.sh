@@ -91,9 +91,15 @@ measure() { # NAME PATH BODY MODE
   else
     run_fg "${load[@]}" --requests "$REQUESTS" --warmup 0 >"$WORK/$name.json"
   fi
-  callgrind_control -d "$name" "$VG_PID" >/dev/null
-  sleep 0.5
-  local file ir ok
+  local file ir ok n
+  n=$(ls "$WORK"/callgrind."$VG_PID".* 2>/dev/null | wc -l)
+  callgrind_control -d "$VG_PID" >/dev/null
+  # The dump is written asynchronously: wait for the new file.
+  for ((i = 0; i < 100; i++)); do
+    (($(ls "$WORK"/callgrind."$VG_PID".* 2>/dev/null | wc -l) > n)) && break
+    sleep 0.1
+  done
+  sleep 0.3
   file=$(ls -t "$WORK"/callgrind."$VG_PID".* | head -1)
   ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$file")
   ok=$("$BIN_DIR/bench-report" get "$WORK/$name.json" /requests_ok)
