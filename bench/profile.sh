@@ -6,7 +6,8 @@
 # saturated server (perf sampling cpu-clock, folded and drawn by inferno).
 #
 # Usage: bash bench/profile.sh [--flame SVG] [--requests N]
-# Output: a markdown table on stdout and in target/bench/profile-latest.md.
+# Output: a markdown table on stdout and in target/bench/profile-latest.md; the callgrind
+# dumps in target/bench/profile-<timestamp>/.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,6 +33,9 @@ if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
 fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/conduit-profile.XXXXXX")
+# The callgrind dumps are kept here (callgrind_annotate FILE shows where the instructions go).
+OUT_DIR=${BENCH_OUT:-$TARGET_DIR/bench/profile-$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$OUT_DIR"
 trap 'cleanup; rm -rf "$WORK"' EXIT
 UPSTREAM_KEY=profile-upstream-key
 MASTER_KEY="profile-master-$$-$RANDOM"
@@ -77,8 +81,8 @@ log "callgrind: Conduit at $GW_URL (pid $VG_PID), $REQUESTS requests per case"
 table="| case (through the release server under callgrind) | instructions / request |
 |---|---:|
 "
-measure() { # NAME PATH BODY MODE
-  local name=$1 path=$2 body=$3 mode=$4 before after
+measure() { # NAME SLUG PATH BODY MODE
+  local name=$1 slug=$2 path=$3 body=$4 mode=$5
   local load=("$BIN_DIR/bench-load" "$mode" --url "$GW_URL$path" --header "Authorization: Bearer $KEY" --body "$body" --timeout-ms 60000)
   if [[ $mode == saturate ]]; then
     run_fg "${load[@]}" --connections 4 --warmup 50 --max-requests 10 --duration-s 60 >/dev/null
@@ -91,25 +95,27 @@ measure() { # NAME PATH BODY MODE
   else
     run_fg "${load[@]}" --requests "$REQUESTS" --warmup 0 >"$WORK/$name.json"
   fi
-  local file ir ok n
-  n=$(ls "$WORK"/callgrind."$VG_PID".* 2>/dev/null | wc -l)
+  local file ir ok dumps=("$WORK"/callgrind."$VG_PID".*) now
+  local n=${#dumps[@]}
   callgrind_control -d "$VG_PID" >/dev/null
   # The dump is written asynchronously: wait for the new file.
   for ((i = 0; i < 100; i++)); do
-    (($(ls "$WORK"/callgrind."$VG_PID".* 2>/dev/null | wc -l) > n)) && break
+    now=("$WORK"/callgrind."$VG_PID".*)
+    ((${#now[@]} > n)) && break
     sleep 0.1
   done
   sleep 0.3
   file=$(ls -t "$WORK"/callgrind."$VG_PID".* | head -1)
+  cp "$file" "$OUT_DIR/callgrind.$slug"
   ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$file")
   ok=$("$BIN_DIR/bench-report" get "$WORK/$name.json" /requests_ok)
   table+="| $name | $((ir / ok)) |
 "
   log "  $name: $((ir / ok)) instructions per request ($ok requests)"
 }
-measure "chat" /v1/chat/completions "$chat" saturate
-measure "embeddings (1536 floats)" /v1/embeddings "$emb" saturate
-measure "stream (13 events)" /v1/chat/completions "$stream" ttfe
+measure "chat" chat /v1/chat/completions "$chat" saturate
+measure "embeddings (1536 floats)" embeddings /v1/embeddings "$emb" saturate
+measure "stream (13 events)" stream /v1/chat/completions "$stream" ttfe
 stop_proc "$VG_PID"
 forget_pid "$VG_PID"
 

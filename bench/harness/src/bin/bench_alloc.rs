@@ -129,7 +129,7 @@ fn chat_answer() -> Bytes {
         json!({
             "id": "chatcmpl-mock0001", "object": "chat.completion", "created": CREATED,
             "model": "gpt-4o-mini",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello! How can I help you today?"},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello! How can I help you today?", "refusal": null},
                 "logprobs": null, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 24, "completion_tokens": 9, "total_tokens": 33,
                 "prompt_tokens_details": {"cached_tokens": 0}},

@@ -349,7 +349,7 @@ fn chat_completion(model: &str) -> Value {
         "model": model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": "Hello! How can I help you today?"},
+            "message": {"role": "assistant", "content": "Hello! How can I help you today?", "refusal": null},
             "logprobs": null,
             "finish_reason": "stop",
         }],
