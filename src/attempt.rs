@@ -144,6 +144,7 @@ impl Gateway {
                         alias: Value::String(cx.alias.to_owned()),
                         endpoint: cx.endpoint,
                         include_usage: cx.include_usage,
+                        pass_through: provider.streams_openai_chunks(&call),
                     },
                 ),
                 latency,

@@ -22,7 +22,7 @@
 //! | pick deployment     | the [`Router`]'s [`AttemptPlan`]: strategy, health, retries, backoff, fallbacks, deadline ([`crate::routing`]) | the next [`Attempt`] and its wait ([`Clock`]); or the final error (504 `upstream_timeout` naming the attempts when `timeout_ms` ran out) |
 //! | translate request   | the deployment's [`Provider`], a [`Call`], the client's `traceparent` | the upstream `http::Request`, with Conduit's `traceparent` ([`crate::observe::trace`]) |
 //! | call upstream       | [`Upstream`], [`Clock`] for the timeouts       | the answer read whole, or a stream peeked up to its first event ([`crate::attempt`]); a retryable failure (5xx, 408, 429, timeout, connection, unreadable, a stream failing before its first event) goes back to *pick deployment* |
-//! | translate response  | the provider's body or stream decoder          | an OpenAI object with `model` = the alias, or the [`Relay`] |
+//! | translate response  | the provider's body or stream decoder          | an OpenAI object with `model` = the alias, or the [`Relay`]; an answer already in the client's dialect passes through with `model` spliced in, no tree ([`crate::providers::openai::passthrough`]) |
 //! | meter               | the usage the provider reported, timings, the answering deployment's price | the cost, the settlement, one [`UsageRecord`] with the attempts and the failed ones, handed to the [`Spawner`] unless done at once (from the stream's end, or its `Drop`); the [`RequestEvent`] to the [`Observer`] (metrics, log lines; also for a request refused before it had a key) |
 //! | respond             | —                                              | `x-request-id`, `x-conduit-overhead-ms`, `x-ratelimit-*`, `x-conduit-deployment`, `x-conduit-attempts` |
 //!
@@ -802,24 +802,19 @@ impl Gateway {
         bytes: &[u8],
         meter: &Meter,
     ) -> Result<Proxied, GatewayError> {
-        let mut object = provider.translate_response(call, bytes)?;
-        if base64_embeddings {
-            encode_embeddings(&mut object);
-        }
-        let mut usage = object
-            .get("usage")
-            .and_then(TokenUsage::from_openai)
-            .unwrap_or_default();
+        // The provider's own bytes, `model` spliced in, when the translation
+        // would change nothing else; else the translated tree, printed.
+        let (body, mut usage) =
+            match provider.pass_through(call, bytes, &meter.record.model, base64_embeddings) {
+                Some(passed) => (passed.body, passed.usage.unwrap_or_default()),
+                None => translate_and_print(provider, call, base64_embeddings, bytes, meter)?,
+            };
         if call.endpoint == Endpoint::Embeddings && usage.total_tokens == 0 {
             // Some providers do not count embedding tokens: meter the estimate
             // rather than record the request as free.
             usage.prompt_tokens = meter.record.estimated_prompt_tokens;
             usage.total_tokens = usage.prompt_tokens;
         }
-        // `model` is the alias the client sent.
-        object.insert("model".into(), Value::String(meter.record.model.clone()));
-        let body = serde_json::to_vec(&object)
-            .map_err(|e| GatewayError::Internal(format!("cannot encode the response: {e}")))?;
         let mut response = http::Response::new(ResponseBody::Full(Bytes::from(body)));
         *response.status_mut() = status;
         response.headers_mut().insert(
@@ -951,6 +946,8 @@ pub(crate) struct PendingRelay {
     pub alias: Value,
     pub endpoint: Endpoint,
     pub include_usage: bool,
+    /// The provider streams OpenAI chunks in the client's dialect.
+    pub pass_through: bool,
 }
 
 impl PendingRelay {
@@ -962,7 +959,9 @@ impl PendingRelay {
             &meter.record.request_id,
             self.clock.now_micros() / 1_000_000,
         );
+        let pass_through = self.pass_through && encoder.is_none();
         Relay {
+            pass_through,
             decoder: self.decoder,
             upstream,
             clock: self.clock,
@@ -974,6 +973,29 @@ impl PendingRelay {
             encoder,
         }
     }
+}
+
+/// The translating path of a whole answer: the provider's answer as an
+/// OpenAI tree, `model` = the alias the client sent, printed; and its usage.
+fn translate_and_print(
+    provider: &dyn Provider,
+    call: &Call<'_>,
+    base64_embeddings: bool,
+    bytes: &[u8],
+    meter: &Meter,
+) -> Result<(Vec<u8>, TokenUsage), GatewayError> {
+    let mut object = provider.translate_response(call, bytes)?;
+    if base64_embeddings {
+        encode_embeddings(&mut object);
+    }
+    let usage = object
+        .get("usage")
+        .and_then(TokenUsage::from_openai)
+        .unwrap_or_default();
+    object.insert("model".into(), Value::String(meter.record.model.clone()));
+    let body = serde_json::to_vec(&object)
+        .map_err(|e| GatewayError::Internal(format!("cannot encode the response: {e}")))?;
+    Ok((body, usage))
 }
 
 /// Float-array embeddings as OpenAI's base64 form (little-endian float32).

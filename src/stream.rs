@@ -10,6 +10,12 @@
 //! a stream cut short) ends the stream with an OpenAI `error` event, and is
 //! billed like a disconnect once content has reached the client.
 //!
+//! When the provider speaks the client's dialect (OpenAI chunks, no front
+//! door), each chunk is passed through as the provider wrote it, `model`
+//! spliced in and `usage` cut out, with no `serde_json` tree
+//! ([`pass_through_chunk`]); a chunk the decoder would normalise goes the
+//! decoding way ([`decode_event`]), so the client's bytes are the same.
+//!
 //! On the front doors ([`crate::frontdoors`]) a [`StreamEncoder`] writes the
 //! client's API instead: the chunks of a translated stream, the events of a
 //! passed-through one ([`StreamEvent::Native`], metered as they pass), the
@@ -30,9 +36,11 @@ use crate::frontdoors::StreamEncoder;
 use crate::metering::meter::Meter;
 use crate::metering::usage::TokenUsage;
 use crate::ports::{ByteStream, Clock};
+use crate::providers::openai::decode_event;
+use crate::providers::openai::passthrough::pass_through_chunk;
 use crate::providers::{Endpoint, NativeEvent, StreamDecoder, StreamEvent};
 use crate::wire::error::GatewayError;
-use crate::wire::sse::{encode_data, DONE};
+use crate::wire::sse::{encode_data, SseEvent, SseParser, DONE};
 
 pub(crate) struct Relay {
     pub upstream: ByteStream,
@@ -45,6 +53,14 @@ pub(crate) struct Relay {
     pub meter: Meter,
     /// The front door's writer; `None`: OpenAI chunks.
     pub encoder: Option<Box<dyn StreamEncoder>>,
+    /// OpenAI chunks in the client's dialect: passed through, not decoded.
+    pub pass_through: bool,
+}
+
+/// The SSE events of a passed-through stream, before they are relayed.
+struct Raw {
+    sse: SseParser,
+    events: Vec<SseEvent>,
 }
 
 struct State {
@@ -61,6 +77,8 @@ struct State {
     event_deadline_us: u64,
     /// How often the encoder writes a keep-alive into a silent stream.
     keepalive: Option<Duration>,
+    /// Set when the relay passes chunks through (instead of `relay.decoder`).
+    raw: Option<Raw>,
 }
 
 impl Relay {
@@ -74,7 +92,12 @@ impl Relay {
             .encoder
             .as_ref()
             .and_then(|e| e.keepalive_every(self.idle_timeout));
+        let raw = self.pass_through.then(|| Raw {
+            sse: SseParser::new(),
+            events: Vec::new(),
+        });
         let state = State {
+            raw,
             event_deadline_us,
             keepalive,
             relay: self,
@@ -109,8 +132,17 @@ impl Relay {
                 s.relay.meter.add_upstream(waited);
                 match next {
                     Some(Some(Ok(bytes))) => {
-                        s.relay.decoder.feed(&bytes, &mut s.events);
-                        if !s.events.is_empty() {
+                        let decoded = match s.raw.as_mut() {
+                            Some(raw) => {
+                                raw.sse.feed(&bytes, &mut raw.events);
+                                !raw.events.is_empty()
+                            }
+                            None => {
+                                s.relay.decoder.feed(&bytes, &mut s.events);
+                                !s.events.is_empty()
+                            }
+                        };
+                        if decoded {
                             s.event_deadline_us = s
                                 .relay
                                 .clock
@@ -129,7 +161,10 @@ impl Relay {
                         );
                     }
                     Some(None) => {
-                        s.relay.decoder.finish(&mut s.events);
+                        match s.raw.as_mut() {
+                            Some(raw) => raw.sse.finish(&mut raw.events),
+                            None => s.relay.decoder.finish(&mut s.events),
+                        }
                         s.process(&mut out);
                         if !s.ended {
                             if s.saw_finish {
@@ -165,6 +200,21 @@ impl Relay {
 
 impl State {
     fn process(&mut self, out: &mut BytesMut) {
+        if let Some(mut raw) = self.raw.take() {
+            for ev in raw.events.drain(..) {
+                if self.ended {
+                    break;
+                }
+                self.raw_event(out, &ev.data);
+            }
+            if let Some(e) = raw.sse.take_overflow() {
+                if !self.ended {
+                    self.fail(out, e);
+                }
+            }
+            self.raw = Some(raw);
+            return;
+        }
         let mut events = std::mem::take(&mut self.events);
         for ev in events.drain(..) {
             if self.ended {
@@ -178,6 +228,37 @@ impl State {
             }
         }
         self.events = events;
+    }
+
+    /// One event of a passed-through stream: the chunk as it came but for
+    /// `model` and `usage`, or decoded when that would change it.
+    fn raw_event(&mut self, out: &mut BytesMut, data: &str) {
+        let data = data.trim();
+        if data == "[DONE]" {
+            return self.complete(out);
+        }
+        let alias = self.relay.alias.as_str().unwrap_or_default();
+        let Some(chunk) = pass_through_chunk(data, alias, self.head.is_empty()) else {
+            return match decode_event(data) {
+                StreamEvent::Chunk(chunk) => self.chunk(out, chunk),
+                StreamEvent::Done => self.complete(out),
+                StreamEvent::Error(e) => self.fail(out, e),
+                StreamEvent::Native(ev) => self.native(out, ev),
+            };
+        };
+        if let Some((usage, raw)) = chunk.usage {
+            self.relay.meter.report(usage);
+            self.usage_raw = Some(raw);
+        }
+        let Some(body) = chunk.body else {
+            return;
+        };
+        self.saw_finish |= chunk.finish;
+        self.relay.meter.seen_completion += chunk.content;
+        for (k, v) in chunk.head {
+            self.head.insert(k.into(), v);
+        }
+        encode_data(out, &body);
     }
 
     fn chunk(&mut self, out: &mut BytesMut, mut chunk: Map<String, Value>) {

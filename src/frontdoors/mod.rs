@@ -85,6 +85,24 @@ impl Provider for Fronted {
         })
     }
 
+    fn pass_through(
+        &self,
+        call: &Call<'_>,
+        body: &[u8],
+        alias: &str,
+        base64_embeddings: bool,
+    ) -> Option<crate::providers::openai::passthrough::PassedThrough> {
+        if translated(self.inner.as_ref(), call) {
+            return None;
+        }
+        self.inner
+            .pass_through(call, body, alias, base64_embeddings)
+    }
+
+    fn streams_openai_chunks(&self, call: &Call<'_>) -> bool {
+        !translated(self.inner.as_ref(), call) && self.inner.streams_openai_chunks(call)
+    }
+
     fn stream_decoder(&self, call: &Call<'_>) -> Box<dyn StreamDecoder> {
         if translated(self.inner.as_ref(), call) {
             // Chat chunks; the relay's [`StreamEncoder`] writes them in the client's API.

@@ -86,8 +86,25 @@ impl Provider for Azure {
         translate_openai(call.endpoint, body)
     }
 
+    fn pass_through(
+        &self,
+        call: &Call<'_>,
+        body: &[u8],
+        alias: &str,
+        base64_embeddings: bool,
+    ) -> Option<super::openai::passthrough::PassedThrough> {
+        super::openai::passthrough::pass_through(call.endpoint, body, alias, base64_embeddings)
+    }
+
     fn stream_decoder(&self, call: &Call<'_>) -> Box<dyn StreamDecoder> {
         openai_stream(call)
+    }
+
+    fn streams_openai_chunks(&self, call: &Call<'_>) -> bool {
+        matches!(
+            call.endpoint,
+            Endpoint::ChatCompletions | Endpoint::Completions
+        )
     }
 
     fn speaks(&self, call: &Call<'_>) -> bool {

@@ -214,6 +214,30 @@ pub trait Provider: MaybeSendSync {
         call: &Call<'_>,
         body: &[u8],
     ) -> Result<Map<String, Value>, GatewayError>;
+    /// A whole 2xx body that is already the client's OpenAI answer but for
+    /// `model`, passed through with `model` = `alias` and its usage read,
+    /// without a `serde_json` tree ([`openai::passthrough`]); `None` (the
+    /// default, or an answer the translation would change): the core calls
+    /// [`translate_response`](Self::translate_response).
+    fn pass_through(
+        &self,
+        call: &Call<'_>,
+        body: &[u8],
+        alias: &str,
+        base64_embeddings: bool,
+    ) -> Option<openai::passthrough::PassedThrough> {
+        let _ = (call, body, alias, base64_embeddings);
+        None
+    }
+    /// Whether a 2xx stream of `call` is OpenAI SSE chunks in the client's
+    /// dialect: the relay then passes each chunk through with `model`
+    /// spliced and `usage` cut out, without a tree
+    /// ([`openai::passthrough::pass_through_chunk`]), and decodes only the
+    /// chunks the normalisation would change.
+    fn streams_openai_chunks(&self, call: &Call<'_>) -> bool {
+        let _ = call;
+        false
+    }
     /// A decoder for a 2xx streamed body.
     fn stream_decoder(&self, call: &Call<'_>) -> Box<dyn StreamDecoder>;
     /// A non-2xx answer, in Conduit's error terms.

@@ -153,6 +153,37 @@ pub fn parse_stat_cpu_ticks(text: &str) -> Option<(u64, u64)> {
     Some((utime, stime))
 }
 
+/// The processes whose process group is `pgid` (field 5 of `/proc/PID/stat`).
+pub fn process_group_members(pgid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if parse_stat_pgid(&text) == Some(pgid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Parse the process group (field 5) out of the text of a `/proc/PID/stat` file.
+pub fn parse_stat_pgid(text: &str) -> Option<u32> {
+    let after = &text[text.rfind(')')? + 1..];
+    // `after` starts at field 3 (state): ppid is field 4, pgrp field 5.
+    after.split_whitespace().nth(2)?.parse().ok()
+}
+
 /// A `kB` field (e.g. `VmHWM`, `VmRSS`) of `/proc/PID/status`, in KiB.
 pub fn process_status_kib(pid: u32, field: &str) -> Result<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -166,6 +197,35 @@ pub fn parse_status_kib(text: &str, field: &str) -> Option<u64> {
         let rest = l.strip_prefix(field)?.strip_prefix(':')?;
         rest.split_whitespace().next()?.parse().ok()
     })
+}
+
+/// Answers of the mock upstream that other tools reuse (`bench-alloc`).
+pub mod payloads {
+    /// A deterministic vector shaped like text-embedding-3-small's: values of a few
+    /// hundredths, printed as OpenAI prints them (shortest float32 form).
+    pub fn embedding_vector(dims: usize) -> (String, String) {
+        use base64::Engine;
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut json = String::with_capacity(dims * 12 + 2);
+        let mut raw = Vec::with_capacity(dims * 4);
+        json.push('[');
+        for i in 0..dims {
+            // xorshift64*: uniform in [-1, 1), scaled to the usual spread.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let u = (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
+            let x = ((u * 2.0 - 1.0) * 0.06) as f32;
+            if i > 0 {
+                json.push(',');
+            }
+            json.push_str(&format!("{x:?}"));
+            raw.extend_from_slice(&x.to_le_bytes());
+        }
+        json.push(']');
+        let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+        (json, format!("\"{b64}\""))
+    }
 }
 
 /// Nearest-rank percentile (`p` in 0..=100) of sorted samples; 0 when empty.
@@ -186,6 +246,7 @@ mod tests {
         let s = "1234 (my (odd) prog) S 1 2 3 4 5 6 7 8 9 10 250 40 0 0 20 0 3 0 100 0 0";
         assert_eq!(parse_stat_cpu_ticks(s), Some((250, 40)));
         assert_eq!(parse_stat_cpu_ticks("garbage"), None);
+        assert_eq!(parse_stat_pgid(s), Some(2));
     }
 
     #[test]

@@ -10,10 +10,15 @@
 //!   measures from when it woke up, so timer slack of the generator is not counted.
 //! - `ttfe`: `--requests M` sequential streaming requests on one connection → time to
 //!   first SSE event (`data:` bytes received) and time to the end of the stream.
+//! - `streams`: `--connections N` closed-loop workers, each sending streaming requests
+//!   one after the other for `--duration-s` seconds → streams completed per second, time
+//!   to first byte of the stream (first `data:` bytes) and time to its end.
 //!
 //! Every mode first sends `--warmup` requests (not measured). `--pid NAME=PID` (repeatable)
 //! samples the CPU time (utime+stime from `/proc/PID/stat`) of that process right before
-//! and right after the measured phase, and its `VmHWM`/`VmRSS` at the end. Results are one
+//! and right after the measured phase, and its `VmHWM`/`VmRSS` at the end;
+//! `--pid NAME=group:PGID` sums them over every process of that process group (nginx's
+//! master and workers). Results are one
 //! JSON object on stdout (and in `--out FILE` when given).
 
 use std::collections::BTreeMap;
@@ -23,7 +28,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use conduit_bench::{
-    clock_ticks_per_second, err, percentile, process_cpu_ticks, process_status_kib, Args, Result,
+    clock_ticks_per_second, err, percentile, process_cpu_ticks, process_group_members,
+    process_status_kib, Args, Result,
 };
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
@@ -38,6 +44,7 @@ modes:
   saturate  [--connections 16] [--duration-s 10] [--max-requests 2000000]
   rate      --rate 200 [--duration-s 10] [--connections 32]
   ttfe      [--requests 200]
+  streams   [--connections 32] [--duration-s 10] (streaming requests, closed loop)
 common options:
   --url URL                 http://HOST:PORT/path (required)
   --header 'Name: value'    repeatable
@@ -45,6 +52,7 @@ common options:
   --warmup N                unmeasured requests first (default 200; ttfe: 20)
   --timeout-ms 10000        per-request timeout
   --pid NAME=PID            repeatable: CPU time and peak RSS of that process
+                            (NAME=group:PGID: summed over a process group)
   --threads 1               runtime worker threads (1 = current-thread runtime)
   --label TEXT              copied into the output
   --out FILE                also write the JSON there";
@@ -114,14 +122,18 @@ async fn run(args: Args) -> Result<String> {
     let mode = args
         .positional()
         .first()
-        .ok_or_else(|| err("missing MODE (saturate | rate | ttfe)"))?
+        .ok_or_else(|| err("missing MODE (saturate | rate | ttfe | streams)"))?
         .clone();
-    let target = Arc::new(Target::from_args(&args, mode == "ttfe")?);
+    let target = Arc::new(Target::from_args(
+        &args,
+        mode == "ttfe" || mode == "streams",
+    )?);
     let mut watches = Watches::from_args(&args)?;
     let mut out = match mode.as_str() {
         "saturate" => saturate(&args, &target, &mut watches).await?,
         "rate" => rate(&args, &target, &mut watches).await?,
         "ttfe" => ttfe(&args, &target, &mut watches).await?,
+        "streams" => streams(&args, &target, &mut watches).await?,
         other => return Err(err(format!("unknown mode {other:?}"))),
     };
     out.insert("mode".into(), json!(mode));
@@ -230,6 +242,8 @@ impl Target {
 struct Client {
     target: Arc<Target>,
     sender: Option<SendRequest<Full<Bytes>>>,
+    /// Size of the last whole body read.
+    last_body_len: usize,
 }
 
 /// How one request ended.
@@ -244,6 +258,7 @@ impl Client {
         Client {
             target,
             sender: None,
+            last_body_len: 0,
         }
     }
 
@@ -291,10 +306,12 @@ impl Client {
         let res = tokio::time::timeout(timeout, async {
             let resp = self.send().await?;
             let status = resp.status();
-            let body = resp.into_body().collect().await;
-            if body.is_err() {
-                self.sender = None;
-                return Err("body");
+            match resp.into_body().collect().await {
+                Ok(b) => self.last_body_len = b.to_bytes().len(),
+                Err(_) => {
+                    self.sender = None;
+                    return Err("body");
+                }
             }
             Ok(status)
         })
@@ -426,6 +443,8 @@ struct Watches {
 struct Watch {
     name: String,
     pid: u32,
+    /// `pid` is a process group: sum over its members.
+    group: bool,
     before: Option<(u64, u64)>,
     after: Option<(u64, u64)>,
 }
@@ -437,13 +456,15 @@ impl Watches {
             let (name, pid) = p
                 .split_once('=')
                 .ok_or_else(|| err(format!("--pid must be NAME=PID, got {p:?}")))?;
-            let pid: u32 = pid
-                .trim()
-                .parse()
-                .map_err(|_| err(format!("bad pid in {p:?}")))?;
+            let (group, pid) = match pid.trim().strip_prefix("group:") {
+                Some(g) => (true, g),
+                None => (false, pid.trim()),
+            };
+            let pid: u32 = pid.parse().map_err(|_| err(format!("bad pid in {p:?}")))?;
             procs.push(Watch {
                 name: name.to_string(),
                 pid,
+                group,
                 before: None,
                 after: None,
             });
@@ -457,13 +478,13 @@ impl Watches {
 
     fn start(&mut self) {
         for w in &mut self.procs {
-            w.before = process_cpu_ticks(w.pid).ok();
+            w.before = w.cpu_ticks();
         }
     }
 
     fn stop(&mut self, completed: u64) {
         for w in &mut self.procs {
-            w.after = process_cpu_ticks(w.pid).ok();
+            w.after = w.cpu_ticks();
         }
         self.completed = completed;
     }
@@ -490,13 +511,46 @@ impl Watches {
                     "cpu_user_ms": user_us.map(|c| c / 1000.0),
                     "cpu_system_ms": system_us.map(|c| c / 1000.0),
                     "cpu_us_per_request": per_req,
-                    "vm_hwm_kib": process_status_kib(w.pid, "VmHWM").ok(),
-                    "vm_rss_kib": process_status_kib(w.pid, "VmRSS").ok(),
+                    "vm_hwm_kib": w.status_kib("VmHWM"),
+                    "vm_rss_kib": w.status_kib("VmRSS"),
+                    "group": w.group,
                     "clock_ticks_per_s": self.ticks_per_s,
                 }),
             );
         }
         Value::Object(m)
+    }
+}
+
+impl Watch {
+    /// The processes watched: `pid`, or every member of its group.
+    fn pids(&self) -> Vec<u32> {
+        if self.group {
+            process_group_members(self.pid)
+        } else {
+            vec![self.pid]
+        }
+    }
+
+    fn cpu_ticks(&self) -> Option<(u64, u64)> {
+        let mut sum = None;
+        for pid in self.pids() {
+            if let Ok((u, s)) = process_cpu_ticks(pid) {
+                let (su, ss) = sum.unwrap_or((0, 0));
+                sum = Some((su + u, ss + s));
+            }
+        }
+        sum
+    }
+
+    fn status_kib(&self, field: &str) -> Option<u64> {
+        let mut sum = None;
+        for pid in self.pids() {
+            if let Ok(k) = process_status_kib(pid, field) {
+                sum = Some(sum.unwrap_or(0) + k);
+            }
+        }
+        sum
     }
 }
 
@@ -577,18 +631,22 @@ async fn saturate(
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             }
-            tally
+            (tally, c.last_body_len)
         }));
     }
     let mut tally = Tally::default();
+    let mut body_len = 0;
     for h in handles {
-        tally.merge(h.await.map_err(|e| err(format!("worker: {e}")))?);
+        let (t, len) = h.await.map_err(|e| err(format!("worker: {e}")))?;
+        tally.merge(t);
+        body_len = body_len.max(len);
     }
     let elapsed = start.elapsed();
     let ok = tally.latencies_us.len() as u64;
     watches.stop(ok);
     let mut out = Map::new();
     out.insert("connections".into(), json!(conns));
+    out.insert("response_bytes".into(), json!(body_len));
     out.insert("requests_ok".into(), json!(ok));
     out.insert("error_count".into(), json!(tally.error_count()));
     out.insert("errors".into(), json!(tally.errors));
@@ -723,6 +781,92 @@ async fn ttfe(
     out.insert("error_count".into(), json!(first.error_count()));
     out.insert("errors".into(), json!(first.errors));
     out.insert("elapsed_s".into(), json!(elapsed.as_secs_f64()));
+    out.insert("ttfe".into(), latency_summary(&mut first.latencies_us));
+    out.insert("stream_total".into(), latency_summary(&mut totals));
+    Ok(out)
+}
+
+async fn streams(
+    args: &Args,
+    target: &Arc<Target>,
+    watches: &mut Watches,
+) -> Result<Map<String, Value>> {
+    let conns: usize = args.parse_or("connections", 32)?;
+    let duration_s: f64 = args.parse_or("duration-s", 10.0)?;
+    let warmup: u64 = args.parse_or("warmup", 200)?;
+    if conns == 0 || conns > 1024 {
+        return Err(err("--connections must be 1..=1024"));
+    }
+    if !(0.1..=600.0).contains(&duration_s) {
+        return Err(err("--duration-s must be 0.1..=600"));
+    }
+    let mut clients = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        let mut c = Client::new(target.clone());
+        c.connect()
+            .await
+            .map_err(|e| err(format!("{e} to {} failed", target.authority)))?;
+        clients.push(c);
+    }
+    let per = warmup.div_ceil(conns as u64);
+    let mut warm = Vec::with_capacity(conns);
+    for mut c in clients {
+        warm.push(tokio::spawn(async move {
+            for _ in 0..per {
+                let _ = c.call_stream().await;
+            }
+            c
+        }));
+    }
+    let mut clients = Vec::with_capacity(conns);
+    for h in warm {
+        clients.push(h.await.map_err(|e| err(format!("warmup task: {e}")))?);
+    }
+    watches.start();
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(duration_s);
+    let mut handles = Vec::with_capacity(conns);
+    for mut c in clients {
+        handles.push(tokio::spawn(async move {
+            let mut first = Tally::default();
+            let mut totals = Vec::new();
+            let mut consecutive = 0;
+            while Instant::now() < deadline {
+                let (outcome, ttfb, total) = c.call_stream().await;
+                if first.record(outcome, ttfb) {
+                    totals.push(total.as_micros() as u64);
+                    consecutive = 0;
+                } else {
+                    consecutive += 1;
+                    if consecutive >= MAX_CONSECUTIVE_ERRORS {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            (first, totals)
+        }));
+    }
+    let mut first = Tally::default();
+    let mut totals = Vec::new();
+    for h in handles {
+        let (f, t) = h.await.map_err(|e| err(format!("worker: {e}")))?;
+        first.merge(f);
+        totals.extend(t);
+    }
+    let elapsed = start.elapsed();
+    let ok = first.latencies_us.len() as u64;
+    watches.stop(ok);
+    let mut out = Map::new();
+    out.insert("connections".into(), json!(conns));
+    out.insert("requests_ok".into(), json!(ok));
+    out.insert("error_count".into(), json!(first.error_count()));
+    out.insert("errors".into(), json!(first.errors));
+    out.insert("elapsed_s".into(), json!(elapsed.as_secs_f64()));
+    out.insert(
+        "throughput_rps".into(),
+        json!(ok as f64 / elapsed.as_secs_f64().max(1e-9)),
+    );
     out.insert("ttfe".into(), latency_summary(&mut first.latencies_us));
     out.insert("stream_total".into(), latency_summary(&mut totals));
     Ok(out)

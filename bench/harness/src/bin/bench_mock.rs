@@ -4,7 +4,13 @@
 //!   an SSE stream of `--chunks` content chunks (plus a role chunk, a finish chunk, the
 //!   usage-only chunk when `stream_options.include_usage` is true, and `data: [DONE]`),
 //!   with `--stream-delay-ms` (fractions allowed) between events.
-//! - `POST …/completions`, `POST …/embeddings`: canned answers.
+//! - `POST …/completions`: a canned answer.
+//! - `POST …/embeddings`: one `--embedding-dims` (default 1,536) vector per input, in the
+//!   shape OpenAI answers (compact JSON, floats printed as float32, about 17 KB for one
+//!   1,536-dimension vector), or base64 (little-endian float32) when the request asks for
+//!   `encoding_format: "base64"`, as OpenAI does. The vectors are made once at start.
+//! - A path under `/fast/` (e.g. `/fast/v1/chat/completions`) streams without the
+//!   `--stream-delay-ms` pause: the concurrent-streams phase of the benchmark uses it.
 //! - `GET /health`: `{"status":"ok"}`.
 //!
 //! Prints `listening on http://127.0.0.1:PORT` on stdout once bound.
@@ -33,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio::time::Sleep;
 
 const USAGE: &str = "usage: bench-mock [--listen 127.0.0.1:0] [--workers 1] [--chunks 10] \
-[--stream-delay-ms 0] [--require-key KEY] [--max-body-bytes 1048576]";
+[--stream-delay-ms 0] [--require-key KEY] [--max-body-bytes 1048576] [--embedding-dims 1536]";
 
 /// The largest request body the mock reads.
 const DEFAULT_MAX_BODY: usize = 1 << 20;
@@ -44,6 +50,9 @@ struct Config {
     require_key: Option<String>,
     max_body: usize,
     served: AtomicU64,
+    /// The embedding vector: as JSON numbers (`[…]`) and as base64.
+    embedding_json: String,
+    embedding_base64: String,
 }
 
 fn main() {
@@ -67,6 +76,7 @@ fn real_main() -> Result<()> {
         "stream-delay-ms",
         "require-key",
         "max-body-bytes",
+        "embedding-dims",
     ])?;
     let listen: SocketAddr = args.parse_or("listen", SocketAddr::from(([127, 0, 0, 1], 0)))?;
     let workers: usize = args.parse_or("workers", 1)?;
@@ -74,7 +84,14 @@ fn real_main() -> Result<()> {
     if !(0.0..=60_000.0).contains(&delay_ms) {
         return Err(err("--stream-delay-ms must be between 0 and 60000"));
     }
+    let dims: usize = args.parse_or("embedding-dims", 1536)?;
+    if !(1..=65_536).contains(&dims) {
+        return Err(err("--embedding-dims must be 1..=65536"));
+    }
+    let (embedding_json, embedding_base64) = conduit_bench::payloads::embedding_vector(dims);
     let cfg = Arc::new(Config {
+        embedding_json,
+        embedding_base64,
         chunks: args.parse_or("chunks", 10)?,
         delay: Duration::from_secs_f64(delay_ms / 1000.0),
         require_key: args.get("require-key").map(str::to_string),
@@ -288,15 +305,21 @@ async fn handle(
         .unwrap_or("mock-model")
         .to_string();
     let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let base64 = v.get("encoding_format").and_then(Value::as_str) == Some("base64");
+    let inputs = match v.get("input") {
+        Some(Value::Array(a)) if !a.is_empty() && !a[0].is_number() => a.len(),
+        _ => 1,
+    };
+    let fast = path.starts_with("/fast/");
     let include_usage = v
         .pointer("/stream_options/include_usage")
         .and_then(Value::as_bool)
         .unwrap_or(false);
     Ok(match endpoint {
-        Endpoint::Chat if stream => sse_chat(&cfg, &model, include_usage),
+        Endpoint::Chat if stream => sse_chat(&cfg, &model, include_usage, fast),
         Endpoint::Chat => json_response(StatusCode::OK, &chat_completion(&model)),
         Endpoint::Completions => json_response(StatusCode::OK, &text_completion(&model)),
-        Endpoint::Embeddings => json_response(StatusCode::OK, &embeddings(&model)),
+        Endpoint::Embeddings => embeddings(&cfg, &model, inputs, base64),
     })
 }
 
@@ -326,7 +349,7 @@ fn chat_completion(model: &str) -> Value {
         "model": model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": "Hello! How can I help you today?"},
+            "message": {"role": "assistant", "content": "Hello! How can I help you today?", "refusal": null},
             "logprobs": null,
             "finish_reason": "stop",
         }],
@@ -346,17 +369,33 @@ fn text_completion(model: &str) -> Value {
     })
 }
 
-fn embeddings(model: &str) -> Value {
-    json!({
-        "object": "list",
-        "data": [{
-            "object": "embedding",
-            "index": 0,
-            "embedding": [0.0123, -0.0456, 0.0789, -0.0012, 0.0345, -0.0678, 0.0901, -0.0234],
-        }],
-        "model": model,
-        "usage": {"prompt_tokens": 5, "total_tokens": 5},
-    })
+/// `inputs` vectors, written as text (a `serde_json` tree would print the
+/// floats as f64, unlike OpenAI).
+fn embeddings(cfg: &Config, model: &str, inputs: usize, base64: bool) -> Response<MockBody> {
+    let vector = if base64 {
+        &cfg.embedding_base64
+    } else {
+        &cfg.embedding_json
+    };
+    let mut body = String::with_capacity(inputs * (vector.len() + 48) + 160);
+    body.push_str(r#"{"object":"list","data":["#);
+    for i in 0..inputs.min(2048) {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!(
+            r#"{{"object":"embedding","index":{i},"embedding":{vector}}}"#
+        ));
+    }
+    let tokens = 8 * inputs as u64;
+    body.push_str(&format!(
+        r#"],"model":{},"usage":{{"prompt_tokens":{tokens},"total_tokens":{tokens}}}}}"#,
+        Value::String(model.to_owned())
+    ));
+    let mut resp = Response::new(MockBody::Full(Some(Bytes::from(body))));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
 }
 
 fn sse_event(v: &Value) -> Bytes {
@@ -378,7 +417,7 @@ const WORDS: [&str; 8] = [
     "Hello", "!", " How", " can", " I", " help", " you", " today?",
 ];
 
-fn sse_chat(cfg: &Config, model: &str, include_usage: bool) -> Response<MockBody> {
+fn sse_chat(cfg: &Config, model: &str, include_usage: bool, fast: bool) -> Response<MockBody> {
     let mut events = VecDeque::with_capacity(cfg.chunks + 4);
     events.push_back(sse_event(&chunk(
         model,
@@ -408,7 +447,7 @@ fn sse_chat(cfg: &Config, model: &str, include_usage: bool) -> Response<MockBody
     events.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
     let mut resp = Response::new(MockBody::Sse(SseBody {
         events,
-        delay: cfg.delay,
+        delay: if fast { Duration::ZERO } else { cfg.delay },
         wait_before_next: false,
         sleep: None,
     }));

@@ -16,9 +16,12 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 
+pub mod passthrough;
+
 use super::{json_post, Call, Endpoint, Provider, StreamDecoder, StreamEvent};
 use crate::wire::error::GatewayError;
 use crate::wire::sse::{SseEvent, SseParser};
+use passthrough::PassedThrough;
 
 /// The `openai` and `openai-compatible` kinds.
 pub struct OpenAi {
@@ -74,8 +77,25 @@ impl Provider for OpenAi {
         translate_openai(call.endpoint, body)
     }
 
+    fn pass_through(
+        &self,
+        call: &Call<'_>,
+        body: &[u8],
+        alias: &str,
+        base64_embeddings: bool,
+    ) -> Option<PassedThrough> {
+        passthrough::pass_through(call.endpoint, body, alias, base64_embeddings)
+    }
+
     fn stream_decoder(&self, call: &Call<'_>) -> Box<dyn StreamDecoder> {
         openai_stream(call)
+    }
+
+    fn streams_openai_chunks(&self, call: &Call<'_>) -> bool {
+        matches!(
+            call.endpoint,
+            Endpoint::ChatCompletions | Endpoint::Completions
+        )
     }
 
     fn map_error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GatewayError {
@@ -179,27 +199,29 @@ impl OpenAiStream {
 
     fn drain(&mut self, out: &mut Vec<StreamEvent>) {
         for ev in self.events.drain(..) {
-            let data = ev.data.trim();
-            if data == "[DONE]" {
-                out.push(StreamEvent::Done);
-                continue;
-            }
-            match serde_json::from_str::<Value>(data) {
-                Ok(Value::Object(mut chunk)) => {
-                    if let Some(err) = chunk.get("error").filter(|e| !e.is_null()) {
-                        out.push(StreamEvent::Error(GatewayError::Upstream(error_message(
-                            err,
-                        ))));
-                        continue;
-                    }
-                    normalise_chunk(&mut chunk);
-                    out.push(StreamEvent::Chunk(chunk));
-                }
-                _ => out.push(StreamEvent::Error(GatewayError::Upstream(
-                    "the provider sent an unreadable stream event".into(),
-                ))),
-            }
+            out.push(decode_event(&ev.data));
         }
+    }
+}
+
+/// One SSE event's `data` of an OpenAI-format stream: the chunk
+/// (normalised), the end, or the provider's error.
+pub(crate) fn decode_event(data: &str) -> StreamEvent {
+    let data = data.trim();
+    if data == "[DONE]" {
+        return StreamEvent::Done;
+    }
+    match serde_json::from_str::<Value>(data) {
+        Ok(Value::Object(mut chunk)) => {
+            if let Some(err) = chunk.get("error").filter(|e| !e.is_null()) {
+                return StreamEvent::Error(GatewayError::Upstream(error_message(err)));
+            }
+            normalise_chunk(&mut chunk);
+            StreamEvent::Chunk(chunk)
+        }
+        _ => StreamEvent::Error(GatewayError::Upstream(
+            "the provider sent an unreadable stream event".into(),
+        )),
     }
 }
 
@@ -282,7 +304,7 @@ fn default_type(status: StatusCode) -> &'static str {
     }
 }
 
-const SERVICE_TIERS: [&str; 5] = ["auto", "default", "flex", "scale", "priority"];
+pub(crate) const SERVICE_TIERS: [&str; 5] = ["auto", "default", "flex", "scale", "priority"];
 
 fn normalise_common(obj: &mut Map<String, Value>) {
     if obj.get("system_fingerprint").is_some_and(Value::is_null) {

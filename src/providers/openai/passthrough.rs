@@ -1,0 +1,775 @@
+//! The fast path of a whole OpenAI-format answer: when the provider speaks
+//! the client's dialect, the answer goes back as the provider wrote it, byte
+//! for byte, with only the value of `model` replaced by the client's alias.
+//!
+//! [`translate_openai`](super::translate_openai) parses the answer into a
+//! `serde_json` tree, normalises it and prints it again: for an embeddings
+//! answer that is thousands of floats parsed to `f64` and printed back. Here
+//! the top-level object is scanned once with [`RawValue`]s (the JSON is
+//! validated, nothing is converted), `usage` alone is parsed, and the answer
+//! is copied once around the new `model`.
+//!
+//! The fast path answers only when the translating path would not change
+//! anything but `model` (and the whitespace it drops): no `error` object, a
+//! `model` field, no duplicate keys, nothing the normalisation fills in or
+//! takes out (`index`, `finish_reason`, `logprobs`, a message's `role`,
+//! `content`, `refusal`, a tool call's `type`, a null `system_fingerprint`,
+//! a `service_tier` outside OpenAI's enum), and for embeddings the encoding
+//! the client asked for (float arrays become base64 only on the translating
+//! path). Anything else returns `None`, and the caller translates.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::SERVICE_TIERS;
+use crate::metering::usage::TokenUsage;
+use crate::providers::Endpoint;
+
+/// An answer passed through: the client's bytes and the usage it reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassedThrough {
+    pub body: Vec<u8>,
+    /// `usage` as [`TokenUsage::from_openai`] reads it (`None`: absent or not an object).
+    pub usage: Option<TokenUsage>,
+}
+
+/// `body` with `model` set to `alias`, when nothing else would change.
+pub fn pass_through(
+    endpoint: Endpoint,
+    body: &[u8],
+    alias: &str,
+    base64_embeddings: bool,
+) -> Option<PassedThrough> {
+    if !matches!(
+        endpoint,
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings
+    ) {
+        return None;
+    }
+    let Fields(fields) = serde_json::from_slice(body).ok()?;
+    let mut model = None;
+    let mut usage = None;
+    for (i, (key, raw)) in fields.iter().enumerate() {
+        // A repeated key: the tree keeps the last value at the first place.
+        if fields[..i].iter().any(|(k, _)| k == key) {
+            return None;
+        }
+        let text = raw.get();
+        match key.as_ref() {
+            "model" => model = Some(*raw),
+            "usage" => usage = TokenUsage::from_openai(&serde_json::from_str::<Value>(text).ok()?),
+            "error" if text != "null" => return None,
+            "system_fingerprint" if text == "null" => return None,
+            "service_tier" if text.starts_with('"') => {
+                let tier = text.get(1..text.len() - 1)?;
+                if !SERVICE_TIERS.contains(&tier) {
+                    return None;
+                }
+            }
+            "choices" if endpoint != Endpoint::Embeddings => {
+                let choices: Vec<Choice> = serde_json::from_str(text).ok()?;
+                if !choices.iter().all(Choice::complete) {
+                    return None;
+                }
+            }
+            "data" if endpoint == Endpoint::Embeddings && base64_embeddings => {
+                let items: Vec<Embedding> = serde_json::from_str(text).ok()?;
+                if items.iter().any(|e| e.embedding.array) {
+                    return None;
+                }
+            }
+            _ => {}
+        }
+    }
+    // Where the tree would add `model` (at the end) the bytes would differ.
+    let model = model?.get();
+    let start = (model.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start + model.len();
+    if body.get(start..end) != Some(model.as_bytes()) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len() + alias.len() + 2);
+    out.extend_from_slice(&body[..start]);
+    serde_json::to_writer(&mut out, alias).ok()?;
+    out.extend_from_slice(&body[end..]);
+    Some(PassedThrough { body: out, usage })
+}
+
+/// The top-level members in order, values unparsed.
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(8);
+                while let Some(Key(k)) = map.next_key()? {
+                    out.push((k, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(Fields(out))
+            }
+        }
+        d.deserialize_map(Members)
+    }
+}
+
+/// A key, borrowed from the input unless it has escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// A member that is there, whatever its value (`null` included).
+#[derive(Default)]
+struct Present(bool);
+
+impl<'de> Deserialize<'de> for Present {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        IgnoredAny::deserialize(d)?;
+        Ok(Present(true))
+    }
+}
+
+/// What the normalisation of a choice looks at.
+#[derive(Deserialize)]
+struct Choice {
+    #[serde(default)]
+    index: Present,
+    #[serde(default)]
+    finish_reason: Present,
+    #[serde(default)]
+    logprobs: Present,
+    #[serde(default)]
+    message: Option<Message>,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    #[serde(default)]
+    role: Present,
+    #[serde(default)]
+    content: Present,
+    #[serde(default)]
+    refusal: Present,
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCall>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCall {
+    #[serde(default, rename = "type")]
+    kind: Present,
+}
+
+impl Choice {
+    /// Whether the normalisation would leave this choice as it is.
+    fn complete(&self) -> bool {
+        self.index.0
+            && self.finish_reason.0
+            && self.logprobs.0
+            && self.message.as_ref().is_none_or(|m| {
+                m.role.0
+                    && m.content.0
+                    && m.refusal.0
+                    && m.tool_calls
+                        .as_ref()
+                        .is_none_or(|calls| calls.iter().all(|c| c.kind.0))
+            })
+    }
+}
+
+/// An embedding item: whether its vector is a float array.
+#[derive(Deserialize)]
+struct Embedding {
+    #[serde(default)]
+    embedding: ArrayOrNot,
+}
+
+#[derive(Default)]
+struct ArrayOrNot {
+    array: bool,
+}
+
+impl<'de> Deserialize<'de> for ArrayOrNot {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw: &'de RawValue = Deserialize::deserialize(d)?;
+        Ok(ArrayOrNot {
+            array: raw.get().starts_with('['),
+        })
+    }
+}
+
+/// A stream chunk passed through: what the relay meters from it, and the
+/// bytes the client gets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassedChunk {
+    /// The chunk's `usage`, read (and taken out of the client's chunk).
+    pub usage: Option<(TokenUsage, Value)>,
+    /// The chunk has choices: `body` holds it, with `model` = the alias and
+    /// without `usage`; without choices the client gets nothing.
+    pub body: Option<Vec<u8>>,
+    /// A choice carries a `finish_reason`.
+    pub finish: bool,
+    /// Choices whose delta carries content (what a disconnect bills).
+    pub content: u64,
+    /// `id`, `created` and `system_fingerprint`, when asked for.
+    pub head: Vec<(&'static str, Value)>,
+}
+
+/// One OpenAI stream chunk (an SSE event's `data`) with `model` set to
+/// `alias` and `usage` taken out, when the decoder's normalisation would not
+/// change it; `None`: decode it the translating way.
+pub fn pass_through_chunk(data: &str, alias: &str, want_head: bool) -> Option<PassedChunk> {
+    // Data split over several lines: the translating path prints it on one.
+    if data.contains('\n') {
+        return None;
+    }
+    let Fields(fields) = serde_json::from_str(data).ok()?;
+    let mut model = None;
+    let mut usage_at = None;
+    let mut choices = None;
+    let mut head = Vec::new();
+    for (i, (key, raw)) in fields.iter().enumerate() {
+        if fields[..i].iter().any(|(k, _)| k == key) {
+            return None;
+        }
+        let text = raw.get();
+        match key.as_ref() {
+            "model" => model = Some(*raw),
+            "usage" => usage_at = Some(i),
+            "choices" => choices = Some(*raw),
+            "error" if text != "null" => return None,
+            "system_fingerprint" if text == "null" => return None,
+            "service_tier" if text.starts_with('"') => {
+                let tier = text.get(1..text.len() - 1)?;
+                if !SERVICE_TIERS.contains(&tier) {
+                    return None;
+                }
+            }
+            // Groq's usage inside `x_groq`: the decoder edits it.
+            "x_groq" => return None,
+            _ => {}
+        }
+    }
+    let mut passed = PassedChunk {
+        usage: None,
+        body: None,
+        finish: false,
+        content: 0,
+        head: Vec::new(),
+    };
+    if let Some(i) = usage_at {
+        let value: Value = serde_json::from_str(fields[i].1.get()).ok()?;
+        if let Some(t) = TokenUsage::from_openai(&value) {
+            passed.usage = Some((t, value));
+        }
+    }
+    let choices: Vec<StreamChoice<'_>> = match choices {
+        Some(raw) if raw.get().starts_with('[') => serde_json::from_str(raw.get()).ok()?,
+        // Not an array: the decoder leaves it, the relay writes nothing.
+        _ => Vec::new(),
+    };
+    if choices.is_empty() {
+        return Some(passed);
+    }
+    for c in &choices {
+        if !c.index.present() || !c.finish_reason.present() {
+            return None;
+        }
+        passed.finish |= c.finish_reason.non_null();
+        let fields = match c.delta.0 {
+            Some(delta) => serde_json::from_str::<ContentFields<'_>>(delta.get()).ok()?,
+            None => ContentFields {
+                content: c.content,
+                text: c.text,
+                tool_calls: c.tool_calls,
+                reasoning_content: c.reasoning_content,
+            },
+        };
+        if c.delta.0.is_some() {
+            if let Some(calls) = fields.tool_calls.0.filter(|r| r.get().starts_with('[')) {
+                let calls: Vec<StreamToolCall> = serde_json::from_str(calls.get()).ok()?;
+                if calls.iter().any(|t| !t.index.0 || (t.id.0 && !t.kind.0)) {
+                    return None;
+                }
+            }
+        }
+        if [
+            fields.content,
+            fields.text,
+            fields.tool_calls,
+            fields.reasoning_content,
+        ]
+        .iter()
+        .any(|m| m.non_null() && m.0.is_some_and(|r| r.get() != "\"\""))
+        {
+            passed.content += 1;
+        }
+    }
+    if want_head {
+        for (key, raw) in &fields {
+            for name in ["id", "created", "system_fingerprint"] {
+                if key == name {
+                    head.push((name, serde_json::from_str::<Value>(raw.get()).ok()?));
+                }
+            }
+        }
+        passed.head = head;
+    }
+    // `model` where the provider put it; `usage` cut out with the comma
+    // that separated it from its neighbour.
+    let base = data.as_ptr() as usize;
+    let span = |raw: &RawValue| -> Option<(usize, usize)> {
+        let start = (raw.get().as_ptr() as usize).checked_sub(base)?;
+        Some((start, start + raw.get().len()))
+    };
+    let (model_start, model_end) = span(model?)?;
+    let mut edits: Vec<(usize, usize, Option<&str>)> = vec![(model_start, model_end, Some(alias))];
+    if let Some(i) = usage_at {
+        let (_, value_end) = span(fields[i].1)?;
+        let cut = if i > 0 {
+            // From the end of the previous value: `,"usage":…`.
+            (span(fields[i - 1].1)?.1, value_end)
+        } else {
+            // The first member: from after `{` through the comma after it.
+            let open = data.find('{')? + 1;
+            let after = data[value_end..].trim_start();
+            let end = match after.strip_prefix(',') {
+                Some(rest) => data.len() - rest.len(),
+                None => value_end,
+            };
+            (open, end)
+        };
+        edits.push((cut.0, cut.1, None));
+    }
+    edits.sort_by_key(|e| e.0);
+    let mut out = Vec::with_capacity(data.len() + alias.len());
+    let mut at = 0;
+    for (start, end, with) in edits {
+        if start < at {
+            return None;
+        }
+        out.extend_from_slice(data.get(at..start)?.as_bytes());
+        if let Some(alias) = with {
+            serde_json::to_writer(&mut out, alias).ok()?;
+        }
+        at = end;
+    }
+    out.extend_from_slice(data.get(at..)?.as_bytes());
+    passed.body = Some(out);
+    Some(passed)
+}
+
+/// A member's raw value, `null` included; `None`: absent.
+#[derive(Default, Clone, Copy)]
+struct Member<'a>(Option<&'a RawValue>);
+
+impl Member<'_> {
+    fn present(&self) -> bool {
+        self.0.is_some()
+    }
+    fn non_null(&self) -> bool {
+        self.0.is_some_and(|r| r.get() != "null")
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Member<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Member(Some(<&'de RawValue>::deserialize(d)?)))
+    }
+}
+
+/// What the decoder and the relay look at in a streamed choice.
+#[derive(Deserialize)]
+struct StreamChoice<'a> {
+    #[serde(default, borrow)]
+    index: Member<'a>,
+    #[serde(default, borrow)]
+    finish_reason: Member<'a>,
+    #[serde(default, borrow)]
+    delta: Member<'a>,
+    // Legacy completions chunks carry `text` on the choice itself.
+    #[serde(default, borrow)]
+    content: Member<'a>,
+    #[serde(default, borrow)]
+    text: Member<'a>,
+    #[serde(default, borrow)]
+    tool_calls: Member<'a>,
+    #[serde(default, borrow)]
+    reasoning_content: Member<'a>,
+}
+
+#[derive(Deserialize)]
+struct ContentFields<'a> {
+    #[serde(default, borrow)]
+    content: Member<'a>,
+    #[serde(default, borrow)]
+    text: Member<'a>,
+    #[serde(default, borrow)]
+    tool_calls: Member<'a>,
+    #[serde(default, borrow)]
+    reasoning_content: Member<'a>,
+}
+
+#[derive(Deserialize)]
+struct StreamToolCall {
+    #[serde(default)]
+    index: Present,
+    #[serde(default)]
+    id: Present,
+    #[serde(default, rename = "type")]
+    kind: Present,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::openai::translate_openai;
+    use serde_json::json;
+
+    const ALIAS: &str = "my-alias";
+
+    /// The translating path, as the gateway runs it: the normalised tree,
+    /// `model` = the alias, printed; and the usage read from the tree.
+    fn translated(endpoint: Endpoint, body: &[u8]) -> (Vec<u8>, Option<TokenUsage>) {
+        let mut o = translate_openai(endpoint, body).expect("translates");
+        let usage = o.get("usage").and_then(TokenUsage::from_openai);
+        o.insert("model".into(), Value::String(ALIAS.into()));
+        (serde_json::to_vec(&o).expect("prints"), usage)
+    }
+
+    /// A recorded answer as providers put it on the wire: compact JSON.
+    fn compact(body: &[u8]) -> Vec<u8> {
+        let v: Value = serde_json::from_slice(body).expect("fixture is JSON");
+        serde_json::to_vec(&v).expect("prints")
+    }
+
+    /// A `chat.completion` assembled from a recorded OpenAI stream (deltas
+    /// concatenated, usage from the usage chunk): no recorded non-streaming
+    /// chat answer exists (tests/fixtures/SOURCES.md).
+    fn chat_from_stream(sse: &str) -> Vec<u8> {
+        let mut head = serde_json::Map::new();
+        let mut content = String::new();
+        let mut calls: Vec<Value> = Vec::new();
+        let mut finish = Value::Null;
+        let mut usage = Value::Null;
+        for line in sse.lines() {
+            let Some(data) = line.strip_prefix("data: ") else {
+                continue;
+            };
+            let Ok(chunk) = serde_json::from_str::<Value>(data) else {
+                continue;
+            };
+            if head.is_empty() {
+                for k in [
+                    "id",
+                    "created",
+                    "model",
+                    "service_tier",
+                    "system_fingerprint",
+                ] {
+                    head.insert(k.into(), chunk[k].clone());
+                }
+            }
+            if !chunk["usage"].is_null() {
+                usage = chunk["usage"].clone();
+            }
+            let Some(choice) = chunk["choices"].get(0) else {
+                continue;
+            };
+            if !choice["finish_reason"].is_null() {
+                finish = choice["finish_reason"].clone();
+            }
+            if let Some(t) = choice["delta"]["content"].as_str() {
+                content.push_str(t);
+            }
+            for call in choice["delta"]["tool_calls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let i = call["index"].as_u64().unwrap_or(0) as usize;
+                if calls.len() <= i {
+                    calls.push(json!({"id": call["id"], "type": "function",
+                        "function": {"name": call["function"]["name"], "arguments": ""}}));
+                }
+                let args = calls[i]["function"]["arguments"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned()
+                    + call["function"]["arguments"].as_str().unwrap_or("");
+                calls[i]["function"]["arguments"] = Value::String(args);
+            }
+        }
+        let mut message = json!({"role": "assistant", "content": null, "refusal": null});
+        if calls.is_empty() {
+            message["content"] = Value::String(content);
+        } else {
+            message["tool_calls"] = Value::Array(calls);
+        }
+        let answer = json!({
+            "id": head["id"], "object": "chat.completion", "created": head["created"],
+            "model": head["model"],
+            "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
+            "usage": usage, "service_tier": head["service_tier"],
+            "system_fingerprint": head["system_fingerprint"],
+        });
+        serde_json::to_vec_pretty(&answer).expect("prints")
+    }
+
+    fn recorded() -> Vec<(&'static str, Endpoint, Vec<u8>)> {
+        vec![
+            (
+                "openai/embeddings.float.json",
+                Endpoint::Embeddings,
+                include_bytes!("../../../tests/fixtures/openai/embeddings.float.json").to_vec(),
+            ),
+            (
+                "openai/completions.text.length.json",
+                Endpoint::Completions,
+                include_bytes!("../../../tests/fixtures/openai/completions.text.length.json")
+                    .to_vec(),
+            ),
+            (
+                "openai/chat.completions.stream.text.include_usage.sse, assembled",
+                Endpoint::ChatCompletions,
+                chat_from_stream(include_str!(
+                    "../../../tests/fixtures/openai/chat.completions.stream.text.include_usage.sse"
+                )),
+            ),
+            (
+                "openai/chat.completions.stream.tool_calls.include_usage.sse, assembled",
+                Endpoint::ChatCompletions,
+                chat_from_stream(include_str!(
+                    "../../../tests/fixtures/openai/chat.completions.stream.tool_calls.include_usage.sse"
+                )),
+            ),
+        ]
+    }
+
+    #[test]
+    fn recorded_answers_are_byte_identical_on_both_paths() {
+        for (name, endpoint, body) in recorded() {
+            // As providers send them (compact): the very same bytes.
+            let wire = compact(&body);
+            let fast = pass_through(endpoint, &wire, ALIAS, false)
+                .unwrap_or_else(|| panic!("{name}: no fast path"));
+            let (slow, slow_usage) = translated(endpoint, &wire);
+            assert_eq!(
+                String::from_utf8_lossy(&fast.body),
+                String::from_utf8_lossy(&slow),
+                "{name}"
+            );
+            assert_eq!(fast.usage, slow_usage, "{name}: usage");
+            assert!(fast.usage.is_some_and(|u| u.total_tokens > 0), "{name}");
+
+            // As recorded (pretty-printed): the provider's bytes but for
+            // `model`, the same JSON as the translated answer.
+            let fast = pass_through(endpoint, &body, ALIAS, false)
+                .unwrap_or_else(|| panic!("{name}: no fast path (recorded)"));
+            let (slow, slow_usage) = translated(endpoint, &body);
+            let original: Value = serde_json::from_slice(&body).expect("JSON");
+            let old_model = original["model"].to_string();
+            let at = String::from_utf8_lossy(&body)
+                .find(&format!("\"model\": {old_model}"))
+                .expect("model in the fixture")
+                + "\"model\": ".len();
+            let mut expected = body[..at].to_vec();
+            expected.extend_from_slice(format!("\"{ALIAS}\"").as_bytes());
+            expected.extend_from_slice(&body[at + old_model.len()..]);
+            assert_eq!(fast.body, expected, "{name}: byte for byte but model");
+            let fast_v: Value = serde_json::from_slice(&fast.body).expect("JSON");
+            let slow_v: Value = serde_json::from_slice(&slow).expect("JSON");
+            assert_eq!(fast_v, slow_v, "{name}");
+            assert_eq!(fast.usage, slow_usage, "{name}: usage");
+        }
+    }
+
+    #[test]
+    fn what_the_translation_would_change_goes_the_translating_way() {
+        let ok = json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi", "refusal": null},
+                "logprobs": null, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}});
+        let chat = |v: &Value| {
+            pass_through(
+                Endpoint::ChatCompletions,
+                v.to_string().as_bytes(),
+                ALIAS,
+                false,
+            )
+        };
+        assert!(chat(&ok).is_some());
+        let with = |pointer: &str, value: Value| {
+            let mut v = ok.clone();
+            let (parent, key) = pointer.rsplit_once('/').expect("pointer");
+            let target = if parent.is_empty() {
+                &mut v
+            } else {
+                v.pointer_mut(parent).expect("parent")
+            };
+            match value {
+                Value::Null if key == "-" => {}
+                Value::Null => {
+                    target.as_object_mut().expect("object").remove(key);
+                }
+                other => {
+                    target[key] = other;
+                }
+            }
+            v
+        };
+        for missing in [
+            "/choices/0/index",
+            "/choices/0/finish_reason",
+            "/choices/0/logprobs",
+            "/choices/0/message/role",
+            "/choices/0/message/content",
+            "/choices/0/message/refusal",
+            "/model",
+        ] {
+            assert!(
+                chat(&with(missing, Value::Null)).is_none(),
+                "{missing} missing"
+            );
+        }
+        assert!(chat(&with("/system_fingerprint", json!("fp"))).is_some());
+        let mut v = ok.clone();
+        v["system_fingerprint"] = Value::Null;
+        assert!(chat(&v).is_none(), "null system_fingerprint");
+        assert!(chat(&with("/service_tier", json!("default"))).is_some());
+        assert!(chat(&with("/service_tier", json!("on_demand"))).is_none());
+        assert!(chat(&with("/error", json!({"message": "x"}))).is_none());
+        let mut v = ok.clone();
+        v["error"] = Value::Null;
+        assert!(chat(&v).is_some(), "`error: null` beside an answer");
+        let call = json!([{"id": "call_1", "function": {"name": "f", "arguments": "{}"}}]);
+        assert!(
+            chat(&with("/choices/0/message/tool_calls", call)).is_none(),
+            "tool call without type"
+        );
+        // A repeated key, a non-object, broken JSON.
+        let dup = br#"{"model":"a","model":"b","choices":[]}"#;
+        assert!(pass_through(Endpoint::ChatCompletions, dup, ALIAS, false).is_none());
+        assert!(pass_through(Endpoint::ChatCompletions, b"[1]", ALIAS, false).is_none());
+        assert!(pass_through(Endpoint::ChatCompletions, b"{\"model\":", ALIAS, false).is_none());
+        // The front doors' own endpoints are not OpenAI's chat form.
+        assert!(
+            pass_through(Endpoint::Responses, ok.to_string().as_bytes(), ALIAS, false).is_none()
+        );
+    }
+
+    #[test]
+    fn embeddings_pass_through_unless_the_encoding_differs() {
+        let floats = br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.5,-1.25e-5]}],"model":"e","usage":{"prompt_tokens":3,"total_tokens":3}}"#;
+        let b64 = br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":"AAAAPw=="}],"model":"e","usage":{"prompt_tokens":3,"total_tokens":3}}"#;
+        // Floats asked, floats sent: byte for byte.
+        let p = pass_through(Endpoint::Embeddings, floats, ALIAS, false).expect("fast");
+        assert_eq!(
+            p.body,
+            String::from_utf8_lossy(floats)
+                .replace("\"e\"", "\"my-alias\"")
+                .into_bytes()
+        );
+        assert_eq!(p.usage.map(|u| u.prompt_tokens), Some(3));
+        // base64 asked, base64 sent: byte for byte; floats sent: the translating path encodes.
+        assert!(pass_through(Endpoint::Embeddings, b64, ALIAS, true).is_some());
+        assert!(pass_through(Endpoint::Embeddings, floats, ALIAS, true).is_none());
+    }
+
+    #[test]
+    fn the_alias_is_written_as_a_json_string() {
+        let body = br#"{"model":"m","object":"list","data":[]}"#;
+        let p = pass_through(Endpoint::Embeddings, body, "a\"b\\c", false).expect("fast");
+        assert_eq!(
+            p.body,
+            br#"{"model":"a\"b\\c","object":"list","data":[]}"#.to_vec()
+        );
+        assert_eq!(p.usage, None);
+        // An escaped key is the same key.
+        let body = br#"{"mod\u0065l":"m","object":"list","data":[]}"#;
+        let p = pass_through(Endpoint::Embeddings, body, ALIAS, false).expect("fast");
+        assert_eq!(
+            p.body,
+            br#"{"mod\u0065l":"my-alias","object":"list","data":[]}"#.to_vec()
+        );
+    }
+
+    #[test]
+    fn recorded_stream_chunks_pass_through() {
+        let sse = include_str!(
+            "../../../tests/fixtures/openai/chat.completions.stream.text.include_usage.sse"
+        );
+        let mut events = 0;
+        let mut usage = None;
+        for data in sse.lines().filter_map(|l| l.strip_prefix("data: ")) {
+            if data == "[DONE]" {
+                continue;
+            }
+            events += 1;
+            let c = pass_through_chunk(data, ALIAS, true).expect("passed through");
+            if let Some((u, _)) = c.usage {
+                usage = Some(u);
+                assert!(c.body.is_none(), "the usage-only chunk has no choices");
+                continue;
+            }
+            let body = String::from_utf8(c.body.expect("a chunk with choices")).expect("UTF-8");
+            assert!(body.contains(r#""model":"my-alias""#), "{body}");
+            assert!(!body.contains("usage"), "{body}");
+            // The chunk is the provider's, but for `model` and `usage`.
+            let mut expected: Value = serde_json::from_str(data).expect("JSON");
+            expected.as_object_mut().expect("object").remove("usage");
+            expected["model"] = json!(ALIAS);
+            assert_eq!(
+                serde_json::from_str::<Value>(&body).expect("JSON"),
+                expected
+            );
+            assert_eq!(c.head.len(), 3, "id, created, system_fingerprint");
+        }
+        assert!(events > 5);
+        assert!(usage.is_some_and(|u| u.total_tokens > 0));
+        // The usage as the first member, or the only one.
+        let c = pass_through_chunk(r#"{"usage":null,"model":"m","choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null}]}"#, ALIAS, false).expect("fast");
+        assert_eq!(c.body.as_deref(), Some(&br#"{"model":"my-alias","choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null}]}"#[..]));
+        assert_eq!(c.content, 1);
+        // What the decoder would normalise is declined.
+        for declined in [
+            r#"{"model":"m","choices":[{"delta":{"content":"x"},"finish_reason":null}]}"#,
+            r#"{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"id":"c","function":{}}]},"finish_reason":null}]}"#,
+            r#"{"model":"m","system_fingerprint":null,"choices":[]}"#,
+            r#"{"model":"m","error":{"message":"overloaded"}}"#,
+            "{\"model\":\"m\",\n\"choices\":[]}",
+        ] {
+            assert!(
+                pass_through_chunk(declined, ALIAS, false).is_none(),
+                "{declined}"
+            );
+        }
+    }
+}
