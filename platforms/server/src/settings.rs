@@ -15,13 +15,17 @@
 //! header_read_timeout_ms = 10000
 //! body_read_timeout_ms = 60000
 //! max_header_bytes = 65536
+//! keep_alive_timeout_ms = 30000
+//! max_connections = 4096
+//! http2 = true                              # h2c (prior knowledge) beside HTTP/1.1
+//! reuse_address = true                      # SO_REUSEADDR on the listener
 //! ```
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::{StoreArgs, StoreKind};
-use crate::http::ClientLimits;
+use crate::http::{ClientLimits, ConnectionLimits};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
 pub const DEFAULT_DATABASE: &str = "conduit.db";
@@ -51,6 +55,7 @@ pub struct ServerSettings {
     pub workers: Option<usize>,
     pub store: StoreSettings,
     pub client_limits: ClientLimits,
+    pub connections: ConnectionLimits,
 }
 
 /// Reads `[server]` from `table` (`source` names it in errors), with the
@@ -124,10 +129,24 @@ pub fn read(
     if let Some(n) = number("max_header_bytes", 16 * 1024 * 1024)? {
         client_limits.max_header_bytes = n as usize;
     }
+    let mut connections = ConnectionLimits::default();
+    if let Some(ms) = number("keep_alive_timeout_ms", 3_600_000)? {
+        connections.keep_alive_timeout = Duration::from_millis(ms);
+    }
+    if let Some(n) = number("max_connections", 1_000_000)? {
+        connections.max_connections = n as usize;
+    }
+    if let Some(b) = flag("http2")? {
+        connections.http2 = b;
+    }
+    if let Some(b) = flag("reuse_address")? {
+        connections.reuse_address = b;
+    }
     Ok(ServerSettings {
         listen: text("listen")?.unwrap_or_else(|| DEFAULT_LISTEN.into()),
         workers: number("workers", 1024)?.map(|n| n as usize),
         store,
         client_limits,
+        connections,
     })
 }
