@@ -284,3 +284,14 @@ def test_without_reuse_address_the_port_stays_taken_while_time_wait_lasts(mock):
                 if p is not None and p.poll() is None:
                     os.killpg(p.pid, signal.SIGKILL)
                     p.wait(timeout=10)
+
+
+def test_kill_9_under_load_loses_no_answered_change_and_no_billed_spend():
+    """A short bench/crash.py: two SIGKILLs under mixed load (see bench/README.md)."""
+    import sys
+    script = Path(__file__).resolve().parents[2] / "bench" / "crash.py"
+    run = subprocess.run([sys.executable, str(script), "--bin", str(conduit_binary()), "--iterations", "2",
+                          "--clients", "4", "--min-s", "1", "--max-s", "2.5"],
+                         capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "crash: OK" in run.stdout, run.stdout
