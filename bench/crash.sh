@@ -19,5 +19,5 @@ if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
 fi
 [[ -x $CONDUIT_BIN ]] || die "missing $CONDUIT_BIN"
 [[ -x $PYTHON ]] || die "missing $PYTHON (python3 -m venv .venv && .venv/bin/pip install -r tests/requirements.txt)"
-log "machine ${BUSY:-$(cpu_busy_pct)}% busy before the run"
+log "machine $(cpu_busy_pct)% busy before the run; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 run_fg "$PYTHON" "$ROOT/bench/crash.py" --bin "$CONDUIT_BIN" "$@"
