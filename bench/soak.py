@@ -2,18 +2,21 @@
 """Soak test of the release server: a fixed request rate for minutes, resources and latency tracked.
 
 Open loop (request i is due at start + i / rate; its latency counts from then, so a stalled
-server cannot hide behind a slowed client): a third of the requests stream (with usage), and
-`--drop` of the streams are abandoned by the client after their first event (a client
-disconnecting mid-stream). Upstream: `bench-mock` (release), streams `--chunks` events
-`--stream-delay-ms` apart. Every 10 s the server's resident memory (VmRSS) and open file
-descriptors (/proc/PID/fd) are sampled.
+server cannot hide behind a slowed client). Two thirds of the rate are plain chat completions
+sent by `bench-load rate` (Rust, one run a minute, so each minute has its own percentiles); a
+third are streams (with usage) sent from here, `--drop` of which are abandoned by the client after
+their first event (a client disconnecting mid-stream). Upstream: `bench-mock` (release), streams
+`--chunks` events `--stream-delay-ms` apart. Every 10 s the server's resident memory (VmRSS) and
+open file descriptors (/proc/PID/fd) are sampled.
 
 Checks (exit status 1 on a violation):
 - no error: every request that was not dropped on purpose gets a whole 200 answer;
 - RSS and fds flat after warm-up (the first minute, or a fifth of a short run): the largest
   sample of the last third exceeds the largest of the first third after warm-up by at most 5 %
   (for fds, at least 4 descriptors of slack: connections come and go);
-- p99 stable: no minute's p99 (non-streamed requests) above 3 x the median minute's p99 + 20 ms.
+- the rate held: each minute's plain requests reached 95 % of their share of `--rate`;
+- p99 stable (plain requests): no minute's p99 above 3 x the median minute's p99 + 20 ms, and the
+  mean p99 of the last third of the run at most 2 x that of the first third after warm-up + 10 ms.
 
 Prints a table, one row a minute.
 """
@@ -32,6 +35,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import json
 
 import httpx
 
@@ -87,7 +92,8 @@ class Minute:
     dropped: int = 0
     errors: int = 0
     late: int = 0
-    latencies: list = field(default_factory=list)  # non-streamed, ms
+    latencies: list = field(default_factory=list)  # non-streamed, ms (warm-up only)
+    plain: dict = field(default_factory=dict)  # bench-load's answer for the minute
     stream_latencies: list = field(default_factory=list)  # to the end of the stream, ms
     rss_kib: list = field(default_factory=list)
     fds: list = field(default_factory=list)
@@ -143,6 +149,31 @@ async def sampler(pid: int, minutes: list, t0: float, stop_at: float) -> None:
         await asyncio.sleep(10)
 
 
+async def plain_minutes(args, base: str, key: str, minutes: list, t0: float) -> None:
+    """Two thirds of the rate, plain chat completions: one `bench-load rate` run a minute."""
+    body = json.dumps({"model": "soak-chat", "max_tokens": 32,
+                       "messages": [{"role": "user", "content": "Say hello in one short sentence."}]})
+    for i, m in enumerate(minutes):
+        left = t0 + args.minutes * 60 - time.monotonic()
+        seconds = min(60.0, left)
+        if seconds < 1:
+            break
+        proc = await asyncio.create_subprocess_exec(
+            args.load_bin, "rate", "--url", base + "/v1/chat/completions", "--header",
+            f"Authorization: Bearer {key}", "--body", body, "--rate", str(args.rate * 2 / 3),
+            "--duration-s", str(int(seconds)), "--connections", str(args.connections // 2),
+            "--warmup", "0", "--label", f"minute {i + 1}",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        out, _ = await proc.communicate()
+        try:
+            m.plain = json.loads(out)
+        except ValueError:
+            m.plain = {"error_count": 1, "errors": {"bench-load": f"no output, exit {proc.returncode}"}}
+        m.requests += m.plain.get("scheduled", 0)
+        m.late += m.plain.get("late_starts", 0)
+        m.duration = int(seconds)
+
+
 async def drive(args, base: str, key: str, pid: int) -> tuple[list, list, float]:
     rng = random.Random(args.seed)
     n_minutes = int(args.minutes) + (1 if args.minutes % 1 else 0)
@@ -159,11 +190,13 @@ async def drive(args, base: str, key: str, pid: int) -> tuple[list, list, float]
         duration = args.minutes * 60
         stop_at = t0 + duration
         sampling = asyncio.create_task(sampler(pid, minutes, t0, stop_at))
+        plain = asyncio.create_task(plain_minutes(args, base, key, minutes, t0))
         slots = asyncio.Semaphore(args.connections)
         tasks: set = set()
         i = 0
+        stream_rate = args.rate / 3
         while True:
-            due = t0 + i / args.rate
+            due = t0 + i / stream_rate
             if due >= stop_at:
                 break
             now = time.monotonic()
@@ -172,10 +205,9 @@ async def drive(args, base: str, key: str, pid: int) -> tuple[list, list, float]
             m = minutes[min(n_minutes - 1, int((due - t0) // 60))]
             if time.monotonic() - due > 0.05:
                 m.late += 1
-            stream = rng.random() < 1 / 3
-            drop = stream and rng.random() < args.drop
-            m.requests += 1
-            m.streams += stream
+            stream = True
+            drop = rng.random() < args.drop
+            m.streams += 1
 
             async def run(stream=stream, drop=drop, due=due, m=m):
                 async with slots:
@@ -186,20 +218,30 @@ async def drive(args, base: str, key: str, pid: int) -> tuple[list, list, float]
             t.add_done_callback(tasks.discard)
             i += 1
         await asyncio.gather(*tasks)
+        await plain
         await sampling
     return minutes, errors, time.monotonic() - t0
 
 
 def report(minutes: list, errors: list, elapsed: float, args) -> list:
     violations = []
-    print(f"\n| minute | requests | streams | dropped | errors | late starts | p50 ms | p99 ms "
-          f"| stream p99 ms | RSS MiB (max) | fds (max) |")
+    print("\n| minute | requests | streams | dropped | errors | late starts | p50 ms | p99 ms "
+          "| stream p99 ms | RSS MiB (max) | fds (max) |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for i, m in enumerate(minutes):
-        print(f"| {i + 1} | {m.requests} | {m.streams} | {m.dropped} | {m.errors} | {m.late} "
-              f"| {pct(m.latencies, 50):.1f} | {pct(m.latencies, 99):.1f} | {pct(m.stream_latencies, 99):.1f} "
+        lat = m.plain.get("latency", {})
+        plain_errors = m.plain.get("error_count", 0)
+        if plain_errors:
+            errors.append(f"minute {i + 1}: {plain_errors} plain requests failed: {m.plain.get('errors')}")
+        m.errors += plain_errors
+        m.p99 = lat.get("p99_ms", 0.0)
+        print(f"| {i + 1} | {m.requests + m.streams} | {m.streams} | {m.dropped} | {m.errors} | {m.late} "
+              f"| {lat.get('p50_ms', 0.0):.1f} | {m.p99:.1f} | {pct(m.stream_latencies, 99):.1f} "
               f"| {max(m.rss_kib, default=0) / 1024:.1f} | {max(m.fds, default=0)} |")
-    total = sum(m.requests for m in minutes)
+        want = args.rate * 2 / 3 * getattr(m, "duration", 60)
+        if m.plain and m.plain.get("requests_ok", 0) < 0.95 * want:
+            violations.append(f"minute {i + 1}: {m.plain.get('requests_ok', 0)} plain requests of {want:.0f}")
+    total = sum(m.requests + m.streams for m in minutes)
     print(f"\n{total} requests in {elapsed:.0f} s ({total / elapsed:.0f}/s), "
           f"{sum(m.errors for m in minutes)} errors, {sum(m.dropped for m in minutes)} streams dropped by the client")
     if errors:
@@ -219,12 +261,19 @@ def report(minutes: list, errors: list, elapsed: float, args) -> list:
             violations.append(f"RSS grew {(rss1 / rss0 - 1) * 100:.1f} % after warm-up")
         if fd1 > max(fd0 * 1.05, fd0 + 4):
             violations.append(f"open fds grew from {fd0} to {fd1}")
-    p99s = [pct(m.latencies, 99) for m in minutes if m.latencies]
+    p99s = [m.p99 for m in minutes if m.plain]
     if p99s:
         median = statistics.median(p99s)
         for i, p in enumerate(p99s):
             if p > 3 * median + 20:
                 violations.append(f"minute {i + 1}: p99 {p:.1f} ms against a median minute p99 of {median:.1f} ms")
+        after = p99s[1:] if len(p99s) > 2 else p99s
+        third = max(1, len(after) // 3)
+        early, late = statistics.mean(after[:third]), statistics.mean(after[-third:])
+        print(f"p99 of plain requests: median minute {median:.1f} ms; first third {early:.1f} ms, "
+              f"last third {late:.1f} ms")
+        if late > 2 * early + 10:
+            violations.append(f"p99 grew from {early:.1f} ms to {late:.1f} ms")
     return violations
 
 
@@ -232,6 +281,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--bin", default=str(ROOT / "target/release/conduit"))
     p.add_argument("--mock-bin", default=str(ROOT / "target/release/bench-mock"))
+    p.add_argument("--load-bin", default=str(ROOT / "target/release/bench-load"))
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--rate", type=float, default=200.0, help="requests per second")
     p.add_argument("--drop", type=float, default=0.1, help="share of streams the client abandons")

@@ -19,7 +19,7 @@ if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
   (cd "$ROOT" && nice cargo build --release -p conduit-server -p conduit-bench) >&2
 fi
 [[ -x $CONDUIT_BIN ]] || die "missing $CONDUIT_BIN"
-[[ -x $BIN_DIR/bench-mock ]] || die "missing $BIN_DIR/bench-mock (cargo build --release -p conduit-bench)"
+for b in bench-mock bench-load; do [[ -x $BIN_DIR/$b ]] || die "missing $BIN_DIR/$b (cargo build --release -p conduit-bench)"; done
 [[ -x $PYTHON ]] || die "missing $PYTHON (python3 -m venv .venv && .venv/bin/pip install -r tests/requirements.txt)"
 log "machine $(cpu_busy_pct)% busy before the run; load average $(cut -d' ' -f1-3 /proc/loadavg)"
-run_fg "$PYTHON" "$ROOT/bench/soak.py" --bin "$CONDUIT_BIN" --mock-bin "$BIN_DIR/bench-mock" "$@"
+run_fg "$PYTHON" "$ROOT/bench/soak.py" --bin "$CONDUIT_BIN" --mock-bin "$BIN_DIR/bench-mock" --load-bin "$BIN_DIR/bench-load" "$@"
