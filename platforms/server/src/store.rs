@@ -135,6 +135,10 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Arc<SqliteStore>, StoreError> {
         let conn = open(path)?;
+        // This connection writes on request threads (keys, spend): it leaves
+        // WAL checkpoints, which fsync, to the writer thread's connection.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         let has_reserved: bool = conn
             .query_row(
