@@ -70,6 +70,8 @@ pub enum GatewayError {
     },
     /// A store (keys, usage) failed.
     Store(String),
+    /// The server holds `[server] max_connections` connections already.
+    Overloaded { max_connections: usize },
     /// A bug or an impossible state; never caused by input.
     Internal(String),
 }
@@ -105,6 +107,7 @@ impl GatewayError {
             UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "api_error", Some("upstream_timeout")),
             DeadlineExceeded { .. } => (StatusCode::GATEWAY_TIMEOUT, "api_error", Some("upstream_timeout")),
             Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "api_error", Some("store_unavailable")),
+            Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "api_error", Some("server_overloaded")),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "api_error", Some("internal_error")),
         }
     }
@@ -146,6 +149,9 @@ impl GatewayError {
                 if detail.is_empty() { "none finished" } else { detail }
             ),
             Store(m) => format!("Storage unavailable: {m}"),
+            Overloaded { max_connections } => format!(
+                "The server is at its limit of {max_connections} open connections; retry shortly."
+            ),
             Internal(m) => format!("Internal error: {m}"),
         }
     }
@@ -170,6 +176,7 @@ impl GatewayError {
                 retry_after_secs, ..
             } => Some(retry_after_secs.to_string()),
             GatewayError::Provider { retry_after, .. } => retry_after.clone(),
+            GatewayError::Overloaded { .. } => Some("1".to_owned()),
             _ => None,
         }
     }

@@ -6,6 +6,13 @@
 //! closed), the body within `body_read_timeout_ms` (else 408, also for a
 //! `Content-Length` larger than what is sent), and a head over
 //! `max_header_bytes` is refused with 431.
+//!
+//! Connections ([`ConnectionLimits`], see [`crate::connection`]): at most
+//! `max_connections` at once (one more is answered 503 `server_overloaded`
+//! and closed), an idle kept-alive connection is closed after
+//! `keep_alive_timeout_ms`, HTTP/2 over cleartext (h2c, prior knowledge)
+//! beside HTTP/1.1 unless `http2 = false`, and the listener binds with
+//! `SO_REUSEADDR` unless `reuse_address = false`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,7 +32,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::connection::{self, ConnState, InFlight, Timeouts, Watched};
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -41,10 +51,35 @@ pub struct ClientLimits {
     pub max_header_bytes: usize,
 }
 
+/// How many connections, for how long, in which protocols (`[server]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Open client connections at once; one more gets 503 and is closed.
+    pub max_connections: usize,
+    /// A kept-alive connection with no request in progress is closed after this.
+    pub keep_alive_timeout: Duration,
+    /// HTTP/2 with prior knowledge (h2c) beside HTTP/1.1.
+    pub http2: bool,
+    /// `SO_REUSEADDR` on the listener.
+    pub reuse_address: bool,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 4096,
+            keep_alive_timeout: Duration::from_secs(30),
+            http2: true,
+            reuse_address: true,
+        }
+    }
+}
+
 /// How the server runs each request.
 #[derive(Clone, Copy, Debug)]
 pub struct Serving {
     pub limits: ClientLimits,
+    pub connections: ConnectionLimits,
     /// The response ends only after its settlement and usage write: set when
     /// the store is shared with other servers (see [`RequestTasks`]).
     pub settle_before_end: bool,
@@ -151,22 +186,168 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-/// Serves until a shutdown signal, then waits for open requests and streams
-/// to finish; a second signal stops at once.
-pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, serving: Serving) {
+/// Binds `listen` (a socket address or `host:port`) as `[server]` says.
+pub async fn listen(listen: &str, connections: &ConnectionLimits) -> Result<TcpListener, String> {
+    let addr = tokio::net::lookup_host(listen)
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| format!("cannot listen on {listen}: not a host:port"))?;
+    connection::bind(addr, connections.reuse_address, 1024)
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))
+}
+
+/// The connection builder: HTTP/1.1, and HTTP/2 (h2c) unless turned off.
+fn builder(serving: &Serving) -> auto::Builder<TokioExecutor> {
     let limits = serving.limits;
-    let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    if !serving.connections.http2 {
+        builder = builder.http1_only();
+    }
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // [`Watched`] times heads and idle spells apart; hyper's timer (which
+        // runs from the end of the previous response) is only a backstop.
+        .header_read_timeout(limits.header_read_timeout + serving.connections.keep_alive_timeout)
         // hyper refuses a head that does not fit its read buffer with 431.
         .max_buf_size(limits.max_header_bytes.max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// The answer on a connection over `max_connections`: 503 and close.
+fn overloaded(gateway: &Gateway, max_connections: usize) -> http::Response<Body> {
+    let (mut parts, body) = gateway
+        .refuse(&GatewayError::Overloaded { max_connections })
+        .into_parts();
+    parts.headers.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    let bytes = match body {
+        ResponseBody::Full(bytes) => bytes,
+        ResponseBody::Stream(_) => Bytes::new(),
+    };
+    http::Response::from_parts(parts, Full::new(bytes).boxed_unsync())
+}
+
+/// A response body that keeps its connection busy until it is dropped.
+struct Tracked {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Where an accepted connection goes.
+struct Acceptor {
+    gateway: Arc<Gateway>,
+    serving: Serving,
+    builder: auto::Builder<TokioExecutor>,
+    /// One permit per open connection.
+    permits: Arc<Semaphore>,
+    /// Connections being refused (each for at most the header-read timeout);
+    /// beyond as many again they are closed without an answer.
+    refusing: Arc<Semaphore>,
+}
+
+impl Acceptor {
+    fn accept(&self, stream: TcpStream, graceful: &GracefulShutdown) {
+        let _ = stream.set_nodelay(true);
+        let serving = self.serving;
+        let timeouts = Timeouts {
+            head: serving.limits.header_read_timeout,
+            idle: serving.connections.keep_alive_timeout,
+        };
+        let state = Arc::new(ConnState::default());
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let gateway = self.gateway.clone();
+                let in_flight = state.clone();
+                let service = service_fn(move |req| {
+                    let guard = InFlight::new(&in_flight);
+                    let answer = serve(gateway.clone(), serving, req);
+                    async move {
+                        let response = answer.await?;
+                        Ok::<_, Infallible>(response.map(|body| Tracked {
+                            body,
+                            _in_flight: guard,
+                        }))
+                    }
+                });
+                let io = TokioIo::new(Watched::new(stream, state, timeouts, Some(permit)));
+                if serving.connections.http2 {
+                    let conn = self.builder.serve_connection_with_upgrades(io, service);
+                    let conn = graceful.watch(conn.into_owned());
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                } else {
+                    let conn = self.builder.serve_connection(io, service);
+                    let conn = graceful.watch(conn.into_owned());
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                }
+            }
+            Err(_) => {
+                let Ok(refusing) = self.refusing.clone().try_acquire_owned() else {
+                    return; // dropped: closed at once
+                };
+                let gateway = self.gateway.clone();
+                let max = serving.connections.max_connections;
+                let service = service_fn(move |_req| {
+                    let response = overloaded(&gateway, max);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder.http1().keep_alive(false);
+                let io = TokioIo::new(Watched::new(stream, state, timeouts, None));
+                let limit = serving.limits.header_read_timeout;
+                tokio::spawn(async move {
+                    let conn = builder.serve_connection(io, service);
+                    let _ = tokio::time::timeout(limit, conn).await;
+                    drop(refusing);
+                });
+            }
+        }
+    }
+}
+
+/// Serves until a shutdown signal, then waits for open requests and streams
+/// to finish; a second signal stops at once.
+pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, serving: Serving) {
+    let graceful = GracefulShutdown::new();
+    let max = serving.connections.max_connections;
+    let acceptor = Acceptor {
+        gateway,
+        serving,
+        builder: builder(&serving),
+        permits: Arc::new(Semaphore::new(max)),
+        refusing: Arc::new(Semaphore::new(max)),
+    };
     let mut signal = std::pin::pin!(shutdown_signal());
     loop {
         tokio::select! {
@@ -179,14 +360,7 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, serving: Serving)
                         continue;
                     }
                 };
-                let _ = stream.set_nodelay(true);
-                let gateway = gateway.clone();
-                let service = service_fn(move |req| serve(gateway.clone(), serving, req));
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+                acceptor.accept(stream, &graceful);
             }
             _ = &mut signal => {
                 eprintln!("conduit: shutting down, letting open requests finish");

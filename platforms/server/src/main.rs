@@ -9,6 +9,7 @@
 
 mod check;
 mod cli;
+mod connection;
 mod http;
 mod metrics;
 mod postgres;
@@ -95,9 +96,7 @@ fn serve(args: cli::ServeArgs) -> Result<(), String> {
     let result = runtime.block_on(async {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let store = stores::open(&server.store, clock.clone()).await?;
-        let listener = tokio::net::TcpListener::bind(&server.listen)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", server.listen))?;
+        let listener = http::listen(&server.listen, &server.connections).await?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
         let ports = Ports {
             keys: store.keys.clone(),
@@ -125,6 +124,7 @@ fn serve(args: cli::ServeArgs) -> Result<(), String> {
         let _ = std::io::stdout().flush();
         let serving = http::Serving {
             limits: server.client_limits,
+            connections: server.connections,
             settle_before_end: store.shared,
         };
         http::run(listener, gateway, serving).await;

@@ -16,13 +16,17 @@
 //! body_read_timeout_ms = 60000
 //! max_header_bytes = 65536
 //! metrics_token_env = "CONDUIT_METRICS_TOKEN" # GET /metrics: this token (or the master key)
+//! keep_alive_timeout_ms = 30000
+//! max_connections = 4096
+//! http2 = true                              # h2c (prior knowledge) beside HTTP/1.1
+//! reuse_address = true                      # SO_REUSEADDR on the listener
 //! ```
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::{StoreArgs, StoreKind};
-use crate::http::ClientLimits;
+use crate::http::{ClientLimits, ConnectionLimits};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
 pub const DEFAULT_DATABASE: &str = "conduit.db";
@@ -54,6 +58,7 @@ pub struct ServerSettings {
     pub client_limits: ClientLimits,
     /// A token for `GET /metrics` besides the master key.
     pub metrics_token: Option<String>,
+    pub connections: ConnectionLimits,
 }
 
 /// Reads `[server]` from `table` (`source` names it in errors), with the
@@ -134,11 +139,25 @@ pub fn read(
         (None, None) => None,
     }
     .filter(|t| !t.is_empty());
+    let mut connections = ConnectionLimits::default();
+    if let Some(ms) = number("keep_alive_timeout_ms", 3_600_000)? {
+        connections.keep_alive_timeout = Duration::from_millis(ms);
+    }
+    if let Some(n) = number("max_connections", 1_000_000)? {
+        connections.max_connections = n as usize;
+    }
+    if let Some(b) = flag("http2")? {
+        connections.http2 = b;
+    }
+    if let Some(b) = flag("reuse_address")? {
+        connections.reuse_address = b;
+    }
     Ok(ServerSettings {
         metrics_token,
         listen: text("listen")?.unwrap_or_else(|| DEFAULT_LISTEN.into()),
         workers: number("workers", 1024)?.map(|n| n as usize),
         store,
         client_limits,
+        connections,
     })
 }

@@ -9,14 +9,19 @@ use crate::compat::MaybeSendSync;
 use crate::keys::VirtualKey;
 use crate::ports::{Admission, Clock, Demand, Limiter, Settlement, StoreError};
 
-/// Spend kept across restarts by a single-process limiter.
+/// Spend kept across restarts (and crashes) by a single-process limiter.
 pub trait SpendStore: MaybeSendSync {
-    /// The saved `(period_start, spent_nanos)` of a key. An error (the store
-    /// cannot be read) refuses the key's admission with 503 rather than
-    /// starting its spend from zero.
+    /// The saved `(period_start, spent_nanos)` of a key, reservations left
+    /// unsettled by a previous process included (charged at their estimate:
+    /// the process that held them is gone). An error (the store cannot be
+    /// read) refuses the key's admission with 503 rather than starting its
+    /// spend from zero.
     fn load(&self, key_id: &str) -> Result<Option<(u64, u64)>, StoreError>;
-    /// Saves them. Must not block.
-    fn save(&self, key_id: &str, period_start: u64, spent_nanos: u64);
+    /// Saves a key's spend and the estimate it holds in reservations, at
+    /// admission and at settlement of a key with a budget. Writes from
+    /// concurrent requests of one key may arrive out of order: within a
+    /// period the store keeps the larger spend.
+    fn save(&self, key_id: &str, period_start: u64, spent_nanos: u64, reserved_nanos: u64);
 }
 
 /// The limiter of a single process (the native server): every key's state
@@ -94,6 +99,11 @@ crate::port! {
                     error: e.into(),
                     status: LimitStatus::default(),
                 })?;
+            if let (Some(store), (Ok(_), status), Some(_)) = (&self.spend, &result, &key.budget) {
+                if let Some(start) = status.period_start {
+                    store.save(&key.id, start, status.spent_nanos, status.reserved_nanos);
+                }
+            }
             match result {
                 (Ok(reservation), status) => Ok(Admission { reservation: Some(reservation), status, key: None }),
                 (Err(refusal), status) => Err(Rejection { error: refusal.to_error(key.budget.as_ref()), status }),
@@ -105,10 +115,10 @@ crate::port! {
             let now = self.clock.now_micros() / 1_000_000;
             let spend = self.with_state(key, |s| {
                 s.settle(now, key.budget.as_ref(), reservation.id, settlement.tokens, settlement.cost_nanos);
-                s.spend()
+                (s.spend(), s.reserved_nanos())
             }).ok();
-            if let (Some(store), Some((start, spent)), true) = (&self.spend, spend, key.budget.is_some()) {
-                store.save(&key.id, start, spent);
+            if let (Some(store), Some(((start, spent), reserved)), true) = (&self.spend, spend, key.budget.is_some()) {
+                store.save(&key.id, start, spent, reserved);
             }
         }
 

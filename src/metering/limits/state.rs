@@ -190,7 +190,7 @@ impl KeyLimitState {
         1
     }
 
-    fn reserved_nanos(&self) -> u64 {
+    pub(crate) fn reserved_nanos(&self) -> u64 {
         self.reservations
             .iter()
             .fold(0u64, |sum, r| sum.saturating_add(r.cost_nanos))

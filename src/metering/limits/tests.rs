@@ -431,7 +431,7 @@ mod unreadable_spend {
                     Err(StoreError("sqlite: disk I/O error".into()))
                 }
             }
-            fn save(&self, _: &str, _: u64, _: u64) {}
+            fn save(&self, _: &str, _: u64, _: u64, _: u64) {}
         }
         let store = Arc::new(Flaky(AtomicBool::new(false)));
         let clock = Arc::new(crate::memory::ManualClock::new(1_000_000));
