@@ -97,11 +97,17 @@ export function limitsText(l) {
   return parts.length ? parts.join(", ") : "none";
 }
 
+// ARIA values must be plain decimals: a tiny budget (1e-9 USD) is written out
+// in full, never in exponent form.
+function ariaNumber(v) {
+  return Number(v).toFixed(9).replace(/\.?0+$/, "") || "0";
+}
+
 export function SpendBar({ spent, max }) {
   if (max == null) return html`<span class="muted">no budget</span>`;
   const pct = max > 0 ? Math.min(100, (spent / max) * 100) : 100;
   return html`<span class="spend">
-    <span class="bar" role="meter" aria-valuemin="0" aria-valuemax=${max} aria-valuenow=${spent} aria-label="Spend against budget">
+    <span class="bar" role="meter" aria-valuemin="0" aria-valuemax=${ariaNumber(max)} aria-valuenow=${ariaNumber(spent)} aria-label="Spend against budget">
       <span class=${"fill" + (pct >= 90 ? " hot" : "")} style=${{ width: pct + "%" }}></span>
     </span>
     <span>${usd(spent)} / ${usd(max)}</span>
