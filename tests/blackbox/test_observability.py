@@ -77,22 +77,26 @@ def log_lines(gateway) -> list[dict]:
     target = gateway.target
     raw = list(getattr(target, "_lines", None) or getattr(target, "_stdout_lines", []))
     out = []
+    decoder = json.JSONDecoder()
     for line in raw:
+        # Every object in the line: wrangler dev may print two console lines
+        # written in the same tick on one output line.
         start = line.find('{"conduit"')
-        if start < 0:
-            continue
-        try:
-            out.append(json.loads(line[start:]))
-        except ValueError:
-            continue
+        while start >= 0:
+            try:
+                obj, end = decoder.raw_decode(line, start)
+            except ValueError:
+                break
+            out.append(obj)
+            start = line.find('{"conduit"', end)
     return out
 
 
-def wait_log_line(gateway, request_id: str, timeout: float = 5.0) -> dict:
+def wait_log_line(gateway, request_id: str, timeout: float = 5.0, kind: str = "request") -> dict:
     deadline = time.monotonic() + timeout
     while True:
         for line in log_lines(gateway):
-            if line.get("conduit") == "request" and line.get("request_id") == request_id:
+            if line.get("conduit") == kind and line.get("request_id") == request_id:
                 return line
         if time.monotonic() > deadline:
             raise AssertionError(f"no log line for {request_id}:\n" + gateway.target.logs())
@@ -242,6 +246,8 @@ def test_the_log_line_carries_the_request(gateway, http, admin, marker):
     assert r.status_code == 502
     line = wait_log_line(gateway, r.headers["x-request-id"])
     assert line["failures"] == [{"provider": "openai", "kind": "5xx", "status": 500}]
+    # The failure's own line may reach the log after the request's.
+    wait_log_line(gateway, line["request_id"], kind="upstream_failure")
     failure = [x for x in log_lines(gateway)
                if x.get("conduit") == "upstream_failure" and x.get("request_id") == line["request_id"]]
     assert [(f["provider"], f["kind"], f["alias"]) for f in failure] == [("openai", "5xx", "fail-500")]
