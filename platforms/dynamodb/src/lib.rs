@@ -589,32 +589,14 @@ port! {
                 .send()
                 .await
                 .map_err(err)?;
-            self.client
-                .delete_item()
-                .table_name(&self.tables.keys)
-                .key("pk", s(format!("hash#{}", item.hash)))
-                .send()
-                .await
-                .map_err(err)?;
+            self.delete_key_item(format!("hash#{}", item.hash)).await?;
             Ok(true)
         }
 
         async fn delete(&self, id: &str) -> Result<bool, StoreError> {
             let Some(item) = self.key_item(id).await? else { return Ok(false) };
-            self.client
-                .delete_item()
-                .table_name(&self.tables.keys)
-                .key("pk", s(format!("key#{id}")))
-                .send()
-                .await
-                .map_err(err)?;
-            self.client
-                .delete_item()
-                .table_name(&self.tables.keys)
-                .key("pk", s(format!("hash#{}", item.hash)))
-                .send()
-                .await
-                .map_err(err)?;
+            self.delete_key_item(format!("key#{id}")).await?;
+            self.delete_key_item(format!("hash#{}", item.hash)).await?;
             Ok(true)
         }
     }
@@ -625,6 +607,18 @@ fn sort_key(ms: u64, request_id: &str) -> String {
 }
 
 impl Dynamo {
+    /// Deletes one item of the keys table (a key's record, or its hash lookup).
+    async fn delete_key_item(&self, pk: String) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.tables.keys)
+            .key("pk", s(pk))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(err)
+    }
+
     /// Adds a record to its hour's counters: one `ADD` of every field, atomic in DynamoDB.
     async fn add_hourly(
         &self,

@@ -51,6 +51,16 @@ CREATE INDEX IF NOT EXISTS usage_by_key_time ON usage_records (key_id, created_a
 CREATE INDEX IF NOT EXISTS usage_by_time ON usage_records (created_at_ms);
 CREATE INDEX IF NOT EXISTS usage_page ON usage_records (created_at_ms, request_id);
 CREATE INDEX IF NOT EXISTS usage_page_by_key ON usage_records (key_id, created_at_ms, request_id);
+CREATE TABLE IF NOT EXISTS key_spend (
+    key_id       TEXT PRIMARY KEY,
+    period_start INTEGER NOT NULL,
+    spent_nanos  INTEGER NOT NULL
+);
+";
+
+/// The counters of one hour (`usage_hourly`); `usage_daily` has the same
+/// columns, per UTC day ([`counter_tables`]).
+const HOURLY_TABLE: &str = "
 CREATE TABLE IF NOT EXISTS usage_hourly (
     hour              INTEGER NOT NULL,
     key_id            TEXT NOT NULL,
@@ -67,28 +77,15 @@ CREATE TABLE IF NOT EXISTS usage_hourly (
     unpriced          INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (hour, key_id, model)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS usage_daily (
-    hour              INTEGER NOT NULL,
-    key_id            TEXT NOT NULL,
-    model             TEXT NOT NULL,
-    requests          INTEGER NOT NULL DEFAULT 0,
-    errors            INTEGER NOT NULL DEFAULT 0,
-    rate_limited      INTEGER NOT NULL DEFAULT 0,
-    budget_refused    INTEGER NOT NULL DEFAULT 0,
-    prompt_tokens     INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    total_tokens      INTEGER NOT NULL DEFAULT 0,
-    cached_tokens     INTEGER NOT NULL DEFAULT 0,
-    cost_nanos        INTEGER NOT NULL DEFAULT 0,
-    unpriced          INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (hour, key_id, model)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS key_spend (
-    key_id       TEXT PRIMARY KEY,
-    period_start INTEGER NOT NULL,
-    spent_nanos  INTEGER NOT NULL
-);
 ";
+
+/// Both counter tables' definitions: hourly, and the same columns per day.
+fn counter_tables() -> String {
+    format!(
+        "{HOURLY_TABLE}{}",
+        HOURLY_TABLE.replace("usage_hourly", "usage_daily")
+    )
+}
 
 /// Reservations held when the spend was last saved (added after the table).
 const ADD_RESERVED: &str =
@@ -150,6 +147,7 @@ impl SqliteStore {
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        conn.execute_batch(&counter_tables()).map_err(err)?;
         let has_reserved: bool = conn
             .query_row(
                 "SELECT EXISTS (SELECT 1 FROM pragma_table_info('key_spend') WHERE name = 'reserved_nanos')",

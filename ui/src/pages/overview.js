@@ -21,7 +21,7 @@ export function Overview() {
         </section>
         <section aria-labelledby="top-models">
           <h2 id="top-models">Top models by spend</h2>
-          <${TopTable} rows=${s.top_models} first="Model" name=${(r) => r.model} />
+          <${TopTable} rows=${s.top_models} first="Model" name=${(r) => r.model || html`<span class="muted">(no model: refused before one was read)</span>`} />
         </section>
       </div>`}<//>`;
 }

@@ -60,7 +60,7 @@ var Ln,_e,ri,Za,Jt,ti,ii,si,Ao,Tn,on,ai,zo,Ro,No,Qa,Mn={},Dn=[],Xa=/acit|ex(?:s|
         </section>
         <section aria-labelledby="top-models">
           <h2 id="top-models">Top models by spend</h2>
-          <${da} rows=${n.top_models} first="Model" name=${o=>o.model} />
+          <${da} rows=${n.top_models} first="Model" name=${o=>o.model||k`<span class="muted">(no model: refused before one was read)</span>`} />
         </section>
       </div>`}<//>`}function da({rows:e,first:t,name:l}){return e.length?k`<div class="scroll" tabindex="0" role="region" aria-label=${"Top "+t.toLowerCase()+"s"}><table>
     <thead><tr><th scope="col">${t}</th><th scope="col" class="n">Requests</th><th scope="col" class="n">Tokens</th><th scope="col" class="n">Spend</th></tr></thead>
