@@ -3,12 +3,12 @@
 //!
 //! Usage records are written behind: the writer gathers them for up to
 //! [`BATCH_WINDOW`] and commits them together. A spend write that a request
-//! waits for (a group commit) ends the gathering: what is already queued
-//! joins the batch and the batch is committed at once, so the requests of a
-//! busy key share one transaction, and each waits about one commit, never
-//! the window. A batch writes each key's spend once (its latest state: a
-//! key's writes arrive in the order of the states they carry), each record
-//! once, and one counter upsert per hour row and per day row it touches.
+//! waits for does not wait for the window: it is committed at once, with
+//! every spend write queued by then (a group commit: the requests of a busy
+//! key share one transaction, and each waits about one commit). A batch
+//! writes each key's spend once (its latest state: a key's writes arrive in
+//! the order of the states they carry), each record once, and one counter
+//! upsert per hour row and per day row it touches.
 
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -78,46 +78,81 @@ pub(super) const HELD_MAX: usize = 100_000;
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
-/// The writer thread: waits for a write, gathers the batch ([`gather`]),
-/// and applies it in one transaction. A batch that fails (the file
-/// read-only, the disk full) is not lost: it is held in memory (up to
-/// [`HELD_MAX`] writes) and tried again, with what came since, until the
-/// store takes it; nothing of a failed batch was written (one transaction),
-/// and a record written twice is counted once.
+/// The writer thread. Writes arrive on two lanes: spend writes, committed
+/// as soon as one of them is waited for (with every spend write queued by
+/// then, in order: a group commit that carries no record, so the commit is
+/// a page or two), and usage records (with spend writes nobody waits for),
+/// gathered for [`BATCH_WINDOW`] and committed together. A commit that
+/// fails (the file read-only, the disk full) loses nothing: its writes are
+/// held in memory (up to [`HELD_MAX`] records) and tried again, with what
+/// came since, until the store takes them; a request waiting for a spend
+/// write is let go at once meanwhile. Nothing of a failed commit was
+/// written (one transaction), and a record written twice is counted once.
 pub(super) fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
-    let mut held: Vec<Write> = Vec::new();
-    let mut retry = RETRY_FIRST;
+    let mut spends: Vec<Write> = Vec::new();
+    let mut records: Vec<Write> = Vec::new();
+    // When the records gathered so far are due.
+    let mut window: Option<Instant> = None;
+    // While the store fails: when to try again, and the wait after that.
+    let mut failing: Option<(Instant, Duration)> = None;
     let mut open = true;
     // One buffer for every record's JSON text.
     let mut json = Vec::with_capacity(2048);
-    while open || !held.is_empty() {
-        let mut batch = std::mem::take(&mut held);
-        if batch.is_empty() {
-            match rx.recv() {
-                Ok(first) => batch.push(first),
-                Err(_) => break,
+    while open || !spends.is_empty() || !records.is_empty() {
+        let due = match failing {
+            Some((at, _)) => Some(at),
+            None => window,
+        };
+        let first = match due {
+            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+        };
+        let mut waited = false;
+        let mut take = |mut w: Write| {
+            if failing.is_some() {
+                // The file is unwritable: the request does not wait it out.
+                w.release();
             }
-        } else if open {
-            // Wait before trying the held writes again, taking new ones
-            // meanwhile. A request does not wait out the unwritable file: its
-            // spend is held with the others, as a failed batch's is.
-            let until = Instant::now() + retry;
-            loop {
-                match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                    Ok(mut w) => {
-                        w.release();
-                        batch.push(w);
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => break,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        open = false;
-                        break;
+            if w.waited() {
+                waited = true;
+            } else {
+                window.get_or_insert_with(|| Instant::now() + BATCH_WINDOW);
+            }
+            match w {
+                Write::Spend(_) => spends.push(w),
+                Write::Usage(_) => records.push(w),
+            }
+        };
+        match first {
+            Ok(w) => {
+                take(w);
+                // What is queued already joins this commit.
+                for _ in 0..BATCH_MAX {
+                    match rx.try_recv() {
+                        Ok(w) => take(w),
+                        Err(mpsc::TryRecvError::Empty) => break,
+                        Err(mpsc::TryRecvError::Disconnected) => {
+                            open = false;
+                            break;
+                        }
                     }
                 }
             }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
         }
-        if open {
-            open = gather(&rx, &mut batch);
+        let now = Instant::now();
+        let all = !open || due.is_some_and(|at| now >= at) || records.len() >= BATCH_MAX;
+        if !all && !(waited && failing.is_none()) {
+            continue;
+        }
+        let mut batch = std::mem::take(&mut spends);
+        if all {
+            batch.append(&mut records);
+            window = None;
+        }
+        if batch.is_empty() {
+            continue;
         }
         let written = write_batch(&mut conn, &batch, &mut json);
         for w in &mut batch {
@@ -125,28 +160,33 @@ pub(super) fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
         }
         match written {
             Ok(()) => {
-                if retry > RETRY_FIRST {
+                if failing.take().is_some() {
                     eprintln!(
                         "conduit: the database takes writes again; {} held writes written",
                         batch.len()
                     );
                 }
-                retry = RETRY_FIRST;
             }
             Err(e) if open => {
-                if retry == RETRY_FIRST {
-                    eprintln!(
-                        "conduit: could not write {} records ({e}); held in memory and retried",
-                        batch.len()
-                    );
-                    crate::metrics::store_write_failed(batch.len() as u64);
-                }
-                let dropped;
-                (held, dropped) = hold(batch);
+                let retry = match failing {
+                    None => {
+                        eprintln!(
+                            "conduit: could not write {} records ({e}); held in memory and retried",
+                            batch.len()
+                        );
+                        crate::metrics::store_write_failed(batch.len() as u64);
+                        RETRY_FIRST
+                    }
+                    Some((_, wait)) => wait,
+                };
+                failing = Some((Instant::now() + retry, (retry * 2).min(RETRY_MAX)));
+                // Back in their lanes, before what came since (in order).
+                batch.append(&mut records);
+                let (held, dropped) = hold(batch);
+                (spends, records) = held.into_iter().partition(|w| matches!(w, Write::Spend(_)));
                 if dropped > 0 {
                     eprintln!("conduit: {dropped} usage records dropped: more than {HELD_MAX} writes held while the database is unwritable");
                 }
-                retry = (retry * 2).min(RETRY_MAX);
             }
             Err(e) => {
                 // Shutting down with the store still unwritable: say what is lost.
@@ -159,33 +199,6 @@ pub(super) fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
             }
         }
     }
-}
-
-/// Adds to `batch` what comes within [`BATCH_WINDOW`] (up to [`BATCH_MAX`]
-/// writes), or, once a write a request waits for is in, only what is
-/// already queued: the waiting requests share the commit and wait for
-/// nothing else. Returns whether the channel is still open.
-fn gather(rx: &mpsc::Receiver<Write>, batch: &mut Vec<Write>) -> bool {
-    let deadline = Instant::now() + BATCH_WINDOW;
-    let mut waited = batch.iter().any(Write::waited);
-    while batch.len() < BATCH_MAX {
-        let next = if waited {
-            match rx.try_recv() {
-                Ok(w) => w,
-                Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => return false,
-            }
-        } else {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(w) => w,
-                Err(mpsc::RecvTimeoutError::Timeout) => break,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return false,
-            }
-        };
-        waited |= next.waited();
-        batch.push(next);
-    }
-    true
 }
 
 /// What is kept of a failed batch: the last spend write of each key (each
@@ -384,33 +397,42 @@ mod tests {
         assert_eq!(records.len(), 2);
     }
 
-    /// Waiting requests share one commit and wait for nothing else; records
-    /// alone wait for the window.
+    /// A spend write a request waits for is committed at once, without
+    /// the records gathered meanwhile (they wait for the window), and its
+    /// key's earlier write not waited for goes with it.
     #[test]
-    fn a_waited_write_ends_the_gathering() {
-        let (tx, rx) = mpsc::channel();
-        let (done, _wait) = oneshot::channel();
-        let mut first = vec![Write::Usage(Box::new(record(1, "k", 1, 200)))];
-        tx.send(spend("k", 1)).unwrap();
-        tx.send(Write::Spend(SpendWrite {
-            key_id: "k".into(),
-            period_start: 0,
-            spent_nanos: 2,
-            reserved_nanos: 0,
-            committed: Some(done),
-        }))
-        .unwrap();
-        tx.send(spend("k", 3)).unwrap();
+    fn a_waited_spend_is_committed_without_waiting_for_the_records() {
+        use conduit::metering::limits::SpendStore;
+        use conduit::ports::UsageStore;
+        let path =
+            std::env::temp_dir().join(format!("conduit-lanes-test-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let store = super::super::SqliteStore::open(&path).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let records = |store: &super::super::SqliteStore| {
+            store
+                .with(|c| {
+                    c.query_row("SELECT COUNT(*) FROM usage_records", [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                })
+                .unwrap()
+        };
         let started = Instant::now();
-        assert!(gather(&rx, &mut first));
-        assert!(started.elapsed() < BATCH_WINDOW, "waited for the window");
-        assert_eq!(first.len(), 4, "what was queued joins the commit");
-        let mut records = vec![Write::Usage(Box::new(record(2, "k", 2, 200)))];
-        let started = Instant::now();
-        assert!(gather(&rx, &mut records));
-        assert!(started.elapsed() >= BATCH_WINDOW);
-        drop(tx);
-        assert!(!gather(&rx, &mut records), "closed");
+        rt.block_on(async {
+            store.record(record(1, "k", 1, 200)).await;
+            let _ = store.save("k", 0, 5, 0, false);
+            store.save("j", 0, 7, 3, true).await;
+        });
+        // Unless this thread stalled for the whole window, the record is not in yet.
+        assert!(records(&store) == 0 || started.elapsed() >= BATCH_WINDOW);
+        assert_eq!(store.load("j").unwrap(), Some((0, 10)));
+        assert_eq!(store.load("k").unwrap(), Some((0, 5)));
+        store.close();
+        assert_eq!(records(&store), 1, "written at close");
+        let _ = std::fs::remove_file(&path);
     }
 
     /// A request waiting on a write is released when its batch is done,
