@@ -97,6 +97,30 @@ impl LocalLimiter {
     }
 }
 
+/// Releases an admission's reservation unless forgotten: the admission was
+/// dropped before it returned, and the request never went upstream.
+struct Unwind<'a> {
+    limiter: &'a LocalLimiter,
+    key: &'a VirtualKey,
+    reservation: Option<u64>,
+}
+
+impl Drop for Unwind<'_> {
+    fn drop(&mut self) {
+        let Some(id) = self.reservation else { return };
+        let (limiter, key) = (self.limiter, self.key);
+        let now = limiter.clock.now_micros() / 1_000_000;
+        let _ = limiter.with_state(key, |s| {
+            s.settle(now, key.budget.as_ref(), id, 0, 0);
+            if let Some(store) = &limiter.spend {
+                let (start, spent) = s.spend();
+                // Lowers the saved estimate: nothing to wait for.
+                drop(store.save(&key.id, start, spent, s.reserved_nanos(), false));
+            }
+        });
+    }
+}
+
 fn limited(key: &VirtualKey) -> bool {
     !key.limits.is_empty() || key.budget.is_some()
 }
@@ -139,7 +163,15 @@ crate::port! {
                     status: LimitStatus::default(),
                 })?;
             if let Some(saved) = saved {
+                // Dropped while waiting (the client left): the reservation is
+                // released, not left to expire and be charged at its estimate.
+                let unwind = Unwind {
+                    limiter: self,
+                    key,
+                    reservation: result.0.as_ref().ok().map(|r| r.id),
+                };
                 saved.await;
+                std::mem::forget(unwind);
             }
             match result {
                 (Ok(reservation), status) => Ok(Admission { reservation: Some(reservation), status, key: None }),

@@ -555,6 +555,24 @@ mod spend_write_through {
         }
     }
 
+    /// An admission dropped while it waits (the client left) releases its
+    /// reservation: the request never went upstream.
+    #[test]
+    fn an_admission_dropped_while_waiting_releases_its_reservation() {
+        let (store, limiter, key, demand) = setup();
+        {
+            let admit = limiter.admit(&key, &demand);
+            let mut admit = std::pin::pin!(admit);
+            assert!(poll(&mut admit).is_pending());
+        }
+        let status = done(limiter.status(&key)).unwrap();
+        assert_eq!((status.spent_nanos, status.reserved_nanos), (0, 0));
+        assert_eq!(
+            *store.writes.lock().unwrap(),
+            [(0, 200_000, true), (0, 0, false)]
+        );
+    }
+
     #[test]
     fn settlement_waits_only_when_it_raises_the_spend() {
         let (store, limiter, key, demand) = setup();
