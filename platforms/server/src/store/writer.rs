@@ -88,7 +88,7 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 /// came since, until the store takes them; a request waiting for a spend
 /// write is let go at once meanwhile. Nothing of a failed commit was
 /// written (one transaction), and a record written twice is counted once.
-pub(super) fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
+pub(super) fn write_loop(conn: Connection, rx: mpsc::Receiver<Write>) {
     let mut spends: Vec<Write> = Vec::new();
     let mut records: Vec<Write> = Vec::new();
     // When the records gathered so far are due.
@@ -154,7 +154,7 @@ pub(super) fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
         if batch.is_empty() {
             continue;
         }
-        let written = write_batch(&mut conn, &batch, &mut json);
+        let written = write_batch(&conn, &batch, &mut json);
         for w in &mut batch {
             w.release();
         }
@@ -276,60 +276,85 @@ pub(super) fn coalesce(batch: &[Write]) -> (Vec<&SpendWrite>, Vec<&UsageRecord>)
     (spends, records)
 }
 
-/// One batch in one transaction: all of it is written, or none.
+/// One batch in one transaction: all of it is written, or none. A batch
+/// of one key's spend alone (a busy key's group commit) is one statement,
+/// its own transaction; otherwise `BEGIN` and `COMMIT` are prepared once
+/// and reused, like every statement here.
 pub(super) fn write_batch(
-    conn: &mut Connection,
+    conn: &Connection,
     batch: &[Write],
     json: &mut Vec<u8>,
 ) -> rusqlite::Result<()> {
     let (spends, records) = coalesce(batch);
-    let tx = conn.transaction()?;
-    {
-        let mut spend = tx.prepare_cached(SAVE_SPEND)?;
-        for s in spends {
-            spend.execute(params![
-                s.key_id,
-                s.period_start as i64,
-                s.spent_nanos as i64,
-                s.reserved_nanos as i64
-            ])?;
-        }
-        if !records.is_empty() {
-            let mut usage = tx.prepare_cached(INSERT_RECORD)?;
-            let mut hours = CounterRows::new();
-            for r in records {
-                json.clear();
-                r.write_json(json)
-                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-                // A record is counted once, even if written twice.
-                let inserted = usage.execute(params![
-                    r.request_id,
-                    r.key_id,
-                    r.created_at_ms as i64,
-                    ToSqlOutput::Borrowed(ValueRef::Text(json)),
-                ])?;
-                if inserted > 0 {
-                    hours
-                        .entry((hour_of_ms(r.created_at_ms), &r.key_id, &r.model))
-                        .or_default()
-                        .add(&Counters::of(r));
-                }
-            }
-            let mut days = CounterRows::new();
-            let mut add = tx.prepare_cached(ADD_HOURLY)?;
-            for ((hour, key_id, model), c) in &hours {
-                add_row(&mut add, *hour, key_id, model, c)?;
-                days.entry((hour / DAY * DAY, key_id, model))
-                    .or_default()
-                    .add(c);
-            }
-            let mut add = tx.prepare_cached(&add_daily_sql())?;
-            for ((day, key_id, model), c) in &days {
-                add_row(&mut add, *day, key_id, model, c)?;
-            }
+    if spends.len() == 1 && records.is_empty() {
+        return save_spends(conn, &spends);
+    }
+    conn.prepare_cached("BEGIN")?.execute([])?;
+    let written = save_spends(conn, &spends)
+        .and_then(|()| insert_records(conn, &records, json))
+        .and_then(|()| conn.prepare_cached("COMMIT")?.execute([]).map(|_| ()));
+    if written.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    written
+}
+
+fn save_spends(conn: &Connection, spends: &[&SpendWrite]) -> rusqlite::Result<()> {
+    let mut spend = conn.prepare_cached(SAVE_SPEND)?;
+    for s in spends {
+        spend.execute(params![
+            s.key_id,
+            s.period_start as i64,
+            s.spent_nanos as i64,
+            s.reserved_nanos as i64
+        ])?;
+    }
+    Ok(())
+}
+
+/// The records, and what they add to their hour and day rows: one upsert
+/// per row, however many of the batch's records it counts.
+fn insert_records(
+    conn: &Connection,
+    records: &[&UsageRecord],
+    json: &mut Vec<u8>,
+) -> rusqlite::Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut usage = conn.prepare_cached(INSERT_RECORD)?;
+    let mut hours = CounterRows::new();
+    for r in records {
+        json.clear();
+        r.write_json(json)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        // A record is counted once, even if written twice.
+        let inserted = usage.execute(params![
+            r.request_id,
+            r.key_id,
+            r.created_at_ms as i64,
+            ToSqlOutput::Borrowed(ValueRef::Text(json)),
+        ])?;
+        if inserted > 0 {
+            hours
+                .entry((hour_of_ms(r.created_at_ms), &r.key_id, &r.model))
+                .or_default()
+                .add(&Counters::of(r));
         }
     }
-    tx.commit()
+    let mut days = CounterRows::new();
+    let mut add = conn.prepare_cached(ADD_HOURLY)?;
+    for ((hour, key_id, model), c) in &hours {
+        add_row(&mut add, *hour, key_id, model, c)?;
+        days.entry((hour / DAY * DAY, key_id, model))
+            .or_default()
+            .add(c);
+    }
+    let mut add = conn.prepare_cached(&add_daily_sql())?;
+    for ((day, key_id, model), c) in &days {
+        add_row(&mut add, *day, key_id, model, c)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
