@@ -125,7 +125,7 @@ mod tests {
             assert_eq!(store.load(&format!("k{key}")).unwrap(), Some((7, 505)));
         }
         // A save not waited for is on disk at close.
-        let _ = store.save("late", 7, 1, 0, false);
+        drop(store.save("late", 7, 1, 0, false));
         store.close();
         let again = SqliteStore::open(&path).unwrap();
         assert_eq!(again.load("late").unwrap(), Some((7, 1)));

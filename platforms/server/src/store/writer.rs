@@ -143,7 +143,10 @@ pub(super) fn write_loop(conn: Connection, rx: mpsc::Receiver<Write>) {
         }
         let now = Instant::now();
         let all = !open || due.is_some_and(|at| now >= at) || records.len() >= BATCH_MAX;
-        if !all && !(waited && failing.is_none()) {
+        // Spend writes alone, as soon as a request waits for one (unless the
+        // store is failing: then every write waits for the retry).
+        let spends_now = waited && failing.is_none();
+        if !(all || spends_now) {
             continue;
         }
         let mut batch = std::mem::take(&mut spends);
@@ -448,7 +451,7 @@ mod tests {
         let started = Instant::now();
         rt.block_on(async {
             store.record(record(1, "k", 1, 200)).await;
-            let _ = store.save("k", 0, 5, 0, false);
+            drop(store.save("k", 0, 5, 0, false));
             store.save("j", 0, 7, 3, true).await;
         });
         // Unless this thread stalled for the whole window, the record is not in yet.
