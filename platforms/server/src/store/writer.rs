@@ -3,9 +3,10 @@
 //!
 //! Usage records are written behind: the writer gathers them for up to
 //! [`BATCH_WINDOW`] and commits them together. A spend write that a request
-//! waits for does not wait for the window: it is committed at once, with
+//! waits for does not wait for the window: it is committed at once (under
+//! load, at most [`COMMIT_SPACING`] after the previous such commit), with
 //! every spend write queued by then (a group commit: the requests of a busy
-//! key share one transaction, and each waits about one commit). A batch
+//! key share one transaction). A batch
 //! writes each key's spend once (its latest state: a key's writes arrive in
 //! the order of the states they carry), each record once, and one counter
 //! upsert per hour row and per day row it touches.
@@ -67,6 +68,11 @@ impl Write {
 /// how late a record shows in `GET /admin/usage`; amortises the commit.
 pub(super) const BATCH_WINDOW: Duration = Duration::from_millis(100);
 const BATCH_MAX: usize = 1024;
+/// The least time between two group commits of spend writes. A request
+/// that waits for its spend right after one waits for the next at most this
+/// long (when requests come further apart, its commit starts at once), so
+/// that under load one commit carries many requests' spend.
+const COMMIT_SPACING: Duration = Duration::from_micros(250);
 
 /// Writes held while the file cannot be written (read-only, disk full):
 /// beyond this many, the oldest usage records are dropped, and counted in
@@ -79,9 +85,10 @@ const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// The writer thread. Writes arrive on two lanes: spend writes, committed
-/// as soon as one of them is waited for (with every spend write queued by
-/// then, in order: a group commit that carries no record, so the commit is
-/// a page or two), and usage records (with spend writes nobody waits for),
+/// as soon as one of them is waited for, or [`COMMIT_SPACING`] after the
+/// last such commit (with every spend write queued by then, in order: a
+/// group commit that carries no record, so the commit is a page or two),
+/// and usage records (with spend writes nobody waits for),
 /// gathered for [`BATCH_WINDOW`] and committed together. A commit that
 /// fails (the file read-only, the disk full) loses nothing: its writes are
 /// held in memory (up to [`HELD_MAX`] records) and tried again, with what
@@ -93,6 +100,10 @@ pub(super) fn write_loop(conn: Connection, rx: mpsc::Receiver<Write>) {
     let mut records: Vec<Write> = Vec::new();
     // When the records gathered so far are due.
     let mut window: Option<Instant> = None;
+    // When the spend writes a request waits for are due, and when the last
+    // of them were committed.
+    let mut spends_due: Option<Instant> = None;
+    let mut last_spends: Option<Instant> = None;
     // While the store fails: when to try again, and the wait after that.
     let mut failing: Option<(Instant, Duration)> = None;
     let mut open = true;
@@ -101,20 +112,24 @@ pub(super) fn write_loop(conn: Connection, rx: mpsc::Receiver<Write>) {
     while open || !spends.is_empty() || !records.is_empty() {
         let due = match failing {
             Some((at, _)) => Some(at),
-            None => window,
+            None => [window, spends_due].into_iter().flatten().min(),
         };
         let first = match due {
             None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
             Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
         };
-        let mut waited = false;
         let mut take = |mut w: Write| {
             if failing.is_some() {
                 // The file is unwritable: the request does not wait it out.
                 w.release();
             }
             if w.waited() {
-                waited = true;
+                // At once, or, right after the last group commit, at most
+                // COMMIT_SPACING after it: the requests waiting by then share it.
+                spends_due.get_or_insert_with(|| {
+                    let now = Instant::now();
+                    last_spends.map_or(now, |at| now.max(at + COMMIT_SPACING))
+                });
             } else {
                 window.get_or_insert_with(|| Instant::now() + BATCH_WINDOW);
             }
@@ -142,12 +157,20 @@ pub(super) fn write_loop(conn: Connection, rx: mpsc::Receiver<Write>) {
             Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
         }
         let now = Instant::now();
-        let all = !open || due.is_some_and(|at| now >= at) || records.len() >= BATCH_MAX;
-        // Spend writes alone, as soon as a request waits for one (unless the
-        // store is failing: then every write waits for the retry).
-        let spends_now = waited && failing.is_none();
+        let records_due = match failing {
+            Some((at, _)) => now >= at,
+            None => window.is_some_and(|at| now >= at),
+        };
+        let all = !open || records_due || records.len() >= BATCH_MAX;
+        // Spend writes alone, once a request waits for one (while the store
+        // fails, every write waits for the retry instead).
+        let spends_now = failing.is_none() && spends_due.is_some_and(|at| now >= at);
         if !(all || spends_now) {
             continue;
+        }
+        spends_due = None;
+        if !spends.is_empty() {
+            last_spends = Some(now);
         }
         let mut batch = std::mem::take(&mut spends);
         if all {
