@@ -486,6 +486,66 @@ mod tests {
         let _ = std::fs::remove_file(&path);
     }
 
+    /// A batch's counters, one upsert per hour and day row, are the rows
+    /// one upsert per record gives (the backfill's way), a record sent
+    /// twice counted once.
+    #[test]
+    fn batched_counters_are_the_per_record_ones() {
+        let path =
+            std::env::temp_dir().join(format!("conduit-counters-test-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let store = super::super::SqliteStore::open(&path).unwrap();
+        let day0 = 1_767_225_600u64;
+        let mut batch: Vec<Write> = (0..40u64)
+            .map(|n| {
+                let key = if n % 3 == 0 { "k1" } else { "k2" };
+                let status = if n % 7 == 0 { 429 } else { 200 };
+                Write::Usage(Box::new(record(n, key, (day0 + n * 5000) * 1000, status)))
+            })
+            .collect();
+        batch.push(Write::Usage(Box::new(record(
+            5,
+            "k2",
+            (day0 + 5 * 5000) * 1000,
+            200,
+        ))));
+        let rows = |c: &Connection| -> rusqlite::Result<Vec<String>> {
+            let mut out = Vec::new();
+            for table in ["usage_hourly", "usage_daily"] {
+                let mut stmt = c.prepare(&format!(
+                    "SELECT * FROM {table} ORDER BY hour, key_id, model"
+                ))?;
+                let n = stmt.column_count();
+                let mut q = stmt.query([])?;
+                while let Some(r) = q.next()? {
+                    let cells: Vec<String> = (0..n)
+                        .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                        .collect();
+                    out.push(format!("{table}: {}", cells.join(" ")));
+                }
+            }
+            Ok(out)
+        };
+        let mut json = Vec::new();
+        let batched = store
+            .with(|c| {
+                write_batch(c, &batch, &mut json)?;
+                rows(c)
+            })
+            .unwrap();
+        assert!(batched.len() > 10, "{batched:?}");
+        let per_record = store
+            .with(|c| {
+                c.execute_batch("DELETE FROM usage_hourly; DELETE FROM usage_daily;")?;
+                super::super::backfill_hourly(c)?;
+                rows(c)
+            })
+            .unwrap();
+        assert_eq!(batched, per_record);
+        store.close();
+        let _ = std::fs::remove_file(&path);
+    }
+
     /// A request waiting on a write is released when its batch is done,
     /// and when the writer goes away without writing it.
     #[test]
