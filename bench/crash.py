@@ -4,7 +4,8 @@
 Each iteration starts `conduit serve` on the same database, drives for a random 1.5-4 s
 
 - inference: chat completions on budget-limited keys, a third streamed (with usage), a tenth of
-  the streams dropped by the client mid-stream; one key with a budget small enough to run out;
+  the streams dropped by the client mid-stream, a quarter costing more than their admission's
+  estimate (`max_tokens` 1); one key with a budget small enough to run out;
 - admin changes: keys created, PATCHed (name), rotated and revoked,
 
 then sends SIGKILL to the server, restarts it and checks against the client's ledger:
@@ -151,7 +152,10 @@ async def chat_once(client: httpx.AsyncClient, ledger: Ledger, rng: random.Rando
     key_id, secret = rng.choice(list(ledger.budget_keys.items()))
     stream = rng.random() < 1 / 3
     alias = SLOW_ALIAS if rng.random() < 0.1 else ALIAS
-    body = {"model": alias, "max_tokens": 16,
+    # A quarter ask for one token: the mock answers more, so the request costs more than
+    # the estimate its admission reserved, and its settlement raises the key's spend (the
+    # write the answer's end must wait for).
+    body = {"model": alias, "max_tokens": 1 if rng.random() < 0.25 else 16,
             "messages": [{"role": "user", "content": f"crash test {rng.random()}"}]}
     headers = {"Authorization": f"Bearer {secret}"}
     if not stream:

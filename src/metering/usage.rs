@@ -266,6 +266,128 @@ impl UsageRecord {
             traceparent: s("traceparent"),
         })
     }
+
+    /// Appends [`to_json`](Self::to_json)'s text to `out`, byte for byte,
+    /// without building the tree: the store writes every record this way,
+    /// into one buffer reused across a batch.
+    pub fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        serde_json::to_writer(out, &RecordView::of(self))
+    }
+}
+
+/// [`UsageRecord::to_json`] as a serializable struct: the same fields in
+/// the same order (the crate's `serde_json` keeps insertion order).
+#[derive(serde::Serialize)]
+struct RecordView<'a> {
+    request_id: &'a str,
+    key_id: &'a str,
+    model: &'a str,
+    provider: &'a Option<String>,
+    provider_model: &'a Option<String>,
+    endpoint: &'a str,
+    status: u16,
+    streamed: bool,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cached_tokens: u64,
+    reasoning_tokens: u64,
+    total_tokens: u64,
+    cache_write_tokens: u64,
+    estimated_prompt_tokens: u64,
+    estimated_completion_tokens: u64,
+    estimated_tokens: u64,
+    cost_nano_usd: Option<u64>,
+    cost_usd: Option<f64>,
+    price_known: bool,
+    refused_by: &'a Option<String>,
+    latency_ms: f64,
+    upstream_latency_ms: f64,
+    overhead_ms: f64,
+    created_at: String,
+    created_at_ms: u64,
+    deployment: Option<Deployment<'a>>,
+    served_alias: &'a Option<String>,
+    attempts: u32,
+    failed_attempts: Vec<FailedView<'a>>,
+    trace_id: &'a Option<String>,
+    traceparent: &'a Option<String>,
+}
+
+/// `provider/model`, written without formatting a string first.
+struct Deployment<'a>(&'a str, &'a str);
+
+impl serde::Serialize for Deployment<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}/{}", self.0, self.1))
+    }
+}
+
+/// [`FailedAttempt::to_json`] as a serializable struct.
+#[derive(serde::Serialize)]
+struct FailedView<'a> {
+    alias: &'a str,
+    provider: &'a str,
+    model: &'a str,
+    status: u16,
+    code: &'a Option<String>,
+    kind: &'static str,
+}
+
+impl<'a> RecordView<'a> {
+    fn of(r: &'a UsageRecord) -> RecordView<'a> {
+        let u = &r.usage;
+        RecordView {
+            request_id: &r.request_id,
+            key_id: &r.key_id,
+            model: &r.model,
+            provider: &r.provider,
+            provider_model: &r.provider_model,
+            endpoint: &r.endpoint,
+            status: r.status,
+            streamed: r.streamed,
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            cached_tokens: u.cached_tokens,
+            reasoning_tokens: u.reasoning_tokens,
+            total_tokens: u.total_tokens,
+            cache_write_tokens: u.cache_write_tokens,
+            estimated_prompt_tokens: r.estimated_prompt_tokens,
+            estimated_completion_tokens: r.estimated_completion_tokens,
+            estimated_tokens: r
+                .estimated_prompt_tokens
+                .saturating_add(r.estimated_completion_tokens),
+            cost_nano_usd: r.cost_nanos,
+            cost_usd: r.cost_nanos.map(crate::metering::pricing::usd),
+            price_known: r.cost_nanos.is_some(),
+            refused_by: &r.refused_by,
+            latency_ms: ms(r.latency_us),
+            upstream_latency_ms: ms(r.upstream_latency_us),
+            overhead_ms: ms(r.overhead_us()),
+            created_at: format_rfc3339(r.created_at_ms / 1000),
+            created_at_ms: r.created_at_ms,
+            deployment: r
+                .provider
+                .as_deref()
+                .zip(r.provider_model.as_deref())
+                .map(|(p, m)| Deployment(p, m)),
+            served_alias: &r.served_alias,
+            attempts: r.attempts,
+            failed_attempts: r
+                .failed_attempts
+                .iter()
+                .map(|f| FailedView {
+                    alias: &f.alias,
+                    provider: &f.provider,
+                    model: &f.model,
+                    status: f.status,
+                    code: &f.code,
+                    kind: f.kind.as_str(),
+                })
+                .collect(),
+            trace_id: &r.trace_id,
+            traceparent: &r.traceparent,
+        }
+    }
 }
 
 /// Which outcomes `GET /admin/usage?status=` keeps.
@@ -462,6 +584,61 @@ pub fn totals(records: &[UsageRecord]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The store's direct serialisation is the admin view's text, byte for
+    /// byte, with every optional field set and unset.
+    #[test]
+    fn written_json_is_the_views_text() {
+        let full = UsageRecord {
+            request_id: "req_\"1".into(),
+            key_id: "key_1".into(),
+            model: "chat".into(),
+            provider: Some("openai".into()),
+            provider_model: Some("gpt-4o-mini".into()),
+            endpoint: "/v1/chat/completions".into(),
+            status: 200,
+            streamed: true,
+            usage: TokenUsage {
+                prompt_tokens: 10,
+                completion_tokens: 5,
+                total_tokens: 15,
+                cached_tokens: 3,
+                cache_write_tokens: 2,
+                reasoning_tokens: 1,
+            },
+            estimated_prompt_tokens: 12,
+            estimated_completion_tokens: u64::MAX,
+            cost_nanos: Some(123_456_789),
+            refused_by: Some("tpm".into()),
+            latency_us: 1_234_567,
+            upstream_latency_us: 1_000_001,
+            created_at_ms: 1_767_225_600_123,
+            attempts: 2,
+            failed_attempts: vec![FailedAttempt {
+                alias: "chat".into(),
+                provider: "anthropic".into(),
+                model: "claude".into(),
+                status: 529,
+                code: Some("overloaded".into()),
+                kind: AttemptFailure::default(),
+            }],
+            served_alias: Some("fallback".into()),
+            trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        };
+        let bare = UsageRecord {
+            key_id: "k".into(),
+            ..UsageRecord::default()
+        };
+        for r in [full, bare] {
+            let mut out = b"prefix".to_vec();
+            r.write_json(&mut out).unwrap();
+            assert_eq!(
+                std::str::from_utf8(&out[6..]).unwrap(),
+                r.to_json().to_string()
+            );
+        }
+    }
 
     #[test]
     fn reads_openai_usage() {

@@ -125,7 +125,7 @@ fn serve(args: cli::ServeArgs) -> Result<(), String> {
         let serving = http::Serving {
             limits: server.client_limits,
             connections: server.connections,
-            settle_before_end: store.shared,
+            settle_before_end: store.settle_before_end(),
         };
         http::run(listener, gateway, serving).await;
         store.close();

@@ -2,7 +2,7 @@
 //!
 //! | store | keys and usage | admission (limits, budgets) |
 //! |-------|----------------|-----------------------------|
-//! | `sqlite` | the SQLite file | in this process ([`LocalLimiter`]), spend saved in the file |
+//! | `sqlite` | the SQLite file | in this process ([`LocalLimiter`]), spend committed to the file in batches |
 //! | `postgres` | PostgreSQL | PostgreSQL, under the key's row lock: shared by every server |
 //! | `dynamodb` | DynamoDB (the Lambda function's tables and code) | DynamoDB, conditional writes on the key's item: shared |
 
@@ -30,6 +30,15 @@ pub struct OpenStore {
 }
 
 impl OpenStore {
+    /// A response ends after its settlement (when it did not complete at
+    /// once): a shared store's, so that the key's next request sees it
+    /// wherever it lands; SQLite's when the settlement raised a budgeted
+    /// key's spend, so that the answer's last byte never leaves before the
+    /// spend covering it is on disk.
+    pub fn settle_before_end(&self) -> bool {
+        self.shared || self.sqlite.is_some()
+    }
+
     /// Flushes what is queued (SQLite's write-behind) and closes.
     pub fn close(&self) {
         if let Some(s) = &self.sqlite {

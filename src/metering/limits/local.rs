@@ -1,11 +1,24 @@
 //! The single-process limiter (the native server), over [`KeyLimitState`].
+//!
+//! Crash safety of a key with a budget: after `kill -9` at any moment, the
+//! saved spend (spent plus the reservations then held, charged at their
+//! estimate on restart) is never below what clients were billed. The rule
+//! that keeps it without a write on the request thread:
+//! - admission waits until the state with its reservation is durable (the
+//!   store commits the writes of many requests in one transaction), so every
+//!   request that goes upstream is covered at its estimate;
+//! - settlement hands the settled state over at once, and waits for it to be
+//!   durable only when it raised the key's spent + reserved (the request cost
+//!   more than its estimate, or a new period began): otherwise the state
+//!   saved at admission, or any later one, already covers it. The gateway
+//!   does not send a response's last byte before its settlement is done.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::answer::Rejection;
 use super::state::{Ask, KeyLimitState, LimitStatus};
-use crate::compat::MaybeSendSync;
+use crate::compat::{BoxFuture, MaybeSendSync};
 use crate::keys::VirtualKey;
 use crate::ports::{Admission, Clock, Demand, Limiter, Settlement, StoreError};
 
@@ -17,11 +30,24 @@ pub trait SpendStore: MaybeSendSync {
     /// read) refuses the key's admission with 503 rather than starting its
     /// spend from zero.
     fn load(&self, key_id: &str) -> Result<Option<(u64, u64)>, StoreError>;
-    /// Saves a key's spend and the estimate it holds in reservations, at
-    /// admission and at settlement of a key with a budget. Writes from
-    /// concurrent requests of one key may arrive out of order: within a
-    /// period the store keeps the larger spend.
-    fn save(&self, key_id: &str, period_start: u64, spent_nanos: u64, reserved_nanos: u64);
+    /// Saves a key's spend and the estimate it holds in reservations.
+    ///
+    /// The write is handed over when this is called, not when the future is
+    /// polled: the limiter calls it under its lock, so a key's writes reach
+    /// the store in the order of the states they carry, and the latest one
+    /// is the key's spend. With `durable`, the future completes once the
+    /// write is on disk (or has failed and is held to be retried: requests
+    /// go on while the file is unwritable); without, at once, the write
+    /// going to disk with the next batch. Within a period the store never
+    /// lowers a saved spend.
+    fn save(
+        &self,
+        key_id: &str,
+        period_start: u64,
+        spent_nanos: u64,
+        reserved_nanos: u64,
+        durable: bool,
+    ) -> BoxFuture<'static, ()>;
 }
 
 /// The limiter of a single process (the native server): every key's state
@@ -71,6 +97,30 @@ impl LocalLimiter {
     }
 }
 
+/// Releases an admission's reservation unless forgotten: the admission was
+/// dropped before it returned, and the request never went upstream.
+struct Unwind<'a> {
+    limiter: &'a LocalLimiter,
+    key: &'a VirtualKey,
+    reservation: Option<u64>,
+}
+
+impl Drop for Unwind<'_> {
+    fn drop(&mut self) {
+        let Some(id) = self.reservation else { return };
+        let (limiter, key) = (self.limiter, self.key);
+        let now = limiter.clock.now_micros() / 1_000_000;
+        let _ = limiter.with_state(key, |s| {
+            s.settle(now, key.budget.as_ref(), id, 0, 0);
+            if let Some(store) = &limiter.spend {
+                let (start, spent) = s.spend();
+                // Lowers the saved estimate: nothing to wait for.
+                drop(store.save(&key.id, start, spent, s.reserved_nanos(), false));
+            }
+        });
+    }
+}
+
 fn limited(key: &VirtualKey) -> bool {
     !key.limits.is_empty() || key.budget.is_some()
 }
@@ -90,19 +140,38 @@ crate::port! {
                 cost_nanos: demand.cost_nanos,
                 ttl_secs: demand.ttl_secs,
             };
-            let result = self
+            let (result, saved) = self
                 .with_state(key, |s| {
                     let r = s.admit(&ask);
-                    (r, s.status(now, &key.limits, key.budget.as_ref()))
+                    let status = s.status(now, &key.limits, key.budget.as_ref());
+                    // Handed over under the lock (see SpendStore::save); the
+                    // request goes upstream once its reservation is durable.
+                    let saved = match (&self.spend, &r, &key.budget, status.period_start) {
+                        (Some(store), Ok(_), Some(_), Some(start)) => Some(store.save(
+                            &key.id,
+                            start,
+                            status.spent_nanos,
+                            status.reserved_nanos,
+                            true,
+                        )),
+                        _ => None,
+                    };
+                    ((r, status), saved)
                 })
                 .map_err(|e| Rejection {
                     error: e.into(),
                     status: LimitStatus::default(),
                 })?;
-            if let (Some(store), (Ok(_), status), Some(_)) = (&self.spend, &result, &key.budget) {
-                if let Some(start) = status.period_start {
-                    store.save(&key.id, start, status.spent_nanos, status.reserved_nanos);
-                }
+            if let Some(saved) = saved {
+                // Dropped while waiting (the client left): the reservation is
+                // released, not left to expire and be charged at its estimate.
+                let unwind = Unwind {
+                    limiter: self,
+                    key,
+                    reservation: result.0.as_ref().ok().map(|r| r.id),
+                };
+                saved.await;
+                std::mem::forget(unwind);
             }
             match result {
                 (Ok(reservation), status) => Ok(Admission { reservation: Some(reservation), status, key: None }),
@@ -113,12 +182,17 @@ crate::port! {
         async fn settle(&self, key: &VirtualKey, admission: &Admission, settlement: Settlement) {
             let Some(reservation) = admission.reservation else { return };
             let now = self.clock.now_micros() / 1_000_000;
-            let spend = self.with_state(key, |s| {
+            let store = self.spend.as_ref().filter(|_| key.budget.is_some());
+            let saved = self.with_state(key, |s| {
+                let ((start, spent), reserved) = (s.spend(), s.reserved_nanos());
                 s.settle(now, key.budget.as_ref(), reservation.id, settlement.tokens, settlement.cost_nanos);
-                (s.spend(), s.reserved_nanos())
-            }).ok();
-            if let (Some(store), Some(((start, spent), reserved)), true) = (&self.spend, spend, key.budget.is_some()) {
-                store.save(&key.id, start, spent, reserved);
+                let ((new_start, new_spent), new_reserved) = (s.spend(), s.reserved_nanos());
+                let raised = new_start != start
+                    || new_spent.saturating_add(new_reserved) > spent.saturating_add(reserved);
+                store.map(|store| store.save(&key.id, new_start, new_spent, new_reserved, raised))
+            });
+            if let Ok(Some(saved)) = saved {
+                saved.await;
             }
         }
 

@@ -400,6 +400,7 @@ mod unreadable_spend {
     use std::sync::Arc;
 
     use super::super::local::{LocalLimiter, SpendStore};
+    use crate::compat::BoxFuture;
     use crate::keys::VirtualKey;
     use crate::ports::{Demand, Limiter, StoreError};
 
@@ -431,7 +432,9 @@ mod unreadable_spend {
                     Err(StoreError("sqlite: disk I/O error".into()))
                 }
             }
-            fn save(&self, _: &str, _: u64, _: u64, _: u64) {}
+            fn save(&self, _: &str, _: u64, _: u64, _: u64, _: bool) -> BoxFuture<'static, ()> {
+                Box::pin(async {})
+            }
         }
         let store = Arc::new(Flaky(AtomicBool::new(false)));
         let clock = Arc::new(crate::memory::ManualClock::new(1_000_000));
@@ -458,5 +461,161 @@ mod unreadable_spend {
         let refused = ready(limiter.admit(&key, &demand)).unwrap_err();
         assert_eq!(refused.error.status().as_u16(), 402);
         assert_eq!(ready(limiter.status(&key)).unwrap().spent_nanos, 900_000);
+    }
+}
+
+/// The local limiter's spend writes: admission waits until its reservation
+/// is durable; settlement waits only when it raised the key's spend.
+mod spend_write_through {
+    use std::future::Future;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll, Waker};
+
+    use super::super::local::{LocalLimiter, SpendStore};
+    use crate::compat::BoxFuture;
+    use crate::keys::VirtualKey;
+    use crate::ports::{Demand, Limiter, Settlement, StoreError};
+
+    /// A store that records each write as it is handed over, and whose
+    /// durable writes complete only once `commit` is set.
+    #[derive(Default)]
+    struct Recording {
+        writes: Mutex<Vec<(u64, u64, bool)>>,
+        commit: Arc<AtomicBool>,
+    }
+
+    impl SpendStore for Recording {
+        fn load(&self, _: &str) -> Result<Option<(u64, u64)>, StoreError> {
+            Ok(None)
+        }
+        fn save(
+            &self,
+            _: &str,
+            _: u64,
+            spent: u64,
+            reserved: u64,
+            durable: bool,
+        ) -> BoxFuture<'static, ()> {
+            self.writes.lock().unwrap().push((spent, reserved, durable));
+            let commit = self.commit.clone();
+            Box::pin(std::future::poll_fn(move |_| {
+                if !durable || commit.load(Ordering::SeqCst) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            }))
+        }
+    }
+
+    fn poll<F: Future + ?Sized>(f: &mut std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        f.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    fn done<T>(f: impl Future<Output = T>) -> T {
+        match poll(&mut std::pin::pin!(f)) {
+            Poll::Ready(v) => v,
+            Poll::Pending => panic!("waited"),
+        }
+    }
+
+    fn setup() -> (Arc<Recording>, LocalLimiter, VirtualKey, Demand) {
+        let store = Arc::new(Recording::default());
+        let clock = Arc::new(crate::memory::ManualClock::new(1_000_000));
+        let limiter = LocalLimiter::new(clock, Some(store.clone()));
+        let key = VirtualKey::from_create_body(
+            &serde_json::json!({"name": "k", "budget": {"max_usd": 0.01, "period": "total"}}),
+            "key_1".into(),
+            1,
+        )
+        .unwrap();
+        let demand = Demand {
+            key_hash: String::new(),
+            model: "m".into(),
+            tokens: 10,
+            cost_nanos: 200_000,
+            ttl_secs: 60,
+        };
+        (store, limiter, key, demand)
+    }
+
+    #[test]
+    fn admission_waits_until_its_reservation_is_durable() {
+        let (store, limiter, key, demand) = setup();
+        let admit = limiter.admit(&key, &demand);
+        let mut admit = std::pin::pin!(admit);
+        assert!(poll(&mut admit).is_pending(), "admitted before durable");
+        // Handed over at the first poll, with the reservation.
+        assert_eq!(*store.writes.lock().unwrap(), [(0, 200_000, true)]);
+        store.commit.store(true, Ordering::SeqCst);
+        match poll(&mut admit) {
+            Poll::Ready(Ok(a)) => assert!(a.reservation.is_some()),
+            _ => panic!("not admitted once durable"),
+        }
+    }
+
+    /// An admission dropped while it waits (the client left) releases its
+    /// reservation: the request never went upstream.
+    #[test]
+    fn an_admission_dropped_while_waiting_releases_its_reservation() {
+        let (store, limiter, key, demand) = setup();
+        {
+            let admit = limiter.admit(&key, &demand);
+            let mut admit = std::pin::pin!(admit);
+            assert!(poll(&mut admit).is_pending());
+        }
+        let status = done(limiter.status(&key)).unwrap();
+        assert_eq!((status.spent_nanos, status.reserved_nanos), (0, 0));
+        assert_eq!(
+            *store.writes.lock().unwrap(),
+            [(0, 200_000, true), (0, 0, false)]
+        );
+    }
+
+    #[test]
+    fn settlement_waits_only_when_it_raises_the_spend() {
+        let (store, limiter, key, demand) = setup();
+        store.commit.store(true, Ordering::SeqCst);
+        let first = done(limiter.admit(&key, &demand)).unwrap();
+        let second = done(limiter.admit(&key, &demand)).unwrap();
+        store.commit.store(false, Ordering::SeqCst);
+        // Cheaper than its estimate: the admission's durable state covers it.
+        let cheap = limiter.settle(
+            &key,
+            &first,
+            Settlement {
+                tokens: 5,
+                cost_nanos: 150_000,
+            },
+        );
+        let mut cheap = std::pin::pin!(cheap);
+        assert!(poll(&mut cheap).is_ready(), "waited for a lower spend");
+        // Dearer than its estimate: waits until durable.
+        let dear = limiter.settle(
+            &key,
+            &second,
+            Settlement {
+                tokens: 50,
+                cost_nanos: 300_000,
+            },
+        );
+        let mut dear = std::pin::pin!(dear);
+        assert!(
+            poll(&mut dear).is_pending(),
+            "a raised spend not waited for"
+        );
+        store.commit.store(true, Ordering::SeqCst);
+        assert!(poll(&mut dear).is_ready());
+        // Every state handed over, in order; the last is the key's spend.
+        assert_eq!(
+            *store.writes.lock().unwrap(),
+            [
+                (0, 200_000, true),
+                (0, 400_000, true),
+                (150_000, 200_000, false),
+                (450_000, 0, true),
+            ]
+        );
     }
 }

@@ -1,38 +1,47 @@
-//! SQLite storage for the native server: virtual keys and usage records.
+//! SQLite storage for the native server: virtual keys, usage records and
+//! the spend of keys with a budget.
 //!
 //! Keys are read and written on one connection behind a mutex (lookups are
 //! a primary-key probe of a few microseconds, and the core caches them).
-//! Usage records and budget spend are queued on a channel and written by a dedicated thread
-//! in batches, one transaction per batch, so the request path never waits
-//! for the disk. The database runs in WAL mode so the writer and readers do
-//! not block each other. Records are stored as the same JSON the admin API
-//! shows, beside indexed columns for the filters and the page order. The
-//! same transaction adds each record to its row of `usage_hourly` (one row
-//! per hour, key and model alias) and of `usage_daily` (per UTC day), which
+//! Usage records and budget spend are queued on a channel and written by a
+//! dedicated thread in batches, one transaction per batch ([`writer`]), so
+//! no request's thread runs SQLite for them. The database runs in WAL mode
+//! so the writer and readers do not block each other. Records are stored
+//! as the same JSON the admin API shows, beside indexed columns for the
+//! filters and the page order. The same transaction adds the batch's
+//! records to their rows of `usage_hourly` (one row per hour, key and model
+//! alias) and of `usage_daily` (per UTC day), which
 //! `GET /admin/usage/summary` reads instead of the records.
 //!
-//! Money is written through, not behind: the spend of a key with a budget,
-//! and the estimate its unsettled reservations hold, are written on the
-//! calling thread at admission and at settlement (a WAL append, no fsync:
-//! tens of microseconds), so they are on disk before the answer leaves. A
-//! crash (`kill -9`) loses at most the usage records still in the writer's
-//! queue ([`BATCH_WINDOW`] plus one commit); on restart the reservations
-//! the dead process held are charged at their estimate.
+//! Money is written through, not behind ([`spend`]): a request of a key
+//! with a budget goes upstream only once the spend and reservations its
+//! admission left are committed (a WAL append, no fsync, in a batch shared
+//! with every request waiting at that moment), and a settlement that raised
+//! the spend is committed before the answer's last byte. A crash
+//! (`kill -9`) loses at most the usage records still in the writer's queue
+//! ([`BATCH_WINDOW`](writer::BATCH_WINDOW) plus one commit); on restart the
+//! reservations the dead process held are charged at their estimate.
+//!
+//! Files: `mod.rs` (schema, keys, reads), `writer.rs` (the writer thread,
+//! batches), `spend.rs` (the budget spend).
 
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use conduit::keys::VirtualKey;
-use conduit::metering::limits::SpendStore;
-use conduit::metering::summary::{Bucket, Counters, HourRow, SummaryQuery, DAY};
+use conduit::metering::summary::{hour_of_ms, Bucket, Counters, HourRow, SummaryQuery, DAY};
 use conduit::metering::usage::{StatusFilter, UsageQuery, UsageRecord};
 use conduit::port;
 use conduit::ports::{KeyStore, StoreError, UsageStore};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
+
+mod spend;
+mod writer;
+
+use writer::{write_loop, Write};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS virtual_keys (
@@ -47,10 +56,13 @@ CREATE TABLE IF NOT EXISTS usage_records (
     created_at_ms INTEGER NOT NULL,
     record        TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS usage_by_key_time ON usage_records (key_id, created_at_ms);
-CREATE INDEX IF NOT EXISTS usage_by_time ON usage_records (created_at_ms);
 CREATE INDEX IF NOT EXISTS usage_page ON usage_records (created_at_ms, request_id);
 CREATE INDEX IF NOT EXISTS usage_page_by_key ON usage_records (key_id, created_at_ms, request_id);
+-- Earlier versions also indexed (key_id, created_at_ms) and (created_at_ms):
+-- prefixes of the two page indexes, which serve the same reads. Two index
+-- updates fewer per record written.
+DROP INDEX IF EXISTS usage_by_key_time;
+DROP INDEX IF EXISTS usage_by_time;
 CREATE TABLE IF NOT EXISTS key_spend (
     key_id       TEXT PRIMARY KEY,
     period_start INTEGER NOT NULL,
@@ -90,31 +102,6 @@ fn counter_tables() -> String {
 /// Reservations held when the spend was last saved (added after the table).
 const ADD_RESERVED: &str =
     "ALTER TABLE key_spend ADD COLUMN reserved_nanos INTEGER NOT NULL DEFAULT 0";
-
-/// Saves a key's spend: a new period replaces the row; within a period the
-/// larger spend stays (writes of concurrent requests may come out of order).
-const SAVE_SPEND: &str = "INSERT INTO key_spend (key_id, period_start, spent_nanos, reserved_nanos)
-     VALUES (?1, ?2, ?3, ?4)
-     ON CONFLICT (key_id) DO UPDATE SET
-        spent_nanos = CASE WHEN excluded.period_start = period_start
-                           THEN MAX(spent_nanos, excluded.spent_nanos) ELSE excluded.spent_nanos END,
-        reserved_nanos = excluded.reserved_nanos,
-        period_start = excluded.period_start";
-
-/// What the writer thread writes.
-enum Write {
-    Usage(Box<UsageRecord>),
-    /// A spend the write-through could not write (the file read-only, the
-    /// disk full): held by the writer and written when the file takes
-    /// writes again ([`SAVE_SPEND`] never lowers a period's spend, so an
-    /// older one written late changes nothing).
-    Spend {
-        key_id: String,
-        period_start: u64,
-        spent_nanos: u64,
-        reserved_nanos: u64,
-    },
-}
 
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(format!("sqlite: {e}"))
@@ -182,6 +169,8 @@ impl SqliteStore {
         }
     }
 
+    /// Hands a write to the writer thread (dropped once it is closed: a
+    /// request waiting on it is then released).
     fn queue(&self, write: Write) {
         if let Ok(guard) = self.writes.lock() {
             if let Some(tx) = guard.as_ref() {
@@ -220,21 +209,23 @@ fn add_hourly(
     daily: &mut rusqlite::CachedStatement<'_>,
     r: &UsageRecord,
 ) -> rusqlite::Result<()> {
-    let row = HourRow::of(r);
-    add_row(hourly, &row, row.hour)?;
-    add_row(daily, &row, row.hour / DAY * DAY)
+    let (hour, c) = (hour_of_ms(r.created_at_ms), Counters::of(r));
+    add_row(hourly, hour, &r.key_id, &r.model, &c)?;
+    add_row(daily, hour / DAY * DAY, &r.key_id, &r.model, &c)
 }
 
+/// Adds `c` to the row of (`start`, `key_id`, `model`).
 fn add_row(
     stmt: &mut rusqlite::CachedStatement<'_>,
-    row: &HourRow,
     start: u64,
+    key_id: &str,
+    model: &str,
+    c: &Counters,
 ) -> rusqlite::Result<()> {
-    let c = row.counters;
     stmt.execute(params![
         start as i64,
-        row.key_id,
-        row.model,
+        key_id,
+        model,
         c.requests as i64,
         c.errors as i64,
         c.rate_limited as i64,
@@ -289,214 +280,6 @@ fn parse_key(record: String) -> rusqlite::Result<Option<VirtualKey>> {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
     })?;
     Ok(VirtualKey::from_storage_json(&v))
-}
-
-/// How long the writer gathers writes into one transaction. Bounds how
-/// late a record shows in `GET /admin/usage`; amortises the commit.
-const BATCH_WINDOW: Duration = Duration::from_millis(100);
-const BATCH_MAX: usize = 1024;
-
-/// Writes held while the file cannot be written (read-only, disk full):
-/// beyond this many, the oldest usage records are dropped, and counted in
-/// the log. Of the spend writes only each key's last is held (each is the
-/// key's whole spend), and none is dropped: see [`hold`].
-const HELD_MAX: usize = 100_000;
-/// The first wait before a failed batch is tried again; it doubles up to
-/// [`RETRY_MAX`] while the store stays unwritable.
-const RETRY_FIRST: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(2);
-
-/// The writer thread: waits for a write, gathers what else comes within
-/// [`BATCH_WINDOW`], and applies the batch in one transaction. A batch that
-/// fails (the file read-only, the disk full) is not lost: it is held in
-/// memory (up to [`HELD_MAX`] writes) and tried again, with what came
-/// since, until the store takes it; nothing of a failed batch was written
-/// (one transaction), and a record written twice is counted once.
-fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
-    let mut held: Vec<Write> = Vec::new();
-    let mut retry = RETRY_FIRST;
-    let mut open = true;
-    while open || !held.is_empty() {
-        let mut batch = std::mem::take(&mut held);
-        if batch.is_empty() {
-            match rx.recv() {
-                Ok(first) => batch.push(first),
-                Err(_) => break,
-            }
-        } else if open {
-            // Wait before trying the held writes again, taking new ones meanwhile.
-            let until = Instant::now() + retry;
-            loop {
-                match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                    Ok(w) => batch.push(w),
-                    Err(mpsc::RecvTimeoutError::Timeout) => break,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        open = false;
-                        break;
-                    }
-                }
-            }
-        }
-        let deadline = Instant::now() + BATCH_WINDOW;
-        while open && batch.len() < BATCH_MAX {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(w) => batch.push(w),
-                Err(mpsc::RecvTimeoutError::Timeout) => break,
-                Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
-            }
-        }
-        match write_batch(&mut conn, &batch) {
-            Ok(()) => {
-                if retry > RETRY_FIRST {
-                    eprintln!(
-                        "conduit: the database takes writes again; {} held writes written",
-                        batch.len()
-                    );
-                }
-                retry = RETRY_FIRST;
-            }
-            Err(e) if open => {
-                if retry == RETRY_FIRST {
-                    eprintln!(
-                        "conduit: could not write {} records ({e}); held in memory and retried",
-                        batch.len()
-                    );
-                    crate::metrics::store_write_failed(batch.len() as u64);
-                }
-                let dropped;
-                (held, dropped) = hold(batch);
-                if dropped > 0 {
-                    eprintln!("conduit: {dropped} usage records dropped: more than {HELD_MAX} writes held while the database is unwritable");
-                }
-                retry = (retry * 2).min(RETRY_MAX);
-            }
-            Err(e) => {
-                // Shutting down with the store still unwritable: say what is lost.
-                eprintln!(
-                    "conduit: could not write {} records at shutdown: {e}",
-                    batch.len()
-                );
-                crate::metrics::store_write_failed(batch.len() as u64);
-                break;
-            }
-        }
-    }
-}
-
-/// What is kept of a failed batch: the last spend write of each key (each
-/// carries the key's whole spend, so the earlier ones say nothing more),
-/// and the usage records, the oldest dropped beyond [`HELD_MAX`]. Returns
-/// the writes kept, in order, and how many records were dropped.
-fn hold(batch: Vec<Write>) -> (Vec<Write>, usize) {
-    let mut seen = std::collections::HashSet::new();
-    let mut keep: Vec<bool> = batch
-        .iter()
-        .rev()
-        .map(|w| match w {
-            Write::Spend { key_id, .. } => seen.insert(key_id.clone()),
-            Write::Usage(_) => true,
-        })
-        .collect();
-    keep.reverse();
-    let kept = keep.iter().filter(|k| **k).count();
-    let mut over = kept.saturating_sub(HELD_MAX);
-    let mut dropped = 0;
-    let held = batch
-        .into_iter()
-        .zip(keep)
-        .filter(|(w, keep)| {
-            if !keep {
-                return false;
-            }
-            if over > 0 && matches!(w, Write::Usage(_)) {
-                over -= 1;
-                dropped += 1;
-                return false;
-            }
-            true
-        })
-        .map(|(w, _)| w)
-        .collect();
-    (held, dropped)
-}
-
-/// One batch in one transaction: all of it is written, or none.
-fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    {
-        let mut usage = tx.prepare_cached(
-            "INSERT OR IGNORE INTO usage_records (request_id, key_id, created_at_ms, record) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        let mut hourly = tx.prepare_cached(ADD_HOURLY)?;
-        let mut daily = tx.prepare_cached(&add_daily_sql())?;
-        let mut spend = tx.prepare_cached(SAVE_SPEND)?;
-        for w in batch {
-            match w {
-                Write::Usage(r) => {
-                    // A record is counted once, even if written twice.
-                    let inserted = usage.execute(params![
-                        r.request_id,
-                        r.key_id,
-                        r.created_at_ms as i64,
-                        r.to_json().to_string()
-                    ])?;
-                    if inserted > 0 {
-                        add_hourly(&mut hourly, &mut daily, r)?;
-                    }
-                }
-                Write::Spend {
-                    key_id,
-                    period_start,
-                    spent_nanos,
-                    reserved_nanos,
-                } => {
-                    spend.execute(params![
-                        key_id,
-                        *period_start as i64,
-                        *spent_nanos as i64,
-                        *reserved_nanos as i64
-                    ])?;
-                }
-            }
-        }
-    }
-    tx.commit()
-}
-
-impl SpendStore for SqliteStore {
-    fn load(&self, key_id: &str) -> Result<Option<(u64, u64)>, StoreError> {
-        self.with(|c| {
-            c.prepare_cached("SELECT period_start, spent_nanos + reserved_nanos FROM key_spend WHERE key_id = ?1")?
-                .query_row([key_id], |r| {
-                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-                })
-                .optional()
-        })
-    }
-
-    fn save(&self, key_id: &str, period_start: u64, spent_nanos: u64, reserved_nanos: u64) {
-        let saved = self.with(|c| {
-            c.prepare_cached(SAVE_SPEND)?
-                .execute(params![
-                    key_id,
-                    period_start as i64,
-                    spent_nanos as i64,
-                    reserved_nanos as i64
-                ])
-                .map(|_| ())
-        });
-        if let Err(e) = saved {
-            // Not lost: the writer thread holds it and writes it when the
-            // file takes writes again.
-            eprintln!("conduit: could not save the spend of key {key_id}: {e}; held and retried");
-            self.queue(Write::Spend {
-                key_id: key_id.to_owned(),
-                period_start,
-                spent_nanos,
-                reserved_nanos,
-            });
-        }
-    }
 }
 
 port! {
@@ -679,12 +462,12 @@ port! {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use conduit::metering::summary::{Bucket, SummaryQuery, DAY, HOUR};
     use conduit::metering::usage::{StatusFilter, TokenUsage};
 
-    fn record(n: u64, key: &str, at_ms: u64, status: u16) -> UsageRecord {
+    pub(super) fn record(n: u64, key: &str, at_ms: u64, status: u16) -> UsageRecord {
         UsageRecord {
             request_id: format!("req_{n:04}"),
             key_id: key.into(),
@@ -715,75 +498,11 @@ mod tests {
         }
     }
 
-    /// A failed batch is held whole, except earlier spend writes of a key
-    /// (the last one is its spend) and, past HELD_MAX, the oldest records.
-    #[test]
-    fn held_writes_keep_each_keys_last_spend_and_the_newest_records() {
-        let spend = |key: &str, n: u64| Write::Spend {
-            key_id: key.into(),
-            period_start: 0,
-            spent_nanos: n,
-            reserved_nanos: 0,
-        };
-        let mut batch = vec![spend("k1", 1), spend("k2", 5)];
-        batch.extend(
-            (0..HELD_MAX as u64 + 3).map(|n| Write::Usage(Box::new(record(n, "k1", n, 200)))),
-        );
-        batch.push(spend("k1", 2));
-        let (held, dropped) = hold(batch);
-        // HELD_MAX + 5 writes kept by the spend rule: the 5 oldest records go.
-        assert_eq!(dropped, 5);
-        assert_eq!(held.len(), HELD_MAX);
-        let spends: Vec<(String, u64)> = held
-            .iter()
-            .filter_map(|w| match w {
-                Write::Spend {
-                    key_id,
-                    spent_nanos,
-                    ..
-                } => Some((key_id.clone(), *spent_nanos)),
-                Write::Usage(_) => None,
-            })
-            .collect();
-        assert_eq!(spends, [("k2".to_owned(), 5), ("k1".to_owned(), 2)]);
-        match &held[1] {
-            Write::Usage(r) => assert_eq!(r.request_id, "req_0005"),
-            Write::Spend { .. } => panic!("expected the oldest record kept"),
-        }
-    }
-
     fn run<T>(f: impl std::future::Future<Output = T>) -> T {
         tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
             .block_on(f)
-    }
-
-    #[test]
-    fn spend_is_written_through_and_reservations_are_charged_after_a_crash() {
-        let path =
-            std::env::temp_dir().join(format!("conduit-spend-test-{}.db", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let store = SqliteStore::open(&path).unwrap();
-        store.save("k", 100, 50, 30);
-        // A late write of an older state does not lower the spend.
-        store.save("k", 100, 40, 0);
-        assert_eq!(store.load("k").unwrap(), Some((100, 50)));
-        // No close: what a killed process leaves is read by the next one.
-        let again = SqliteStore::open(&path).unwrap();
-        assert_eq!(again.load("k").unwrap(), Some((100, 50)));
-        again.save("k", 100, 60, 25);
-        assert_eq!(
-            again.load("k").unwrap(),
-            Some((100, 85)),
-            "spent + the reservations held"
-        );
-        // A new period starts over.
-        again.save("k", 200, 5, 0);
-        assert_eq!(again.load("k").unwrap(), Some((200, 5)));
-        again.close();
-        store.close();
-        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
