@@ -77,7 +77,7 @@ impl<'a> Scanner<'a> {
                 self.string()?;
             }
             b'{' => self.members(true, |s, _| s.value().map(drop))?,
-            b'[' => self.array(|s| s.value().map(drop))?,
+            b'[' => self.skip_array()?,
             b't' => self.literal(b"true")?,
             b'f' => self.literal(b"false")?,
             b'n' => self.literal(b"null")?,
@@ -134,6 +134,14 @@ impl<'a> Scanner<'a> {
         let b = self.bytes;
         let mut i = start;
         loop {
+            // Eight bytes at a time while none is a quote, a backslash or
+            // a control character.
+            while let Some(word) = b.get(i..i + 8) {
+                if string_special(word) {
+                    break;
+                }
+                i += 8;
+            }
             match *b.get(i)? {
                 b'"' => break,
                 b'\\' => {
@@ -225,13 +233,81 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// An array skipped: numbers (an embedding's thousands of floats) read
+    /// without the detour through [`value`](Self::value).
+    fn skip_array(&mut self) -> Option<()> {
+        self.eat(b'[')?;
+        self.enter()?;
+        if self.peek()? == b']' {
+            self.pos += 1;
+            self.depth -= 1;
+            return Some(());
+        }
+        loop {
+            match *self.bytes.get(self.pos)? {
+                b'-' | b'0'..=b'9' => self.number()?,
+                _ => {
+                    self.value()?;
+                }
+            }
+            match self.peek()? {
+                b',' => {
+                    self.pos += 1;
+                    self.ws();
+                }
+                b']' => {
+                    self.pos += 1;
+                    self.depth -= 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
     fn enter(&mut self) -> Option<()> {
         self.depth += 1;
         (self.depth <= MAX_DEPTH).then_some(())
     }
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+const NIBBLES: u64 = 0xf0f0_f0f0_f0f0_f0f0;
+
+/// The eight bytes as one word, the first in the lowest byte.
+fn word(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.try_into().ok()?))
+}
+
+/// Whether one of eight bytes ends a plain run of string text: `"`, `\`
+/// or a control character (the classic has-zero-byte and has-less-than
+/// word tricks, exact for "is there one").
+fn string_special(bytes: &[u8]) -> bool {
+    let Some(x) = word(bytes) else {
+        return true;
+    };
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let quote = zero(x ^ (ONES * u64::from(b'"')));
+    let backslash = zero(x ^ (ONES * u64::from(b'\\')));
+    let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+    quote | backslash | control != 0
+}
+
+/// The end of the run of ASCII digits from `i`, eight bytes at a time.
 fn digits(b: &[u8], mut i: usize) -> usize {
+    while let Some(x) = b.get(i..i + 8).and_then(word) {
+        // A byte is a digit when its high nibble is 3 and adding 6 keeps
+        // it so. A carry out of a byte only starts at a non-digit and
+        // runs upwards, past the first non-digit: the lowest flag is exact.
+        let high = (x & NIBBLES) ^ (ONES * 0x30);
+        let plus6 = (x.wrapping_add(ONES * 6) & NIBBLES) ^ (ONES * 0x30);
+        let non_digit = high | plus6;
+        if non_digit != 0 {
+            return i + (non_digit.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
     while b.get(i).is_some_and(u8::is_ascii_digit) {
         i += 1;
     }
@@ -305,6 +381,26 @@ mod tests {
         assert!(!is_json(&deep));
         let fine = "[".repeat(100) + &"]".repeat(100);
         assert!(is_json(&fine));
+    }
+
+    #[test]
+    fn word_at_a_time_scans_agree_with_byte_at_a_time() {
+        for i in 0..=255u8 {
+            for at in 0..12 {
+                let mut text = vec![b'5'; 12];
+                text[at] = i;
+                let slow = text.iter().position(|c| !c.is_ascii_digit()).unwrap_or(12);
+                assert_eq!(digits(&text, 0), slow, "byte {i} at {at}");
+                let mut plain = vec![b'a'; 8];
+                plain[at % 8] = i;
+                let special = i == b'"' || i == b'\\' || i < 0x20;
+                assert_eq!(string_special(&plain), special, "byte {i}");
+            }
+        }
+        let long = format!("\"{}\"", "x".repeat(37) + "\\n" + &"\u{e9}".repeat(9));
+        assert!(is_json(&long));
+        assert!(!is_json(&format!("\"{}\u{1}\"", "x".repeat(17))));
+        assert!(is_json("[0.0123456789012345678,-1234567890123e-12,7]"));
     }
 
     #[test]
