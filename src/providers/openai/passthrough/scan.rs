@@ -100,7 +100,15 @@ impl<'a> Scanner<'a> {
         }
         match b.get(i)? {
             b'0' => i += 1,
-            b'1'..=b'9' => i = digits(b, i + 1),
+            b'1'..=b'9' => {
+                let end = digits(b, i + 1);
+                // Big enough to overflow an f64 with its exponent (serde's
+                // "number out of range"): left to serde.
+                if end - i > MAX_INTEGER_DIGITS {
+                    return None;
+                }
+                i = end;
+            }
             _ => return None,
         }
         if b.get(i) == Some(&b'.') {
@@ -116,7 +124,7 @@ impl<'a> Scanner<'a> {
                 i += 1;
             }
             let end = digits(b, i);
-            if end == i {
+            if end == i || end - i > MAX_EXPONENT_DIGITS {
                 return None;
             }
             i = end;
@@ -134,10 +142,12 @@ impl<'a> Scanner<'a> {
         let b = self.bytes;
         let mut i = start;
         loop {
-            // Eight bytes at a time while none is a quote, a backslash or
-            // a control character.
-            while let Some(word) = b.get(i..i + 8) {
-                if string_special(word) {
+            // Eight bytes at a time to the next quote, backslash or
+            // control character.
+            while let Some(x) = b.get(i..i + 8).and_then(word) {
+                let special = string_special(x);
+                if special != 0 {
+                    i += (special.trailing_zeros() / 8) as usize;
                     break;
                 }
                 i += 8;
@@ -149,11 +159,24 @@ impl<'a> Scanner<'a> {
                     match *b.get(i + 1)? {
                         b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
                         b'u' => {
-                            let hex = b.get(i + 2..i + 6)?;
-                            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                                return None;
-                            }
+                            let unit = hex4(b.get(i + 2..i + 6)?)?;
                             i += 6;
+                            match unit {
+                                // A leading surrogate: serde refuses it
+                                // without its trailing half.
+                                0xd800..=0xdbff => {
+                                    if b.get(i..i + 2)? != b"\\u" {
+                                        return None;
+                                    }
+                                    let low = hex4(b.get(i + 2..i + 6)?)?;
+                                    if !(0xdc00..=0xdfff).contains(&low) {
+                                        return None;
+                                    }
+                                    i += 6;
+                                }
+                                0xdc00..=0xdfff => return None,
+                                _ => {}
+                            }
                         }
                         _ => return None,
                     }
@@ -271,30 +294,45 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// What the scanner takes of a number, so that no number it accepts is
+/// out of an f64's range (below 1e200 × 1e99); longer ones are left to serde.
+const MAX_INTEGER_DIGITS: usize = 200;
+const MAX_EXPONENT_DIGITS: usize = 2;
+
+/// Four hex digits.
+fn hex4(hex: &[u8]) -> Option<u16> {
+    let text = std::str::from_utf8(hex).ok()?;
+    if !hex.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u16::from_str_radix(text, 16).ok()
+}
+
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
 const NIBBLES: u64 = 0xf0f0_f0f0_f0f0_f0f0;
 
 /// The eight bytes as one word, the first in the lowest byte.
+#[inline]
 fn word(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(bytes.try_into().ok()?))
 }
 
-/// Whether one of eight bytes ends a plain run of string text: `"`, `\`
-/// or a control character (the classic has-zero-byte and has-less-than
-/// word tricks, exact for "is there one").
-fn string_special(bytes: &[u8]) -> bool {
-    let Some(x) = word(bytes) else {
-        return true;
-    };
+/// The bytes of eight that end a plain run of string text (`"`, `\` or a
+/// control character), flagged by their high bit (the classic has-zero-byte
+/// and has-less-than word tricks). A borrow only runs upwards from a flagged
+/// byte: the lowest flag is exact.
+#[inline]
+fn string_special(x: u64) -> u64 {
     let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
     let quote = zero(x ^ (ONES * u64::from(b'"')));
     let backslash = zero(x ^ (ONES * u64::from(b'\\')));
     let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
-    quote | backslash | control != 0
+    quote | backslash | control
 }
 
 /// The end of the run of ASCII digits from `i`, eight bytes at a time.
+#[inline]
 fn digits(b: &[u8], mut i: usize) -> usize {
     while let Some(x) = b.get(i..i + 8).and_then(word) {
         // A byte is a digit when its high nibble is 3 and adding 6 keeps
@@ -334,6 +372,8 @@ mod tests {
             "\"h\u{e9}llo \u{1F600}\"",
             "-0",
             "[[[]]]",
+            "\"\\ud83d\\ude00\"",
+            "1e99",
             "{\"a\":{\"b\":{}}}",
         ] {
             assert!(is_json(ok), "{ok}");
@@ -369,6 +409,10 @@ mod tests {
             "{'a':1}",
             "[1]x",
             "NaN",
+            "\"\\ud800\"",
+            "\"\\udc00\"",
+            "\"\\ud800\\u0041\"",
+            "1e400",
         ] {
             assert!(!is_json(bad), "{bad:?}");
             assert!(
@@ -392,9 +436,18 @@ mod tests {
                 let slow = text.iter().position(|c| !c.is_ascii_digit()).unwrap_or(12);
                 assert_eq!(digits(&text, 0), slow, "byte {i} at {at}");
                 let mut plain = vec![b'a'; 8];
+                plain[7] = b'"';
                 plain[at % 8] = i;
+                let x = word(&plain).expect("8 bytes");
                 let special = i == b'"' || i == b'\\' || i < 0x20;
-                assert_eq!(string_special(&plain), special, "byte {i}");
+                let first = (string_special(x).trailing_zeros() / 8) as usize;
+                let expected = match (special, at % 8) {
+                    (true, at) => at,
+                    // The quote at 7 was overwritten: nothing is flagged.
+                    (false, 7) => 8,
+                    (false, _) => 7,
+                };
+                assert_eq!(first, expected, "byte {i} at {at}");
             }
         }
         let long = format!("\"{}\"", "x".repeat(37) + "\\n" + &"\u{e9}".repeat(9));
