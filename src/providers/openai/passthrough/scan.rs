@@ -273,6 +273,14 @@ impl<'a> Scanner<'a> {
                     self.value()?;
                 }
             }
+            // The usual separator, a bare comma, without the whitespace loop.
+            if self.bytes.get(self.pos) == Some(&b',') {
+                self.pos += 1;
+                if let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.pos) {
+                    self.ws();
+                }
+                continue;
+            }
             match self.peek()? {
                 b',' => {
                     self.pos += 1;
