@@ -63,8 +63,11 @@ pub fn pass_through(
     let text = std::str::from_utf8(body).ok()?;
     let fields = match members(text) {
         Some(fields) => fields,
-        // What the scanner leaves to serde (an escaped key).
+        // What the scanner leaves to serde (an escaped key, a number that
+        // may be out of an f64's range): the answer must be one the
+        // translation reads (serde's raw values do not check numbers).
         None => {
+            serde_json::from_str::<Value>(text).ok()?;
             let Fields(fields) = serde_json::from_str(text).ok()?;
             fields.into_iter().map(|(k, v)| (k, v.get())).collect()
         }
@@ -489,6 +492,9 @@ mod tests {
         assert!(pass_through(Endpoint::ChatCompletions, dup, ALIAS, false).is_none());
         assert!(pass_through(Endpoint::ChatCompletions, b"[1]", ALIAS, false).is_none());
         assert!(pass_through(Endpoint::ChatCompletions, b"{\"model\":", ALIAS, false).is_none());
+        // A number out of an f64's range: the translation refuses the answer.
+        let big = br#"{"model":"m","object":"list","data":[],"created":-2e+308}"#;
+        assert!(pass_through(Endpoint::Embeddings, big, ALIAS, false).is_none());
         // The front doors' own endpoints are not OpenAI's chat form.
         assert!(
             pass_through(Endpoint::Responses, ok.to_string().as_bytes(), ALIAS, false).is_none()

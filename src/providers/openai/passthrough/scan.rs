@@ -16,8 +16,8 @@
 //! escapes JSON has, numbers in JSON's form, commas and colons where they
 //! belong, nothing after the document but whitespace.
 
-/// How deep `serde_json` lets a document nest before it refuses it.
-const MAX_DEPTH: u32 = 128;
+/// How deep `serde_json` lets a document nest (it refuses the 128th level).
+const MAX_DEPTH: u32 = 127;
 
 /// A position in the document being scanned.
 pub(crate) struct Scanner<'a> {
@@ -433,6 +433,12 @@ mod tests {
         assert!(!is_json(&deep));
         let fine = "[".repeat(100) + &"]".repeat(100);
         assert!(is_json(&fine));
+        // Right at serde's limit, on both sides of it.
+        for depth in [126, 127, 128, 129] {
+            let text = "[".repeat(depth) + &"]".repeat(depth);
+            let serde = serde_json::from_str::<serde_json::Value>(&text).is_ok();
+            assert_eq!(is_json(&text), serde, "depth {depth}");
+        }
     }
 
     #[test]
