@@ -23,6 +23,7 @@ use crate::gateway::{Gateway, PendingRelay, Proxied, StreamHead, MAX_ERROR_BODY}
 use crate::metering::meter::Meter;
 use crate::observe::AttemptFailure;
 use crate::ports::{ByteStream, UpstreamError};
+use crate::providers::openai::passthrough::FirstChunkProbe;
 use crate::providers::{Call, Endpoint, StreamDecoder, StreamEvent};
 use crate::routing::health::InFlight;
 use crate::routing::{Attempt, Failure};
@@ -115,7 +116,13 @@ impl Gateway {
             });
         }
         if cx.stream {
-            let mut decoder = provider.stream_decoder(&call);
+            // A passed-through stream is looked at the way the relay will
+            // read it (a scan, no tree per event).
+            let mut decoder: Box<dyn StreamDecoder> = if provider.streams_openai_chunks(&call) {
+                Box::new(FirstChunkProbe::new())
+            } else {
+                provider.stream_decoder(&call)
+            };
             let peeked = self
                 .peek_first_event(&mut body, decoder.as_mut(), attempt_deadline)
                 .await

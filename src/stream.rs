@@ -26,7 +26,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::future::{select, Either};
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
@@ -40,7 +40,7 @@ use crate::providers::openai::decode_event;
 use crate::providers::openai::passthrough::pass_through_chunk;
 use crate::providers::{Endpoint, NativeEvent, StreamDecoder, StreamEvent};
 use crate::wire::error::GatewayError;
-use crate::wire::sse::{encode_data, SseEvent, SseParser, DONE};
+use crate::wire::sse::{encode_data, SseParser, DONE};
 
 pub(crate) struct Relay {
     pub upstream: ByteStream,
@@ -57,10 +57,12 @@ pub(crate) struct Relay {
     pub pass_through: bool,
 }
 
-/// The SSE events of a passed-through stream, before they are relayed.
+/// The SSE parser of a passed-through stream: each event is relayed as the
+/// parser completes it, borrowed (no `String` per event).
 struct Raw {
     sse: SseParser,
-    events: Vec<SseEvent>,
+    /// The alias as a JSON string, spliced into every chunk.
+    alias_json: Vec<u8>,
 }
 
 struct State {
@@ -94,7 +96,7 @@ impl Relay {
             .and_then(|e| e.keepalive_every(self.idle_timeout));
         let raw = self.pass_through.then(|| Raw {
             sse: SseParser::new(),
-            events: Vec::new(),
+            alias_json: serde_json::to_vec(&self.alias).unwrap_or_default(),
         });
         let state = State {
             raw,
@@ -132,10 +134,15 @@ impl Relay {
                 s.relay.meter.add_upstream(waited);
                 match next {
                     Some(Some(Ok(bytes))) => {
-                        let decoded = match s.raw.as_mut() {
-                            Some(raw) => {
-                                raw.sse.feed(&bytes, &mut raw.events);
-                                !raw.events.is_empty()
+                        let decoded = match s.raw.take() {
+                            Some(mut raw) => {
+                                let mut decoded = false;
+                                raw.sse.feed_each(&bytes, |ev| {
+                                    decoded = true;
+                                    s.raw_event(&mut out, ev.data, &raw.alias_json);
+                                });
+                                s.raw = Some(raw);
+                                decoded
                             }
                             None => {
                                 s.relay.decoder.feed(&bytes, &mut s.events);
@@ -161,8 +168,13 @@ impl Relay {
                         );
                     }
                     Some(None) => {
-                        match s.raw.as_mut() {
-                            Some(raw) => raw.sse.finish(&mut raw.events),
+                        match s.raw.take() {
+                            Some(mut raw) => {
+                                raw.sse.finish_each(|ev| {
+                                    s.raw_event(&mut out, ev.data, &raw.alias_json)
+                                });
+                                s.raw = Some(raw);
+                            }
                             None => s.relay.decoder.finish(&mut s.events),
                         }
                         s.process(&mut out);
@@ -201,12 +213,7 @@ impl Relay {
 impl State {
     fn process(&mut self, out: &mut BytesMut) {
         if let Some(mut raw) = self.raw.take() {
-            for ev in raw.events.drain(..) {
-                if self.ended {
-                    break;
-                }
-                self.raw_event(out, &ev.data);
-            }
+            // The events were relayed as the parser completed them.
             if let Some(e) = raw.sse.take_overflow() {
                 if !self.ended {
                     self.fail(out, e);
@@ -232,13 +239,15 @@ impl State {
 
     /// One event of a passed-through stream: the chunk as it came but for
     /// `model` and `usage`, or decoded when that would change it.
-    fn raw_event(&mut self, out: &mut BytesMut, data: &str) {
+    fn raw_event(&mut self, out: &mut BytesMut, data: &str, alias_json: &[u8]) {
+        if self.ended {
+            return;
+        }
         let data = data.trim();
         if data == "[DONE]" {
             return self.complete(out);
         }
-        let alias = self.relay.alias.as_str().unwrap_or_default();
-        let Some(chunk) = pass_through_chunk(data, alias, self.head.is_empty()) else {
+        let Some(chunk) = pass_through_chunk(data, self.head.is_empty()) else {
             return match decode_event(data) {
                 StreamEvent::Chunk(chunk) => self.chunk(out, chunk),
                 StreamEvent::Done => self.complete(out),
@@ -258,7 +267,10 @@ impl State {
         for (k, v) in chunk.head {
             self.head.insert(k.into(), v);
         }
-        encode_data(out, &body);
+        out.reserve(data.len() + alias_json.len() + 8);
+        out.put_slice(b"data: ");
+        body.write(data, alias_json, out);
+        out.put_slice(b"\n\n");
     }
 
     fn chunk(&mut self, out: &mut BytesMut, mut chunk: Map<String, Value>) {

@@ -1,6 +1,7 @@
 //! Provider answers, whole and streamed, through each provider's own
 //! translation, with the invariants the core relies on.
 
+use conduit::providers::openai::passthrough::pass_through_chunk;
 use conduit::providers::{Endpoint, StreamDecoder, StreamEvent};
 use conduit::{GatewayError, TokenUsage};
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -80,6 +81,9 @@ pub fn check_stream(kind: &'static str, data: &[u8]) {
                 way.len()
             );
         }
+        if passthrough(kind) && p.streams_openai_chunks(&c) {
+            check_chunks_pass_through(data);
+        }
         for ev in &whole {
             match ev {
                 StreamEvent::Chunk(chunk) => check_chunk(kind, endpoint, chunk),
@@ -89,6 +93,85 @@ pub fn check_stream(kind: &'static str, data: &[u8]) {
             }
         }
     }
+}
+
+/// The relay's fast path against its decoding way, event by event: a chunk
+/// the scan passes is one the decoder reads, and the client gets the same
+/// JSON (`model` = the alias, no `usage`), the same usage and finish.
+fn check_chunks_pass_through(data: &[u8]) {
+    const ALIAS: &str = "fuzz-alias";
+    let mut sse = conduit::wire::sse::SseParser::new();
+    let mut events = Vec::new();
+    sse.feed(data, &mut events);
+    sse.finish(&mut events);
+    for ev in events {
+        let text = ev.data.trim();
+        let Some(fast) = pass_through_chunk(text, true) else {
+            continue;
+        };
+        let StreamEvent::Chunk(mut chunk) = decode_event_for_fuzz(text) else {
+            panic!("the scan passed what the decoder refuses: {text:?}");
+        };
+        let usage = chunk.remove("usage");
+        let usage = usage.as_ref().and_then(TokenUsage::from_openai);
+        assert_eq!(fast.usage.map(|(u, _)| u), usage, "{text:?}");
+        let choices = chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .filter(|c| !c.is_empty());
+        assert_eq!(fast.body.is_some(), choices.is_some(), "{text:?}");
+        let Some(body) = fast.body else { continue };
+        let finish = choices
+            .into_iter()
+            .flatten()
+            .any(|c| c.get("finish_reason").is_some_and(|f| !f.is_null()));
+        assert_eq!(fast.finish, finish, "{text:?}");
+        let content = choices
+            .into_iter()
+            .flatten()
+            .filter(|c| {
+                let delta = c.get("delta").unwrap_or(c);
+                ["content", "text", "tool_calls", "reasoning_content"]
+                    .iter()
+                    .any(|k| delta.get(k).is_some_and(|v| !v.is_null() && v != ""))
+            })
+            .count();
+        assert_eq!(fast.content, content as u64, "{text:?}");
+        chunk.insert("model".into(), Value::String(ALIAS.into()));
+        let client: Value = serde_json::from_slice(&body.to_vec(text, ALIAS))
+            .unwrap_or_else(|e| panic!("the fast path wrote broken JSON ({e}): {text:?}"));
+        assert_eq!(client, Value::Object(chunk), "{text:?}");
+    }
+}
+
+/// The OpenAI decoder's reading of one event.
+fn decode_event_for_fuzz(text: &str) -> StreamEvent {
+    let mut decoder = provider(alias_for("openai", Endpoint::ChatCompletions))
+        .stream_decoder(&call(alias_for("openai", Endpoint::ChatCompletions), Endpoint::ChatCompletions, true));
+    let mut out = Vec::new();
+    decoder.feed(format!("data: {text}\n\n").as_bytes(), &mut out);
+    out.into_iter().next().unwrap_or(StreamEvent::Done)
+}
+
+/// The whole-answer fast path against the translation: what passes is what
+/// the translation writes (but for `model`), with the same usage.
+fn check_answer_pass_through(kind: &'static str, endpoint: Endpoint, data: &[u8]) {
+    const ALIAS: &str = "fuzz-alias";
+    let alias = alias_for(kind, endpoint);
+    let c = call(alias, endpoint, false);
+    let p = provider(alias);
+    let Some(fast) = p.pass_through(&c, data, ALIAS, false) else {
+        return;
+    };
+    let mut object = p
+        .translate_response(&c, data)
+        .unwrap_or_else(|e| panic!("{kind} {endpoint:?}: passed, but the translation refuses: {e:?}"));
+    let usage = object.get("usage").and_then(TokenUsage::from_openai);
+    assert_eq!(fast.usage, usage, "{kind} {endpoint:?}");
+    object.insert("model".into(), Value::String(ALIAS.into()));
+    let client: Value = serde_json::from_slice(&fast.body)
+        .unwrap_or_else(|e| panic!("{kind} {endpoint:?}: the fast path wrote broken JSON ({e})"));
+    assert_eq!(client, Value::Object(object), "{kind} {endpoint:?}");
 }
 
 fn check_chunk(kind: &str, endpoint: Endpoint, chunk: &Map<String, Value>) {
@@ -130,6 +213,9 @@ pub fn check_response(kind: &'static str, data: &[u8]) {
         }
         let alias = alias_for(kind, endpoint);
         let c = call(alias, endpoint, false);
+        if passthrough(kind) {
+            check_answer_pass_through(kind, endpoint, data);
+        }
         match provider(alias).translate_response(&c, data) {
             Ok(object) => {
                 check_usage(object.get("usage"));

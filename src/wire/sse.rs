@@ -7,6 +7,8 @@
 //! one optional space after the colon, comments (`:`) ignored, an event
 //! dispatched at a blank line.
 
+use std::borrow::Cow;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// One dispatched event.
@@ -16,6 +18,22 @@ pub struct SseEvent {
     pub event: Option<String>,
     /// The `data:` lines, joined with `\n`.
     pub data: String,
+}
+
+/// One dispatched event, borrowed from the parser ([`SseParser::feed_each`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    pub event: Option<&'a str>,
+    pub data: &'a str,
+}
+
+impl EventRef<'_> {
+    pub fn to_owned(self) -> SseEvent {
+        SseEvent {
+            event: self.event.map(str::to_owned),
+            data: self.data.to_owned(),
+        }
+    }
 }
 
 /// The largest event a provider may send: the bytes of one line, or of one
@@ -67,7 +85,13 @@ impl SseParser {
     }
 
     /// Feeds the next piece of the body; complete events are pushed to `out`.
-    pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<SseEvent>) {
+    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) {
+        self.feed_each(bytes, |ev| out.push(ev.to_owned()));
+    }
+
+    /// Feeds the next piece of the body; `each` is called with every event
+    /// it completes, borrowed from the parser (no allocation per event).
+    pub fn feed_each(&mut self, mut bytes: &[u8], mut each: impl FnMut(EventRef<'_>)) {
         if self.overflowed {
             return;
         }
@@ -78,33 +102,29 @@ impl SseParser {
             }
         }
         let mut start = 0;
-        let mut i = 0;
-        while i < bytes.len() {
-            let b = bytes[i];
-            if b == b'\n' || b == b'\r' {
-                if self.buf.is_empty() {
-                    self.line(&bytes[start..i], out);
-                } else {
-                    // The line began in an earlier piece.
-                    let mut line = std::mem::take(&mut self.buf);
-                    line.extend_from_slice(&bytes[start..i]);
-                    self.line(&line, out);
-                    line.clear();
-                    self.buf = line;
-                }
-                if self.overflowed {
-                    return;
-                }
-                if b == b'\r' {
-                    if i + 1 == bytes.len() {
-                        self.skip_lf = true;
-                    } else if bytes[i + 1] == b'\n' {
-                        i += 1;
-                    }
-                }
-                start = i + 1;
+        while let Some(at) = memchr::memchr2(b'\n', b'\r', &bytes[start..]) {
+            let i = start + at;
+            if self.buf.is_empty() {
+                self.line(&bytes[start..i], &mut each);
+            } else {
+                // The line began in an earlier piece.
+                let mut line = std::mem::take(&mut self.buf);
+                line.extend_from_slice(&bytes[start..i]);
+                self.line(&line, &mut each);
+                line.clear();
+                self.buf = line;
             }
-            i += 1;
+            if self.overflowed {
+                return;
+            }
+            start = i + 1;
+            if bytes[i] == b'\r' {
+                if start == bytes.len() {
+                    self.skip_lf = true;
+                } else if bytes[start] == b'\n' {
+                    start += 1;
+                }
+            }
         }
         let rest = &bytes[start..];
         if self.buf.len() + rest.len() + self.data.len() > self.max_event_bytes {
@@ -116,14 +136,19 @@ impl SseParser {
 
     /// The body ended: a last event without its blank line is still dispatched.
     pub fn finish(&mut self, out: &mut Vec<SseEvent>) {
+        self.finish_each(|ev| out.push(ev.to_owned()));
+    }
+
+    /// [`finish`](Self::finish), the events borrowed.
+    pub fn finish_each(&mut self, mut each: impl FnMut(EventRef<'_>)) {
         if self.overflowed {
             return;
         }
         if !self.buf.is_empty() {
             let line = std::mem::take(&mut self.buf);
-            self.line(&line, out);
+            self.line(&line, &mut each);
         }
-        self.line(b"", out);
+        self.line(b"", &mut each);
     }
 
     /// Once, after an event went over the bound: the error that ends the stream.
@@ -146,16 +171,23 @@ impl SseParser {
         self.has_data = false;
     }
 
-    fn line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
+    fn line(&mut self, line: &[u8], each: &mut impl FnMut(EventRef<'_>)) {
         if line.len() > self.max_event_bytes {
             self.overflow();
             return;
         }
         if line.is_empty() {
             if self.has_data {
-                out.push(SseEvent {
-                    event: self.event.take(),
-                    data: String::from_utf8_lossy(&self.data).into_owned(),
+                // The UTF-8 check, once per event (all of it ASCII: a word
+                // at a time); invalid bytes become U+FFFD, as they would in
+                // a browser.
+                let data = match std::str::from_utf8(&self.data) {
+                    Ok(text) => Cow::Borrowed(text),
+                    Err(_) => String::from_utf8_lossy(&self.data),
+                };
+                each(EventRef {
+                    event: self.event.as_deref(),
+                    data: &data,
                 });
             }
             self.event = None;

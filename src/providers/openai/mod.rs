@@ -20,7 +20,7 @@ pub mod passthrough;
 
 use super::{json_post, Call, Endpoint, Provider, StreamDecoder, StreamEvent};
 use crate::wire::error::GatewayError;
-use crate::wire::sse::{SseEvent, SseParser};
+use crate::wire::sse::SseParser;
 use passthrough::PassedThrough;
 
 /// The `openai` and `openai-compatible` kinds.
@@ -186,20 +186,12 @@ pub(crate) fn translate_openai(
 /// An OpenAI-format SSE body: `data: {chunk}` events, then `data: [DONE]`.
 pub(crate) struct OpenAiStream {
     sse: SseParser,
-    events: Vec<SseEvent>,
 }
 
 impl OpenAiStream {
     pub(crate) fn new() -> Self {
         OpenAiStream {
             sse: SseParser::new(),
-            events: Vec::new(),
-        }
-    }
-
-    fn drain(&mut self, out: &mut Vec<StreamEvent>) {
-        for ev in self.events.drain(..) {
-            out.push(decode_event(&ev.data));
         }
     }
 }
@@ -227,16 +219,15 @@ pub(crate) fn decode_event(data: &str) -> StreamEvent {
 
 impl StreamDecoder for OpenAiStream {
     fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) {
-        self.sse.feed(bytes, &mut self.events);
-        self.drain(out);
+        self.sse
+            .feed_each(bytes, |ev| out.push(decode_event(ev.data)));
         if let Some(e) = self.sse.take_overflow() {
             out.push(StreamEvent::Error(e));
         }
     }
 
     fn finish(&mut self, out: &mut Vec<StreamEvent>) {
-        self.sse.finish(&mut self.events);
-        self.drain(out);
+        self.sse.finish_each(|ev| out.push(decode_event(ev.data)));
     }
 }
 

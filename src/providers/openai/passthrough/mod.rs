@@ -5,9 +5,11 @@
 //! [`translate_openai`](super::translate_openai) parses the answer into a
 //! `serde_json` tree, normalises it and prints it again: for an embeddings
 //! answer that is thousands of floats parsed to `f64` and printed back. Here
-//! the top-level object is scanned once with [`RawValue`]s (the JSON is
-//! validated, nothing is converted), `usage` alone is parsed, and the answer
-//! is copied once around the new `model`.
+//! the top-level object is scanned once by the [`Scanner`] (the JSON is
+//! validated, nothing is converted or built; an escaped key falls back to
+//! serde's [`RawValue`]s), `usage` alone is parsed, and the answer is copied
+//! once around the new `model`. Stream chunks take the same way, one by one
+//! ([`chunk`]: [`pass_through_chunk`]).
 //!
 //! The fast path answers only when the translating path would not change
 //! anything but `model` (and the whitespace it drops): no `error` object, a
@@ -25,6 +27,13 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
+
+mod chunk;
+mod scan;
+
+pub(crate) use chunk::FirstChunkProbe;
+pub use chunk::{pass_through_chunk, PassedChunk, Splice};
+use scan::Scanner;
 
 use super::SERVICE_TIERS;
 use crate::metering::usage::TokenUsage;
@@ -51,17 +60,28 @@ pub fn pass_through(
     ) {
         return None;
     }
-    let Fields(fields) = serde_json::from_slice(body).ok()?;
+    let text = std::str::from_utf8(body).ok()?;
+    let fields = match members(text) {
+        Some(fields) => fields,
+        // What the scanner leaves to serde (an escaped key, a number that
+        // may be out of an f64's range): the answer must be one the
+        // translation reads (serde's raw values do not check numbers).
+        None => {
+            serde_json::from_str::<Value>(text).ok()?;
+            let Fields(fields) = serde_json::from_str(text).ok()?;
+            fields.into_iter().map(|(k, v)| (k, v.get())).collect()
+        }
+    };
     let mut model = None;
     let mut usage = None;
-    for (i, (key, raw)) in fields.iter().enumerate() {
+    for (i, (key, text)) in fields.iter().enumerate() {
         // A repeated key: the tree keeps the last value at the first place.
         if fields[..i].iter().any(|(k, _)| k == key) {
             return None;
         }
-        let text = raw.get();
+        let text = *text;
         match key.as_ref() {
-            "model" => model = Some(*raw),
+            "model" => model = Some(text),
             "usage" => usage = TokenUsage::from_openai(&serde_json::from_str::<Value>(text).ok()?),
             "error" if text != "null" => return None,
             "system_fingerprint" if text == "null" => return None,
@@ -87,7 +107,7 @@ pub fn pass_through(
         }
     }
     // Where the tree would add `model` (at the end) the bytes would differ.
-    let model = model?.get();
+    let model = model?;
     let start = (model.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
     let end = start + model.len();
     if body.get(start..end) != Some(model.as_bytes()) {
@@ -100,7 +120,22 @@ pub fn pass_through(
     Some(PassedThrough { body: out, usage })
 }
 
-/// The top-level members in order, values unparsed.
+/// The top-level members of `text` in order, values unparsed but checked,
+/// by the [`Scanner`]; `None`: not a JSON object, or one the scanner leaves
+/// to serde.
+fn members(text: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
+    let mut s = Scanner::new(text);
+    let mut out = Vec::with_capacity(8);
+    s.object(|s, key| {
+        let (a, b) = s.value()?;
+        out.push((Cow::Borrowed(key), s.slice(a, b)));
+        Some(())
+    })?;
+    s.at_end().then_some(out)
+}
+
+/// The top-level members in order, values unparsed (serde's way, escaped
+/// keys decoded).
 struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
@@ -225,228 +260,6 @@ impl<'de> Deserialize<'de> for ArrayOrNot {
     }
 }
 
-/// A stream chunk passed through: what the relay meters from it, and the
-/// bytes the client gets.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PassedChunk {
-    /// The chunk's `usage`, read (and taken out of the client's chunk).
-    pub usage: Option<(TokenUsage, Value)>,
-    /// The chunk has choices: `body` holds it, with `model` = the alias and
-    /// without `usage`; without choices the client gets nothing.
-    pub body: Option<Vec<u8>>,
-    /// A choice carries a `finish_reason`.
-    pub finish: bool,
-    /// Choices whose delta carries content (what a disconnect bills).
-    pub content: u64,
-    /// `id`, `created` and `system_fingerprint`, when asked for.
-    pub head: Vec<(&'static str, Value)>,
-}
-
-/// One OpenAI stream chunk (an SSE event's `data`) with `model` set to
-/// `alias` and `usage` taken out, when the decoder's normalisation would not
-/// change it; `None`: decode it the translating way.
-pub fn pass_through_chunk(data: &str, alias: &str, want_head: bool) -> Option<PassedChunk> {
-    // Data split over several lines: the translating path prints it on one.
-    if data.contains('\n') {
-        return None;
-    }
-    let Fields(fields) = serde_json::from_str(data).ok()?;
-    let mut model = None;
-    let mut usage_at = None;
-    let mut choices = None;
-    let mut head = Vec::new();
-    for (i, (key, raw)) in fields.iter().enumerate() {
-        if fields[..i].iter().any(|(k, _)| k == key) {
-            return None;
-        }
-        let text = raw.get();
-        match key.as_ref() {
-            "model" => model = Some(*raw),
-            "usage" => usage_at = Some(i),
-            "choices" => choices = Some(*raw),
-            "error" if text != "null" => return None,
-            "system_fingerprint" if text == "null" => return None,
-            "service_tier" if text.starts_with('"') => {
-                let tier = text.get(1..text.len() - 1)?;
-                if !SERVICE_TIERS.contains(&tier) {
-                    return None;
-                }
-            }
-            // Groq's usage inside `x_groq`: the decoder edits it.
-            "x_groq" => return None,
-            _ => {}
-        }
-    }
-    let mut passed = PassedChunk {
-        usage: None,
-        body: None,
-        finish: false,
-        content: 0,
-        head: Vec::new(),
-    };
-    if let Some(i) = usage_at {
-        let value: Value = serde_json::from_str(fields[i].1.get()).ok()?;
-        if let Some(t) = TokenUsage::from_openai(&value) {
-            passed.usage = Some((t, value));
-        }
-    }
-    let choices: Vec<StreamChoice<'_>> = match choices {
-        Some(raw) if raw.get().starts_with('[') => serde_json::from_str(raw.get()).ok()?,
-        // Not an array: the decoder leaves it, the relay writes nothing.
-        _ => Vec::new(),
-    };
-    if choices.is_empty() {
-        return Some(passed);
-    }
-    for c in &choices {
-        if !c.index.present() || !c.finish_reason.present() {
-            return None;
-        }
-        passed.finish |= c.finish_reason.non_null();
-        let fields = match c.delta.0 {
-            Some(delta) => serde_json::from_str::<ContentFields<'_>>(delta.get()).ok()?,
-            None => ContentFields {
-                content: c.content,
-                text: c.text,
-                tool_calls: c.tool_calls,
-                reasoning_content: c.reasoning_content,
-            },
-        };
-        if c.delta.0.is_some() {
-            if let Some(calls) = fields.tool_calls.0.filter(|r| r.get().starts_with('[')) {
-                let calls: Vec<StreamToolCall> = serde_json::from_str(calls.get()).ok()?;
-                if calls.iter().any(|t| !t.index.0 || (t.id.0 && !t.kind.0)) {
-                    return None;
-                }
-            }
-        }
-        if [
-            fields.content,
-            fields.text,
-            fields.tool_calls,
-            fields.reasoning_content,
-        ]
-        .iter()
-        .any(|m| m.non_null() && m.0.is_some_and(|r| r.get() != "\"\""))
-        {
-            passed.content += 1;
-        }
-    }
-    if want_head {
-        for (key, raw) in &fields {
-            for name in ["id", "created", "system_fingerprint"] {
-                if key == name {
-                    head.push((name, serde_json::from_str::<Value>(raw.get()).ok()?));
-                }
-            }
-        }
-        passed.head = head;
-    }
-    // `model` where the provider put it; `usage` cut out with the comma
-    // that separated it from its neighbour.
-    let base = data.as_ptr() as usize;
-    let span = |raw: &RawValue| -> Option<(usize, usize)> {
-        let start = (raw.get().as_ptr() as usize).checked_sub(base)?;
-        Some((start, start + raw.get().len()))
-    };
-    let (model_start, model_end) = span(model?)?;
-    let mut edits: Vec<(usize, usize, Option<&str>)> = vec![(model_start, model_end, Some(alias))];
-    if let Some(i) = usage_at {
-        let (_, value_end) = span(fields[i].1)?;
-        let cut = if i > 0 {
-            // From the end of the previous value: `,"usage":…`.
-            (span(fields[i - 1].1)?.1, value_end)
-        } else {
-            // The first member: from after `{` through the comma after it.
-            let open = data.find('{')? + 1;
-            let after = data[value_end..].trim_start();
-            let end = match after.strip_prefix(',') {
-                Some(rest) => data.len() - rest.len(),
-                None => value_end,
-            };
-            (open, end)
-        };
-        edits.push((cut.0, cut.1, None));
-    }
-    edits.sort_by_key(|e| e.0);
-    let mut out = Vec::with_capacity(data.len() + alias.len());
-    let mut at = 0;
-    for (start, end, with) in edits {
-        if start < at {
-            return None;
-        }
-        out.extend_from_slice(data.get(at..start)?.as_bytes());
-        if let Some(alias) = with {
-            serde_json::to_writer(&mut out, alias).ok()?;
-        }
-        at = end;
-    }
-    out.extend_from_slice(data.get(at..)?.as_bytes());
-    passed.body = Some(out);
-    Some(passed)
-}
-
-/// A member's raw value, `null` included; `None`: absent.
-#[derive(Default, Clone, Copy)]
-struct Member<'a>(Option<&'a RawValue>);
-
-impl Member<'_> {
-    fn present(&self) -> bool {
-        self.0.is_some()
-    }
-    fn non_null(&self) -> bool {
-        self.0.is_some_and(|r| r.get() != "null")
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Member<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(Member(Some(<&'de RawValue>::deserialize(d)?)))
-    }
-}
-
-/// What the decoder and the relay look at in a streamed choice.
-#[derive(Deserialize)]
-struct StreamChoice<'a> {
-    #[serde(default, borrow)]
-    index: Member<'a>,
-    #[serde(default, borrow)]
-    finish_reason: Member<'a>,
-    #[serde(default, borrow)]
-    delta: Member<'a>,
-    // Legacy completions chunks carry `text` on the choice itself.
-    #[serde(default, borrow)]
-    content: Member<'a>,
-    #[serde(default, borrow)]
-    text: Member<'a>,
-    #[serde(default, borrow)]
-    tool_calls: Member<'a>,
-    #[serde(default, borrow)]
-    reasoning_content: Member<'a>,
-}
-
-#[derive(Deserialize)]
-struct ContentFields<'a> {
-    #[serde(default, borrow)]
-    content: Member<'a>,
-    #[serde(default, borrow)]
-    text: Member<'a>,
-    #[serde(default, borrow)]
-    tool_calls: Member<'a>,
-    #[serde(default, borrow)]
-    reasoning_content: Member<'a>,
-}
-
-#[derive(Deserialize)]
-struct StreamToolCall {
-    #[serde(default)]
-    index: Present,
-    #[serde(default)]
-    id: Present,
-    #[serde(default, rename = "type")]
-    kind: Present,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -548,26 +361,26 @@ mod tests {
             (
                 "openai/embeddings.float.json",
                 Endpoint::Embeddings,
-                include_bytes!("../../../tests/fixtures/openai/embeddings.float.json").to_vec(),
+                include_bytes!("../../../../tests/fixtures/openai/embeddings.float.json").to_vec(),
             ),
             (
                 "openai/completions.text.length.json",
                 Endpoint::Completions,
-                include_bytes!("../../../tests/fixtures/openai/completions.text.length.json")
+                include_bytes!("../../../../tests/fixtures/openai/completions.text.length.json")
                     .to_vec(),
             ),
             (
                 "openai/chat.completions.stream.text.include_usage.sse, assembled",
                 Endpoint::ChatCompletions,
                 chat_from_stream(include_str!(
-                    "../../../tests/fixtures/openai/chat.completions.stream.text.include_usage.sse"
+                    "../../../../tests/fixtures/openai/chat.completions.stream.text.include_usage.sse"
                 )),
             ),
             (
                 "openai/chat.completions.stream.tool_calls.include_usage.sse, assembled",
                 Endpoint::ChatCompletions,
                 chat_from_stream(include_str!(
-                    "../../../tests/fixtures/openai/chat.completions.stream.tool_calls.include_usage.sse"
+                    "../../../../tests/fixtures/openai/chat.completions.stream.tool_calls.include_usage.sse"
                 )),
             ),
         ]
@@ -679,6 +492,9 @@ mod tests {
         assert!(pass_through(Endpoint::ChatCompletions, dup, ALIAS, false).is_none());
         assert!(pass_through(Endpoint::ChatCompletions, b"[1]", ALIAS, false).is_none());
         assert!(pass_through(Endpoint::ChatCompletions, b"{\"model\":", ALIAS, false).is_none());
+        // A number out of an f64's range: the translation refuses the answer.
+        let big = br#"{"model":"m","object":"list","data":[],"created":-2e+308}"#;
+        assert!(pass_through(Endpoint::Embeddings, big, ALIAS, false).is_none());
         // The front doors' own endpoints are not OpenAI's chat form.
         assert!(
             pass_through(Endpoint::Responses, ok.to_string().as_bytes(), ALIAS, false).is_none()
@@ -724,7 +540,7 @@ mod tests {
     #[test]
     fn recorded_stream_chunks_pass_through() {
         let sse = include_str!(
-            "../../../tests/fixtures/openai/chat.completions.stream.text.include_usage.sse"
+            "../../../../tests/fixtures/openai/chat.completions.stream.text.include_usage.sse"
         );
         let mut events = 0;
         let mut usage = None;
@@ -733,13 +549,14 @@ mod tests {
                 continue;
             }
             events += 1;
-            let c = pass_through_chunk(data, ALIAS, true).expect("passed through");
+            let c = pass_through_chunk(data, true).expect("passed through");
             if let Some((u, _)) = c.usage {
                 usage = Some(u);
                 assert!(c.body.is_none(), "the usage-only chunk has no choices");
                 continue;
             }
-            let body = String::from_utf8(c.body.expect("a chunk with choices")).expect("UTF-8");
+            let body = c.body.expect("a chunk with choices").to_vec(data, ALIAS);
+            let body = String::from_utf8(body).expect("UTF-8");
             assert!(body.contains(r#""model":"my-alias""#), "{body}");
             assert!(!body.contains("usage"), "{body}");
             // The chunk is the provider's, but for `model` and `usage`.
@@ -755,8 +572,9 @@ mod tests {
         assert!(events > 5);
         assert!(usage.is_some_and(|u| u.total_tokens > 0));
         // The usage as the first member, or the only one.
-        let c = pass_through_chunk(r#"{"usage":null,"model":"m","choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null}]}"#, ALIAS, false).expect("fast");
-        assert_eq!(c.body.as_deref(), Some(&br#"{"model":"my-alias","choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null}]}"#[..]));
+        let data = r#"{"usage":null,"model":"m","choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null}]}"#;
+        let c = pass_through_chunk(data, false).expect("fast");
+        assert_eq!(c.body.map(|b| b.to_vec(data, ALIAS)).as_deref(), Some(&br#"{"model":"my-alias","choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null}]}"#[..]));
         assert_eq!(c.content, 1);
         // What the decoder would normalise is declined.
         for declined in [
@@ -766,10 +584,7 @@ mod tests {
             r#"{"model":"m","error":{"message":"overloaded"}}"#,
             "{\"model\":\"m\",\n\"choices\":[]}",
         ] {
-            assert!(
-                pass_through_chunk(declined, ALIAS, false).is_none(),
-                "{declined}"
-            );
+            assert!(pass_through_chunk(declined, false).is_none(), "{declined}");
         }
     }
 }
