@@ -50,9 +50,9 @@ use crate::admin::{self, AdminRoute};
 use crate::attempt::{CallContext, Replay};
 use crate::compat::BoxStream;
 use crate::config::{Config, ModelRoute};
+use crate::frontdoors::chat::ClientBody;
 use crate::keys::cache::KeyCache;
 use crate::keys::{extract_secret, hash_secret, random_id, VirtualKey};
-use crate::metering::limits::{completion_allowance, estimate_prompt_tokens};
 use crate::metering::meter::Meter;
 use crate::metering::usage::{TokenUsage, UsageRecord};
 use crate::observe::trace::TraceContext;
@@ -586,22 +586,8 @@ impl Gateway {
                 limit: self.max_body_bytes(),
             });
         }
-        let mut request: Map<String, Value> = match serde_json::from_slice(&body) {
-            Ok(Value::Object(o)) => o,
-            Ok(_) => {
-                return Err(GatewayError::invalid(
-                    "The request body must be a JSON object.",
-                    None,
-                ))
-            }
-            Err(e) => {
-                return Err(GatewayError::invalid(
-                    format!("We could not parse the JSON body of your request: {e}"),
-                    None,
-                ))
-            }
-        };
-        let alias = match request.get("model") {
+        let mut request = ClientBody::parse(endpoint, &body)?;
+        let alias = match request.get("model").as_deref() {
             Some(Value::String(m)) if !m.is_empty() => m.clone(),
             Some(_) => {
                 return Err(GatewayError::invalid(
@@ -620,14 +606,14 @@ impl Gateway {
         // Only a configured alias may label a metric (an unknown `model` must not).
         meter.facts.alias_known = self.config.models.contains_key(&alias);
         let required = endpoint.required_field();
-        if request.get(required).is_none_or(Value::is_null) {
+        if !request.has(required) {
             return Err(GatewayError::invalid(
                 format!("Missing required parameter: '{required}'."),
                 Some(required),
             ));
         }
         let stream = endpoint != Endpoint::Embeddings
-            && match request.get("stream") {
+            && match request.get("stream").as_deref() {
                 None | Some(Value::Null) => false,
                 Some(Value::Bool(b)) => *b,
                 Some(_) => {
@@ -639,6 +625,7 @@ impl Gateway {
             };
         let include_usage = request
             .get("stream_options")
+            .as_deref()
             .and_then(|o| o.get("include_usage"))
             .and_then(Value::as_bool)
             .unwrap_or(false);
@@ -666,13 +653,13 @@ impl Gateway {
                 model: alias.clone(),
             })?;
         // Stage *admit*.
-        let prompt_estimate = estimate_prompt_tokens(&request);
+        let prompt_estimate = request.prompt_estimate();
         let completion_estimate = match endpoint {
             Endpoint::Embeddings => 0,
             // The legacy API's own default for `max_tokens` is 16.
-            Endpoint::Completions => completion_allowance(&request, 16)?,
+            Endpoint::Completions => request.completion_allowance(16)?,
             Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages => {
-                completion_allowance(&request, self.config.gateway.default_max_tokens)?
+                request.completion_allowance(self.config.gateway.default_max_tokens)?
             }
         };
         meter.record.estimated_prompt_tokens = prompt_estimate;
@@ -733,7 +720,11 @@ impl Gateway {
         // The OpenAI SDKs ask for base64 embeddings; providers that answer
         // with float arrays get them encoded (little-endian float32).
         let base64_embeddings = endpoint == Endpoint::Embeddings
-            && request.get("encoding_format").and_then(Value::as_str) == Some("base64");
+            && request
+                .get("encoding_format")
+                .as_deref()
+                .and_then(Value::as_str)
+                == Some("base64");
         // Stages *pick deployment* to *translate response*, attempt by attempt.
         let Some(mut plan) = self.router.plan(&self.config, route, meter.now(), estimate) else {
             return Err(GatewayError::Internal(format!(

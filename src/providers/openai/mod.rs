@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 pub mod passthrough;
 
 use super::{json_post, Call, Endpoint, Provider, StreamDecoder, StreamEvent};
+use crate::frontdoors::chat::RawRequest;
 use crate::wire::error::GatewayError;
 use crate::wire::sse::{SseEvent, SseParser};
 use passthrough::PassedThrough;
@@ -67,6 +68,22 @@ impl Provider for OpenAi {
             Some(auth) => json_post(&url, &[("authorization", auth)], body),
             None => json_post(&url, &[], body),
         }
+    }
+
+    fn splice_request(
+        &self,
+        call: &Call<'_>,
+        body: &RawRequest<'_>,
+    ) -> Option<Result<http::Request<Bytes>, GatewayError>> {
+        if !spliceable(call.endpoint) {
+            return None;
+        }
+        let body = splice_body(body, call.model, call.stream);
+        let url = format!("{}/{}", self.base_url, call.endpoint.path());
+        Some(match &self.authorization {
+            Some(auth) => json_post(&url, &[("authorization", auth)], body),
+            None => json_post(&url, &[], body),
+        })
     }
 
     fn translate_response(
@@ -157,6 +174,73 @@ pub(crate) fn prepare_body(
     }
     serde_json::to_vec(body)
         .map_err(|e| GatewayError::Internal(format!("cannot encode the request: {e}")))
+}
+
+/// Whether a call to `endpoint` goes upstream as the client's bytes with
+/// `model` spliced in ([`splice_body`]).
+pub(crate) fn spliceable(endpoint: Endpoint) -> bool {
+    matches!(
+        endpoint,
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings
+    )
+}
+
+/// [`prepare_body`] without a tree: the client's raw values in their order,
+/// `model` replaced by the deployment's, and for a stream `stream_options`
+/// with `include_usage: true` (added last when the client sent none). The
+/// upstream reads the same JSON as [`prepare_body`] prints; the bytes are
+/// the same too when the client's body was compact and canonical.
+pub(crate) fn splice_body(body: &RawRequest<'_>, model: &str, stream: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.bytes().len() + model.len() + 40);
+    let (mut has_model, mut has_options) = (false, false);
+    out.push(b'{');
+    for (key, value) in body.fields() {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        // The scan gave only unescaped keys: they print as they were written.
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
+        match *key {
+            "model" => {
+                has_model = true;
+                write_json_string(&mut out, model);
+            }
+            "stream_options" if stream => {
+                has_options = true;
+                match serde_json::from_str::<Value>(value.get()) {
+                    Ok(Value::Object(mut o)) => {
+                        o.insert("include_usage".into(), Value::Bool(true));
+                        // A map of JSON values always prints.
+                        let _ = serde_json::to_writer(&mut out, &o);
+                    }
+                    _ => out.extend_from_slice(INCLUDE_USAGE),
+                }
+            }
+            _ => out.extend_from_slice(value.get().as_bytes()),
+        }
+    }
+    if !has_model {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"model\":");
+        write_json_string(&mut out, model);
+    }
+    if stream && !has_options {
+        out.extend_from_slice(b",\"stream_options\":");
+        out.extend_from_slice(INCLUDE_USAGE);
+    }
+    out.push(b'}');
+    out
+}
+
+const INCLUDE_USAGE: &[u8] = b"{\"include_usage\":true}";
+
+fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// A whole OpenAI-format answer, normalised.
