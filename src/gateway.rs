@@ -35,6 +35,7 @@
 //! Admin routes (`/admin/…`) go to [`crate::admin`] after the master-key check;
 //! `/` and `/ui/…` to the web UI ([`crate::ui`]).
 
+use std::borrow::Cow;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -587,8 +588,8 @@ impl Gateway {
             });
         }
         let mut request = ClientBody::parse(endpoint, &body)?;
-        let alias = match request.get("model").as_deref() {
-            Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        let alias = match request.get("model").map(Cow::into_owned) {
+            Some(Value::String(m)) if !m.is_empty() => m,
             Some(_) => {
                 return Err(GatewayError::invalid(
                     "`model` must be a non-empty string.",
