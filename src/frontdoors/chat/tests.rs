@@ -203,3 +203,76 @@ fn a_raw_body_becomes_the_same_tree() {
     assert_eq!(tree, parse_tree(body).unwrap());
     assert!(client.raw().is_none());
 }
+
+/// The upstream request of every OpenAI-dialect provider, spliced and
+/// built from the tree: the same method, URL, headers and JSON body (the
+/// same bytes for a canonical body).
+#[test]
+fn the_providers_send_the_same_request_either_way() {
+    use crate::providers::azure::Azure;
+    use crate::providers::openai::OpenAi;
+    use crate::providers::{Call, Provider};
+    let providers: Vec<std::sync::Arc<dyn Provider>> = vec![
+        crate::frontdoors::behind_front_doors(std::sync::Arc::new(OpenAi::new(
+            "http://h/v1".into(),
+            Some("sk-test".into()),
+        ))),
+        crate::frontdoors::behind_front_doors(std::sync::Arc::new(
+            OpenAi::new("http://h:8080/v1".into(), None).with_responses_api(),
+        )),
+        crate::frontdoors::behind_front_doors(std::sync::Arc::new(Azure::new(
+            "https://r.openai.azure.com".into(),
+            "az-key".into(),
+            "2024-10-21".into(),
+        ))),
+    ];
+    let cases = [
+        (Endpoint::ChatCompletions, SEEDS[5], false),
+        (Endpoint::ChatCompletions, SEEDS[3], true),
+        (Endpoint::ChatCompletions, SHAPED[0], false),
+        (Endpoint::ChatCompletions, SHAPED[2], true),
+        (Endpoint::Completions, SEEDS[6], false),
+        (Endpoint::Completions, SEEDS[8], true),
+        (Endpoint::Embeddings, SEEDS[9], false),
+        (Endpoint::Embeddings, SHAPED[7], false),
+    ];
+    for provider in &providers {
+        for (endpoint, body, stream) in cases {
+            let call = Call {
+                endpoint,
+                model: "deploy-1",
+                stream,
+                now_secs: 0,
+                request_id: "req_1",
+                drop_unsupported_params: false,
+            };
+            let raw = RawRequest::scan(body.as_bytes()).expect("scanned");
+            let spliced = provider
+                .splice_request(&call, &raw)
+                .expect("an OpenAI-dialect provider splices")
+                .unwrap();
+            let mut tree = parse_tree(body.as_bytes()).unwrap();
+            let built = provider.build_request(&call, &mut tree).unwrap();
+            assert_eq!(spliced.method(), built.method());
+            assert_eq!(spliced.uri(), built.uri());
+            assert_eq!(spliced.headers(), built.headers(), "{body}");
+            let json = |b: &[u8]| serde_json::from_slice::<Value>(b).unwrap();
+            assert_eq!(json(spliced.body()), json(built.body()), "{body}");
+            let canonical = serde_json::to_vec(&parse_tree(body.as_bytes()).unwrap()).unwrap();
+            if canonical == body.trim_end().as_bytes() {
+                assert_eq!(spliced.body(), built.body(), "{body}");
+            }
+        }
+        // The front doors' endpoints are never spliced.
+        let call = Call {
+            endpoint: Endpoint::Responses,
+            model: "deploy-1",
+            stream: false,
+            now_secs: 0,
+            request_id: "req_1",
+            drop_unsupported_params: false,
+        };
+        let raw = RawRequest::scan(br#"{"model":"m","input":"hi"}"#).unwrap();
+        assert!(provider.splice_request(&call, &raw).is_none());
+    }
+}

@@ -31,13 +31,70 @@ pub struct OpenAi {
     authorization: Option<String>,
     /// The host serves `/responses` (OpenAI itself).
     responses_api: bool,
+    /// The parts of a spliced request that do not change between calls.
+    spliced: Option<SplicedTarget>,
+}
+
+/// The URLs of the spliceable endpoints and the `Authorization` header,
+/// parsed once: a request then costs reference-count increments, not a URL
+/// parse and header validation.
+struct SplicedTarget {
+    /// `chat/completions`, `completions`, `embeddings`, in that order.
+    uris: [http::Uri; 3],
+    authorization: Option<http::HeaderValue>,
+}
+
+impl SplicedTarget {
+    fn new(base_url: &str, authorization: Option<&str>) -> Option<Self> {
+        let uri = |e: Endpoint| http::Uri::try_from(format!("{base_url}/{}", e.path())).ok();
+        let authorization = match authorization {
+            Some(a) => {
+                let mut v = http::HeaderValue::from_str(a).ok()?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
+        Some(SplicedTarget {
+            uris: [
+                uri(Endpoint::ChatCompletions)?,
+                uri(Endpoint::Completions)?,
+                uri(Endpoint::Embeddings)?,
+            ],
+            authorization,
+        })
+    }
+
+    /// The request for a spliceable `endpoint`, with `body`.
+    fn request(&self, endpoint: Endpoint, body: Vec<u8>) -> Option<http::Request<Bytes>> {
+        let uri = match endpoint {
+            Endpoint::ChatCompletions => &self.uris[0],
+            Endpoint::Completions => &self.uris[1],
+            Endpoint::Embeddings => &self.uris[2],
+            Endpoint::Responses | Endpoint::Messages => return None,
+        };
+        let mut request = http::Request::new(Bytes::from(body));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = uri.clone();
+        let headers = request.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        if let Some(auth) = &self.authorization {
+            headers.insert(http::header::AUTHORIZATION, auth.clone());
+        }
+        Some(request)
+    }
 }
 
 impl OpenAi {
     pub fn new(base_url: String, api_key: Option<String>) -> Self {
+        let authorization = api_key.map(|k| format!("Bearer {k}"));
         OpenAi {
+            spliced: SplicedTarget::new(&base_url, authorization.as_deref()),
             base_url,
-            authorization: api_key.map(|k| format!("Bearer {k}")),
+            authorization,
             responses_api: false,
         }
     }
@@ -79,6 +136,10 @@ impl Provider for OpenAi {
             return None;
         }
         let body = splice_body(body, call.model, call.stream);
+        if let Some(target) = &self.spliced {
+            return target.request(call.endpoint, body).map(Ok);
+        }
+        // A base URL or key that does not parse: the error names it.
         let url = format!("{}/{}", self.base_url, call.endpoint.path());
         Some(match &self.authorization {
             Some(auth) => json_post(&url, &[("authorization", auth)], body),
