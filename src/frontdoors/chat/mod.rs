@@ -61,6 +61,11 @@ impl<'a> RawRequest<'a> {
         })
     }
 
+    /// [`estimate_prompt_tokens`] of the body, tallied by the scan.
+    pub fn prompt_estimate(&self) -> u64 {
+        self.prompt_estimate
+    }
+
     /// The fields, in the client's order.
     pub fn fields(&self) -> &[(&'a str, &'a RawValue)] {
         &self.fields
