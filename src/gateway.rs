@@ -14,7 +14,7 @@
 //! |---------------------|------------------------------------------------|---------------------------------------------|
 //! | route               | method, path                                   | the [`Route`] (405/404 otherwise)           |
 //! | authenticate        | `Authorization`/`X-API-Key`/`api-key`, [`KeyStore`] via [`KeyCache`] | the [`VirtualKey`] and the secret's hash (401: missing, unknown, disabled, expired) |
-//! | parse               | the body (≤ `max_body_bytes`, else 413)        | the JSON object, `model`, `stream` (400)    |
+//! | parse               | the body (≤ `max_body_bytes`, else 413)        | the JSON object, `model`, `stream` (400): raw values without a tree where the scan is sure, which OpenAI-dialect providers send on with `model` spliced in ([`crate::frontdoors::chat`]) |
 //! | authorize           | the key's `allowed_models` (the limiter's record when the cache says no) | — (403 `model_not_allowed`) |
 //! | select alias        | `[models.ALIAS]`                               | the [`ModelRoute`] (404 `model_not_found`)  |
 //! | estimate            | the body, the prices of the alias's deployments and of its fallbacks' | the [`Demand`]: tokens and cost (403 `model_price_unknown` for a budget without a price) |
