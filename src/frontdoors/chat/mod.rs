@@ -19,7 +19,7 @@
 //! the outcome: every 400 keeps its exact message, and the estimate is the
 //! one [`estimate_prompt_tokens`] makes of the tree.
 
-pub(crate) mod scan;
+pub mod scan;
 #[cfg(test)]
 mod tests;
 

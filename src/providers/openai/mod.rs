@@ -239,7 +239,7 @@ pub(crate) fn prepare_body(
 
 /// Whether a call to `endpoint` goes upstream as the client's bytes with
 /// `model` spliced in ([`splice_body`]).
-pub(crate) fn spliceable(endpoint: Endpoint) -> bool {
+pub fn spliceable(endpoint: Endpoint) -> bool {
     matches!(
         endpoint,
         Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings
@@ -251,7 +251,7 @@ pub(crate) fn spliceable(endpoint: Endpoint) -> bool {
 /// with `include_usage: true` (added last when the client sent none). The
 /// upstream reads the same JSON as [`prepare_body`] prints; the bytes are
 /// the same too when the client's body was compact and canonical.
-pub(crate) fn splice_body(body: &RawRequest<'_>, model: &str, stream: bool) -> Vec<u8> {
+pub fn splice_body(body: &RawRequest<'_>, model: &str, stream: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.bytes().len() + model.len() + 40);
     let (mut has_model, mut has_options) = (false, false);
     out.push(b'{');
