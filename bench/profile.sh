@@ -131,9 +131,11 @@ if [[ -n $FLAME ]]; then
   log "flame graph: saturating $GW_URL (pid $GW_PID) for 10 s under perf"
   run_fg "$BIN_DIR/bench-load" saturate --url "$GW_URL/v1/chat/completions" --header "Authorization: Bearer $KEY" \
     --body "$chat" --connections 16 --duration-s 12 --warmup 500 >/dev/null &
+  LOAD_PID=$!
   sleep 2
   perf record -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$GW_PID" -o "$WORK/perf.data" -- sleep 8 2>/dev/null >&2
-  wait
+  # The load only: a bare `wait` would also wait for the mock and the gateway.
+  wait "$LOAD_PID" || true
   perf script -i "$WORK/perf.data" 2>/dev/null | inferno-collapse-perf | inferno-flamegraph \
     --title "conduit serve, saturated non-streaming chat ($(git -C "$ROOT" rev-parse --short HEAD))" >"$FLAME"
   log "flame graph in $FLAME"

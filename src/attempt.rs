@@ -17,8 +17,9 @@ use bytes::Bytes;
 use futures_core::Stream;
 use futures_util::StreamExt;
 use http::HeaderMap;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+use crate::frontdoors::chat::ClientBody;
 use crate::gateway::{Gateway, PendingRelay, Proxied, StreamHead, MAX_ERROR_BODY};
 use crate::metering::meter::Meter;
 use crate::observe::AttemptFailure;
@@ -55,7 +56,7 @@ impl Gateway {
     pub(crate) async fn call_deployment(
         &self,
         attempt: &Attempt<'_>,
-        request: &mut Map<String, Value>,
+        request: &mut ClientBody<'_>,
         keep_body: bool,
         cx: &CallContext<'_>,
         deadline_us: u64,
@@ -71,19 +72,31 @@ impl Gateway {
             request_id: cx.request_id,
             drop_unsupported_params: deployment.drop_unsupported_params,
         };
-        if provider.needs_image_bytes() {
-            self.inline_images(request).await.map_err(Failure::new)?;
-        }
-        // A provider may rewrite the body destructively (legacy completions
-        // through chat): a later attempt gets the client's own.
-        let mut copy;
-        let body = if keep_body {
-            copy = request.clone();
-            &mut copy
-        } else {
-            request
+        // A provider that speaks the client's dialect gets the client's bytes
+        // with `model` spliced in, without a tree.
+        let spliced = match request.raw() {
+            Some(raw) if !provider.needs_image_bytes() => provider.splice_request(&call, raw),
+            _ => None,
         };
-        let mut upstream_request = provider.build_request(&call, body).map_err(Failure::new)?;
+        let mut upstream_request = match spliced {
+            Some(built) => built.map_err(Failure::new)?,
+            None => {
+                let request = request.tree().map_err(Failure::new)?;
+                if provider.needs_image_bytes() {
+                    self.inline_images(request).await.map_err(Failure::new)?;
+                }
+                // A provider may rewrite the body destructively (legacy
+                // completions through chat): a later attempt gets the client's own.
+                let mut copy;
+                let body = if keep_body {
+                    copy = request.clone();
+                    &mut copy
+                } else {
+                    request
+                };
+                provider.build_request(&call, body).map_err(Failure::new)?
+            }
+        };
         cx.trace.add_to(upstream_request.headers_mut());
         let sent_us = meter.now();
         // An attempt may take what is left of the request's deadline, and
@@ -304,6 +317,7 @@ impl Stream for Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Map;
 
     #[test]
     fn retry_after_forms() {

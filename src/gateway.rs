@@ -14,7 +14,7 @@
 //! |---------------------|------------------------------------------------|---------------------------------------------|
 //! | route               | method, path                                   | the [`Route`] (405/404 otherwise)           |
 //! | authenticate        | `Authorization`/`X-API-Key`/`api-key`, [`KeyStore`] via [`KeyCache`] | the [`VirtualKey`] and the secret's hash (401: missing, unknown, disabled, expired) |
-//! | parse               | the body (≤ `max_body_bytes`, else 413)        | the JSON object, `model`, `stream` (400)    |
+//! | parse               | the body (≤ `max_body_bytes`, else 413)        | the JSON object, `model`, `stream` (400): raw values without a tree where the scan is sure, which OpenAI-dialect providers send on with `model` spliced in ([`crate::frontdoors::chat`]) |
 //! | authorize           | the key's `allowed_models` (the limiter's record when the cache says no) | — (403 `model_not_allowed`) |
 //! | select alias        | `[models.ALIAS]`                               | the [`ModelRoute`] (404 `model_not_found`)  |
 //! | estimate            | the body, the prices of the alias's deployments and of its fallbacks' | the [`Demand`]: tokens and cost (403 `model_price_unknown` for a budget without a price) |
@@ -35,6 +35,7 @@
 //! Admin routes (`/admin/…`) go to [`crate::admin`] after the master-key check;
 //! `/` and `/ui/…` to the web UI ([`crate::ui`]).
 
+use std::borrow::Cow;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,9 +51,9 @@ use crate::admin::{self, AdminRoute};
 use crate::attempt::{CallContext, Replay};
 use crate::compat::BoxStream;
 use crate::config::{Config, ModelRoute};
+use crate::frontdoors::chat::ClientBody;
 use crate::keys::cache::KeyCache;
 use crate::keys::{extract_secret, hash_secret, random_id, VirtualKey};
-use crate::metering::limits::{completion_allowance, estimate_prompt_tokens};
 use crate::metering::meter::Meter;
 use crate::metering::usage::{TokenUsage, UsageRecord};
 use crate::observe::trace::TraceContext;
@@ -586,23 +587,9 @@ impl Gateway {
                 limit: self.max_body_bytes(),
             });
         }
-        let mut request: Map<String, Value> = match serde_json::from_slice(&body) {
-            Ok(Value::Object(o)) => o,
-            Ok(_) => {
-                return Err(GatewayError::invalid(
-                    "The request body must be a JSON object.",
-                    None,
-                ))
-            }
-            Err(e) => {
-                return Err(GatewayError::invalid(
-                    format!("We could not parse the JSON body of your request: {e}"),
-                    None,
-                ))
-            }
-        };
-        let alias = match request.get("model") {
-            Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        let mut request = ClientBody::parse(endpoint, &body)?;
+        let alias = match request.get("model").map(Cow::into_owned) {
+            Some(Value::String(m)) if !m.is_empty() => m,
             Some(_) => {
                 return Err(GatewayError::invalid(
                     "`model` must be a non-empty string.",
@@ -620,14 +607,14 @@ impl Gateway {
         // Only a configured alias may label a metric (an unknown `model` must not).
         meter.facts.alias_known = self.config.models.contains_key(&alias);
         let required = endpoint.required_field();
-        if request.get(required).is_none_or(Value::is_null) {
+        if !request.has(required) {
             return Err(GatewayError::invalid(
                 format!("Missing required parameter: '{required}'."),
                 Some(required),
             ));
         }
         let stream = endpoint != Endpoint::Embeddings
-            && match request.get("stream") {
+            && match request.get("stream").as_deref() {
                 None | Some(Value::Null) => false,
                 Some(Value::Bool(b)) => *b,
                 Some(_) => {
@@ -639,6 +626,7 @@ impl Gateway {
             };
         let include_usage = request
             .get("stream_options")
+            .as_deref()
             .and_then(|o| o.get("include_usage"))
             .and_then(Value::as_bool)
             .unwrap_or(false);
@@ -666,13 +654,13 @@ impl Gateway {
                 model: alias.clone(),
             })?;
         // Stage *admit*.
-        let prompt_estimate = estimate_prompt_tokens(&request);
+        let prompt_estimate = request.prompt_estimate();
         let completion_estimate = match endpoint {
             Endpoint::Embeddings => 0,
             // The legacy API's own default for `max_tokens` is 16.
-            Endpoint::Completions => completion_allowance(&request, 16)?,
+            Endpoint::Completions => request.completion_allowance(16)?,
             Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages => {
-                completion_allowance(&request, self.config.gateway.default_max_tokens)?
+                request.completion_allowance(self.config.gateway.default_max_tokens)?
             }
         };
         meter.record.estimated_prompt_tokens = prompt_estimate;
@@ -733,7 +721,11 @@ impl Gateway {
         // The OpenAI SDKs ask for base64 embeddings; providers that answer
         // with float arrays get them encoded (little-endian float32).
         let base64_embeddings = endpoint == Endpoint::Embeddings
-            && request.get("encoding_format").and_then(Value::as_str) == Some("base64");
+            && request
+                .get("encoding_format")
+                .as_deref()
+                .and_then(Value::as_str)
+                == Some("base64");
         // Stages *pick deployment* to *translate response*, attempt by attempt.
         let Some(mut plan) = self.router.plan(&self.config, route, meter.now(), estimate) else {
             return Err(GatewayError::Internal(format!(

@@ -11,6 +11,7 @@
 //! | [`inputs`]    | key extraction, admin key bodies, the config document         |
 //! | [`mutate`]    | a JSON-aware mutator: one value of a valid document changed (edge numbers, type swaps, keys removed) |
 //! | [`pipeline`]  | a whole request through the gateway: status, error shape, SSE framing, one usage record |
+//! | [`scan`]      | the raw request scan against the tree parse: the same fields, the same estimate |
 
 pub mod cuts;
 pub mod decoders;
@@ -18,4 +19,5 @@ pub mod framing;
 pub mod inputs;
 pub mod mutate;
 pub mod pipeline;
+pub mod scan;
 pub mod setup;

@@ -369,6 +369,7 @@ pub fn recorded_answer(
 /// One client request body to `endpoint` through the whole pipeline, with
 /// recorded provider answers behind it.
 pub fn check_request(endpoint: Endpoint, body: &[u8]) {
+    crate::scan::check_scan(body);
     let answer = serve(endpoint, body, Arc::new(recorded_answer));
     check_answer(&answer, body_model(body).as_deref());
 }

@@ -2,7 +2,7 @@
 //!
 //! | route | client API | module |
 //! |---|---|---|
-//! | `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings` | OpenAI (the canonical form) | [`crate::providers`] |
+//! | `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings` | OpenAI (the canonical form; its body read without a tree where it can be: [`chat`]) | [`crate::providers`] |
 //! | `POST /v1/responses` | OpenAI Responses | [`responses`] |
 //! | `POST /v1/messages`, `POST /v1/messages/count_tokens` | Anthropic Messages | [`messages`] |
 //!
@@ -18,6 +18,7 @@
 //! in the client's API. Everything else (keys, limits, routing, fallbacks,
 //! metering) is the one pipeline of [`crate::gateway`].
 
+pub mod chat;
 pub mod messages;
 pub mod responses;
 
@@ -68,6 +69,17 @@ impl Provider for Fronted {
             _ => messages::request::to_chat(call, body)?,
         };
         self.inner.build_request(&as_chat(call), &mut chat)
+    }
+
+    fn splice_request(
+        &self,
+        call: &Call<'_>,
+        body: &chat::RawRequest<'_>,
+    ) -> Option<Result<http::Request<Bytes>, GatewayError>> {
+        if translated(self.inner.as_ref(), call) {
+            return None;
+        }
+        self.inner.splice_request(call, body)
     }
 
     fn translate_response(

@@ -15,7 +15,9 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 
-use super::openai::{map_openai_error, openai_stream, prepare_body, translate_openai};
+use super::openai::{
+    map_openai_error, openai_stream, prepare_body, splice_body, spliceable, translate_openai,
+};
 use super::{json_post, Call, Endpoint, Provider, StreamDecoder};
 use crate::wire::error::GatewayError;
 
@@ -49,6 +51,19 @@ fn segment(s: &str) -> String {
     out
 }
 
+impl Azure {
+    /// The URL of `call` on the deployment's endpoint.
+    fn deployment_url(&self, call: &Call<'_>) -> String {
+        format!(
+            "{}/openai/deployments/{}/{}?api-version={}",
+            self.base_url,
+            segment(call.model),
+            call.endpoint.path(),
+            segment(&self.api_version)
+        )
+    }
+}
+
 impl Provider for Azure {
     fn build_request(
         &self,
@@ -62,13 +77,7 @@ impl Provider for Azure {
                 self.base_url,
                 segment(&self.api_version)
             ),
-            _ => format!(
-                "{}/openai/deployments/{}/{}?api-version={}",
-                self.base_url,
-                segment(call.model),
-                call.endpoint.path(),
-                segment(&self.api_version)
-            ),
+            _ => self.deployment_url(call),
         };
         let body = prepare_body(
             body,
@@ -76,6 +85,19 @@ impl Provider for Azure {
             call.stream && call.endpoint != Endpoint::Responses,
         )?;
         json_post(&url, &[("api-key", &self.api_key)], body)
+    }
+
+    fn splice_request(
+        &self,
+        call: &Call<'_>,
+        body: &crate::frontdoors::chat::RawRequest<'_>,
+    ) -> Option<Result<http::Request<Bytes>, GatewayError>> {
+        if !spliceable(call.endpoint) {
+            return None;
+        }
+        let url = self.deployment_url(call);
+        let body = splice_body(body, call.model, call.stream);
+        Some(json_post(&url, &[("api-key", &self.api_key)], body))
     }
 
     fn translate_response(

@@ -208,6 +208,18 @@ pub trait Provider: MaybeSendSync {
         call: &Call<'_>,
         body: &mut Map<String, Value>,
     ) -> Result<http::Request<Bytes>, GatewayError>;
+    /// The HTTP request to send upstream, built from the client's raw
+    /// values without a tree, for a provider that speaks the client's
+    /// dialect ([`openai::splice_body`]); `None` (the default): the core
+    /// builds the tree and calls [`build_request`](Self::build_request).
+    fn splice_request(
+        &self,
+        call: &Call<'_>,
+        body: &crate::frontdoors::chat::RawRequest<'_>,
+    ) -> Option<Result<http::Request<Bytes>, GatewayError>> {
+        let _ = (call, body);
+        None
+    }
     /// A whole 2xx body, as an OpenAI response object.
     fn translate_response(
         &self,

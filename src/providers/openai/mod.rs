@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 pub mod passthrough;
 
 use super::{json_post, Call, Endpoint, Provider, StreamDecoder, StreamEvent};
+use crate::frontdoors::chat::RawRequest;
 use crate::wire::error::GatewayError;
 use crate::wire::sse::SseParser;
 use passthrough::PassedThrough;
@@ -30,13 +31,70 @@ pub struct OpenAi {
     authorization: Option<String>,
     /// The host serves `/responses` (OpenAI itself).
     responses_api: bool,
+    /// The parts of a spliced request that do not change between calls.
+    spliced: Option<SplicedTarget>,
+}
+
+/// The URLs of the spliceable endpoints and the `Authorization` header,
+/// parsed once: a request then costs reference-count increments, not a URL
+/// parse and header validation.
+struct SplicedTarget {
+    /// `chat/completions`, `completions`, `embeddings`, in that order.
+    uris: [http::Uri; 3],
+    authorization: Option<http::HeaderValue>,
+}
+
+impl SplicedTarget {
+    fn new(base_url: &str, authorization: Option<&str>) -> Option<Self> {
+        let uri = |e: Endpoint| http::Uri::try_from(format!("{base_url}/{}", e.path())).ok();
+        let authorization = match authorization {
+            Some(a) => {
+                let mut v = http::HeaderValue::from_str(a).ok()?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
+        Some(SplicedTarget {
+            uris: [
+                uri(Endpoint::ChatCompletions)?,
+                uri(Endpoint::Completions)?,
+                uri(Endpoint::Embeddings)?,
+            ],
+            authorization,
+        })
+    }
+
+    /// The request for a spliceable `endpoint`, with `body`.
+    fn request(&self, endpoint: Endpoint, body: Vec<u8>) -> Option<http::Request<Bytes>> {
+        let uri = match endpoint {
+            Endpoint::ChatCompletions => &self.uris[0],
+            Endpoint::Completions => &self.uris[1],
+            Endpoint::Embeddings => &self.uris[2],
+            Endpoint::Responses | Endpoint::Messages => return None,
+        };
+        let mut request = http::Request::new(Bytes::from(body));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = uri.clone();
+        let headers = request.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        if let Some(auth) = &self.authorization {
+            headers.insert(http::header::AUTHORIZATION, auth.clone());
+        }
+        Some(request)
+    }
 }
 
 impl OpenAi {
     pub fn new(base_url: String, api_key: Option<String>) -> Self {
+        let authorization = api_key.map(|k| format!("Bearer {k}"));
         OpenAi {
+            spliced: SplicedTarget::new(&base_url, authorization.as_deref()),
             base_url,
-            authorization: api_key.map(|k| format!("Bearer {k}")),
+            authorization,
             responses_api: false,
         }
     }
@@ -67,6 +125,26 @@ impl Provider for OpenAi {
             Some(auth) => json_post(&url, &[("authorization", auth)], body),
             None => json_post(&url, &[], body),
         }
+    }
+
+    fn splice_request(
+        &self,
+        call: &Call<'_>,
+        body: &RawRequest<'_>,
+    ) -> Option<Result<http::Request<Bytes>, GatewayError>> {
+        if !spliceable(call.endpoint) {
+            return None;
+        }
+        let body = splice_body(body, call.model, call.stream);
+        if let Some(target) = &self.spliced {
+            return target.request(call.endpoint, body).map(Ok);
+        }
+        // A base URL or key that does not parse: the error names it.
+        let url = format!("{}/{}", self.base_url, call.endpoint.path());
+        Some(match &self.authorization {
+            Some(auth) => json_post(&url, &[("authorization", auth)], body),
+            None => json_post(&url, &[], body),
+        })
     }
 
     fn translate_response(
@@ -157,6 +235,73 @@ pub(crate) fn prepare_body(
     }
     serde_json::to_vec(body)
         .map_err(|e| GatewayError::Internal(format!("cannot encode the request: {e}")))
+}
+
+/// Whether a call to `endpoint` goes upstream as the client's bytes with
+/// `model` spliced in ([`splice_body`]).
+pub fn spliceable(endpoint: Endpoint) -> bool {
+    matches!(
+        endpoint,
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings
+    )
+}
+
+/// [`prepare_body`] without a tree: the client's raw values in their order,
+/// `model` replaced by the deployment's, and for a stream `stream_options`
+/// with `include_usage: true` (added last when the client sent none). The
+/// upstream reads the same JSON as [`prepare_body`] prints; the bytes are
+/// the same too when the client's body was compact and canonical.
+pub fn splice_body(body: &RawRequest<'_>, model: &str, stream: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.bytes().len() + model.len() + 40);
+    let (mut has_model, mut has_options) = (false, false);
+    out.push(b'{');
+    for (key, value) in body.fields() {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        // The scan gave only unescaped keys: they print as they were written.
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
+        match *key {
+            "model" => {
+                has_model = true;
+                write_json_string(&mut out, model);
+            }
+            "stream_options" if stream => {
+                has_options = true;
+                match serde_json::from_str::<Value>(value.get()) {
+                    Ok(Value::Object(mut o)) => {
+                        o.insert("include_usage".into(), Value::Bool(true));
+                        // A map of JSON values always prints.
+                        let _ = serde_json::to_writer(&mut out, &o);
+                    }
+                    _ => out.extend_from_slice(INCLUDE_USAGE),
+                }
+            }
+            _ => out.extend_from_slice(value.get().as_bytes()),
+        }
+    }
+    if !has_model {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"model\":");
+        write_json_string(&mut out, model);
+    }
+    if stream && !has_options {
+        out.extend_from_slice(b",\"stream_options\":");
+        out.extend_from_slice(INCLUDE_USAGE);
+    }
+    out.push(b'}');
+    out
+}
+
+const INCLUDE_USAGE: &[u8] = b"{\"include_usage\":true}";
+
+fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// A whole OpenAI-format answer, normalised.
