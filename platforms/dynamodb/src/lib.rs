@@ -47,9 +47,10 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use conduit::keys::{check_presented, VirtualKey};
 use conduit::metering::limits::counters::{
-    settlement_writes, Condition, CounterWrite, KeyCounters, Update,
+    carry_writes, merge_writes, settlement_writes, Condition, CounterWrite, KeyCounters, Update,
 };
-use conduit::metering::limits::{Ask, LimitStatus, Rejection};
+use conduit::metering::limits::lease::{Carry, LeaseBook};
+use conduit::metering::limits::{Ask, LimitStatus, Rejection, Reservation};
 use conduit::metering::summary::{Counters, HourRow, SummaryQuery};
 use conduit::metering::usage::{UsageQuery, UsageRecord};
 use conduit::port;
@@ -97,9 +98,13 @@ fn get_s<'a>(item: &'a Item, k: &str) -> Option<&'a str> {
 }
 
 fn now_secs() -> u64 {
+    now_ms() / 1_000
+}
+
+fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
@@ -131,6 +136,12 @@ pub struct Dynamo {
     /// for `revocation_delay_ms` (the Lambda function: yes; the native
     /// server on a shared store keeps asking on every request).
     pub edge: bool,
+    /// Whether this container leases capacity of its hot keys
+    /// ([`conduit::metering::limits::lease`]): the Lambda function with
+    /// `revocation_delay_ms > 0`.
+    pub leasing: bool,
+    /// The container's leases and carried settlements, by key id.
+    leases: std::sync::Mutex<HashMap<String, LeaseBook>>,
 }
 
 impl Dynamo {
@@ -140,6 +151,8 @@ impl Dynamo {
             tables,
             trips: Trips::default(),
             edge: false,
+            leasing: false,
+            leases: std::sync::Mutex::default(),
         }
     }
 }
@@ -158,11 +171,14 @@ pub enum Trip {
     /// A usage record's writes: the record, its hour's counters and the
     /// key's last use (three per record).
     UsageWrite,
+    /// The delivery of a container's carried settlements and returned
+    /// leases, when no admission write took them along.
+    CarryWrite,
 }
 
 /// Round trips to DynamoDB since start, by kind (for `bench/lambda.sh`).
 #[derive(Debug, Default)]
-pub struct Trips([std::sync::atomic::AtomicU64; 5]);
+pub struct Trips([std::sync::atomic::AtomicU64; 6]);
 
 impl Trips {
     pub fn add(&self, kind: Trip) {
@@ -178,6 +194,7 @@ impl Trips {
             "admit_write": n(Trip::AdmitWrite),
             "settle_write": n(Trip::SettleWrite),
             "usage_write": n(Trip::UsageWrite),
+            "carry_write": n(Trip::CarryWrite),
         })
     }
 }
@@ -408,47 +425,223 @@ fn unavailable(e: impl std::fmt::Display) -> Rejection {
     }
 }
 
-port! {
-    impl Limiter for Dynamo {
-        async fn admit(&self, key: &VirtualKey, demand: &Demand) -> Result<Admission, Rejection> {
-            for attempt in 0..MAX_ATTEMPTS {
-                let item = self.key_item(&key.id).await.map_err(unavailable)?;
-                let current = Self::check(&item, &demand.key_hash).map_err(|error| Rejection { error, status: LimitStatus::default() })?;
-                let Some(item) = item else { break };
-                if current.limits.is_empty() && current.budget.is_none() {
-                    return Ok(Admission { key: Some(current), ..Admission::default() });
-                }
-                let ask = Ask {
-                    now_secs: now_secs(),
-                    limits: &current.limits,
-                    budget: current.budget.as_ref(),
-                    tokens: demand.tokens,
-                    cost_nanos: demand.cost_nanos,
-                    ttl_secs: demand.ttl_secs,
-                };
+impl Dynamo {
+    fn books(&self) -> std::sync::MutexGuard<'_, HashMap<String, LeaseBook>> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admission at the key item: a consistent read, then one conditional
+    /// write, retried when the item moved. Where the container leases
+    /// (`rate` is its observed rate for the key), the write may grant a
+    /// lease and carries `carry` along (emptied once delivered).
+    async fn admit_at_item(
+        &self,
+        key: &VirtualKey,
+        demand: &Demand,
+        rate: u64,
+        carry: &mut Carry,
+    ) -> Result<Admission, Rejection> {
+        for attempt in 0..MAX_ATTEMPTS {
+            let item = self.key_item(&key.id).await.map_err(unavailable)?;
+            let current = Self::check(&item, &demand.key_hash).map_err(|error| Rejection {
+                error,
+                status: LimitStatus::default(),
+            })?;
+            let Some(item) = item else { break };
+            if current.limits.is_empty() && current.budget.is_none() {
+                return Ok(Admission {
+                    key: Some(current),
+                    ..Admission::default()
+                });
+            }
+            let now = now_ms();
+            let ask = Ask {
+                now_secs: now / 1_000,
+                limits: &current.limits,
+                budget: current.budget.as_ref(),
+                tokens: demand.tokens,
+                cost_nanos: demand.cost_nanos,
+                ttl_secs: demand.ttl_secs,
+            };
+            if !self.leasing {
                 match item.counters.admit(&ask) {
-                    (Err(refusal), status) => return Err(Rejection { error: refusal.to_error(current.budget.as_ref()), status }),
+                    (Err(refusal), status) => {
+                        return Err(Rejection {
+                            error: refusal.to_error(current.budget.as_ref()),
+                            status,
+                        })
+                    }
                     (Ok((reservation, write)), status) => {
                         self.trips.add(Trip::AdmitWrite);
-                        if self.write_counters(&key.id, &write).await.map_err(unavailable)? {
-                            return Ok(Admission { reservation: Some(reservation), status, key: Some(current) });
+                        if self
+                            .write_counters(&key.id, &write)
+                            .await
+                            .map_err(unavailable)?
+                        {
+                            return Ok(Admission {
+                                reservation: Some(reservation),
+                                status,
+                                key: Some(current),
+                            });
                         }
                     }
                 }
                 Self::backoff(attempt).await;
+                continue;
             }
-            Err(unavailable("admission could not be written: too much contention on this key"))
+            let decided = item
+                .counters
+                .admit_leasing(&ask, now, rate, &demand.key_hash, carry);
+
+            let d = match decided {
+                (Err(refusal), status) => {
+                    return Err(Rejection {
+                        error: refusal.to_error(current.budget.as_ref()),
+                        status,
+                    })
+                }
+                (Ok(d), status) => (d, status),
+            };
+            let (d, status) = d;
+            let written = match &d.merged {
+                Some(w) => {
+                    self.trips.add(Trip::AdmitWrite);
+                    let ok = self.write_counters(&key.id, w).await.map_err(unavailable)?;
+                    if ok {
+                        *carry = Carry::default();
+                    }
+                    ok
+                }
+                None => {
+                    for w in &d.carry {
+                        self.trips.add(Trip::CarryWrite);
+                        // A failed condition: that second or period moved on.
+                        self.write_counters(&key.id, w).await.map_err(unavailable)?;
+                    }
+                    *carry = Carry::default();
+                    self.trips.add(Trip::AdmitWrite);
+                    self.write_counters(&key.id, &d.admission)
+                        .await
+                        .map_err(unavailable)?
+                }
+            };
+            if written {
+                if let Some(lease) = d.lease {
+                    let mut books = self.books();
+                    let book = books.entry(key.id.clone()).or_default();
+                    // Another request of this container got one meanwhile.
+                    book.close(now, true);
+                    book.lease = Some(lease);
+                }
+                return Ok(Admission {
+                    reservation: Some(d.reservation),
+                    status,
+                    key: Some(current),
+                });
+            }
+            Self::backoff(attempt).await;
+        }
+        Err(unavailable(
+            "admission could not be written: too much contention on this key",
+        ))
+    }
+
+    /// Settles a reservation admitted at the item.
+    async fn settle_at_item(
+        &self,
+        key: &VirtualKey,
+        reservation: &Reservation,
+        settlement: Settlement,
+    ) {
+        // The key's budget as admitted (a PATCH since then applies to later requests).
+        for write in settlement_writes(
+            reservation,
+            key.budget.as_ref(),
+            settlement.tokens,
+            settlement.cost_nanos,
+        ) {
+            self.trips.add(Trip::SettleWrite);
+            // A failed condition: the slot or period moved on, nothing to correct there.
+            if let Err(e) = self.write_counters(&key.id, &write).await {
+                eprintln!("conduit: settlement for key {} failed: {}", key.id, e);
+            }
+        }
+    }
+
+    /// Delivers a container's carry: one write when the parts can be one
+    /// (and all still apply), else part by part. Given back to the book if
+    /// the store fails.
+    async fn deliver(&self, key: &VirtualKey, carry: Carry) {
+        let writes = carry_writes(&carry, key.budget.as_ref().map(|b| b.period));
+        if let Some(w) = merge_writes(&writes).filter(|_| writes.len() > 1) {
+            self.trips.add(Trip::CarryWrite);
+            match self.write_counters(&key.id, &w).await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => {
+                    eprintln!("conduit: settlement for key {} failed: {}", key.id, e);
+                    self.books()
+                        .entry(key.id.clone())
+                        .or_default()
+                        .carry
+                        .absorb(carry);
+                    return;
+                }
+            }
+        }
+        for w in &writes {
+            self.trips.add(Trip::CarryWrite);
+            // A failed condition: the slot, day or period moved on.
+            if let Err(e) = self.write_counters(&key.id, w).await {
+                eprintln!("conduit: settlement for key {} failed: {}", key.id, e);
+            }
+        }
+    }
+}
+
+port! {
+    impl Limiter for Dynamo {
+        async fn admit(&self, key: &VirtualKey, demand: &Demand) -> Result<Admission, Rejection> {
+            if !self.leasing || (key.limits.is_empty() && key.budget.is_none()) {
+                return self.admit_at_item(key, demand, 0, &mut Carry::default()).await;
+            }
+            // The container's lease first; else the item, with the carry.
+            let now = now_ms();
+            let (mut carry, rate) = {
+                let mut books = self.books();
+                let book = books.entry(key.id.clone()).or_default();
+                if let Some((reservation, status)) = book.admit(now, &demand.key_hash, demand.tokens, demand.cost_nanos) {
+                    return Ok(Admission { reservation: Some(reservation), status, key: None });
+                }
+                book.close(now, true);
+                (book.take_carry(), book.rate.per_sec(now))
+            };
+            let result = self.admit_at_item(key, demand, rate, &mut carry).await;
+            if !carry.is_empty() {
+                // Not delivered: it goes with the next call.
+                self.books().entry(key.id.clone()).or_default().carry.absorb(carry);
+            }
+            result
         }
 
         async fn settle(&self, key: &VirtualKey, admission: &Admission, settlement: Settlement) {
             let Some(reservation) = admission.reservation else { return };
-            // The key's budget as admitted (a PATCH since then applies to later requests).
-            for write in settlement_writes(&reservation, key.budget.as_ref(), settlement.tokens, settlement.cost_nanos) {
-                self.trips.add(Trip::SettleWrite);
-                // A failed condition: the slot or period moved on, nothing to correct there.
-                if let Err(e) = self.write_counters(&key.id, &write).await {
-                    eprintln!("conduit: settlement for key {} failed: {}", key.id, e);
-                }
+            if !reservation.leased {
+                return self.settle_at_item(key, &reservation, settlement).await;
+            }
+            // Into the lease, or carried: delivered when due, or once the
+            // lease is over (before the invocation ends).
+            let now = now_ms();
+            let carry = {
+                let mut books = self.books();
+                let book = books.entry(key.id.clone()).or_default();
+                book.settle(now, &reservation, settlement.tokens, settlement.cost_nanos, key.budget.is_some());
+                book.close(now, false);
+                let due = !book.carry.is_empty() && (book.lease.is_none() || book.carry.due(now));
+                due.then(|| book.take_carry())
+            };
+            if let Some(carry) = carry {
+                self.deliver(key, carry).await;
             }
         }
 

@@ -27,8 +27,8 @@
 //!   near a limit, are admitted by the authority request by request,
 //!   exactly as before.
 //! - **Size.** From the rate the holder observes (its own admissions of
-//!   the key in the current and the previous second, [`RateMeter`]): what
-//!   that rate needs for the lease's validity, at most
+//!   the key in the current and the previous second, [`RateMeter`]):
+//!   [`HEADROOM`] times what that rate needs for the lease's validity, at most
 //!   [`MAX_LEASE_REQUESTS`]; under [`MIN_LEASE_REQUESTS`] a second, no
 //!   lease. Tokens and cost are the asking request's estimates times the
 //!   requests.
@@ -37,8 +37,9 @@
 //!   holds a request and the request's estimated tokens and cost.
 //!   Otherwise it goes to the authority (which may grant a new lease).
 //! - **Settlement.** A leased request's settlement corrects the lease
-//!   (what it did not use goes back into the lease while it is valid) or,
-//!   once the lease is over, is carried ([`Carry`]) to the authority with
+//!   (what it did not use goes back into the lease while it is valid);
+//!   what it used beyond its estimate, or anything once the lease is
+//!   over, is carried ([`Carry`]) to the authority with
 //!   the next call: one call carries many settlements.
 //! - **Return.** A lease that is over (expired, or replaced) gives back
 //!   its unused requests, tokens and cost with the next call (or the
@@ -68,6 +69,8 @@ pub const MIN_LIMIT: u64 = 100;
 /// The smallest lease worth granting (and the rate, per second, under
 /// which a holder asks for none).
 pub const MIN_LEASE_REQUESTS: u64 = 2;
+/// A lease is sized for this many times the observed rate.
+pub const HEADROOM: u64 = 2;
 /// The largest lease, in requests.
 pub const MAX_LEASE_REQUESTS: u64 = 64;
 /// A lease shorter than this is not granted (the end of a second).
@@ -116,8 +119,11 @@ pub fn lease_terms(
     if validity < MIN_VALIDITY_MS {
         return None;
     }
+    // Twice what the rate needs: the rate is a guess from the last second,
+    // and what is not used goes back.
     let mut n = rate
         .saturating_mul(validity)
+        .saturating_mul(HEADROOM)
         .div_ceil(1_000)
         .min(MAX_LEASE_REQUESTS);
     if limits.rpm.is_some() {
@@ -385,14 +391,17 @@ impl LeaseBook {
             .as_mut()
             .filter(|l| l.valid(now_ms) && l.id == r.id && l.sec == r.sec)
         {
-            // Less than estimated: the lease gets it back. More: the lease
-            // pays what it can.
-            let t = token_delta.min(signed(l.tokens_left));
-            l.tokens_left = l.tokens_left.saturating_add_signed(-t);
-            token_delta -= t;
-            let c = cost_delta.min(signed(l.cost_left));
-            l.cost_left = l.cost_left.saturating_add_signed(-c);
-            cost_delta -= c;
+            // Less than estimated: the lease gets it back. More: carried
+            // to the key as any settlement's excess (the lease is for
+            // admissions still to come).
+            if token_delta < 0 {
+                l.tokens_left = l.tokens_left.saturating_add(token_delta.unsigned_abs());
+                token_delta = 0;
+            }
+            if cost_delta < 0 {
+                l.cost_left = l.cost_left.saturating_add(cost_delta.unsigned_abs());
+                cost_delta = 0;
+            }
         }
         if token_delta != 0 || cost_delta != 0 || cost_nanos != 0 {
             let s = self.carry.slot(now_ms, r.sec);

@@ -237,7 +237,7 @@ fn a_returned_lease_gives_its_unused_part_back() {
     let t0 = 1_700_000_000_000;
     // Two requests in a second make the rate: the second gets a lease.
     let mut admitted = Vec::new();
-    for i in 0..5 {
+    for i in 0..4 {
         let now = t0 + i * 10;
         let r = match book.admit(now, HASH, 100, 1_000) {
             Some((r, _)) => r,
@@ -247,10 +247,10 @@ fn a_returned_lease_gives_its_unused_part_back() {
     }
     let lease = book.lease.clone().expect("a lease at 2 requests a second");
     assert!(lease.requests_left >= 1);
-    assert_eq!(admitted.iter().filter(|r| r.leased).count(), 4);
+    assert_eq!(admitted.iter().filter(|r| r.leased).count(), 3);
     let s = auth.status(t0 / 1_000, &l, Some(&b));
     let granted_requests = 1_000 - s.requests.unwrap().1;
-    assert_eq!(granted_requests, 5 + lease.requests_left);
+    assert_eq!(granted_requests, 4 + lease.requests_left);
     // The leased request settles at half its estimate; the lease expires
     // and is returned with the next call.
     let leased = admitted[1];
@@ -263,15 +263,15 @@ fn a_returned_lease_gives_its_unused_part_back() {
     let s = auth.status(t0 / 1_000 + 1, &l, Some(&b));
     assert_eq!(
         1_000 - s.requests.unwrap().1,
-        5,
+        4,
         "only what was used still counts"
     );
-    assert_eq!(100_000 - s.tokens.unwrap().1, 4 * 100 + 50);
+    assert_eq!(100_000 - s.tokens.unwrap().1, 3 * 100 + 50);
     // The one admitted alone is still reserved at its estimate; the lease
     // is spent at what its requests used (the settled one) or were
-    // estimated to use (the three in flight, corrected when they settle).
+    // estimated to use (the two in flight, corrected when they settle).
     assert_eq!(s.reserved_nanos, 1_000);
-    assert_eq!(s.spent_nanos, 3 * 1_000 + 500);
+    assert_eq!(s.spent_nanos, 2 * 1_000 + 500);
 }
 
 #[test]
@@ -321,6 +321,8 @@ fn no_lease_for_a_small_limit_or_near_one() {
     assert!(lease_terms(t, t / 1_000, &l(1_000), None, &status(19), 1, 0, 50).is_none());
     let terms = lease_terms(t, t / 1_000, &l(1_000), None, &status(200), 1, 0, 50).unwrap();
     assert_eq!(terms.requests, 20, "a tenth of what is left");
+    let terms = lease_terms(t, t / 1_000, &l(1_000), None, &status(1_000), 1, 0, 20).unwrap();
+    assert_eq!(terms.requests, 40, "twice the rate");
     let terms = lease_terms(
         t + 500,
         t / 1_000,
@@ -333,8 +335,8 @@ fn no_lease_for_a_small_limit_or_near_one() {
     )
     .unwrap();
     assert_eq!(
-        terms.requests, 25,
-        "the rate for what is left of the second"
+        terms.requests, 50,
+        "twice the rate, for what is left of the second"
     );
     assert_eq!(terms.expires_at_ms, t + 1_000);
     assert!(lease_terms(
