@@ -57,6 +57,8 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use super::state::{Ask, KeyLimitState, LimitStatus, Refusal, Reservation};
 use crate::keys::{Budget, Limits};
 
@@ -81,7 +83,7 @@ pub const FLUSH_COUNT: u64 = 32;
 pub const FLUSH_AFTER_MS: u64 = 1_000;
 
 /// What a lease grants: the `Ask` and request count to admit it with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseTerms {
     pub requests: u64,
     /// For all requests together.
@@ -262,7 +264,7 @@ impl Lease {
 }
 
 /// What one second's slot of the key gets back or is corrected by.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotCarry {
     /// Requests of a lease never used: they leave the slot and the day.
     pub unused_requests: u64,
@@ -277,7 +279,7 @@ pub struct SlotCarry {
 /// Corrections on their way to the authority, by the second they belong
 /// to: returned leases and the settlements of leased requests. Additive,
 /// so one call carries any number of them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Carry {
     pub slots: BTreeMap<u64, SlotCarry>,
     /// Settlements and returns carried.
