@@ -281,6 +281,9 @@ pub struct SlotCarry {
 /// so one call carries any number of them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Carry {
+    /// On the wire as `[[sec, slot], ...]` (a JSON object's keys are
+    /// strings, which not every deserializer turns into numbers).
+    #[serde(with = "slots_as_pairs")]
     pub slots: BTreeMap<u64, SlotCarry>,
     /// Settlements and returns carried.
     pub count: u64,
@@ -288,6 +291,26 @@ pub struct Carry {
     pub since_ms: Option<u64>,
     /// Leases to release at a Durable Object (their reservation ids).
     pub released: Vec<u64>,
+}
+
+mod slots_as_pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::SlotCarry;
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<u64, SlotCarry>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<u64, SlotCarry>, D::Error> {
+        Ok(Vec::<(u64, SlotCarry)>::deserialize(d)?
+            .into_iter()
+            .collect())
+    }
 }
 
 fn signed(v: u64) -> i64 {

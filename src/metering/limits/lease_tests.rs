@@ -352,3 +352,22 @@ fn no_lease_for_a_small_limit_or_near_one() {
     .is_none());
     assert!(lease_terms(t, t / 1_000, &l(1_000), None, &status(1_000), 1, 0, 1).is_none());
 }
+
+#[test]
+fn a_carry_goes_over_the_wire_as_pairs() {
+    let mut book = LeaseBook::default();
+    let r = Reservation {
+        id: 3,
+        sec: 1_796_608_922,
+        tokens: 10,
+        cost_nanos: 100,
+        expires_at: 0,
+        leased: true,
+    };
+    book.settle(1_796_608_923_000, &r, 12, 90, true);
+    let carry = book.take_carry();
+    let v = serde_json::to_value(&carry).unwrap();
+    assert_eq!(v["slots"][0][0], 1_796_608_922u64);
+    let back: Carry = serde_json::from_value(v).unwrap();
+    assert_eq!(back, carry);
+}
