@@ -30,7 +30,9 @@
 //!   Writers of that second add to one number under one bound, exactly as a
 //!   serial admitter would see it.
 //! - The first admission of a new second `SET`s `whi` and its slot, on the
-//!   condition that `whi` is still what was read.
+//!   condition that `whi` is still what was read and (with `rpm`, `tpm`)
+//!   that the slot of `whi` has not grown since: admissions of that second
+//!   may still be adding to it.
 //! - Tokens in older slots change only by settlement, which is
 //!   unconditional in the state machine as well: an admission that read
 //!   before it is ordered before it.
@@ -270,6 +272,22 @@ impl KeyCounters {
         } else {
             // A new second: its slot starts over (what it held left the window).
             w.conditions.push(epoch_is(HI, self.hi));
+            // Admissions in the second `whi` may still add to its slot while
+            // `whi` stays: the decision holds only if that slot has not grown
+            // since it was read (else re-read, as for a changed `whi`).
+            if let Some(hi) = self.hi.filter(|hi| hi + SLOTS > now) {
+                let [_, hi_requests, hi_tokens] = slot_attrs(hi % SLOTS);
+                let read = self.slots[(hi % SLOTS) as usize]
+                    .filter(|s| s.sec == hi)
+                    .unwrap_or_default();
+                if ask.limits.rpm.is_some() {
+                    w.conditions
+                        .push(Condition::AtMost(hi_requests, read.requests));
+                }
+                if ask.limits.tpm.is_some() {
+                    w.conditions.push(Condition::AtMost(hi_tokens, read.tokens));
+                }
+            }
             w.updates.push(Update::Set(HI.into(), now));
             w.updates.push(Update::Set(s_attr, now));
             w.updates.push(Update::Set(r_attr, requests));

@@ -486,6 +486,27 @@ mod counter_layout {
         );
     }
 
+    /// At a second's boundary: one admitter reads in the new second while
+    /// another (a clock a little behind) still adds to the old one; the new
+    /// second's write must not pass on a stale count.
+    #[test]
+    fn a_new_second_does_not_overtake_the_old_seconds_adds() {
+        let l = limits(Some(5), None, Some(1_000));
+        let mut item = Item::default();
+        for _ in 0..4 {
+            let (r, _) = item.read().admit(&ask(1_000, &l, None, 10, 0));
+            assert!(item.write(&r.unwrap().1));
+        }
+        let late = item.read().admit(&ask(1_001, &l, None, 10, 0)).0.unwrap().1;
+        let old = item.read().admit(&ask(1_000, &l, None, 10, 0)).0.unwrap().1;
+        assert!(item.write(&old), "the fifth, in the old second");
+        assert!(!item.write(&late), "the stale new-second write fails");
+        assert!(
+            item.read().admit(&ask(1_001, &l, None, 10, 0)).0.is_err(),
+            "re-read: refused"
+        );
+    }
+
     #[test]
     fn budget_is_never_exceeded_under_races() {
         let l = limits(None, None, None);
