@@ -594,9 +594,13 @@ for scenario in \
 done
 HKEY=$(hot_key '{"name":"hot","limits":{"rpm":100000000,"tpm":1000000000},"budget":{"max_usd":1000000,"period":"total"}}')
 log "hot key: $HOT_RATE req/s offered for ${HOT_DURATION}s, $HOT_INSTANCES instances"
+sleep 1
+before=$(trips_sum)
 run_fg "$BIN_DIR/bench-load" rate --url "$HOT_URL/v1/chat/completions" --header "Authorization: Bearer $HKEY" \
   --body-file "$OUT/lambda/body.json" --warmup 0 --rate "$HOT_RATE" --duration-s "$HOT_DURATION" \
   --connections 64 --out "$OUT/hot.json" >/dev/null || log "hot-key load failed"
+sleep 1
+printf '%s\t%s\t%s\n' "hot key, generous limits ($HOT_RATE req/s)" "$before" "$(trips_sum)" >>"$OUT/trips.tsv"
 cp "$WORK/hot.err" "$OUT/hot-runner.log" 2>/dev/null || true
 stop_and_forget "$HOT_PID"
 
