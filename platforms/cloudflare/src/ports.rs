@@ -28,7 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use conduit::compat::BoxFuture;
 use conduit::keys::VirtualKey;
-use conduit::metering::limits::lease::{Carry, Lease, LeaseBook, LeaseTerms};
+use conduit::metering::limits::lease::{book_of, Carry, Lease, LeaseBook, LeaseTerms};
 use conduit::metering::limits::{LimitStatus, Refusal, Rejection};
 use conduit::metering::summary::{HourRow, SummaryQuery};
 use conduit::metering::usage::{UsageQuery, UsageRecord};
@@ -267,11 +267,7 @@ impl ObjectLimiter {
     /// Gives an undelivered carry back to the key's book.
     fn keep(&self, key_id: &str, carry: Carry) {
         if !carry.is_empty() {
-            self.books()
-                .entry(key_id.to_owned())
-                .or_default()
-                .carry
-                .absorb(carry);
+            book_of(&mut self.books(), key_id).carry.absorb(carry);
         }
     }
 }
@@ -343,7 +339,7 @@ port! {
             let now = now_ms();
             let carry = {
                 let mut books = self.books();
-                let book = books.entry(key.id.clone()).or_default();
+                let book = book_of(&mut books, &key.id);
                 if let Some((reservation, status)) = book.admit(now, &demand.key_hash, demand.tokens, demand.cost_nanos) {
                     return Ok(Admission { reservation: Some(reservation), status, key: None });
                 }
@@ -365,7 +361,7 @@ port! {
                 let mut lease = Lease::new(&granted, &terms, &demand.key_hash, admission.status.clone());
                 admission.reservation = lease.spend(now_ms().min(terms.expires_at_ms.saturating_sub(1)), &demand.key_hash, demand.tokens, demand.cost_nanos);
                 let mut books = self.books();
-                let book = books.entry(key.id.clone()).or_default();
+                let book = book_of(&mut books, &key.id);
                 // Another request of this isolate got one meanwhile.
                 book.close(now_ms(), true);
                 book.lease = Some(lease);
@@ -381,7 +377,7 @@ port! {
                 let now = now_ms();
                 let carry = {
                     let mut books = self.books();
-                    let book = books.entry(key.id.clone()).or_default();
+                    let book = book_of(&mut books, &key.id);
                     book.settle(now, &reservation, settlement.tokens, settlement.cost_nanos, key.budget.is_some());
                     book.close(now, false);
                     let due = !book.carry.is_empty() && (book.lease.is_none() || book.carry.due(now));

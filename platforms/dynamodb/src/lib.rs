@@ -49,7 +49,7 @@ use conduit::keys::{check_presented, VirtualKey};
 use conduit::metering::limits::counters::{
     carry_writes, merge_writes, settlement_writes, Condition, CounterWrite, KeyCounters, Update,
 };
-use conduit::metering::limits::lease::{Carry, LeaseBook};
+use conduit::metering::limits::lease::{book_of, Carry, LeaseBook};
 use conduit::metering::limits::{Ask, LimitStatus, Rejection, Reservation};
 use conduit::metering::summary::{Counters, HourRow, SummaryQuery};
 use conduit::metering::usage::{UsageQuery, UsageRecord};

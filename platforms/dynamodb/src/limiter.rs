@@ -119,7 +119,7 @@ impl Dynamo {
             if written {
                 if let Some(lease) = d.lease {
                     let mut books = self.books();
-                    let book = books.entry(key.id.clone()).or_default();
+                    let book = book_of(&mut books, &key.id);
                     // Another request of this container got one meanwhile.
                     book.close(now, true);
                     book.lease = Some(lease);
@@ -171,11 +171,7 @@ impl Dynamo {
                 Ok(false) => {}
                 Err(e) => {
                     eprintln!("conduit: settlement for key {} failed: {}", key.id, e);
-                    self.books()
-                        .entry(key.id.clone())
-                        .or_default()
-                        .carry
-                        .absorb(carry);
+                    book_of(&mut self.books(), &key.id).carry.absorb(carry);
                     return;
                 }
             }
@@ -200,7 +196,7 @@ port! {
             let now = now_ms();
             let (mut carry, rate) = {
                 let mut books = self.books();
-                let book = books.entry(key.id.clone()).or_default();
+                let book = book_of(&mut books, &key.id);
                 if let Some((reservation, status)) = book.admit(now, &demand.key_hash, demand.tokens, demand.cost_nanos) {
                     return Ok(Admission { reservation: Some(reservation), status, key: None });
                 }
@@ -210,7 +206,7 @@ port! {
             let result = self.admit_at_item(key, demand, rate, &mut carry).await;
             if !carry.is_empty() {
                 // Not delivered: it goes with the next call.
-                self.books().entry(key.id.clone()).or_default().carry.absorb(carry);
+                book_of(&mut self.books(), &key.id).carry.absorb(carry);
             }
             result
         }
@@ -225,7 +221,7 @@ port! {
             let now = now_ms();
             let carry = {
                 let mut books = self.books();
-                let book = books.entry(key.id.clone()).or_default();
+                let book = book_of(&mut books, &key.id);
                 book.settle(now, &reservation, settlement.tokens, settlement.cost_nanos, key.budget.is_some());
                 book.close(now, false);
                 let due = !book.carry.is_empty() && (book.lease.is_none() || book.carry.due(now));

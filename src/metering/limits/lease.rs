@@ -354,6 +354,23 @@ impl Carry {
     }
 }
 
+/// Books kept per holder before idle ones (no lease, nothing carried)
+/// are dropped.
+pub const MAX_BOOKS: usize = 10_000;
+
+/// The book of `key_id` in a holder's `books`, made if missing. Past
+/// [`MAX_BOOKS`], the books that hold nothing are dropped first (only
+/// their rate is lost).
+pub fn book_of<'a>(
+    books: &'a mut std::collections::HashMap<String, LeaseBook>,
+    key_id: &str,
+) -> &'a mut LeaseBook {
+    if books.len() >= MAX_BOOKS && !books.contains_key(key_id) {
+        books.retain(|_, b| b.lease.is_some() || !b.carry.is_empty());
+    }
+    books.entry(key_id.to_owned()).or_default()
+}
+
 /// One holder's (isolate's, container's) leasing of one key.
 #[derive(Debug, Clone, Default)]
 pub struct LeaseBook {

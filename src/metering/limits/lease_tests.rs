@@ -371,3 +371,23 @@ fn a_carry_goes_over_the_wire_as_pairs() {
     let back: Carry = serde_json::from_value(v).unwrap();
     assert_eq!(back, carry);
 }
+
+#[test]
+fn past_the_cap_only_idle_books_are_dropped() {
+    let mut books = std::collections::HashMap::new();
+    for i in 0..MAX_BOOKS {
+        book_of(&mut books, &format!("k{i}"));
+    }
+    let r = Reservation {
+        id: 1,
+        sec: 10,
+        tokens: 5,
+        cost_nanos: 0,
+        expires_at: 0,
+        leased: true,
+    };
+    book_of(&mut books, "k7").settle(10_500, &r, 9, 0, false);
+    book_of(&mut books, "new");
+    assert_eq!(books.len(), 2, "the one carrying something and the new one");
+    assert!(!books["k7"].carry.is_empty());
+}
