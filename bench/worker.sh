@@ -30,6 +30,9 @@ INSPECTOR=${BENCH_WORKER_INSPECTOR:-0}    # 1: keep wrangler's DevTools inspecto
 STRICT=${BENCH_STRICT:-0}                 # 1: exit 1 when a target is missed
 TRIPS_RATE=${BENCH_TRIPS_RATE:-100}       # req/s of each store-round-trip phase (one key each)
 TRIPS_DURATION=${BENCH_TRIPS_DURATION:-3} # seconds per store-round-trip phase
+# The key of the latency phases: no limits by default; e.g. generous limits and a budget (admitted
+# from leases): BENCH_KEY_JSON='{"name":"bench","limits":{"rpm":100000000},"budget":{"max_usd":1000000,"period":"total"}}'
+KEY_JSON=${BENCH_KEY_JSON:-'{"name":"bench"}'}
 GZIP_TARGET_KIB=1024
 
 UPSTREAM_KEY="bench-upstream-key"
@@ -249,7 +252,7 @@ EOF
 } >"$d/.dev.vars"
 start_wrangler conduit "$d"
 code=$(curl -sS -o "$d/key.json" -w '%{http_code}' --max-time 30 -X POST "$WR_URL/admin/keys" \
-  -H "Authorization: Bearer $MASTER_KEY" -H 'Content-Type: application/json' -d '{"name":"bench"}') ||
+  -H "Authorization: Bearer $MASTER_KEY" -H 'Content-Type: application/json' -d "$KEY_JSON") ||
   die "POST /admin/keys failed"
 [[ $code == 200 || $code == 201 ]] || die "POST /admin/keys answered $code: $(cat "$d/key.json")"
 KEY=$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1],"utf8")).key||"")' "$d/key.json")
@@ -470,6 +473,7 @@ console.log(L.join("\n"));
 process.exit(missed && E.R_STRICT === "1" ? 1 : 0);
 EOF
 # store round trips per request, from the before/after snapshots
+printf '\nConduit key of the latency phases: `%s`.\n' "$KEY_JSON" >>"$OUT/table.md"
 node - "$OUT/trips.tsv" >>"$OUT/table.md" <<'EOF' || true
 const rows = require("fs").readFileSync(process.argv[2], "utf8").trim().split("\n").map((l) => l.split("\t"));
 const kinds = ["kv_read", "admit", "settle", "usage", "other"];

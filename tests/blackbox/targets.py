@@ -213,6 +213,7 @@ class WorkerTarget(Target):
             raise TargetError("wrangler not installed (npm ci)")
         self.tmpdir = tempfile.TemporaryDirectory(prefix="conduit-worker-")
         d = Path(self.tmpdir.name)
+        self._config_env = (config_toml, env)
         toml = (REPO_ROOT / "wrangler.toml").read_text(encoding="utf-8")
         toml = re.sub(r'^main = ".*"$', f'main = "{bundle}"', toml, flags=re.M)
         toml = re.sub(r"^\[build\]\n(?:(?!\[).*\n)*", "", toml, flags=re.M)
@@ -220,6 +221,20 @@ class WorkerTarget(Target):
         dev_vars = {"CONDUIT_CONFIG": config_toml, **env}
         (d / ".dev.vars").write_text(
             "".join(f"{k}={_dev_vars_value(v)}\n" for k, v in dev_vars.items()), encoding="utf-8")
+        return self._launch(d)
+
+    def kill_and_restart(self) -> str:
+        """Kills wrangler dev and its workerd at once (SIGKILL: the isolate dies with what it
+        holds in memory), then starts it again on the same persisted state (KV, Durable Objects)."""
+        assert self.proc is not None and self.tmpdir is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=5)
+        for t in self._threads:
+            t.join(timeout=1)
+        return self._launch(Path(self.tmpdir.name))
+
+    def _launch(self, d: Path) -> str:
+        wrangler = REPO_ROOT / "node_modules/.bin/wrangler"
         port = _free_port()
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUIT_")}
         full_env.update({"WRANGLER_SEND_METRICS": "false", "CLOUDFLARE_CF_FETCH_ENABLED": "false",

@@ -109,6 +109,9 @@ async fn gateway() -> Result<(Gateway, Arc<Dynamo>), String> {
     );
     // The key item's record is trusted for `revocation_delay_ms` (README, "Limits").
     dynamo.edge = true;
+    // Hot keys with limits or a budget are admitted from leases (README,
+    // "Limits"); `revocation_delay_ms = 0` asks the item on every request.
+    dynamo.leasing = config.gateway.revocation_delay_ms > 0;
     let dynamo = Arc::new(dynamo);
     if std::env::var("CONDUIT_CREATE_TABLES").is_ok_and(|v| v == "1" || v == "true") {
         dynamo

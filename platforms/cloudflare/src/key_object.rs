@@ -12,9 +12,15 @@
 //! |--------------------|-----------------------------------------------------------------|
 //! | `PUT /key`         | `{record, hash}`: the key as the admin API last wrote it        |
 //! | `DELETE /key`      | the key is revoked                                              |
-//! | `POST /admit`      | `{hash, fallback, demand}` → `{admission}`, `{rejection}` or `{unauthorized}` |
+//! | `POST /admit`      | `{hash, fallback, demand, rate?, carry?}` → `{admission, lease?}`, `{rejection}` or `{unauthorized}` |
 //! | `POST /verify`     | `{hash, fallback}` → `{ok}` or `{unauthorized}`                 |
-//! | `POST /settle`     | `{reservation, tokens, cost_nanos}`                              |
+//! | `POST /settle`     | `{reservation, tokens, cost_nanos}`, or `{carry}`               |
+//!
+//! **Leases** ([`conduit::metering::limits::lease`]): an `/admit` that
+//! gives the isolate's observed `rate` may be answered with a lease (the
+//! reservation of several requests, its terms); the isolate spends it
+//! locally. A `carry` (returned leases, settled leased requests) is taken
+//! back first, on `/admit` or `/settle`.
 //! | `GET /status`      | the key's [`LimitStatus`]                                       |
 //! | `POST /usage`      | a usage record; also added to its hour's counters               |
 //! | `POST /usage/query`| a [`UsageQuery`] → `{data: [records]}`: one page, newest first  |
@@ -24,6 +30,7 @@
 use std::cell::RefCell;
 
 use conduit::keys::VirtualKey;
+use conduit::metering::limits::lease::{lease_terms, Carry};
 use conduit::metering::limits::{Ask, KeyLimitState, LimitStatus, Reservation};
 use conduit::metering::summary::{Counters, HourRow, SummaryQuery};
 use conduit::metering::usage::{StatusFilter, UsageQuery, UsageRecord};
@@ -68,6 +75,12 @@ struct AdmitIn {
     hash: String,
     fallback: Value,
     demand: Option<DemandIn>,
+    /// The isolate's observed rate for this key (it may take a lease).
+    #[serde(default)]
+    rate: Option<u64>,
+    /// What the isolate carries back.
+    #[serde(default)]
+    carry: Option<Carry>,
 }
 
 #[derive(Deserialize)]
@@ -101,6 +114,10 @@ struct LastRow {
 
 fn now_secs() -> u64 {
     worker::Date::now().as_millis() / 1000
+}
+
+fn now_ms() -> u64 {
+    worker::Date::now().as_millis()
 }
 
 impl KeyObject {
@@ -192,39 +209,19 @@ impl KeyObject {
     }
 
     fn admit(&self, input: AdmitIn) -> Result<Value> {
-        let now = now_secs();
+        let now_ms = now_ms();
+        let now = now_ms / 1_000;
         let (answer, dirty) = self.with(|loaded| {
-            if let Err(msg) = Self::check(loaded, &input.hash, &input.fallback) {
-                return (json!({ "unauthorized": msg }), false);
-            }
-            let Some(key) = loaded.record.clone() else {
-                return (json!({ "unauthorized": "Incorrect API key provided." }), false);
+            let carried = match &input.carry {
+                Some(carry) if !carry.is_empty() => {
+                    let budget = loaded.record.as_ref().and_then(|k| k.budget.clone());
+                    loaded.limits.take_back(now, budget.as_ref(), carry);
+                    true
+                }
+                _ => false,
             };
-            // The authoritative record goes back with every answer.
-            let record = key.to_storage_json();
-            let Some(demand) = &input.demand else {
-                return (json!({ "ok": true, "key": record }), false);
-            };
-            if key.limits.is_empty() && key.budget.is_none() {
-                return (
-                    json!({ "admission": { "reservation": null, "status": LimitStatus::default() }, "key": record }),
-                    false,
-                );
-            }
-            let ask = Ask {
-                now_secs: now,
-                limits: &key.limits,
-                budget: key.budget.as_ref(),
-                tokens: demand.tokens,
-                cost_nanos: demand.cost_nanos,
-                ttl_secs: demand.ttl_secs,
-            };
-            let result = loaded.limits.admit(&ask);
-            let status = loaded.limits.status(now, &key.limits, key.budget.as_ref());
-            match result {
-                Ok(r) => (json!({ "admission": { "reservation": r, "status": status }, "key": record }), true),
-                Err(refusal) => (json!({ "rejection": { "refusal": refusal, "status": status } }), true),
-            }
+            let (answer, dirty) = Self::decide(loaded, &input, now_ms);
+            (answer, dirty || carried)
         })?;
         if dirty {
             // Not saved, not admitted: the error answers 503 and memory goes back to
@@ -233,6 +230,74 @@ impl KeyObject {
             self.persisted(self.save_limits(&state))?;
         }
         Ok(answer)
+    }
+
+    /// The answer to an `/admit` or `/verify`, and whether the state changed.
+    fn decide(loaded: &mut Loaded, input: &AdmitIn, now_ms: u64) -> (Value, bool) {
+        let now = now_ms / 1_000;
+        if let Err(msg) = Self::check(loaded, &input.hash, &input.fallback) {
+            return (json!({ "unauthorized": msg }), false);
+        }
+        let Some(key) = loaded.record.clone() else {
+            return (
+                json!({ "unauthorized": "Incorrect API key provided." }),
+                false,
+            );
+        };
+        // The authoritative record goes back with every answer.
+        let record = key.to_storage_json();
+        let Some(demand) = &input.demand else {
+            return (json!({ "ok": true, "key": record }), false);
+        };
+        if key.limits.is_empty() && key.budget.is_none() {
+            return (
+                json!({ "admission": { "reservation": null, "status": LimitStatus::default() }, "key": record }),
+                false,
+            );
+        }
+        let ask = Ask {
+            now_secs: now,
+            limits: &key.limits,
+            budget: key.budget.as_ref(),
+            tokens: demand.tokens,
+            cost_nanos: demand.cost_nanos,
+            ttl_secs: demand.ttl_secs,
+        };
+        // A lease when the rule allows one (the key well below its limits).
+        if let Some(rate) = input.rate {
+            let before = loaded.limits.status(now, &key.limits, key.budget.as_ref());
+            let terms = lease_terms(
+                now_ms,
+                now,
+                &key.limits,
+                key.budget.as_ref(),
+                &before,
+                demand.tokens,
+                demand.cost_nanos,
+                rate,
+            );
+            if let Some(terms) = terms {
+                if let Ok(r) = loaded.limits.grant_lease(&ask, &terms) {
+                    let status = loaded.limits.status(now, &key.limits, key.budget.as_ref());
+                    return (
+                        json!({ "admission": { "reservation": r, "status": status }, "lease": terms, "key": record }),
+                        true,
+                    );
+                }
+            }
+        }
+        let result = loaded.limits.admit(&ask);
+        let status = loaded.limits.status(now, &key.limits, key.budget.as_ref());
+        match result {
+            Ok(r) => (
+                json!({ "admission": { "reservation": r, "status": status }, "key": record }),
+                true,
+            ),
+            Err(refusal) => (
+                json!({ "rejection": { "refusal": refusal, "status": status } }),
+                true,
+            ),
+        }
     }
 }
 
@@ -251,6 +316,18 @@ impl KeyObject {
                     input.cost_nanos,
                 );
             }
+            l.limits.clone()
+        })?;
+        self.persisted(self.save_limits(&state))
+    }
+
+    /// Takes back what an isolate carried (returned leases, settled
+    /// leased requests), then saves the state once.
+    fn take_back(&self, carry: &Carry) -> Result<()> {
+        let now = now_secs();
+        let state = self.with(|l| {
+            let budget = l.record.as_ref().and_then(|k| k.budget.clone());
+            l.limits.take_back(now, budget.as_ref(), carry);
             l.limits.clone()
         })?;
         self.persisted(self.save_limits(&state))
@@ -403,8 +480,14 @@ impl DurableObject for KeyObject {
                 Response::from_json(&self.admit(input)?)
             }
             (Method::Post, "/settle") => {
-                let input: SettleIn = req.json().await?;
-                self.settle(&[input])?;
+                let body: Value = req.json().await?;
+                match body.get("carry") {
+                    Some(carry) => {
+                        let carry: Carry = serde_json::from_value(carry.clone())?;
+                        self.take_back(&carry)?;
+                    }
+                    None => self.settle(&[serde_json::from_value::<SettleIn>(body)?])?,
+                }
                 Response::from_json(&json!({ "ok": true }))
             }
             (Method::Get, "/status") => {

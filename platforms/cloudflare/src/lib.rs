@@ -93,7 +93,11 @@ fn build(env: &Env) -> Result<Gateway, String> {
         }),
         upstream: Arc::new(FetchUpstream),
         clock: Arc::new(WorkerClock),
-        limiter: Arc::new(ObjectLimiter { env: env.clone() }),
+        // Hot keys are admitted from leases unless every request must ask (README, "Limits").
+        limiter: Arc::new(ObjectLimiter::new(
+            env.clone(),
+            config.gateway.revocation_delay_ms > 0,
+        )),
         // Replaced per request by one bound to the request's context.
         spawner: Arc::new(LocalSpawner),
     };

@@ -2,11 +2,20 @@
 //! admission, settlement and usage, `fetch` upstream, `Date.now()` and
 //! `ctx.wait_until`.
 //!
-//! Settlements and usage records go to the key's Durable Object one call
-//! each, under the request's `ctx.wait_until`. (Batching them per isolate
-//! was tried: a request's `wait_until` then completes through another
-//! request's call, and workerd cancels such requests as hung, because the
-//! Rust futures of all requests share one executor; see the README.)
+//! Usage records, and settlements of requests the Durable Object admitted,
+//! go to the key's Durable Object one call each, under the request's
+//! `ctx.wait_until`. (Batching them per isolate was tried: a request's
+//! `wait_until` then completes through another request's call, and workerd
+//! cancels such requests as hung, because the Rust futures of all requests
+//! share one executor; see the README.)
+//!
+//! **Leases** ([`conduit::metering::limits::lease`]): the isolate holds a
+//! lease per hot key and admits from it without a call. Settlements of
+//! leased requests go into the lease or into the isolate's carry, which a
+//! later call of some request takes along (an `/admit`), or which the
+//! settling request itself delivers in its own `wait_until` once due. The
+//! book of leases is plain memory, locked only between awaits: no
+//! request ever awaits a future another request started.
 //!
 //! **Round trips** are counted by kind ([`Trip`]); with the var
 //! `CONDUIT_COUNT_TRIPS = "1"` the Worker logs them after each request
@@ -19,6 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use conduit::compat::BoxFuture;
 use conduit::keys::VirtualKey;
+use conduit::metering::limits::lease::{book_of, Carry, Lease, LeaseBook, LeaseTerms};
 use conduit::metering::limits::{LimitStatus, Refusal, Rejection};
 use conduit::metering::summary::{HourRow, SummaryQuery};
 use conduit::metering::usage::{UsageQuery, UsageRecord};
@@ -235,6 +245,35 @@ port! {
 /// Admission in the key's Durable Object.
 pub struct ObjectLimiter {
     pub env: Env,
+    /// Whether the isolate leases its hot keys' capacity (`revocation_delay_ms > 0`).
+    pub leasing: bool,
+    /// The isolate's leases and carries, by key id.
+    pub books: std::sync::Mutex<std::collections::HashMap<String, LeaseBook>>,
+}
+
+impl ObjectLimiter {
+    pub fn new(env: Env, leasing: bool) -> ObjectLimiter {
+        ObjectLimiter {
+            env,
+            leasing,
+            books: std::sync::Mutex::default(),
+        }
+    }
+
+    fn books(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, LeaseBook>> {
+        self.books.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gives an undelivered carry back to the key's book.
+    fn keep(&self, key_id: &str, carry: Carry) {
+        if !carry.is_empty() {
+            book_of(&mut self.books(), key_id).carry.absorb(carry);
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    worker::Date::now().as_millis()
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Rejection {
@@ -287,17 +326,72 @@ fn parse_answer(answer: Value, key: &VirtualKey) -> Result<Admission, Rejection>
 port! {
     impl Limiter for ObjectLimiter {
         async fn admit(&self, key: &VirtualKey, demand: &Demand) -> Result<Admission, Rejection> {
-            let body = json!({
+            let mut body = json!({
                 "hash": demand.key_hash,
                 "fallback": key.to_storage_json(),
                 "demand": { "tokens": demand.tokens, "cost_nanos": demand.cost_nanos, "ttl_secs": demand.ttl_secs },
             });
-            let answer = call_object(&self.env, &key.id, Method::Post, "/admit", Some(&body)).await.map_err(unavailable)?;
-            parse_answer(answer, key)
+            if !self.leasing || (key.limits.is_empty() && key.budget.is_none()) {
+                let answer = call_object(&self.env, &key.id, Method::Post, "/admit", Some(&body)).await.map_err(unavailable)?;
+                return parse_answer(answer, key);
+            }
+            // The isolate's lease first; else the object, with the carry.
+            let now = now_ms();
+            let carry = {
+                let mut books = self.books();
+                let book = book_of(&mut books, &key.id);
+                if let Some((reservation, status)) = book.admit(now, &demand.key_hash, demand.tokens, demand.cost_nanos) {
+                    return Ok(Admission { reservation: Some(reservation), status, key: None });
+                }
+                book.close(now, true);
+                body["rate"] = json!(book.rate.per_sec(now));
+                book.take_carry()
+            };
+            body["carry"] = json!(carry);
+            let answer = match call_object(&self.env, &key.id, Method::Post, "/admit", Some(&body)).await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    self.keep(&key.id, carry);
+                    return Err(unavailable(e));
+                }
+            };
+            let terms: Option<LeaseTerms> = answer.get("lease").and_then(|t| serde_json::from_value(t.clone()).ok());
+            let mut admission = parse_answer(answer, key)?;
+            if let (Some(terms), Some(granted)) = (terms, admission.reservation) {
+                let mut lease = Lease::new(&granted, &terms, &demand.key_hash, admission.status.clone());
+                admission.reservation = lease.spend(now_ms().min(terms.expires_at_ms.saturating_sub(1)), &demand.key_hash, demand.tokens, demand.cost_nanos);
+                let mut books = self.books();
+                let book = book_of(&mut books, &key.id);
+                // Another request of this isolate got one meanwhile.
+                book.close(now_ms(), true);
+                book.lease = Some(lease);
+            }
+            Ok(admission)
         }
 
         async fn settle(&self, key: &VirtualKey, admission: &Admission, settlement: Settlement) {
             let Some(reservation) = admission.reservation else { return };
+            if reservation.leased {
+                // Into the lease, or carried; this request delivers the carry
+                // (its own settlement in it) when due or once the lease is over.
+                let now = now_ms();
+                let carry = {
+                    let mut books = self.books();
+                    let book = book_of(&mut books, &key.id);
+                    book.settle(now, &reservation, settlement.tokens, settlement.cost_nanos, key.budget.is_some());
+                    book.close(now, false);
+                    let due = !book.carry.is_empty() && (book.lease.is_none() || book.carry.due(now));
+                    due.then(|| book.take_carry())
+                };
+                if let Some(carry) = carry {
+                    let body = json!({ "carry": carry });
+                    if let Err(e) = call_object(&self.env, &key.id, Method::Post, "/settle", Some(&body)).await {
+                        worker::console_error!("conduit: settlement for key {} failed: {e}", key.id);
+                        self.keep(&key.id, carry);
+                    }
+                }
+                return;
+            }
             let body = json!({ "reservation": reservation, "tokens": settlement.tokens, "cost_nanos": settlement.cost_nanos });
             if let Err(e) = call_object(&self.env, &key.id, Method::Post, "/settle", Some(&body)).await {
                 worker::console_error!("conduit: settlement for key {} failed: {e}", key.id);

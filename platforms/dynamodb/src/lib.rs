@@ -47,15 +47,18 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use conduit::keys::{check_presented, VirtualKey};
 use conduit::metering::limits::counters::{
-    settlement_writes, Condition, CounterWrite, KeyCounters, Update,
+    carry_writes, merge_writes, settlement_writes, Condition, CounterWrite, KeyCounters, Update,
 };
-use conduit::metering::limits::{Ask, LimitStatus, Rejection};
+use conduit::metering::limits::lease::{book_of, Carry, LeaseBook};
+use conduit::metering::limits::{Ask, LimitStatus, Rejection, Reservation};
 use conduit::metering::summary::{Counters, HourRow, SummaryQuery};
 use conduit::metering::usage::{UsageQuery, UsageRecord};
 use conduit::port;
 use conduit::ports::{Admission, Demand, KeyStore, Limiter, Settlement, StoreError, UsageStore};
 use conduit::GatewayError;
 use serde_json::Value;
+
+mod limiter;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -97,9 +100,13 @@ fn get_s<'a>(item: &'a Item, k: &str) -> Option<&'a str> {
 }
 
 fn now_secs() -> u64 {
+    now_ms() / 1_000
+}
+
+fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
@@ -131,6 +138,12 @@ pub struct Dynamo {
     /// for `revocation_delay_ms` (the Lambda function: yes; the native
     /// server on a shared store keeps asking on every request).
     pub edge: bool,
+    /// Whether this container leases capacity of its hot keys
+    /// ([`conduit::metering::limits::lease`]): the Lambda function with
+    /// `revocation_delay_ms > 0`.
+    pub leasing: bool,
+    /// The container's leases and carried settlements, by key id.
+    leases: std::sync::Mutex<HashMap<String, LeaseBook>>,
 }
 
 impl Dynamo {
@@ -140,6 +153,8 @@ impl Dynamo {
             tables,
             trips: Trips::default(),
             edge: false,
+            leasing: false,
+            leases: std::sync::Mutex::default(),
         }
     }
 }
@@ -158,11 +173,14 @@ pub enum Trip {
     /// A usage record's writes: the record, its hour's counters and the
     /// key's last use (three per record).
     UsageWrite,
+    /// The delivery of a container's carried settlements and returned
+    /// leases, when no admission write took them along.
+    CarryWrite,
 }
 
 /// Round trips to DynamoDB since start, by kind (for `bench/lambda.sh`).
 #[derive(Debug, Default)]
-pub struct Trips([std::sync::atomic::AtomicU64; 5]);
+pub struct Trips([std::sync::atomic::AtomicU64; 6]);
 
 impl Trips {
     pub fn add(&self, kind: Trip) {
@@ -178,6 +196,7 @@ impl Trips {
             "admit_write": n(Trip::AdmitWrite),
             "settle_write": n(Trip::SettleWrite),
             "usage_write": n(Trip::UsageWrite),
+            "carry_write": n(Trip::CarryWrite),
         })
     }
 }
@@ -395,77 +414,6 @@ impl Dynamo {
         }
         let jitter = u64::from(std::process::id() % 7 + attempt % 5);
         tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(20)) + jitter)).await;
-    }
-}
-
-/// Attempts at a conditional write before giving up with 503.
-const MAX_ATTEMPTS: u32 = 200;
-
-fn unavailable(e: impl std::fmt::Display) -> Rejection {
-    Rejection {
-        error: GatewayError::Store(e.to_string()),
-        status: LimitStatus::default(),
-    }
-}
-
-port! {
-    impl Limiter for Dynamo {
-        async fn admit(&self, key: &VirtualKey, demand: &Demand) -> Result<Admission, Rejection> {
-            for attempt in 0..MAX_ATTEMPTS {
-                let item = self.key_item(&key.id).await.map_err(unavailable)?;
-                let current = Self::check(&item, &demand.key_hash).map_err(|error| Rejection { error, status: LimitStatus::default() })?;
-                let Some(item) = item else { break };
-                if current.limits.is_empty() && current.budget.is_none() {
-                    return Ok(Admission { key: Some(current), ..Admission::default() });
-                }
-                let ask = Ask {
-                    now_secs: now_secs(),
-                    limits: &current.limits,
-                    budget: current.budget.as_ref(),
-                    tokens: demand.tokens,
-                    cost_nanos: demand.cost_nanos,
-                    ttl_secs: demand.ttl_secs,
-                };
-                match item.counters.admit(&ask) {
-                    (Err(refusal), status) => return Err(Rejection { error: refusal.to_error(current.budget.as_ref()), status }),
-                    (Ok((reservation, write)), status) => {
-                        self.trips.add(Trip::AdmitWrite);
-                        if self.write_counters(&key.id, &write).await.map_err(unavailable)? {
-                            return Ok(Admission { reservation: Some(reservation), status, key: Some(current) });
-                        }
-                    }
-                }
-                Self::backoff(attempt).await;
-            }
-            Err(unavailable("admission could not be written: too much contention on this key"))
-        }
-
-        async fn settle(&self, key: &VirtualKey, admission: &Admission, settlement: Settlement) {
-            let Some(reservation) = admission.reservation else { return };
-            // The key's budget as admitted (a PATCH since then applies to later requests).
-            for write in settlement_writes(&reservation, key.budget.as_ref(), settlement.tokens, settlement.cost_nanos) {
-                self.trips.add(Trip::SettleWrite);
-                // A failed condition: the slot or period moved on, nothing to correct there.
-                if let Err(e) = self.write_counters(&key.id, &write).await {
-                    eprintln!("conduit: settlement for key {} failed: {}", key.id, e);
-                }
-            }
-        }
-
-        async fn status(&self, key: &VirtualKey) -> Result<LimitStatus, StoreError> {
-            let Some(item) = self.key_item(&key.id).await? else { return Ok(LimitStatus::default()) };
-            let current = item.key.clone().unwrap_or_else(|| key.clone());
-            Ok(item.counters.status(now_secs(), &current.limits, current.budget.as_ref()))
-        }
-
-        async fn verify(&self, key: &VirtualKey, key_hash: &str) -> Result<Option<VirtualKey>, GatewayError> {
-            let item = self.key_item(&key.id).await?;
-            Self::check(&item, key_hash).map(Some)
-        }
-
-        fn trust_for_revocation_delay(&self) -> bool {
-            self.edge
-        }
     }
 }
 

@@ -30,7 +30,9 @@
 //!   Writers of that second add to one number under one bound, exactly as a
 //!   serial admitter would see it.
 //! - The first admission of a new second `SET`s `whi` and its slot, on the
-//!   condition that `whi` is still what was read.
+//!   condition that `whi` is still what was read and (with `rpm`, `tpm`)
+//!   that the slot of `whi` has not grown since: admissions of that second
+//!   may still be adding to it.
 //! - Tokens in older slots change only by settlement, which is
 //!   unconditional in the state machine as well: an admission that read
 //!   before it is ordered before it.
@@ -42,8 +44,11 @@
 //!   settlement still replaces the estimate (the state machine would drop
 //!   it); it is never counted twice.
 
+use std::collections::BTreeMap;
+
+use super::lease::{lease_terms, Carry, Lease};
 use super::state::{period_start, Ask, KeyLimitState, LimitStatus, Refusal, Reservation};
-use crate::keys::{Budget, Limits};
+use crate::keys::{Budget, BudgetPeriod, Limits};
 
 /// Slots of the minute window: one per second.
 pub const SLOTS: u64 = 60;
@@ -208,6 +213,17 @@ impl KeyCounters {
         &self,
         ask: &Ask<'_>,
     ) -> (Result<(Reservation, CounterWrite), Refusal>, LimitStatus) {
+        self.admit_many(ask, 1)
+    }
+
+    /// [`Self::admit`] for `requests` requests at once (a lease,
+    /// [`super::lease`]); `ask.tokens` and `ask.cost_nanos` are for all.
+    pub fn admit_many(
+        &self,
+        ask: &Ask<'_>,
+        requests: u64,
+    ) -> (Result<(Reservation, CounterWrite), Refusal>, LimitStatus) {
+        let requests = requests.max(1);
         let now = self.effective_now(ask.now_secs);
         let mut view = self.view(now);
         let (window_requests, window_tokens) = {
@@ -215,10 +231,13 @@ impl KeyCounters {
             v.status(now, ask.limits, ask.budget);
             v.window_totals()
         };
-        let decided = view.admit(&Ask {
-            now_secs: now,
-            ..*ask
-        });
+        let decided = view.admit_many(
+            &Ask {
+                now_secs: now,
+                ..*ask
+            },
+            requests,
+        );
         let mut status = view.status(now, ask.limits, ask.budget);
         let reservation = match decided {
             Err(refusal) => {
@@ -238,7 +257,7 @@ impl KeyCounters {
                 let others = window_requests.saturating_sub(own.requests);
                 w.conditions.push(Condition::AtMost(
                     r_attr.clone(),
-                    max.saturating_sub(1).saturating_sub(others),
+                    max.saturating_sub(requests).saturating_sub(others),
                 ));
             }
             if let Some(max) = ask.limits.tpm {
@@ -248,14 +267,30 @@ impl KeyCounters {
                     max.saturating_sub(ask.tokens).saturating_sub(others),
                 ));
             }
-            w.updates.push(Update::Add(r_attr, 1));
+            w.updates.push(Update::Add(r_attr, signed(requests)));
             w.updates.push(Update::Add(t_attr, signed(ask.tokens)));
         } else {
             // A new second: its slot starts over (what it held left the window).
             w.conditions.push(epoch_is(HI, self.hi));
+            // Admissions in the second `whi` may still add to its slot while
+            // `whi` stays: the decision holds only if that slot has not grown
+            // since it was read (else re-read, as for a changed `whi`).
+            if let Some(hi) = self.hi.filter(|hi| hi + SLOTS > now) {
+                let [_, hi_requests, hi_tokens] = slot_attrs(hi % SLOTS);
+                let read = self.slots[(hi % SLOTS) as usize]
+                    .filter(|s| s.sec == hi)
+                    .unwrap_or_default();
+                if ask.limits.rpm.is_some() {
+                    w.conditions
+                        .push(Condition::AtMost(hi_requests, read.requests));
+                }
+                if ask.limits.tpm.is_some() {
+                    w.conditions.push(Condition::AtMost(hi_tokens, read.tokens));
+                }
+            }
             w.updates.push(Update::Set(HI.into(), now));
             w.updates.push(Update::Set(s_attr, now));
-            w.updates.push(Update::Set(r_attr, 1));
+            w.updates.push(Update::Set(r_attr, requests));
             w.updates.push(Update::Set(t_attr, ask.tokens));
         }
         let today = now / 86_400;
@@ -264,14 +299,15 @@ impl KeyCounters {
             if let Some(max) = ask.limits.rpd {
                 w.conditions.push(Condition::AtMost(
                     DAY_REQUESTS.into(),
-                    max.saturating_sub(1),
+                    max.saturating_sub(requests),
                 ));
             }
-            w.updates.push(Update::Add(DAY_REQUESTS.into(), 1));
+            w.updates
+                .push(Update::Add(DAY_REQUESTS.into(), signed(requests)));
         } else {
             w.conditions.push(epoch_is(DAY, self.day));
             w.updates.push(Update::Set(DAY.into(), today));
-            w.updates.push(Update::Set(DAY_REQUESTS.into(), 1));
+            w.updates.push(Update::Set(DAY_REQUESTS.into(), requests));
         }
         if let Some(b) = ask.budget {
             let period = period_start(b.period, now);
@@ -294,14 +330,20 @@ impl KeyCounters {
             }
         }
         let mut after = self.clone();
-        after.apply_admission(now, &reservation, ask.budget);
+        after.apply_admission(now, requests, &reservation, ask.budget);
         let mut status = after.view(now).status(now, ask.limits, ask.budget);
         after.patch_spend(&mut status, ask.budget, now);
         (Ok((reservation, w)), status)
     }
 
     /// The counters after this admission (for the status it answers with).
-    fn apply_admission(&mut self, now: u64, r: &Reservation, budget: Option<&Budget>) {
+    fn apply_admission(
+        &mut self,
+        now: u64,
+        requests: u64,
+        r: &Reservation,
+        budget: Option<&Budget>,
+    ) {
         let i = (now % SLOTS) as usize;
         let slot = match self.slots[i] {
             Some(s) if s.sec == now => s,
@@ -312,7 +354,7 @@ impl KeyCounters {
         };
         self.slots[i] = Some(Slot {
             sec: now,
-            requests: slot.requests + 1,
+            requests: slot.requests.saturating_add(requests),
             tokens: slot.tokens.saturating_add(r.tokens),
         });
         self.hi = Some(now);
@@ -321,7 +363,7 @@ impl KeyCounters {
             self.day = Some(today);
             self.day_requests = 0;
         }
-        self.day_requests += 1;
+        self.day_requests = self.day_requests.saturating_add(requests);
         if let Some(b) = budget {
             let p = period_start(b.period, now);
             if self.period != Some(p) {
@@ -372,4 +414,219 @@ pub fn settlement_writes(
         });
     }
     writes
+}
+
+impl KeyCounters {
+    /// Whether `c` holds on the counters as read.
+    pub fn holds(&self, c: &Condition) -> bool {
+        let get = |a: &str| -> Option<u64> {
+            match a {
+                HI => self.hi,
+                DAY => self.day,
+                DAY_REQUESTS => Some(self.day_requests),
+                PERIOD => self.period,
+                COMMITTED => Some(self.committed_nanos),
+                SETTLED => Some(self.settled_nanos),
+                _ => {
+                    let i: u64 = a.get(2..)?.parse().ok()?;
+                    let slot = self.slots.get(usize::try_from(i).ok()?)?.as_ref()?;
+                    match a.get(..2)? {
+                        "ws" => Some(slot.sec),
+                        "wr" => Some(slot.requests),
+                        "wt" => Some(slot.tokens),
+                        _ => None,
+                    }
+                }
+            }
+        };
+        match c {
+            Condition::Absent(a) => get(a).is_none(),
+            Condition::Equals(a, v) => get(a) == Some(*v),
+            Condition::AtMost(a, v) => get(a).is_none_or(|x| x <= *v),
+        }
+    }
+}
+
+/// The writes that deliver a holder's [`Carry`] (returned leases, settled
+/// leased requests): per second, its slot's requests and tokens (if the
+/// slot still holds that second); per day, the day's requests; per budget
+/// period, the committed and settled spend (if still current). Like
+/// [`settlement_writes`], each is conditioned on its own second, day or
+/// period: a correction for one that moved on has nothing left to correct.
+pub fn carry_writes(carry: &Carry, period: Option<BudgetPeriod>) -> Vec<CounterWrite> {
+    let mut writes = Vec::new();
+    let mut days: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut periods: BTreeMap<u64, (i64, u64)> = BTreeMap::new();
+    for (sec, c) in &carry.slots {
+        let [s_attr, r_attr, t_attr] = slot_attrs(sec % SLOTS);
+        let mut w = CounterWrite {
+            conditions: vec![Condition::Equals(s_attr, *sec)],
+            updates: Vec::new(),
+        };
+        if c.unused_requests > 0 {
+            w.updates
+                .push(Update::Add(r_attr, -signed(c.unused_requests)));
+            *days.entry(sec / 86_400).or_default() += c.unused_requests;
+        }
+        if c.tokens != 0 {
+            w.updates.push(Update::Add(t_attr, c.tokens));
+        }
+        if !w.updates.is_empty() {
+            writes.push(w);
+        }
+        if let Some(p) = period {
+            let e = periods.entry(period_start(p, *sec)).or_default();
+            e.0 = e.0.saturating_add(c.cost_nanos);
+            e.1 = e.1.saturating_add(c.settled_nanos);
+        }
+    }
+    for (day, unused) in days {
+        writes.push(CounterWrite {
+            conditions: vec![Condition::Equals(DAY.into(), day)],
+            updates: vec![Update::Add(DAY_REQUESTS.into(), -signed(unused))],
+        });
+    }
+    for (start, (committed, settled)) in periods {
+        let mut updates = Vec::new();
+        if committed != 0 {
+            updates.push(Update::Add(COMMITTED.into(), committed));
+        }
+        if settled != 0 {
+            updates.push(Update::Add(SETTLED.into(), signed(settled)));
+        }
+        if !updates.is_empty() {
+            writes.push(CounterWrite {
+                conditions: vec![Condition::Equals(PERIOD.into(), start)],
+                updates,
+            });
+        }
+    }
+    writes
+}
+
+/// The writes as one (one round trip): conditions together, additions to
+/// the same attribute summed. `None` when they cannot be one update (an
+/// attribute both set and added to, or two conditions that contradict).
+pub fn merge_writes(writes: &[CounterWrite]) -> Option<CounterWrite> {
+    let mut merged = CounterWrite::default();
+    for w in writes {
+        for c in &w.conditions {
+            if merged.conditions.contains(c) {
+                continue;
+            }
+            let attr = match c {
+                Condition::Absent(a) | Condition::Equals(a, _) | Condition::AtMost(a, _) => a,
+            };
+            let clash = merged.conditions.iter().any(|m| {
+                matches!((m, c), (Condition::Absent(x) | Condition::Equals(x, _), Condition::Absent(_) | Condition::Equals(_, _)) if x == attr)
+            });
+            if clash {
+                return None;
+            }
+            merged.conditions.push(c.clone());
+        }
+        for u in &w.updates {
+            let attr = match u {
+                Update::Set(a, _) | Update::Add(a, _) => a,
+            };
+            let existing = merged.updates.iter_mut().find(|m| match m {
+                Update::Set(a, _) | Update::Add(a, _) => a == attr,
+            });
+            match (existing, u) {
+                (None, u) => merged.updates.push(u.clone()),
+                (Some(Update::Add(_, d)), Update::Add(_, e)) => *d = d.saturating_add(*e),
+                _ => return None,
+            }
+        }
+    }
+    Some(merged)
+}
+
+/// A holder's admission at the item (its lease could not admit): the
+/// writes to make, and what they grant.
+#[derive(Debug, Clone)]
+pub struct ItemAdmission {
+    /// The request's reservation (`leased` when it comes out of `lease`).
+    pub reservation: Reservation,
+    /// The lease granted with it, already spent by this request.
+    pub lease: Option<Lease>,
+    /// The admission and the delivery of the holder's carry as one write,
+    /// when they can be one.
+    pub merged: Option<CounterWrite>,
+    /// Otherwise: the carry's writes (each may fail alone), then the admission.
+    pub carry: Vec<CounterWrite>,
+    pub admission: CounterWrite,
+}
+
+impl KeyCounters {
+    /// Admits one request of a holder observing `rate` requests a second:
+    /// with a lease when the rule allows one ([`lease_terms`]), alone
+    /// otherwise; and delivers the holder's `carry` with it (the parts
+    /// whose second, day or period the item still holds). `now_ms` is the
+    /// clock (`ask.now_secs` must be its second).
+    pub fn admit_leasing(
+        &self,
+        ask: &Ask<'_>,
+        now_ms: u64,
+        rate: u64,
+        key_hash: &str,
+        carry: &Carry,
+    ) -> (Result<ItemAdmission, Refusal>, LimitStatus) {
+        let sec = self.effective_now(ask.now_secs);
+        let before = self.status(ask.now_secs, ask.limits, ask.budget);
+        let terms = lease_terms(
+            now_ms,
+            sec,
+            ask.limits,
+            ask.budget,
+            &before,
+            ask.tokens,
+            ask.cost_nanos,
+            rate,
+        );
+        let mut decided = None;
+        if let Some(t) = &terms {
+            let lease_ask = Ask {
+                tokens: t.tokens,
+                cost_nanos: t.cost_nanos,
+                ..*ask
+            };
+            if let (Ok((r, w)), status) = self.admit_many(&lease_ask, t.requests) {
+                let mut lease = Lease::new(&r, t, key_hash, status.clone());
+                lease.id = 0;
+                let cost = if ask.budget.is_some() {
+                    ask.cost_nanos
+                } else {
+                    0
+                };
+                if let Some(mine) = lease.spend(now_ms, key_hash, ask.tokens, cost) {
+                    decided = Some((mine, Some(lease), w, status));
+                }
+            }
+        }
+        let (reservation, lease, admission, status) = match decided {
+            Some(d) => d,
+            None => match self.admit(ask) {
+                (Ok((r, w)), status) => (r, None, w, status),
+                (Err(refusal), status) => return (Err(refusal), status),
+            },
+        };
+        let carry: Vec<CounterWrite> = carry_writes(carry, ask.budget.map(|b| b.period))
+            .into_iter()
+            .filter(|w| w.conditions.iter().all(|c| self.holds(c)))
+            .collect();
+        let mut all = carry.clone();
+        all.push(admission.clone());
+        let merged = merge_writes(&all);
+        (
+            Ok(ItemAdmission {
+                reservation,
+                lease,
+                merged,
+                carry,
+                admission,
+            }),
+            status,
+        )
+    }
 }

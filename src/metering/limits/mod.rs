@@ -32,12 +32,16 @@
 //! - `counters.rs`: the same rules over separate counters updated under
 //!   conditions (DynamoDB), so that a hot key's admissions do not collide;
 //! - `answer.rs`: refusals as the client sees them (errors, headers);
+//! - `lease.rs`: leases, slices of a key's capacity that an isolate or a
+//!   container spends locally (the edge platforms' hot keys), and the
+//!   carrying of their settlements back to the key's authority;
 //! - `estimate.rs`: what a request may use, estimated before the call;
 //! - `local.rs`: the single-process [`LocalLimiter`] (the native server).
 
 mod answer;
 pub mod counters;
 mod estimate;
+pub mod lease;
 mod local;
 mod state;
 #[cfg(test)]

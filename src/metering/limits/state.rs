@@ -26,6 +26,10 @@ pub struct Reservation {
     pub cost_nanos: u64,
     /// Unix second after which an unsettled reservation is charged as is.
     pub expires_at: u64,
+    /// Admitted locally from a lease ([`super::lease`]): `id` is the
+    /// lease's, and its settlement goes to the lease's holder.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leased: bool,
 }
 
 /// Everything admission remembers about one key. Serializable, so that a
@@ -198,11 +202,23 @@ impl KeyLimitState {
 
     /// Admits and reserves, or refuses and changes nothing.
     pub fn admit(&mut self, ask: &Ask<'_>) -> Result<Reservation, Refusal> {
+        self.admit_many(ask, 1)
+    }
+
+    /// Admits `requests` requests at once (a lease, [`super::lease`]) with
+    /// `ask.tokens` and `ask.cost_nanos` for all of them together: one
+    /// reservation, `requests` requests in the second's bucket and the day.
+    pub(super) fn admit_many(
+        &mut self,
+        ask: &Ask<'_>,
+        requests: u64,
+    ) -> Result<Reservation, Refusal> {
+        let requests = requests.max(1);
         let now = ask.now_secs;
         self.roll(now, ask.budget);
-        let (requests, tokens) = self.window();
+        let (window_requests, tokens) = self.window();
         if let Some(max) = ask.limits.rpd {
-            if self.day_requests.saturating_add(1) > max {
+            if self.day_requests.saturating_add(requests) > max {
                 let next_midnight = (now / 86_400 + 1) * 86_400;
                 return Err(Refusal::Rate {
                     limit: "rpd",
@@ -212,11 +228,12 @@ impl KeyLimitState {
             }
         }
         if let Some(max) = ask.limits.rpm {
-            if requests.saturating_add(1) > max {
+            if window_requests.saturating_add(requests) > max {
                 return Err(Refusal::Rate {
                     limit: "rpm",
                     max,
-                    retry_after_secs: self.wait(now, requests, 1, max, |b| b.requests),
+                    retry_after_secs: self
+                        .wait(now, window_requests, requests, max, |b| b.requests),
                 });
             }
         }
@@ -245,15 +262,15 @@ impl KeyLimitState {
                 });
             }
         }
-        self.day_requests = self.day_requests.saturating_add(1);
+        self.day_requests = self.day_requests.saturating_add(requests);
         match self.minute.last_mut() {
             Some(b) if b.sec == now => {
-                b.requests = b.requests.saturating_add(1);
+                b.requests = b.requests.saturating_add(requests);
                 b.tokens = b.tokens.saturating_add(ask.tokens);
             }
             _ => self.minute.push(Bucket {
                 sec: now,
-                requests: 1,
+                requests,
                 tokens: ask.tokens,
             }),
         }
@@ -268,6 +285,7 @@ impl KeyLimitState {
                 0
             },
             expires_at: now.saturating_add(ask.ttl_secs.max(1)),
+            leased: false,
         };
         self.reservations.push(r);
         Ok(r)
@@ -294,6 +312,48 @@ impl KeyLimitState {
         if budget.is_some() {
             self.spent_nanos = self.spent_nanos.saturating_add(cost_nanos);
         }
+    }
+
+    /// Gives back what a lease did not use (or a correction of its
+    /// settled requests): `requests` fewer in the bucket of `sec` and in
+    /// the day (if still there), `tokens` (signed) in that bucket, and
+    /// `cost_nanos` (signed) to the spend. Never below zero.
+    pub(super) fn adjust(
+        &mut self,
+        now_secs: u64,
+        budget: Option<&Budget>,
+        sec: u64,
+        unused_requests: u64,
+        tokens: i64,
+        cost_nanos: i64,
+    ) {
+        self.roll(now_secs, budget);
+        if let Some(b) = self.minute.iter_mut().find(|b| b.sec == sec) {
+            b.requests = b.requests.saturating_sub(unused_requests);
+            b.tokens = b.tokens.saturating_add_signed(tokens);
+        }
+        if (sec / 86_400) as i64 == self.day {
+            self.day_requests = self.day_requests.saturating_sub(unused_requests);
+        }
+        if let Some(b) = budget {
+            if period_start(b.period, sec) == self.period_start {
+                self.spent_nanos = self.spent_nanos.saturating_add_signed(cost_nanos);
+            }
+        }
+    }
+
+    /// Drops the reservation `id` without charging it (a returned lease:
+    /// its use is charged through [`Self::adjust`]). `None` if unknown
+    /// (already expired, hence charged at its estimate).
+    pub(super) fn release_reservation(
+        &mut self,
+        now_secs: u64,
+        budget: Option<&Budget>,
+        id: u64,
+    ) -> Option<Reservation> {
+        self.roll(now_secs, budget);
+        let pos = self.reservations.iter().position(|r| r.id == id)?;
+        Some(self.reservations.remove(pos))
     }
 
     /// Remaining capacity at `now_secs` (rolls the windows first).

@@ -370,6 +370,143 @@ mod counter_layout {
         assert!(attempts < 3_400, "few retries: {attempts}");
     }
 
+    /// Several holders lease from one item, as the Lambda containers do:
+    /// grants, local spends, settlements and returns carried on the next
+    /// admission, killed holders; never more than `rpm` in a window, and
+    /// the budget's committed spend never past its maximum.
+    #[test]
+    fn leases_on_the_counters_are_exact() {
+        use super::super::lease::LeaseBook;
+        let l = limits(Some(500), None, Some(400_000));
+        let b = Budget {
+            max_nanos: 3_000_000,
+            period: BudgetPeriod::Total,
+        };
+        let mut item = Item::default();
+        let mut books = vec![LeaseBook::default(); 5];
+        let mut pending: Vec<(usize, Reservation, u64, u64)> = Vec::new();
+        let mut per_sec: std::collections::BTreeMap<u64, u64> = Default::default();
+        let (mut leased, mut writes) = (0u64, 0u64);
+        let mut seed: u64 = 99;
+        let mut next = |m: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % m
+        };
+        let mut now_ms: u64 = 1_700_000_000_000;
+        for _ in 0..30_000 {
+            now_ms += next(8);
+            let h = next(5) as usize;
+            match next(100) {
+                0..=69 => {
+                    let (tokens, cost) = (1 + next(100), 1 + next(1_000));
+                    let book = &mut books[h];
+                    let mut got = book.admit(now_ms, "h", tokens, cost).map(|(r, _)| r);
+                    if got.is_some() {
+                        leased += 1;
+                    } else {
+                        book.close(now_ms, true);
+                        let carry = book.take_carry();
+                        let rate = book.rate.per_sec(now_ms);
+                        let a = ask(now_ms / 1_000, &l, Some(&b), tokens, cost);
+                        // A holder retries a failed write at once (the
+                        // others raced it); its carry goes with the admission.
+                        for _ in 0..5 {
+                            let (decided, _) =
+                                item.read().admit_leasing(&a, now_ms, rate, "h", &carry);
+                            let Ok(d) = decided else { break };
+                            writes += 1;
+                            let ok = match &d.merged {
+                                Some(w) => item.write(w),
+                                None => {
+                                    for w in &d.carry {
+                                        item.write(w);
+                                    }
+                                    item.write(&d.admission)
+                                }
+                            };
+                            if ok {
+                                book.lease = d.lease;
+                                got = Some(d.reservation);
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(r) = got {
+                        *per_sec.entry(now_ms / 1_000).or_default() += 1;
+                        pending.push((h, r, tokens, cost));
+                    }
+                }
+                70..=93 if !pending.is_empty() => {
+                    let (h, r, tokens, cost) =
+                        pending.swap_remove(next(pending.len() as u64) as usize);
+                    let (used, spent) = (tokens - next(tokens + 1), cost - next(cost + 1));
+                    if r.leased {
+                        books[h].settle(now_ms, &r, used, spent, true);
+                    } else {
+                        for w in settlement_writes(&r, Some(&b), used, spent) {
+                            item.write(&w);
+                        }
+                    }
+                }
+                94..=98 => {
+                    let book = &mut books[h];
+                    book.close(now_ms, false);
+                    if book.carry.due(now_ms) {
+                        let carry = book.take_carry();
+                        for w in super::super::counters::carry_writes(&carry, Some(b.period)) {
+                            item.write(&w);
+                        }
+                    }
+                }
+                _ => {
+                    books[h] = LeaseBook::default();
+                    pending.retain(|p| p.0 != h);
+                }
+            }
+            let now = now_ms / 1_000;
+            let window: u64 = per_sec
+                .range(now.saturating_sub(59)..=now)
+                .map(|(_, n)| n)
+                .sum();
+            assert!(window <= 500, "{window} in the minute to {now}");
+            let st = item.read().status(now, &l, Some(&b));
+            assert!(st.spent_nanos + st.reserved_nanos <= b.max_nanos, "{st:?}");
+            if let Some(c) = item.0.get("bc") {
+                assert!(*c >= 0 && (*c as u64) <= b.max_nanos, "committed {c}");
+            }
+        }
+        let total: u64 = per_sec.values().sum();
+        assert!(leased * 2 > total, "{leased} of {total} from leases");
+        // Near the limit (most of each minute here) admissions go one by one.
+        assert!(
+            writes * 2 < total,
+            "{writes} item writes for {total} admissions"
+        );
+    }
+
+    /// At a second's boundary: one admitter reads in the new second while
+    /// another (a clock a little behind) still adds to the old one; the new
+    /// second's write must not pass on a stale count.
+    #[test]
+    fn a_new_second_does_not_overtake_the_old_seconds_adds() {
+        let l = limits(Some(5), None, Some(1_000));
+        let mut item = Item::default();
+        for _ in 0..4 {
+            let (r, _) = item.read().admit(&ask(1_000, &l, None, 10, 0));
+            assert!(item.write(&r.unwrap().1));
+        }
+        let late = item.read().admit(&ask(1_001, &l, None, 10, 0)).0.unwrap().1;
+        let old = item.read().admit(&ask(1_000, &l, None, 10, 0)).0.unwrap().1;
+        assert!(item.write(&old), "the fifth, in the old second");
+        assert!(!item.write(&late), "the stale new-second write fails");
+        assert!(
+            item.read().admit(&ask(1_001, &l, None, 10, 0)).0.is_err(),
+            "re-read: refused"
+        );
+    }
+
     #[test]
     fn budget_is_never_exceeded_under_races() {
         let l = limits(None, None, None);

@@ -334,6 +334,43 @@ fn prelude(json: &[u8]) -> Head {
     (status, headers)
 }
 
+/// Counts an instance out of `idle` when its poll ends, however it ends.
+struct IdleGuard<'a>(&'a AtomicUsize);
+
+impl Drop for IdleGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The socket of a Runtime API connection, for [`peer_closed`].
+#[derive(Clone, Copy)]
+struct PeerFd(std::os::fd::RawFd);
+
+/// Completes once the peer closed the connection (a killed instance).
+async fn peer_closed(peer: Option<PeerFd>) {
+    let Some(PeerFd(fd)) = peer else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut byte = 0u8;
+        // SAFETY: a non-blocking peek of one byte into a valid buffer, on the
+        // connection's socket, which outlives this request.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                &mut byte as *mut u8 as *mut libc::c_void,
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n == 0 {
+            return;
+        }
+    }
+}
+
 /// The Runtime API the function instances poll.
 async fn runtime(
     shared: Arc<Shared>,
@@ -341,9 +378,16 @@ async fn runtime(
 ) -> Result<http::Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
     if path == "/2018-06-01/runtime/invocation/next" {
+        let peer = req.extensions().get::<PeerFd>().copied();
         shared.idle.fetch_add(1, Ordering::SeqCst);
-        let next = shared.queue_rx.lock().await.recv().await;
-        shared.idle.fetch_sub(1, Ordering::SeqCst);
+        let idle = IdleGuard(&shared.idle);
+        // An instance killed while it polls must not take the next invocation
+        // with it: its closed connection ends the poll (the invocation stays queued).
+        let next = tokio::select! {
+            next = async { shared.queue_rx.lock().await.recv().await } => next,
+            () = peer_closed(peer) => return Ok(error_body(500, "the instance is gone")),
+        };
+        drop(idle);
         if next.is_some() {
             shared.queued.fetch_sub(1, Ordering::SeqCst);
         }
@@ -466,8 +510,12 @@ async fn serve<F, Fut, S>(
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
+        let fd = PeerFd(stream.as_raw_fd());
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handler(shared.clone(), req));
+            let svc = service_fn(move |mut req: http::Request<Incoming>| {
+                req.extensions_mut().insert(fd);
+                handler(shared.clone(), req)
+            });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .http1_only()
                 .serve_connection(TokioIo::new(wrap(stream)), svc)

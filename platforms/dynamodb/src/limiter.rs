@@ -1,0 +1,250 @@
+//! [`Limiter`] on the key item: admission as conditional counter writes
+//! (the layout and the proof are in [`conduit::metering::limits::counters`]),
+//! settlement without a read, and the container's leases of hot keys
+//! ([`conduit::metering::limits::lease`]): spent locally, granted and
+//! returned with the admission writes, their settlements carried along.
+
+use super::*;
+
+/// Attempts at a conditional write before giving up with 503.
+const MAX_ATTEMPTS: u32 = 200;
+
+fn unavailable(e: impl std::fmt::Display) -> Rejection {
+    Rejection {
+        error: GatewayError::Store(e.to_string()),
+        status: LimitStatus::default(),
+    }
+}
+
+impl Dynamo {
+    fn books(&self) -> std::sync::MutexGuard<'_, HashMap<String, LeaseBook>> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admission at the key item: a consistent read, then one conditional
+    /// write, retried when the item moved. Where the container leases
+    /// (`rate` is its observed rate for the key), the write may grant a
+    /// lease and carries `carry` along (emptied once delivered).
+    async fn admit_at_item(
+        &self,
+        key: &VirtualKey,
+        demand: &Demand,
+        rate: u64,
+        carry: &mut Carry,
+    ) -> Result<Admission, Rejection> {
+        for attempt in 0..MAX_ATTEMPTS {
+            let item = self.key_item(&key.id).await.map_err(unavailable)?;
+            let current = Self::check(&item, &demand.key_hash).map_err(|error| Rejection {
+                error,
+                status: LimitStatus::default(),
+            })?;
+            let Some(item) = item else { break };
+            if current.limits.is_empty() && current.budget.is_none() {
+                return Ok(Admission {
+                    key: Some(current),
+                    ..Admission::default()
+                });
+            }
+            let now = now_ms();
+            let ask = Ask {
+                now_secs: now / 1_000,
+                limits: &current.limits,
+                budget: current.budget.as_ref(),
+                tokens: demand.tokens,
+                cost_nanos: demand.cost_nanos,
+                ttl_secs: demand.ttl_secs,
+            };
+            if !self.leasing {
+                match item.counters.admit(&ask) {
+                    (Err(refusal), status) => {
+                        return Err(Rejection {
+                            error: refusal.to_error(current.budget.as_ref()),
+                            status,
+                        })
+                    }
+                    (Ok((reservation, write)), status) => {
+                        self.trips.add(Trip::AdmitWrite);
+                        if self
+                            .write_counters(&key.id, &write)
+                            .await
+                            .map_err(unavailable)?
+                        {
+                            return Ok(Admission {
+                                reservation: Some(reservation),
+                                status,
+                                key: Some(current),
+                            });
+                        }
+                    }
+                }
+                Self::backoff(attempt).await;
+                continue;
+            }
+            let decided = item
+                .counters
+                .admit_leasing(&ask, now, rate, &demand.key_hash, carry);
+
+            let d = match decided {
+                (Err(refusal), status) => {
+                    return Err(Rejection {
+                        error: refusal.to_error(current.budget.as_ref()),
+                        status,
+                    })
+                }
+                (Ok(d), status) => (d, status),
+            };
+            let (d, status) = d;
+            let written = match &d.merged {
+                Some(w) => {
+                    self.trips.add(Trip::AdmitWrite);
+                    let ok = self.write_counters(&key.id, w).await.map_err(unavailable)?;
+                    if ok {
+                        *carry = Carry::default();
+                    }
+                    ok
+                }
+                None => {
+                    for w in &d.carry {
+                        self.trips.add(Trip::CarryWrite);
+                        // A failed condition: that second or period moved on.
+                        self.write_counters(&key.id, w).await.map_err(unavailable)?;
+                    }
+                    *carry = Carry::default();
+                    self.trips.add(Trip::AdmitWrite);
+                    self.write_counters(&key.id, &d.admission)
+                        .await
+                        .map_err(unavailable)?
+                }
+            };
+            if written {
+                if let Some(lease) = d.lease {
+                    let mut books = self.books();
+                    let book = book_of(&mut books, &key.id);
+                    // Another request of this container got one meanwhile.
+                    book.close(now, true);
+                    book.lease = Some(lease);
+                }
+                return Ok(Admission {
+                    reservation: Some(d.reservation),
+                    status,
+                    key: Some(current),
+                });
+            }
+            Self::backoff(attempt).await;
+        }
+        Err(unavailable(
+            "admission could not be written: too much contention on this key",
+        ))
+    }
+
+    /// Settles a reservation admitted at the item.
+    async fn settle_at_item(
+        &self,
+        key: &VirtualKey,
+        reservation: &Reservation,
+        settlement: Settlement,
+    ) {
+        // The key's budget as admitted (a PATCH since then applies to later requests).
+        for write in settlement_writes(
+            reservation,
+            key.budget.as_ref(),
+            settlement.tokens,
+            settlement.cost_nanos,
+        ) {
+            self.trips.add(Trip::SettleWrite);
+            // A failed condition: the slot or period moved on, nothing to correct there.
+            if let Err(e) = self.write_counters(&key.id, &write).await {
+                eprintln!("conduit: settlement for key {} failed: {}", key.id, e);
+            }
+        }
+    }
+
+    /// Delivers a container's carry: one write when the parts can be one
+    /// (and all still apply), else part by part. Given back to the book if
+    /// the store fails.
+    async fn deliver(&self, key: &VirtualKey, carry: Carry) {
+        let writes = carry_writes(&carry, key.budget.as_ref().map(|b| b.period));
+        if let Some(w) = merge_writes(&writes).filter(|_| writes.len() > 1) {
+            self.trips.add(Trip::CarryWrite);
+            match self.write_counters(&key.id, &w).await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => {
+                    eprintln!("conduit: settlement for key {} failed: {}", key.id, e);
+                    book_of(&mut self.books(), &key.id).carry.absorb(carry);
+                    return;
+                }
+            }
+        }
+        for w in &writes {
+            self.trips.add(Trip::CarryWrite);
+            // A failed condition: the slot, day or period moved on.
+            if let Err(e) = self.write_counters(&key.id, w).await {
+                eprintln!("conduit: settlement for key {} failed: {}", key.id, e);
+            }
+        }
+    }
+}
+
+port! {
+    impl Limiter for Dynamo {
+        async fn admit(&self, key: &VirtualKey, demand: &Demand) -> Result<Admission, Rejection> {
+            if !self.leasing || (key.limits.is_empty() && key.budget.is_none()) {
+                return self.admit_at_item(key, demand, 0, &mut Carry::default()).await;
+            }
+            // The container's lease first; else the item, with the carry.
+            let now = now_ms();
+            let (mut carry, rate) = {
+                let mut books = self.books();
+                let book = book_of(&mut books, &key.id);
+                if let Some((reservation, status)) = book.admit(now, &demand.key_hash, demand.tokens, demand.cost_nanos) {
+                    return Ok(Admission { reservation: Some(reservation), status, key: None });
+                }
+                book.close(now, true);
+                (book.take_carry(), book.rate.per_sec(now))
+            };
+            let result = self.admit_at_item(key, demand, rate, &mut carry).await;
+            if !carry.is_empty() {
+                // Not delivered: it goes with the next call.
+                book_of(&mut self.books(), &key.id).carry.absorb(carry);
+            }
+            result
+        }
+
+        async fn settle(&self, key: &VirtualKey, admission: &Admission, settlement: Settlement) {
+            let Some(reservation) = admission.reservation else { return };
+            if !reservation.leased {
+                return self.settle_at_item(key, &reservation, settlement).await;
+            }
+            // Into the lease, or carried: delivered when due, or once the
+            // lease is over (before the invocation ends).
+            let now = now_ms();
+            let carry = {
+                let mut books = self.books();
+                let book = book_of(&mut books, &key.id);
+                book.settle(now, &reservation, settlement.tokens, settlement.cost_nanos, key.budget.is_some());
+                book.close(now, false);
+                let due = !book.carry.is_empty() && (book.lease.is_none() || book.carry.due(now));
+                due.then(|| book.take_carry())
+            };
+            if let Some(carry) = carry {
+                self.deliver(key, carry).await;
+            }
+        }
+
+        async fn status(&self, key: &VirtualKey) -> Result<LimitStatus, StoreError> {
+            let Some(item) = self.key_item(&key.id).await? else { return Ok(LimitStatus::default()) };
+            let current = item.key.clone().unwrap_or_else(|| key.clone());
+            Ok(item.counters.status(now_secs(), &current.limits, current.budget.as_ref()))
+        }
+
+        async fn verify(&self, key: &VirtualKey, key_hash: &str) -> Result<Option<VirtualKey>, GatewayError> {
+            let item = self.key_item(&key.id).await?;
+            Self::check(&item, key_hash).map(Some)
+        }
+
+        fn trust_for_revocation_delay(&self) -> bool {
+            self.edge
+        }
+    }
+}
