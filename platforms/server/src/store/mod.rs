@@ -3,7 +3,7 @@
 //!
 //! Keys are read and written on one connection behind a mutex (lookups are
 //! a primary-key probe of a few microseconds, and the core caches them).
-//! Usage records and budget spend are queued on a channel and written by a
+//! Usage records and budget spend are queued in an inbox ([`inbox`]) and written by a
 //! dedicated thread in batches, one transaction per batch ([`writer`]), so
 //! no request's thread runs SQLite for them. The database runs in WAL mode
 //! so the writer and readers do not block each other. Records are stored
@@ -23,10 +23,10 @@
 //! reservations the dead process held are charged at their estimate.
 //!
 //! Files: `mod.rs` (schema, keys, reads), `writer.rs` (the writer thread,
-//! batches), `spend.rs` (the budget spend).
+//! batches), `inbox.rs` (its queue), `checkpoint.rs` (the WAL checkpoints),
+//! `spend.rs` (the budget spend).
 
 use std::path::Path;
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -38,10 +38,13 @@ use conduit::ports::{KeyStore, StoreError, UsageStore};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
+mod checkpoint;
+mod inbox;
 mod spend;
 mod writer;
 
-use writer::{write_loop, Write};
+use inbox::Inbox;
+use writer::{write_loop, Write, BATCH_MAX};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS virtual_keys (
@@ -121,8 +124,9 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
 /// The database: keys on one connection, usage written by a background thread.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
-    writes: Mutex<Option<mpsc::Sender<Write>>>,
+    writes: Arc<Inbox>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: checkpoint::Checkpointer,
 }
 
 impl SqliteStore {
@@ -147,36 +151,40 @@ impl SqliteStore {
         }
         backfill_hourly(&conn).map_err(err)?;
         let writer_conn = open(path)?;
-        let (tx, rx) = mpsc::channel::<Write>();
+        // Checkpoints (the fsync of a WAL mode database) run on a thread of
+        // their own, so that no commit a request waits for waits behind one.
+        writer_conn
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(err)?;
+        let checkpointer = checkpoint::Checkpointer::start(open(path)?).map_err(err)?;
+        let writes = Arc::new(Inbox::default());
+        let inbox = writes.clone();
         let writer = std::thread::Builder::new()
             .name("conduit-usage-writer".into())
-            .spawn(move || write_loop(writer_conn, rx))
+            .spawn(move || write_loop(writer_conn, &inbox))
             .map_err(err)?;
         Ok(Arc::new(SqliteStore {
             conn: Mutex::new(conn),
-            writes: Mutex::new(Some(tx)),
+            writes,
             writer: Mutex::new(Some(writer)),
+            checkpointer,
         }))
     }
 
     /// Flushes queued usage records and stops the writer.
     pub fn close(&self) {
-        if let Ok(mut tx) = self.writes.lock() {
-            tx.take();
-        }
+        self.writes.close();
         if let Some(handle) = self.writer.lock().ok().and_then(|mut w| w.take()) {
             let _ = handle.join();
         }
+        self.checkpointer.stop();
     }
 
     /// Hands a write to the writer thread (dropped once it is closed: a
     /// request waiting on it is then released).
     fn queue(&self, write: Write) {
-        if let Ok(guard) = self.writes.lock() {
-            if let Some(tx) = guard.as_ref() {
-                let _ = tx.send(write);
-            }
-        }
+        // Refused once closed: dropped, which lets a waiting request go.
+        let _ = self.writes.send(write, BATCH_MAX);
     }
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
@@ -185,6 +193,16 @@ impl SqliteStore {
             .lock()
             .map_err(|_| StoreError("sqlite connection lock poisoned".into()))?;
         f(&conn).map_err(err)
+    }
+}
+
+/// A store dropped without [`SqliteStore::close`] still has its queue
+/// written: the writer drains it and ends (not waited for), as does the
+/// checkpointer.
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.writes.close();
+        self.checkpointer.signal_stop();
     }
 }
 

@@ -12,7 +12,6 @@
 //! upsert per hour row and per day row it touches.
 
 use std::collections::HashMap;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use conduit::metering::summary::{hour_of_ms, Counters, DAY};
@@ -21,6 +20,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection};
 use tokio::sync::oneshot;
 
+use super::inbox::Inbox;
 use super::{add_daily_sql, add_row, ADD_HOURLY};
 
 /// What the writer thread writes.
@@ -44,7 +44,7 @@ pub(super) struct SpendWrite {
 
 impl Write {
     /// A request waits for this write.
-    fn waited(&self) -> bool {
+    pub(super) fn waited(&self) -> bool {
         matches!(
             self,
             Write::Spend(SpendWrite {
@@ -67,7 +67,7 @@ impl Write {
 /// How long the writer gathers usage records into one transaction. Bounds
 /// how late a record shows in `GET /admin/usage`; amortises the commit.
 pub(super) const BATCH_WINDOW: Duration = Duration::from_millis(100);
-const BATCH_MAX: usize = 1024;
+pub(super) const BATCH_MAX: usize = 1024;
 /// The least time between two group commits of spend writes. A request
 /// that waits for its spend right after one waits for the next at most this
 /// long (when requests come further apart, its commit starts at once), so
@@ -95,7 +95,7 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 /// came since, until the store takes them; a request waiting for a spend
 /// write is let go at once meanwhile. Nothing of a failed commit was
 /// written (one transaction), and a record written twice is counted once.
-pub(super) fn write_loop(conn: Connection, rx: mpsc::Receiver<Write>) {
+pub(super) fn write_loop(conn: Connection, inbox: &Inbox) {
     let mut spends: Vec<Write> = Vec::new();
     let mut records: Vec<Write> = Vec::new();
     // When the records gathered so far are due.
@@ -114,11 +114,11 @@ pub(super) fn write_loop(conn: Connection, rx: mpsc::Receiver<Write>) {
             Some((at, _)) => Some(at),
             None => [window, spends_due].into_iter().flatten().min(),
         };
-        let first = match due {
-            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-            Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
-        };
-        let mut take = |mut w: Write| {
+        let (incoming, closed) = inbox.take(due);
+        if closed {
+            open = false;
+        }
+        for mut w in incoming {
             if failing.is_some() {
                 // The file is unwritable: the request does not wait it out.
                 w.release();
@@ -137,24 +137,6 @@ pub(super) fn write_loop(conn: Connection, rx: mpsc::Receiver<Write>) {
                 Write::Spend(_) => spends.push(w),
                 Write::Usage(_) => records.push(w),
             }
-        };
-        match first {
-            Ok(w) => {
-                take(w);
-                // What is queued already joins this commit.
-                for _ in 0..BATCH_MAX {
-                    match rx.try_recv() {
-                        Ok(w) => take(w),
-                        Err(mpsc::TryRecvError::Empty) => break,
-                        Err(mpsc::TryRecvError::Disconnected) => {
-                            open = false;
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
         }
         let now = Instant::now();
         let records_due = match failing {
