@@ -378,10 +378,7 @@ port! {
                 let carry = {
                     let mut books = self.books();
                     let book = book_of(&mut books, &key.id);
-                    book.settle(now, &reservation, settlement.tokens, settlement.cost_nanos, key.budget.is_some());
-                    book.close(now, false);
-                    let due = !book.carry.is_empty() && (book.lease.is_none() || book.carry.due(now));
-                    due.then(|| book.take_carry())
+                    book.settle_leased(now, &reservation, settlement.tokens, settlement.cost_nanos, key.budget.is_some())
                 };
                 if let Some(carry) = carry {
                     let body = json!({ "carry": carry });

@@ -10,6 +10,9 @@ use std::fmt;
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
+// The estimate's own constants: the scan tallies exactly what it counts.
+use crate::metering::limits::{ESTIMATED_FIELDS as ESTIMATED, IMAGE_TOKENS, MESSAGE_TOKENS};
+
 /// Nesting the scan follows (serde_json's tree parse stops at 128 levels;
 /// anything near that goes to the tree, which gives its own error).
 pub const MAX_DEPTH: u32 = 100;
@@ -18,22 +21,6 @@ pub const MAX_DEPTH: u32 = 100;
 pub const INLINE_KEYS: usize = 16;
 /// Top-level keys at most (a wider body goes to the tree).
 const MAX_TOP_LEVEL: usize = 64;
-
-/// Tokens assumed per image part (as the estimate).
-const IMAGE_TOKENS: u64 = 765;
-/// Tokens assumed per chat message (as the estimate).
-const MESSAGE_TOKENS: u64 = 4;
-/// The fields the estimate reads.
-const ESTIMATED: [&str; 8] = [
-    "messages",
-    "tools",
-    "functions",
-    "prompt",
-    "input",
-    "suffix",
-    "system",
-    "instructions",
-];
 
 /// The top level of `bytes`: a JSON object's fields in order, or `None`
 /// (not an object, a key written twice or escaped, too many keys, invalid).

@@ -6,9 +6,20 @@ use serde_json::{Map, Value};
 use crate::wire::error::GatewayError;
 
 /// Tokens assumed per image part when estimating a prompt.
-const IMAGE_TOKENS: u64 = 765;
+pub const IMAGE_TOKENS: u64 = 765;
 /// Tokens assumed per chat message for its role and framing.
-const MESSAGE_TOKENS: u64 = 4;
+pub const MESSAGE_TOKENS: u64 = 4;
+/// The request fields whose text the prompt estimate counts.
+pub const ESTIMATED_FIELDS: [&str; 8] = [
+    "messages",
+    "tools",
+    "functions",
+    "prompt",
+    "input",
+    "suffix",
+    "system",
+    "instructions",
+];
 
 fn text_tokens(v: &Value, bytes: &mut u64, extra: &mut u64) {
     match v {
@@ -38,16 +49,7 @@ fn text_tokens(v: &Value, bytes: &mut u64, extra: &mut u64) {
 /// image, and one per token id when the prompt is given as token ids.
 pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
     let (mut bytes, mut extra) = (0u64, 0u64);
-    for field in [
-        "messages",
-        "tools",
-        "functions",
-        "prompt",
-        "input",
-        "suffix",
-        "system",
-        "instructions",
-    ] {
+    for field in ESTIMATED_FIELDS {
         if let Some(v) = body.get(field) {
             text_tokens(v, &mut bytes, &mut extra);
         }

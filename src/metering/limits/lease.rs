@@ -453,6 +453,24 @@ impl LeaseBook {
         }
     }
 
+    /// A leased request's settlement as every holder does it: settled into
+    /// the book, the lease closed if it is over, and the carry handed out
+    /// when it is due for delivery (some of it is old or large enough, or
+    /// no lease runs that a later call could carry it with).
+    pub fn settle_leased(
+        &mut self,
+        now_ms: u64,
+        r: &Reservation,
+        tokens: u64,
+        cost_nanos: u64,
+        budget: bool,
+    ) -> Option<Carry> {
+        self.settle(now_ms, r, tokens, cost_nanos, budget);
+        self.close(now_ms, false);
+        let due = !self.carry.is_empty() && (self.lease.is_none() || self.carry.due(now_ms));
+        due.then(|| self.take_carry())
+    }
+
     /// Takes the carry to deliver (give it back with [`Carry::absorb`] if
     /// the delivery fails).
     pub fn take_carry(&mut self) -> Carry {
