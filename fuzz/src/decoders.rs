@@ -146,8 +146,12 @@ fn check_chunks_pass_through(data: &[u8]) {
 
 /// The OpenAI decoder's reading of one event.
 fn decode_event_for_fuzz(text: &str) -> StreamEvent {
-    let mut decoder = provider(alias_for("openai", Endpoint::ChatCompletions))
-        .stream_decoder(&call(alias_for("openai", Endpoint::ChatCompletions), Endpoint::ChatCompletions, true));
+    let mut decoder =
+        provider(alias_for("openai", Endpoint::ChatCompletions)).stream_decoder(&call(
+            alias_for("openai", Endpoint::ChatCompletions),
+            Endpoint::ChatCompletions,
+            true,
+        ));
     let mut out = Vec::new();
     decoder.feed(format!("data: {text}\n\n").as_bytes(), &mut out);
     out.into_iter().next().unwrap_or(StreamEvent::Done)
@@ -163,9 +167,9 @@ fn check_answer_pass_through(kind: &'static str, endpoint: Endpoint, data: &[u8]
     let Some(fast) = p.pass_through(&c, data, ALIAS, false) else {
         return;
     };
-    let mut object = p
-        .translate_response(&c, data)
-        .unwrap_or_else(|e| panic!("{kind} {endpoint:?}: passed, but the translation refuses: {e:?}"));
+    let mut object = p.translate_response(&c, data).unwrap_or_else(|e| {
+        panic!("{kind} {endpoint:?}: passed, but the translation refuses: {e:?}")
+    });
     let usage = object.get("usage").and_then(TokenUsage::from_openai);
     assert_eq!(fast.usage, usage, "{kind} {endpoint:?}");
     object.insert("model".into(), Value::String(ALIAS.into()));
