@@ -156,7 +156,9 @@ impl SqliteStore {
         writer_conn
             .pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(err)?;
-        let checkpointer = checkpoint::Checkpointer::start(open(path)?).map_err(err)?;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let checkpointer = checkpoint::Checkpointer::start(open(path)?, wal.into()).map_err(err)?;
         let writes = Arc::new(Inbox::default());
         let inbox = writes.clone();
         let writer = std::thread::Builder::new()
