@@ -28,17 +28,11 @@ use std::borrow::Cow;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::metering::limits::{completion_allowance, estimate_prompt_tokens};
+use crate::metering::limits::{
+    completion_allowance, completion_allowance_of, estimate_prompt_tokens,
+};
 use crate::providers::Endpoint;
 use crate::wire::error::GatewayError;
-
-/// The fields [`completion_allowance`] reads.
-const ALLOWANCE_FIELDS: [&str; 4] = [
-    "max_completion_tokens",
-    "max_tokens",
-    "max_output_tokens",
-    "n",
-];
 
 /// A client's JSON object, as raw values in the order the client sent them
 /// (no key twice), with the prompt estimate made while it was validated.
@@ -142,13 +136,7 @@ impl<'a> ClientBody<'a> {
     pub fn completion_allowance(&self, default: u64) -> Result<u64, GatewayError> {
         match self {
             ClientBody::Raw(raw) => {
-                let mut read = Map::new();
-                for name in ALLOWANCE_FIELDS {
-                    if let Some(v) = raw.get(name) {
-                        read.insert(name.to_owned(), v);
-                    }
-                }
-                completion_allowance(&read, default)
+                completion_allowance_of(|name| raw.get(name).map(Cow::Owned), default)
             }
             ClientBody::Tree(tree) => completion_allowance(tree, default),
         }

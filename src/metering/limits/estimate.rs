@@ -1,6 +1,8 @@
 //! Estimates made before the upstream call: prompt tokens and the completion
 //! allowance that admission reserves.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use crate::wire::error::GatewayError;
@@ -74,8 +76,17 @@ pub const MAX_CHOICES: u64 = 128;
 /// is a 400 naming the parameter: the estimate that admission and budgets
 /// rest on must never wrap or be cut short.
 pub fn completion_allowance(body: &Map<String, Value>, default: u64) -> Result<u64, GatewayError> {
+    completion_allowance_of(|name| body.get(name).map(Cow::Borrowed), default)
+}
+
+/// [`completion_allowance`] of a body read field by field through `field`
+/// (a scanned body's raw values: no map built to look them up).
+pub fn completion_allowance_of<'a>(
+    field: impl Fn(&str) -> Option<Cow<'a, Value>>,
+    default: u64,
+) -> Result<u64, GatewayError> {
     let bounded = |name: &str, min: u64, max: u64| -> Result<Option<u64>, GatewayError> {
-        match body.get(name) {
+        match field(name).as_deref() {
             None | Some(Value::Null) => Ok(None),
             Some(v) => match v.as_u64() {
                 Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
