@@ -223,7 +223,9 @@ fn check_sse(body: &[u8], alias: Option<&str>) -> bool {
         }
         let v: Value =
             serde_json::from_str(data).unwrap_or_else(|e| panic!("event not JSON ({e}): {data:?}"));
-        if v.get("error").is_some() {
+        // An error event has a non-null `error` (what the OpenAI SDKs check):
+        // a provider's chunk passed through may carry `"error": null`.
+        if v.get("error").is_some_and(|e| !e.is_null()) {
             assert_eq!(i, last, "an error event before the end");
             check_error_body(&v);
             return false;
