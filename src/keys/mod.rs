@@ -338,13 +338,7 @@ pub fn generate_secret() -> Result<String, GatewayError> {
 /// A random identifier `prefix` + 24 hex digits (96 bits).
 pub fn random_id(prefix: &str) -> String {
     let mut bytes = [0u8; 12];
-    // Identifiers are not secrets: should the OS refuse randomness, fall
-    // back to a counter rather than fail the request.
-    if getrandom::fill(&mut bytes).is_err() {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        bytes[..8].copy_from_slice(&NEXT.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-    }
+    crate::wire::random::fill(&mut bytes);
     let mut s = String::with_capacity(prefix.len() + 24);
     s.push_str(prefix);
     for b in bytes {

@@ -74,7 +74,7 @@ impl TraceContext {
         };
         // One draw for the new ids: a trace id (when needed) and a span id.
         let mut random = [0u8; 24];
-        fill_random(&mut random);
+        crate::wire::random::fill(&mut random);
         let mut span_id = [0u8; 8];
         span_id.copy_from_slice(&random[16..]);
         if span_id == [0; 8] {
@@ -135,19 +135,6 @@ impl TraceContext {
         // client's headers: there is no other `tracestate` to replace.
         if let Some(state) = &self.tracestate {
             headers.insert("tracestate", state.clone());
-        }
-    }
-}
-
-fn fill_random(bytes: &mut [u8]) {
-    // Trace ids are not secrets: without randomness, a counter still makes
-    // them distinct rather than fail the request.
-    if getrandom::fill(bytes).is_err() {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed).to_be_bytes();
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = n[i % 8] ^ (i as u8);
         }
     }
 }
