@@ -7,7 +7,7 @@
 //! |-----------|----------------------------------------------------------------|
 //! | keys      | KV namespace `KEYS` (by SHA-256), with the core's cache in front |
 //! | limiter   | Durable Object `KEY_OBJECT`, one per key: admission, settlement, and the authority on revocation |
-//! | usage     | the same Durable Object (queryable)                            |
+//! | usage     | the same Durable Object (queryable), records batched per key   |
 //! | observer  | one JSON log line per request ([`conduit::observe`]), for Workers Logs |
 //! | upstream  | `fetch`, streamed both ways, aborted when the client goes away |
 //! | clock     | `Date.now()`, `setTimeout`                                     |
@@ -87,10 +87,7 @@ fn build(env: &Env) -> Result<Gateway, String> {
     let keys = Arc::new(KvKeyStore { env: env.clone() });
     let ports = Ports {
         keys: keys.clone(),
-        usage: Arc::new(ObjectUsageStore {
-            env: env.clone(),
-            keys,
-        }),
+        usage: Arc::new(ObjectUsageStore::new(env.clone(), keys)),
         upstream: Arc::new(FetchUpstream),
         clock: Arc::new(WorkerClock),
         // Hot keys are admitted from leases unless every request must ask (README, "Limits").

@@ -2,12 +2,12 @@
 //! admission, settlement and usage, `fetch` upstream, `Date.now()` and
 //! `ctx.wait_until`.
 //!
-//! Usage records, and settlements of requests the Durable Object admitted,
-//! go to the key's Durable Object one call each, under the request's
-//! `ctx.wait_until`. (Batching them per isolate was tried: a request's
-//! `wait_until` then completes through another request's call, and workerd
-//! cancels such requests as hung, because the Rust futures of all requests
-//! share one executor; see the README.)
+//! Usage records go to the key's Durable Object in batches, per isolate
+//! and key ([`ObjectUsageStore`]): the request that opens a batch owns its
+//! flush, in its own `ctx.wait_until`. Settlements of requests the Durable
+//! Object admitted go one call each. (A request must never await a call
+//! another request started: workerd cancels such requests as hung, because
+//! the Rust futures of all requests share one executor; see the README.)
 //!
 //! **Leases** ([`conduit::metering::limits::lease`]): the isolate holds a
 //! lease per hot key and admits from it without a call. Settlements of
@@ -32,6 +32,7 @@ use conduit::metering::limits::lease::{book_of, Carry, Lease, LeaseBook, LeaseTe
 use conduit::metering::limits::{LimitStatus, Refusal, Rejection};
 use conduit::metering::summary::{HourRow, SummaryQuery};
 use conduit::metering::usage::{UsageQuery, UsageRecord};
+use conduit::metering::usage_batch::{BatchRule, Pushed, UsageBatches};
 use conduit::port;
 use conduit::ports::{
     Admission, ByteStream, Clock, Demand, KeyStore, Limiter, Settlement, Spawner, StoreError,
@@ -40,6 +41,7 @@ use conduit::ports::{
 use conduit::GatewayError;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
+use wasm_bindgen::JsCast;
 use worker::{Context, Env, Fetch, Headers, Method, Request, RequestInit};
 
 /// The KV namespace binding that holds the keys.
@@ -414,18 +416,94 @@ port! {
     }
 }
 
-/// Usage records in the key's Durable Object.
+/// A timer as a promise. Not `worker::Delay`: that keeps the waker of its
+/// first poll, and the meter's first poll of a usage task is a no-op one
+/// (`run_or_spawn`), so the task would never wake and workerd would cancel
+/// the request as hung. A `JsFuture` wakes whoever polled it last.
+fn sleep_ms(ms: u64) -> wasm_bindgen_futures::JsFuture {
+    let promise = js_sys::Promise::new(&mut |resolve, _reject| {
+        let global = js_sys::global();
+        let set_timeout =
+            js_sys::Reflect::get(&global, &wasm_bindgen::JsValue::from_str("setTimeout"))
+                .ok()
+                .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+        let started = set_timeout.is_some_and(|f| {
+            f.call2(
+                &global,
+                &resolve,
+                &wasm_bindgen::JsValue::from_f64(ms as f64),
+            )
+            .is_ok()
+        });
+        if !started {
+            // No timer: flush at once rather than never.
+            let _ = resolve.call0(&wasm_bindgen::JsValue::NULL);
+        }
+    });
+    wasm_bindgen_futures::JsFuture::from(promise)
+}
+
+/// Usage records in the key's Durable Object, batched per isolate and key
+/// by the core's rule ([`conduit::metering::usage_batch`]): the request
+/// whose record opens a batch waits (in its own `ctx.wait_until`, which
+/// keeps the isolate alive) until the batch is due and posts it in one
+/// call; the request whose record fills it posts it at once; every other
+/// request only adds its record. No request awaits another's call.
 pub struct ObjectUsageStore {
     pub env: Env,
     pub keys: Arc<KvKeyStore>,
+    /// The isolate's open batches, locked only between awaits.
+    pub batches: std::sync::Mutex<UsageBatches<UsageRecord>>,
+}
+
+impl ObjectUsageStore {
+    pub fn new(env: Env, keys: Arc<KvKeyStore>) -> ObjectUsageStore {
+        ObjectUsageStore {
+            env,
+            keys,
+            batches: std::sync::Mutex::new(UsageBatches::new(BatchRule::DEFAULT)),
+        }
+    }
+
+    fn batches(&self) -> std::sync::MutexGuard<'_, UsageBatches<UsageRecord>> {
+        self.batches.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Posts one key's batch (a JSON array) to its object; one retry after a
+    /// short pause, then the loss is logged with every request id.
+    async fn post(&self, key_id: &str, records: Vec<UsageRecord>) {
+        let body = Value::Array(records.iter().map(UsageRecord::to_json).collect());
+        let mut outcome = call_object(&self.env, key_id, Method::Post, "/usage", Some(&body)).await;
+        if outcome.is_err() {
+            let _ = sleep_ms(100).await;
+            outcome = call_object(&self.env, key_id, Method::Post, "/usage", Some(&body)).await;
+        }
+        if let Err(e) = outcome {
+            let ids: Vec<&str> = records.iter().map(|r| r.request_id.as_str()).collect();
+            worker::console_error!("conduit: usage records {} not stored: {e}", ids.join(","));
+        }
+    }
 }
 
 port! {
     impl UsageStore for ObjectUsageStore {
         async fn record(&self, record: UsageRecord) {
-            let v = record.to_json();
-            if let Err(e) = call_object(&self.env, &record.key_id, Method::Post, "/usage", Some(&v)).await {
-                worker::console_error!("conduit: usage record {} not stored: {e}", record.request_id);
+            let key_id = record.key_id.clone();
+            let pushed = self.batches().push(&key_id, now_ms(), record);
+            match pushed {
+                Pushed::Added => {}
+                Pushed::Full(records) => self.post(&key_id, records).await,
+                Pushed::Opened { batch, flush_at_ms } => {
+                    let wait = flush_at_ms.saturating_sub(now_ms());
+                    if wait > 0 {
+                        let _ = sleep_ms(wait).await;
+                    }
+                    // The timer has run out: the batch is due (Date.now() may lag it).
+                    let due = self.batches().take_due(&key_id, batch, now_ms().max(flush_at_ms));
+                    if let Some(records) = due {
+                        self.post(&key_id, records).await;
+                    }
+                }
             }
         }
 
