@@ -47,6 +47,8 @@ thread_local! {
     static GATEWAY: RefCell<Option<Rc<Gateway>>> = const { RefCell::new(None) };
     /// Requests this isolate served, and its name in the round-trip log.
     static SERVED: RefCell<(u64, u64)> = const { RefCell::new((0, 0)) };
+    /// Whether `CONDUIT_COUNT_TRIPS` is on.
+    static COUNT_TRIPS: std::cell::OnceCell<bool> = const { std::cell::OnceCell::new() };
 }
 
 /// With the var `CONDUIT_COUNT_TRIPS = "1"` (benchmarks): the header
@@ -54,7 +56,10 @@ thread_local! {
 /// store round trips so far as JSON (`bench/worker.sh` reads it after a run;
 /// `wrangler dev` runs one isolate).
 fn trips_header(env: &Env) -> Option<http::HeaderValue> {
-    if binding(env, "CONDUIT_COUNT_TRIPS").as_deref() != Some("1") {
+    // Read once per isolate: a var does not change under a running isolate.
+    let counting = COUNT_TRIPS
+        .with(|c| *c.get_or_init(|| binding(env, "CONDUIT_COUNT_TRIPS").as_deref() == Some("1")));
+    if !counting {
         return None;
     }
     let (isolate, requests) = SERVED.with(|s| {
@@ -99,11 +104,18 @@ fn build(env: &Env) -> Result<Gateway, String> {
         spawner: Arc::new(LocalSpawner),
     };
     // Workers Logs: one JSON line per request (and per failed attempt).
-    let log = conduit::observe::LogLines(|line: &str| worker::console_log!("{line}"));
+    let log = conduit::observe::LogLines(|line: &str| console_log_str(line));
     Ok(
         Gateway::new(config, ports, binding(env, "CONDUIT_MASTER_KEY").as_deref())
             .with_observer(Arc::new(log)),
     )
+}
+
+#[wasm_bindgen::prelude::wasm_bindgen]
+extern "C" {
+    /// `console.log` of a `&str` as it is (`console_log!` formats a copy first).
+    #[wasm_bindgen(js_namespace = console, js_name = log)]
+    fn console_log_str(line: &str);
 }
 
 /// Runs work on the isolate's event loop (used only outside a request).
@@ -154,36 +166,37 @@ async fn read_body(mut body: worker::Body, limit: usize) -> Result<Bytes, Gatewa
     Ok(buf.freeze())
 }
 
+/// The core's response as the Worker's. A whole body goes out as one
+/// buffer (workerd sets its length); a stream as one `ReadableStream` over
+/// the Rust stream. (Not through `http::Response<worker::Body>`: workers-rs
+/// turns that body into a JS stream, back into a Rust stream and into a JS
+/// stream again, every chunk crossing three times.)
 fn to_worker(
     response: conduit::Response,
     signal: Option<worker::AbortSignal>,
     ctx: Arc<Context>,
-) -> worker::Result<http::Response<worker::Body>> {
-    let (mut parts, body) = response.into_parts();
+) -> worker::Result<worker::Response> {
+    let (parts, body) = response.into_parts();
+    let mut builder = worker::ResponseBuilder::new()
+        .with_status(parts.status.as_u16())
+        .with_headers(worker::Headers::from(&parts.headers));
     // Precompressed bodies (the web UI's assets) go out as they are: without
     // this, workerd would compress them again per their Content-Encoding.
     if parts.headers.contains_key(http::header::CONTENT_ENCODING) {
-        parts.extensions.insert(worker::EncodeBody::Manual);
+        builder = builder.with_encode_body(worker::EncodeBody::Manual);
     }
-    let body = match body {
-        // A 304 (and an empty answer) must have no body stream at all.
-        ResponseBody::Full(bytes) if bytes.is_empty() => worker::Body::empty(),
-        ResponseBody::Full(bytes) => {
-            worker::Body::from_stream(futures_util::stream::once(async move {
-                Ok::<Vec<u8>, worker::Error>(bytes.to_vec())
-            }))?
-        }
+    match body {
+        // A 304 (and an empty answer) must have no body at all.
+        ResponseBody::Full(bytes) if bytes.is_empty() => Ok(builder.empty()),
+        ResponseBody::Full(bytes) => Ok(builder.fixed(bytes.into())),
         ResponseBody::Stream(stream) => {
             let stream = match signal {
                 Some(signal) => watch_disconnect(stream, signal, ctx),
                 None => stream,
             };
-            worker::Body::from_stream(
-                stream.map(|b: Bytes| Ok::<Vec<u8>, worker::Error>(b.to_vec())),
-            )?
+            builder.from_stream(stream.map(|b: Bytes| Ok::<Vec<u8>, worker::Error>(b.into())))
         }
-    };
-    Ok(http::Response::from_parts(parts, body))
+    }
 }
 
 type SharedStream = Rc<RefCell<Option<BoxStream<'static, Bytes>>>>;
@@ -266,19 +279,13 @@ pub async fn fetch(
     request: HttpRequest,
     env: Env,
     ctx: Context,
-) -> worker::Result<http::Response<worker::Body>> {
+) -> worker::Result<worker::Response> {
     let gateway = match gateway(&env) {
         Ok(g) => g,
         Err(message) => {
             worker::console_error!("conduit: {message}");
             let body = json!({"error": {"message": message, "type": "api_error", "param": null, "code": "config_error"}});
-            return http::Response::builder()
-                .status(500)
-                .header("content-type", "application/json")
-                .body(worker::Body::from_stream(futures_util::stream::once(
-                    async move { Ok::<Vec<u8>, worker::Error>(body.to_string().into_bytes()) },
-                ))?)
-                .map_err(|e| worker::Error::RustError(e.to_string()));
+            return Ok(worker::Response::from_json(&body)?.with_status(500));
         }
     };
     let ctx = Arc::new(ctx);
