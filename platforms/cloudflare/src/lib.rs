@@ -32,10 +32,9 @@ use conduit::ports::Spawner;
 use conduit::{Config, Gateway, GatewayError, Ports, ResponseBody};
 use futures_util::future::{select, Either};
 use futures_util::{Stream, StreamExt};
-use http_body_util::BodyExt;
 use serde_json::json;
 use wasm_bindgen::JsValue;
-use worker::{event, Context, Env, HttpRequest};
+use worker::{event, Context, Env};
 
 pub use key_object::KeyObject;
 use ports::{
@@ -145,25 +144,47 @@ const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 /// Reads the request body, refusing it past `limit` bytes. An oversized
 /// body is still read to its end (up to [`DRAIN_LIMIT`]) before the 413: an
 /// unread body breaks the client's keep-alive connection in local dev.
-async fn read_body(mut body: worker::Body, limit: usize) -> Result<Bytes, GatewayError> {
+async fn read_body(
+    body: Option<web_sys::ReadableStream>,
+    limit: usize,
+) -> Result<Bytes, GatewayError> {
+    let Some(body) = body else {
+        return Ok(Bytes::new());
+    };
+    let mut body = ports::JsByteStream::new(&body, None);
     let mut buf = bytes::BytesMut::new();
     let mut seen = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame
+    while let Some(chunk) = body.next().await {
+        let data = chunk
             .map_err(|_| GatewayError::invalid("The request body could not be read.", None))?;
-        if let Ok(data) = frame.into_data() {
-            seen += data.len();
-            if seen <= limit {
-                buf.extend_from_slice(&data);
-            } else if seen > DRAIN_LIMIT {
-                break;
-            }
+        seen += data.len();
+        if seen <= limit {
+            buf.extend_from_slice(&data);
+        } else if seen > DRAIN_LIMIT {
+            break;
         }
     }
     if seen > limit {
         return Err(GatewayError::PayloadTooLarge { limit });
     }
     Ok(buf.freeze())
+}
+
+/// The request's head as the core's `http` types (what workers-rs's
+/// `HttpRequest` does, without turning the body into a stream of its own).
+fn request_head(request: &web_sys::Request) -> Result<http::request::Parts, String> {
+    let mut head = http::Request::builder()
+        .method(request.method().as_str())
+        .uri(request.url())
+        .body(())
+        .map_err(|e| e.to_string())?;
+    let headers = head.headers_mut();
+    for (name, value) in worker::Headers(request.headers()).entries() {
+        let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+        let value = http::HeaderValue::from_str(&value).map_err(|e| e.to_string())?;
+        headers.append(name, value);
+    }
+    Ok(head.into_parts().0)
 }
 
 /// The core's response as the Worker's. A whole body goes out as one
@@ -173,7 +194,7 @@ async fn read_body(mut body: worker::Body, limit: usize) -> Result<Bytes, Gatewa
 /// stream again, every chunk crossing three times.)
 fn to_worker(
     response: conduit::Response,
-    signal: Option<worker::AbortSignal>,
+    signal: Option<web_sys::AbortSignal>,
     ctx: Arc<Context>,
 ) -> worker::Result<worker::Response> {
     let (parts, body) = response.into_parts();
@@ -244,13 +265,13 @@ impl Drop for Watched {
 /// records the request (billed as seen plus the estimate for the rest).
 fn watch_disconnect(
     stream: BoxStream<'static, Bytes>,
-    signal: worker::AbortSignal,
+    signal: web_sys::AbortSignal,
     ctx: Arc<Context>,
 ) -> BoxStream<'static, Bytes> {
     let shared: SharedStream = Rc::new(RefCell::new(Some(stream)));
     let mut done_fn = None;
     let done = js_sys::Promise::new(&mut |resolve, _| done_fn = Some(resolve));
-    let inner: web_sys::AbortSignal = (*signal).clone();
+    let inner = signal;
     let aborted = js_sys::Promise::new(&mut |resolve, _| {
         if inner.aborted() {
             let _ = resolve.call0(&JsValue::NULL);
@@ -276,7 +297,7 @@ fn watch_disconnect(
 
 #[event(fetch)]
 pub async fn fetch(
-    request: HttpRequest,
+    request: web_sys::Request,
     env: Env,
     ctx: Context,
 ) -> worker::Result<worker::Response> {
@@ -291,15 +312,20 @@ pub async fn fetch(
     let ctx = Arc::new(ctx);
     let spawner: Arc<dyn Spawner> = Arc::new(ContextSpawner(ctx.clone()));
     let limit = gateway.max_body_bytes();
-    let (parts, body) = request.into_parts();
-    let signal = parts.extensions.get::<worker::AbortSignal>().cloned();
-    let response = match read_body(body, limit).await {
-        Ok(bytes) => {
-            gateway
-                .handle_with(http::Request::from_parts(parts, bytes), &spawner)
-                .await
-        }
-        Err(e) => gateway.refuse(&e),
+    let signal = Some(request.signal());
+    let response = match request_head(&request) {
+        Ok(parts) => match read_body(request.body(), limit).await {
+            Ok(bytes) => {
+                gateway
+                    .handle_with(http::Request::from_parts(parts, bytes), &spawner)
+                    .await
+            }
+            Err(e) => gateway.refuse(&e),
+        },
+        Err(e) => gateway.refuse(&GatewayError::invalid(
+            format!("The request could not be read: {e}"),
+            None,
+        )),
     };
     let mut response = response;
     if let Some(v) = trips_header(&env) {
