@@ -13,7 +13,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN_DIR=${BENCH_BIN_DIR:-$TARGET_DIR/release}
 OUT=${BENCH_OUT:-$TARGET_DIR/bench/worker-$(date -u +%Y%m%dT%H%M%SZ)}
 WRANGLER=$ROOT/node_modules/.bin/wrangler
-BUNDLE_DIR=$ROOT/platforms/cloudflare/build
+BUNDLE_DIR=${BENCH_BUNDLE_DIR:-$ROOT/platforms/cloudflare/build}  # another build (a before/after pair)
 
 RATE=${BENCH_RATE:-100}                   # req/s of the fixed-rate phase
 RATE_DURATION=${BENCH_RATE_DURATION:-10}  # seconds
@@ -48,7 +48,7 @@ free_port() {
 command -v node >/dev/null || die "node is required (wrangler runs on it)"
 command -v curl >/dev/null || die "curl is required"
 [[ -x $WRANGLER ]] || die "missing $WRANGLER: run npm ci in $ROOT"
-if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
+if [[ ${BENCH_SKIP_BUILD:-0} != 1 && -z ${BENCH_BUNDLE_DIR:-} ]]; then
   log "building: conduit-bench (release), the Worker (sh scripts/build-worker.sh)"
   (cd "$ROOT" && cargo build --release -p conduit-bench) >&2
   (cd "$ROOT" && sh scripts/build-worker.sh) >&2 || die "worker build failed (BENCH_SKIP_BUILD=1 benchmarks the bundle already built)"

@@ -22,12 +22,13 @@
 //! locally. A `carry` (returned leases, settled leased requests) is taken
 //! back first, on `/admit` or `/settle`.
 //! | `GET /status`      | the key's [`LimitStatus`]                                       |
-//! | `POST /usage`      | a usage record; also added to its hour's counters               |
+//! | `POST /usage`      | `[records]` (or one record): each stored once (by request id) and added to its hour's counters, in one transaction |
 //! | `POST /usage/query`| a [`UsageQuery`] → `{data: [records]}`: one page, newest first  |
 //! | `POST /usage/hours`| a [`SummaryQuery`] → `{data: [hour rows]}`                       |
 //! | `GET /usage/last`  | `{last_used_ms}`: when the key last made a request              |
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 
 use conduit::keys::VirtualKey;
 use conduit::metering::limits::lease::{lease_terms, Carry};
@@ -36,6 +37,8 @@ use conduit::metering::summary::{Counters, HourRow, SummaryQuery};
 use conduit::metering::usage::{StatusFilter, UsageQuery, UsageRecord};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use wasm_bindgen::closure::Closure;
+use wasm_bindgen::{JsCast, JsValue};
 use worker::{
     durable_object, DurableObject, Env, Method, Request, Response, Result, SqlStorage, State,
 };
@@ -333,56 +336,41 @@ impl KeyObject {
         self.persisted(self.save_limits(&state))
     }
 
-    /// Stores a usage record once (by request id) and adds it to its hour's
-    /// counters; `false` if it is not a usage record.
-    fn insert_usage(&self, record: &Value) -> Result<bool> {
+    /// Stores usage records (each once, by request id) and adds the new
+    /// ones to their hours' counters, all in one storage transaction (one
+    /// counter write per hour and model, however many records); returns
+    /// how many of `records` were usage records (the others are skipped).
+    fn insert_usage(&self, records: &[Value]) -> Result<usize> {
         self.with(|_| ())?;
-        let Some(parsed) = UsageRecord::from_json(record) else {
-            return Ok(false);
-        };
-        let inserted = self
-            .sql()
-            .exec(
-                "INSERT OR IGNORE INTO usage (request_id, created_at_ms, record) VALUES (?, ?, ?)",
-                vec![
-                    parsed.request_id.clone().into(),
-                    (parsed.created_at_ms as i64).into(),
-                    record.to_string().into(),
-                ],
-            )?
-            .rows_written();
-        if inserted > 0 {
-            self.add_hourly(&parsed)?;
+        let parsed: Vec<(UsageRecord, String)> = records
+            .iter()
+            .filter_map(|v| Some((UsageRecord::from_json(v)?, v.to_string())))
+            .collect();
+        let valid = parsed.len();
+        if valid == 0 {
+            return Ok(0);
         }
-        Ok(true)
+        let sql = self.sql();
+        self.transaction(move || write_usage(&sql, &parsed))?;
+        Ok(valid)
     }
 
-    /// Adds a record to its hour's counters (the object is single-threaded,
-    /// so the read and the write cannot interleave with another record).
-    fn add_hourly(&self, r: &UsageRecord) -> Result<()> {
-        let row = HourRow::of(r);
-        let current: Vec<HourlyRow> = self
-            .sql()
-            .exec(
-                "SELECT hour, model, counters FROM usage_hourly WHERE hour = ? AND model = ?",
-                vec![(row.hour as i64).into(), row.model.clone().into()],
-            )?
-            .to_array()?;
-        let mut counters: Counters = current
-            .first()
-            .and_then(|c| serde_json::from_str(&c.counters).ok())
-            .unwrap_or_default();
-        counters.add(&row.counters);
-        self.sql().exec(
-            "INSERT INTO usage_hourly (hour, model, counters) VALUES (?, ?, ?)
-             ON CONFLICT (hour, model) DO UPDATE SET counters = excluded.counters",
-            vec![
-                (row.hour as i64).into(),
-                row.model.into(),
-                serde_json::to_string(&counters)?.into(),
-            ],
-        )?;
-        Ok(())
+    /// Runs `write` in `storage.transactionSync`: all of it is committed, or
+    /// (it failed) none of it.
+    fn transaction(&self, write: impl FnOnce() -> Result<()> + 'static) -> Result<()> {
+        let storage = self.state.storage();
+        let storage: JsValue = AsRef::<JsValue>::as_ref(storage.as_raw()).clone();
+        let run = js_sys::Reflect::get(&storage, &JsValue::from_str("transactionSync"))?
+            .dyn_into::<js_sys::Function>()
+            .map_err(|_| worker::Error::RustError("no transactionSync".into()))?;
+        let body = Closure::once(move || -> std::result::Result<JsValue, JsValue> {
+            write()
+                .map(|()| JsValue::UNDEFINED)
+                .map_err(|e| JsValue::from_str(&e.to_string()))
+        });
+        run.call1(&storage, body.as_ref())
+            .map(|_| ())
+            .map_err(worker::Error::from)
     }
 
     /// One page of this key's records, newest first.
@@ -434,6 +422,55 @@ impl KeyObject {
             .filter_map(|r| serde_json::from_str(&r.record).ok())
             .collect())
     }
+}
+
+/// A batch's writes: each record once (by request id), then one read and
+/// one write of each hour's counters for the records that were new (the
+/// object is single-threaded: nothing interleaves).
+fn write_usage(sql: &SqlStorage, records: &[(UsageRecord, String)]) -> Result<()> {
+    let mut hours: HashMap<(u64, String), Counters> = HashMap::new();
+    for (parsed, text) in records {
+        let inserted = sql
+            .exec(
+                "INSERT OR IGNORE INTO usage (request_id, created_at_ms, record) VALUES (?, ?, ?)",
+                vec![
+                    parsed.request_id.clone().into(),
+                    (parsed.created_at_ms as i64).into(),
+                    text.clone().into(),
+                ],
+            )?
+            .rows_written();
+        if inserted > 0 {
+            let row = HourRow::of(parsed);
+            hours
+                .entry((row.hour, row.model))
+                .or_default()
+                .add(&row.counters);
+        }
+    }
+    for ((hour, model), added) in hours {
+        let current: Vec<HourlyRow> = sql
+            .exec(
+                "SELECT hour, model, counters FROM usage_hourly WHERE hour = ? AND model = ?",
+                vec![(hour as i64).into(), model.clone().into()],
+            )?
+            .to_array()?;
+        let mut counters: Counters = current
+            .first()
+            .and_then(|c| serde_json::from_str(&c.counters).ok())
+            .unwrap_or_default();
+        counters.add(&added);
+        sql.exec(
+            "INSERT INTO usage_hourly (hour, model, counters) VALUES (?, ?, ?)
+             ON CONFLICT (hour, model) DO UPDATE SET counters = excluded.counters",
+            vec![
+                (hour as i64).into(),
+                model.into(),
+                serde_json::to_string(&counters)?.into(),
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 impl DurableObject for KeyObject {
@@ -496,11 +533,16 @@ impl DurableObject for KeyObject {
                 Response::from_json(&status)
             }
             (Method::Post, "/usage") => {
-                let record: Value = req.json().await?;
-                if !self.insert_usage(&record)? {
+                // A batch (an array), or one record (an isolate of an older version).
+                let body: Value = req.json().await?;
+                let stored = match &body {
+                    Value::Array(records) => self.insert_usage(records)?,
+                    record => self.insert_usage(std::slice::from_ref(record))?,
+                };
+                if stored == 0 {
                     return Response::error("not a usage record", 400);
                 }
-                Response::from_json(&json!({ "ok": true }))
+                Response::from_json(&json!({ "ok": true, "records": stored }))
             }
             (Method::Post, "/usage/query") => {
                 let q: UsageQuery = req.json().await?;

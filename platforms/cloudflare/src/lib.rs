@@ -7,7 +7,7 @@
 //! |-----------|----------------------------------------------------------------|
 //! | keys      | KV namespace `KEYS` (by SHA-256), with the core's cache in front |
 //! | limiter   | Durable Object `KEY_OBJECT`, one per key: admission, settlement, and the authority on revocation |
-//! | usage     | the same Durable Object (queryable)                            |
+//! | usage     | the same Durable Object (queryable), records batched per key   |
 //! | observer  | one JSON log line per request ([`conduit::observe`]), for Workers Logs |
 //! | upstream  | `fetch`, streamed both ways, aborted when the client goes away |
 //! | clock     | `Date.now()`, `setTimeout`                                     |
@@ -32,10 +32,9 @@ use conduit::ports::Spawner;
 use conduit::{Config, Gateway, GatewayError, Ports, ResponseBody};
 use futures_util::future::{select, Either};
 use futures_util::{Stream, StreamExt};
-use http_body_util::BodyExt;
 use serde_json::json;
 use wasm_bindgen::JsValue;
-use worker::{event, Context, Env, HttpRequest};
+use worker::{event, Context, Env};
 
 pub use key_object::KeyObject;
 use ports::{
@@ -47,6 +46,8 @@ thread_local! {
     static GATEWAY: RefCell<Option<Rc<Gateway>>> = const { RefCell::new(None) };
     /// Requests this isolate served, and its name in the round-trip log.
     static SERVED: RefCell<(u64, u64)> = const { RefCell::new((0, 0)) };
+    /// Whether `CONDUIT_COUNT_TRIPS` is on.
+    static COUNT_TRIPS: std::cell::OnceCell<bool> = const { std::cell::OnceCell::new() };
 }
 
 /// With the var `CONDUIT_COUNT_TRIPS = "1"` (benchmarks): the header
@@ -54,7 +55,10 @@ thread_local! {
 /// store round trips so far as JSON (`bench/worker.sh` reads it after a run;
 /// `wrangler dev` runs one isolate).
 fn trips_header(env: &Env) -> Option<http::HeaderValue> {
-    if binding(env, "CONDUIT_COUNT_TRIPS").as_deref() != Some("1") {
+    // Read once per isolate: a var does not change under a running isolate.
+    let counting = COUNT_TRIPS
+        .with(|c| *c.get_or_init(|| binding(env, "CONDUIT_COUNT_TRIPS").as_deref() == Some("1")));
+    if !counting {
         return None;
     }
     let (isolate, requests) = SERVED.with(|s| {
@@ -87,10 +91,7 @@ fn build(env: &Env) -> Result<Gateway, String> {
     let keys = Arc::new(KvKeyStore { env: env.clone() });
     let ports = Ports {
         keys: keys.clone(),
-        usage: Arc::new(ObjectUsageStore {
-            env: env.clone(),
-            keys,
-        }),
+        usage: Arc::new(ObjectUsageStore::new(env.clone(), keys)),
         upstream: Arc::new(FetchUpstream),
         clock: Arc::new(WorkerClock),
         // Hot keys are admitted from leases unless every request must ask (README, "Limits").
@@ -102,11 +103,18 @@ fn build(env: &Env) -> Result<Gateway, String> {
         spawner: Arc::new(LocalSpawner),
     };
     // Workers Logs: one JSON line per request (and per failed attempt).
-    let log = conduit::observe::LogLines(|line: &str| worker::console_log!("{line}"));
+    let log = conduit::observe::LogLines(|line: &str| console_log_str(line));
     Ok(
         Gateway::new(config, ports, binding(env, "CONDUIT_MASTER_KEY").as_deref())
             .with_observer(Arc::new(log)),
     )
+}
+
+#[wasm_bindgen::prelude::wasm_bindgen]
+extern "C" {
+    /// `console.log` of a `&str` as it is (`console_log!` formats a copy first).
+    #[wasm_bindgen(js_namespace = console, js_name = log)]
+    fn console_log_str(line: &str);
 }
 
 /// Runs work on the isolate's event loop (used only outside a request).
@@ -136,19 +144,24 @@ const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 /// Reads the request body, refusing it past `limit` bytes. An oversized
 /// body is still read to its end (up to [`DRAIN_LIMIT`]) before the 413: an
 /// unread body breaks the client's keep-alive connection in local dev.
-async fn read_body(mut body: worker::Body, limit: usize) -> Result<Bytes, GatewayError> {
+async fn read_body(
+    body: Option<web_sys::ReadableStream>,
+    limit: usize,
+) -> Result<Bytes, GatewayError> {
+    let Some(body) = body else {
+        return Ok(Bytes::new());
+    };
+    let mut body = ports::JsByteStream::new(&body, None);
     let mut buf = bytes::BytesMut::new();
     let mut seen = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame
+    while let Some(chunk) = body.next().await {
+        let data = chunk
             .map_err(|_| GatewayError::invalid("The request body could not be read.", None))?;
-        if let Ok(data) = frame.into_data() {
-            seen += data.len();
-            if seen <= limit {
-                buf.extend_from_slice(&data);
-            } else if seen > DRAIN_LIMIT {
-                break;
-            }
+        seen += data.len();
+        if seen <= limit {
+            buf.extend_from_slice(&data);
+        } else if seen > DRAIN_LIMIT {
+            break;
         }
     }
     if seen > limit {
@@ -157,36 +170,54 @@ async fn read_body(mut body: worker::Body, limit: usize) -> Result<Bytes, Gatewa
     Ok(buf.freeze())
 }
 
+/// The request's head as the core's `http` types (what workers-rs's
+/// `HttpRequest` does, without turning the body into a stream of its own).
+fn request_head(request: &web_sys::Request) -> Result<http::request::Parts, String> {
+    let mut head = http::Request::builder()
+        .method(request.method().as_str())
+        .uri(request.url())
+        .body(())
+        .map_err(|e| e.to_string())?;
+    let headers = head.headers_mut();
+    for (name, value) in worker::Headers(request.headers()).entries() {
+        let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+        let value = http::HeaderValue::from_str(&value).map_err(|e| e.to_string())?;
+        headers.append(name, value);
+    }
+    Ok(head.into_parts().0)
+}
+
+/// The core's response as the Worker's. A whole body goes out as one
+/// buffer (workerd sets its length); a stream as one `ReadableStream` over
+/// the Rust stream. (Not through `http::Response<worker::Body>`: workers-rs
+/// turns that body into a JS stream, back into a Rust stream and into a JS
+/// stream again, every chunk crossing three times.)
 fn to_worker(
     response: conduit::Response,
-    signal: Option<worker::AbortSignal>,
+    signal: Option<web_sys::AbortSignal>,
     ctx: Arc<Context>,
-) -> worker::Result<http::Response<worker::Body>> {
-    let (mut parts, body) = response.into_parts();
+) -> worker::Result<worker::Response> {
+    let (parts, body) = response.into_parts();
+    let mut builder = worker::ResponseBuilder::new()
+        .with_status(parts.status.as_u16())
+        .with_headers(worker::Headers::from(&parts.headers));
     // Precompressed bodies (the web UI's assets) go out as they are: without
     // this, workerd would compress them again per their Content-Encoding.
     if parts.headers.contains_key(http::header::CONTENT_ENCODING) {
-        parts.extensions.insert(worker::EncodeBody::Manual);
+        builder = builder.with_encode_body(worker::EncodeBody::Manual);
     }
-    let body = match body {
-        // A 304 (and an empty answer) must have no body stream at all.
-        ResponseBody::Full(bytes) if bytes.is_empty() => worker::Body::empty(),
-        ResponseBody::Full(bytes) => {
-            worker::Body::from_stream(futures_util::stream::once(async move {
-                Ok::<Vec<u8>, worker::Error>(bytes.to_vec())
-            }))?
-        }
+    match body {
+        // A 304 (and an empty answer) must have no body at all.
+        ResponseBody::Full(bytes) if bytes.is_empty() => Ok(builder.empty()),
+        ResponseBody::Full(bytes) => Ok(builder.fixed(bytes.into())),
         ResponseBody::Stream(stream) => {
             let stream = match signal {
                 Some(signal) => watch_disconnect(stream, signal, ctx),
                 None => stream,
             };
-            worker::Body::from_stream(
-                stream.map(|b: Bytes| Ok::<Vec<u8>, worker::Error>(b.to_vec())),
-            )?
+            builder.from_stream(stream.map(|b: Bytes| Ok::<Vec<u8>, worker::Error>(b.into())))
         }
-    };
-    Ok(http::Response::from_parts(parts, body))
+    }
 }
 
 type SharedStream = Rc<RefCell<Option<BoxStream<'static, Bytes>>>>;
@@ -234,13 +265,13 @@ impl Drop for Watched {
 /// records the request (billed as seen plus the estimate for the rest).
 fn watch_disconnect(
     stream: BoxStream<'static, Bytes>,
-    signal: worker::AbortSignal,
+    signal: web_sys::AbortSignal,
     ctx: Arc<Context>,
 ) -> BoxStream<'static, Bytes> {
     let shared: SharedStream = Rc::new(RefCell::new(Some(stream)));
     let mut done_fn = None;
     let done = js_sys::Promise::new(&mut |resolve, _| done_fn = Some(resolve));
-    let inner: web_sys::AbortSignal = (*signal).clone();
+    let inner = signal;
     let aborted = js_sys::Promise::new(&mut |resolve, _| {
         if inner.aborted() {
             let _ = resolve.call0(&JsValue::NULL);
@@ -266,36 +297,35 @@ fn watch_disconnect(
 
 #[event(fetch)]
 pub async fn fetch(
-    request: HttpRequest,
+    request: web_sys::Request,
     env: Env,
     ctx: Context,
-) -> worker::Result<http::Response<worker::Body>> {
+) -> worker::Result<worker::Response> {
     let gateway = match gateway(&env) {
         Ok(g) => g,
         Err(message) => {
             worker::console_error!("conduit: {message}");
             let body = json!({"error": {"message": message, "type": "api_error", "param": null, "code": "config_error"}});
-            return http::Response::builder()
-                .status(500)
-                .header("content-type", "application/json")
-                .body(worker::Body::from_stream(futures_util::stream::once(
-                    async move { Ok::<Vec<u8>, worker::Error>(body.to_string().into_bytes()) },
-                ))?)
-                .map_err(|e| worker::Error::RustError(e.to_string()));
+            return Ok(worker::Response::from_json(&body)?.with_status(500));
         }
     };
     let ctx = Arc::new(ctx);
     let spawner: Arc<dyn Spawner> = Arc::new(ContextSpawner(ctx.clone()));
     let limit = gateway.max_body_bytes();
-    let (parts, body) = request.into_parts();
-    let signal = parts.extensions.get::<worker::AbortSignal>().cloned();
-    let response = match read_body(body, limit).await {
-        Ok(bytes) => {
-            gateway
-                .handle_with(http::Request::from_parts(parts, bytes), &spawner)
-                .await
-        }
-        Err(e) => gateway.refuse(&e),
+    let signal = Some(request.signal());
+    let response = match request_head(&request) {
+        Ok(parts) => match read_body(request.body(), limit).await {
+            Ok(bytes) => {
+                gateway
+                    .handle_with(http::Request::from_parts(parts, bytes), &spawner)
+                    .await
+            }
+            Err(e) => gateway.refuse(&e),
+        },
+        Err(e) => gateway.refuse(&GatewayError::invalid(
+            format!("The request could not be read: {e}"),
+            None,
+        )),
     };
     let mut response = response;
     if let Some(v) = trips_header(&env) {
