@@ -47,7 +47,8 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use conduit::keys::{check_presented, VirtualKey};
 use conduit::metering::limits::counters::{
-    carry_writes, merge_writes, settlement_writes, Condition, CounterWrite, KeyCounters, Update,
+    carry_writes, merge_writes, settlement_writes, Condition, CounterWrite, ItemAdmission,
+    KeyCounters, Update,
 };
 use conduit::metering::limits::lease::{book_of, Carry, LeaseBook};
 use conduit::metering::limits::{Ask, LimitStatus, Rejection, Reservation};
@@ -144,7 +145,14 @@ pub struct Dynamo {
     pub leasing: bool,
     /// The container's leases and carried settlements, by key id.
     leases: std::sync::Mutex<HashMap<String, LeaseBook>>,
+    /// Key items as last seen (read or returned by an admission's write),
+    /// by key id: the next admission of the key decides on it and writes
+    /// at once, without a read ([`Dynamo::admit_write`]).
+    seen: std::sync::Mutex<HashMap<String, KeyItem>>,
 }
+
+/// Key items remembered per container before the memory is cleared.
+const MAX_SEEN: usize = 10_000;
 
 impl Dynamo {
     pub fn new(client: Client, tables: Tables) -> Dynamo {
@@ -155,6 +163,7 @@ impl Dynamo {
             edge: false,
             leasing: false,
             leases: std::sync::Mutex::default(),
+            seen: std::sync::Mutex::default(),
         }
     }
 }
@@ -201,11 +210,43 @@ impl Trips {
     }
 }
 
-/// A key item, as read.
+/// A key item, as read (or as an admission's `UpdateItem` returned it).
+#[derive(Clone)]
 struct KeyItem {
     key: Option<VirtualKey>,
+    /// The stored `record` as is: an admission is conditioned on it (and
+    /// on `hash`), so that one decided on a remembered item is written only
+    /// if the key is still what it was.
+    record: String,
     hash: String,
     counters: KeyCounters,
+}
+
+impl KeyItem {
+    fn parse(item: &Item) -> KeyItem {
+        let record = get_s(item, "record").unwrap_or_default().to_owned();
+        KeyItem {
+            key: serde_json::from_str::<Value>(&record)
+                .ok()
+                .and_then(|v| VirtualKey::from_storage_json(&v)),
+            record,
+            hash: get_s(item, "hash").unwrap_or_default().to_owned(),
+            counters: KeyCounters::read(|name| {
+                item.get(name)
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|n| n.parse().ok())
+            }),
+        }
+    }
+}
+
+/// What a guarded admission write ([`Dynamo::admit_write`]) found.
+enum Guarded {
+    /// Written; the item after it (`ALL_NEW`).
+    Written(Option<KeyItem>),
+    /// A condition failed; the item as it was (`ALL_OLD`), where the store
+    /// returns it (DynamoDB does; dynalite does not: then it is read).
+    Moved(Option<KeyItem>),
 }
 
 impl Dynamo {
@@ -315,22 +356,86 @@ impl Dynamo {
             .send()
             .await
             .map_err(err)?;
-        Ok(out.item.map(|item| KeyItem {
-            key: get_s(&item, "record")
-                .and_then(|r| serde_json::from_str::<Value>(r).ok())
-                .and_then(|v| VirtualKey::from_storage_json(&v)),
-            hash: get_s(&item, "hash").unwrap_or_default().to_owned(),
-            counters: KeyCounters::read(|name| {
-                item.get(name)
-                    .and_then(|v| v.as_n().ok())
-                    .and_then(|n| n.parse().ok())
-            }),
-        }))
+        let item = out.item.as_ref().map(KeyItem::parse);
+        self.remember(id, item.as_ref());
+        Ok(item)
+    }
+
+    /// Keeps (or forgets) the item as last seen, for the next admission.
+    fn remember(&self, id: &str, item: Option<&KeyItem>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match item {
+            Some(i) => {
+                if seen.len() >= MAX_SEEN && !seen.contains_key(id) {
+                    seen.clear();
+                }
+                seen.insert(id.to_owned(), i.clone());
+            }
+            None => {
+                seen.remove(id);
+            }
+        }
+    }
+
+    /// The item as this container last saw it.
+    fn remembered(&self, id: &str) -> Option<KeyItem> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(id).cloned()
     }
 
     /// Runs one [`CounterWrite`] on the key item; `Ok(false)` when a
     /// condition no longer holds (or the key is gone).
     async fn write_counters(&self, id: &str, w: &CounterWrite) -> Result<bool, StoreError> {
+        let result = self.counter_update(id, w, None).send().await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// An admission's write, decided on `seen` (read, or remembered from
+    /// an earlier write): one `UpdateItem`, on the further condition that
+    /// the key's `record` and `hash` are still `seen`'s (so the key check
+    /// made on `seen` holds at write time), returning the item after it
+    /// (`ALL_NEW`: the next admission decides on it without a read) or,
+    /// when a condition failed, before it (`ALL_OLD`, to decide again
+    /// without a read).
+    async fn admit_write(
+        &self,
+        id: &str,
+        w: &CounterWrite,
+        seen: &KeyItem,
+    ) -> Result<Guarded, StoreError> {
+        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+        use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure};
+        let result = self
+            .counter_update(id, w, Some(seen))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(out) => Ok(Guarded::Written(
+                out.attributes.as_ref().map(KeyItem::parse),
+            )),
+            Err(e) => match e.into_service_error() {
+                UpdateItemError::ConditionalCheckFailedException(c) => {
+                    Ok(Guarded::Moved(c.item().map(KeyItem::parse)))
+                }
+                e => Err(err(e)),
+            },
+        }
+    }
+
+    /// The `UpdateItem` of a [`CounterWrite`] (guarded by `seen`'s record
+    /// and hash, when given).
+    fn counter_update(
+        &self,
+        id: &str,
+        w: &CounterWrite,
+        seen: Option<&KeyItem>,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
         let mut update = self
             .client
             .update_item()
@@ -384,16 +489,17 @@ impl Dynamo {
         for (i, v) in values.into_iter().enumerate() {
             update = update.expression_attribute_values(format!(":v{i}"), v);
         }
-        let result = update
+        if let Some(seen) = seen {
+            conditions.push("#record = :record AND #hash = :hash".to_owned());
+            update = update
+                .expression_attribute_names("#record", "record")
+                .expression_attribute_names("#hash", "hash")
+                .expression_attribute_values(":record", s(seen.record.clone()))
+                .expression_attribute_values(":hash", s(seen.hash.clone()));
+        }
+        update
             .update_expression(expression.trim())
             .condition_expression(conditions.join(" AND "))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
-            Err(e) => Err(err(e)),
-        }
     }
 
     /// The authoritative check of a presented key ([`check_presented`]).
