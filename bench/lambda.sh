@@ -670,7 +670,7 @@ fi
 python3 - "$OUT" "$HOT_RATE" "$HOT_DURATION" "$HOT_INSTANCES" >>"$OUT/table.md" <<'PY' || true
 import json, sys
 out, rate, dur, inst = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-kinds = ["hash_read", "key_read", "admit_write", "settle_write", "carry_write", "usage_write"]
+kinds = ["hash_read", "key_read", "admit_write", "settle_write", "carry_write", "usage_write", "key_touch"]
 L = ["", f"Store round trips per request ({inst} instances, DynamoDB calls counted in the function; before the "
      "upstream call: hash and key reads, the admission write (a lease's grant, with the carry it takes along); "
      "after it, before the invocation ends: settlement, carry (returned leases, settled leased requests) and usage writes). Target for the first two rows: ≤ 0.1 before the upstream call.", "",

@@ -149,7 +149,17 @@ pub struct Dynamo {
     /// by key id: the next admission of the key decides on it and writes
     /// at once, without a read ([`Dynamo::admit_write`]).
     seen: std::sync::Mutex<HashMap<String, KeyItem>>,
+    /// Set once the store turned out to have no `TransactWriteItems`
+    /// (dynalite): usage is then written in two round trips.
+    no_transactions: std::sync::atomic::AtomicBool,
+    /// When this container last raised each key item's `last_used_ms`.
+    touched: std::sync::Mutex<HashMap<String, u64>>,
 }
+
+/// A key item's `last_used_ms` is raised at most this often per container
+/// (`last_used` reads the newest usage record; the item's value serves
+/// once the records have expired).
+const TOUCH_EVERY_MS: u64 = 3_600_000;
 
 /// Key items remembered per container before the memory is cleared.
 const MAX_SEEN: usize = 10_000;
@@ -164,6 +174,8 @@ impl Dynamo {
             leasing: false,
             leases: std::sync::Mutex::default(),
             seen: std::sync::Mutex::default(),
+            no_transactions: std::sync::atomic::AtomicBool::new(false),
+            touched: std::sync::Mutex::default(),
         }
     }
 }
@@ -179,17 +191,19 @@ pub enum Trip {
     AdmitWrite,
     /// A settlement's write.
     SettleWrite,
-    /// A usage record's writes: the record, its hour's counters and the
-    /// key's last use (three per record).
+    /// A usage record's writes: the record and its hour's counters, in
+    /// one transaction (two writes where the store has no transactions).
     UsageWrite,
     /// The delivery of a container's carried settlements and returned
     /// leases, when no admission write took them along.
     CarryWrite,
+    /// The raise of a key item's `last_used_ms` (at most hourly per container).
+    KeyTouch,
 }
 
 /// Round trips to DynamoDB since start, by kind (for `bench/lambda.sh`).
 #[derive(Debug, Default)]
-pub struct Trips([std::sync::atomic::AtomicU64; 6]);
+pub struct Trips([std::sync::atomic::AtomicU64; 7]);
 
 impl Trips {
     pub fn add(&self, kind: Trip) {
@@ -206,6 +220,7 @@ impl Trips {
             "settle_write": n(Trip::SettleWrite),
             "usage_write": n(Trip::UsageWrite),
             "carry_write": n(Trip::CarryWrite),
+            "key_touch": n(Trip::KeyTouch),
         })
     }
 }
@@ -673,16 +688,33 @@ impl Dynamo {
             .map_err(err)
     }
 
-    /// Adds a record to its hour's counters: one `ADD` of every field, atomic in DynamoDB.
-    async fn add_hourly(
+    /// The usage record's item and the `ADD` of it to its hour's counters
+    /// (every field, atomic in DynamoDB): the two writes of
+    /// [`UsageStore::record`], as one transaction's items.
+    fn usage_writes(
         &self,
         record: &UsageRecord,
-        expires: Option<u64>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<
+        (
+            aws_sdk_dynamodb::types::Put,
+            aws_sdk_dynamodb::types::Update,
+        ),
+        StoreError,
+    > {
+        let expires = (self.tables.usage_ttl_days > 0)
+            .then(|| record.created_at_ms / 1000 + self.tables.usage_ttl_days * 86_400);
+        let mut put = aws_sdk_dynamodb::types::Put::builder()
+            .table_name(&self.tables.usage)
+            .item("pk", s(record.key_id.clone()))
+            .item("sk", s(sort_key(record.created_at_ms, &record.request_id)))
+            .item("record", s(record.to_json().to_string()))
+            // Written once: a retried write must not count the request twice.
+            .condition_expression("attribute_not_exists(pk)");
+        if let Some(e) = expires {
+            put = put.item("expires_at", AttributeValue::N(e.to_string()));
+        }
         let row = HourRow::of(record);
-        let mut update = self
-            .client
-            .update_item()
+        let mut update = aws_sdk_dynamodb::types::Update::builder()
             .table_name(&self.tables.usage)
             .key("pk", s(format!("hours#{}", row.key_id)))
             .key("sk", s(format!("{:013}#{}", row.hour, row.model)));
@@ -708,12 +740,114 @@ impl Dynamo {
                 .expression_attribute_names("#e", "expires_at")
                 .expression_attribute_values(":e", AttributeValue::N(e.to_string()));
         }
-        update
-            .update_expression(expression)
+        Ok((
+            put.build().map_err(err)?,
+            update.update_expression(expression).build().map_err(err)?,
+        ))
+    }
+
+    /// The record and its hour's counters in one round trip: one
+    /// `TransactWriteItems`, all or nothing (a record already written
+    /// cancels it, so nothing is counted twice). `Ok(false)` where the
+    /// store has no transactions (dynalite).
+    async fn record_in_one(
+        &self,
+        put: aws_sdk_dynamodb::types::Put,
+        update: aws_sdk_dynamodb::types::Update,
+        request_id: &str,
+    ) -> bool {
+        use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+        use aws_sdk_dynamodb::types::TransactWriteItem;
+        self.trips.add(Trip::UsageWrite);
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .transact_items(TransactWriteItem::builder().update(update).build())
             .send()
-            .await
-            .map_err(err)?;
-        Ok(())
+            .await;
+        match result {
+            Ok(_) => true,
+            Err(e) if e.code() == Some("UnknownOperationException") => {
+                self.no_transactions
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                false
+            }
+            Err(e) => {
+                let written = matches!(e.as_service_error(), Some(TransactWriteItemsError::TransactionCanceledException(c))
+                    if c.cancellation_reasons().first().and_then(|r| r.code()) == Some("ConditionalCheckFailed"));
+                if !written {
+                    eprintln!(
+                        "conduit: usage record {request_id} not stored: {}",
+                        DisplayErrorContext(e)
+                    );
+                }
+                true
+            }
+        }
+    }
+
+    /// Without transactions: the record, then (if it was new) its hour's
+    /// counters: two round trips.
+    async fn record_in_two(
+        &self,
+        put: aws_sdk_dynamodb::types::Put,
+        update: aws_sdk_dynamodb::types::Update,
+        request_id: &str,
+    ) {
+        self.trips.add(Trip::UsageWrite);
+        let result = self
+            .client
+            .put_item()
+            .table_name(put.table_name)
+            .set_item(Some(put.item))
+            .set_condition_expression(put.condition_expression)
+            .send()
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => return,
+            Err(e) => {
+                eprintln!(
+                    "conduit: usage record {request_id} not stored: {}",
+                    DisplayErrorContext(e)
+                );
+                return;
+            }
+        }
+        self.trips.add(Trip::UsageWrite);
+        let result = self
+            .client
+            .update_item()
+            .table_name(update.table_name)
+            .set_key(Some(update.key))
+            .update_expression(update.update_expression)
+            .set_expression_attribute_names(update.expression_attribute_names)
+            .set_expression_attribute_values(update.expression_attribute_values)
+            .send()
+            .await;
+        if let Err(e) = result {
+            eprintln!(
+                "conduit: usage counters for {request_id} not stored: {}",
+                DisplayErrorContext(e)
+            );
+        }
+    }
+
+    /// Whether this container should raise the key's `last_used_ms` now.
+    fn touch_due(&self, key_id: &str, ms: u64) -> bool {
+        let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+        if touched
+            .get(key_id)
+            .is_some_and(|t| ms.saturating_sub(*t) < TOUCH_EVERY_MS)
+        {
+            return false;
+        }
+        if touched.len() >= MAX_SEEN {
+            touched.clear();
+        }
+        touched.insert(key_id.to_owned(), ms);
+        true
     }
 
     /// Raises the key item's `last_used_ms` (never lowers it; a deleted key stays deleted).
@@ -844,37 +978,20 @@ impl Dynamo {
 port! {
     impl UsageStore for Dynamo {
         async fn record(&self, record: UsageRecord) {
-            let json = record.to_json();
-            let expires = (self.tables.usage_ttl_days > 0)
-                .then(|| record.created_at_ms / 1000 + self.tables.usage_ttl_days * 86_400);
-            let mut put = self
-                .client
-                .put_item()
-                .table_name(&self.tables.usage)
-                .item("pk", s(record.key_id.clone()))
-                .item("sk", s(sort_key(record.created_at_ms, &record.request_id)))
-                .item("record", s(json.to_string()))
-                // Written once: a retried write must not count the request twice.
-                .condition_expression("attribute_not_exists(pk)");
-            if let Some(e) = expires {
-                put = put.item("expires_at", AttributeValue::N(e.to_string()));
+            let (put, update) = match self.usage_writes(&record) {
+                Ok(w) => w,
+                Err(e) => return eprintln!("conduit: usage record {} not stored: {e}", record.request_id),
+            };
+            let one = !self.no_transactions.load(std::sync::atomic::Ordering::Relaxed)
+                && self.record_in_one(put.clone(), update.clone(), &record.request_id).await;
+            if !one {
+                self.record_in_two(put, update, &record.request_id).await;
             }
-            for _ in 0..3 {
-                self.trips.add(Trip::UsageWrite);
-            }
-            match put.send().await {
-                Ok(_) => {
-                    let (hourly, ()) = futures_util::future::join(
-                        self.add_hourly(&record, expires),
-                        self.touch_key(&record.key_id, record.created_at_ms),
-                    )
-                    .await;
-                    if let Err(e) = hourly {
-                        eprintln!("conduit: usage counters for {} not stored: {e}", record.request_id);
-                    }
-                }
-                Err(e) if e.code() == Some("ConditionalCheckFailedException") => {}
-                Err(e) => eprintln!("conduit: usage record {} not stored: {}", record.request_id, DisplayErrorContext(e)),
+            // `last_used` reads the newest record; the key item keeps a
+            // coarser last use for keys whose records have expired.
+            if self.touch_due(&record.key_id, record.created_at_ms) {
+                self.trips.add(Trip::KeyTouch);
+                self.touch_key(&record.key_id, record.created_at_ms).await;
             }
         }
 
@@ -900,23 +1017,42 @@ port! {
         }
 
         async fn last_used(&self, key_ids: &[String]) -> Result<Vec<Option<u64>>, StoreError> {
-            let items = futures_util::future::join_all(key_ids.iter().map(|id| {
-                self.client
-                    .get_item()
-                    .table_name(&self.tables.keys)
-                    .key("pk", s(format!("key#{id}")))
-                    .projection_expression("last_used_ms")
-                    .send()
+            // The newest record's time (exact), or the key item's coarser
+            // `last_used_ms` when it is later (records expire).
+            let each = futures_util::future::join_all(key_ids.iter().map(|id| async move {
+                let (item, newest) = futures_util::future::join(
+                    self.client
+                        .get_item()
+                        .table_name(&self.tables.keys)
+                        .key("pk", s(format!("key#{id}")))
+                        .projection_expression("last_used_ms")
+                        .send(),
+                    self.client
+                        .query()
+                        .table_name(&self.tables.usage)
+                        .key_condition_expression("pk = :k")
+                        .expression_attribute_values(":k", s(id.clone()))
+                        .scan_index_forward(false)
+                        .limit(1)
+                        .projection_expression("sk")
+                        .send(),
+                )
+                .await;
+                let touched: Option<u64> = item
+                    .map_err(err)?
+                    .item
+                    .and_then(|i| i.get("last_used_ms").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok()));
+                let newest: Option<u64> = newest
+                    .map_err(err)?
+                    .items()
+                    .first()
+                    .and_then(|i| get_s(i, "sk"))
+                    .and_then(|sk| sk.get(..13))
+                    .and_then(|ms| ms.parse().ok());
+                Ok::<_, StoreError>(touched.max(newest))
             }))
             .await;
-            items
-                .into_iter()
-                .map(|r| {
-                    Ok(r.map_err(err)?
-                        .item
-                        .and_then(|i| i.get("last_used_ms").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok())))
-                })
-                .collect()
+            each.into_iter().collect()
         }
     }
 }
