@@ -246,11 +246,10 @@ impl KeyItem {
                 .and_then(|v| VirtualKey::from_storage_json(&v)),
             record,
             hash: get_s(item, "hash").unwrap_or_default().to_owned(),
-            counters: KeyCounters::read(|name| {
-                item.get(name)
-                    .and_then(|v| v.as_n().ok())
-                    .and_then(|n| n.parse().ok())
-            }),
+            counters: KeyCounters::read(
+                item.iter()
+                    .filter_map(|(name, v)| Some((name.as_str(), v.as_n().ok()?.parse().ok()?))),
+            ),
         }
     }
 }
@@ -475,6 +474,7 @@ impl Dynamo {
             conditions.push(match c {
                 Condition::Absent(a) => format!("attribute_not_exists({})", index(a)),
                 Condition::Equals(a, v) => format!("{} = {}", index(a), value(v.to_string())),
+                Condition::Exists(a) => format!("attribute_exists({})", index(a)),
                 Condition::AtMost(a, v) => {
                     let n = index(a);
                     format!(
@@ -484,11 +484,12 @@ impl Dynamo {
                 }
             });
         }
-        let (mut sets, mut adds) = (Vec::new(), Vec::new());
+        let (mut sets, mut adds, mut removes) = (Vec::new(), Vec::new(), Vec::new());
         for u in &w.updates {
             match u {
                 Update::Set(a, v) => sets.push(format!("{} = {}", index(a), value(v.to_string()))),
                 Update::Add(a, d) => adds.push(format!("{} {}", index(a), value(d.to_string()))),
+                Update::Remove(a) => removes.push(index(a)),
             }
         }
         let mut expression = String::new();
@@ -497,6 +498,9 @@ impl Dynamo {
         }
         if !adds.is_empty() {
             expression.push_str(&format!(" ADD {}", adds.join(", ")));
+        }
+        if !removes.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", removes.join(", ")));
         }
         for (i, n) in owned.into_iter().enumerate() {
             update = update.expression_attribute_names(format!("#n{i}"), n);

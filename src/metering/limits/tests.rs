@@ -256,7 +256,7 @@ mod counter_layout {
 
     impl Item {
         fn read(&self) -> KeyCounters {
-            KeyCounters::read(|n| self.0.get(n).map(|v| *v as u64))
+            KeyCounters::read(self.0.iter().map(|(n, v)| (n.as_str(), *v as u64)))
         }
 
         fn write(&mut self, w: &CounterWrite) -> bool {
@@ -264,6 +264,7 @@ mod counter_layout {
                 Condition::Absent(a) => !self.0.contains_key(a),
                 Condition::Equals(a, v) => self.0.get(a) == Some(&(*v as i64)),
                 Condition::AtMost(a, v) => self.0.get(a).is_none_or(|x| *x <= *v as i64),
+                Condition::Exists(a) => self.0.contains_key(a),
             });
             if ok {
                 for u in &w.updates {
@@ -272,6 +273,9 @@ mod counter_layout {
                             self.0.insert(a.clone(), *v as i64);
                         }
                         Update::Add(a, d) => *self.0.entry(a.clone()).or_insert(0) += d,
+                        Update::Remove(a) => {
+                            self.0.remove(a);
+                        }
                     }
                 }
             }
@@ -522,8 +526,9 @@ mod counter_layout {
             for _ in 0..20_000 {
                 now_ms += next(40);
                 let h = next(holders as u64) as usize;
-                // Each holder's clock: up to 30 ms behind (second-boundary races).
-                let clock = now_ms - next(30);
+                // Each holder's clock: up to 30 ms ahead or behind
+                // (second-boundary races).
+                let clock = now_ms + next(60) - 30;
                 match next(100) {
                     0..=69 => {
                         let (tokens, cost) = (1 + next(100), 1 + next(1_000));
@@ -615,8 +620,8 @@ mod counter_layout {
                     }
                 }
                 // By admission second (the holders' clocks, up to 30 ms
-                // behind): the windows ending in this second and the last.
-                let now = now_ms / 1_000;
+                // off): the windows ending in this second and the last.
+                let now = (now_ms + 30) / 1_000;
                 for end in [now - 1, now] {
                     let window: u64 = per_sec
                         .range(end.saturating_sub(59)..=end)
@@ -630,12 +635,37 @@ mod counter_layout {
             }
             let total: u64 = per_sec.values().sum();
             assert!(total > 6_000, "{total} admitted");
+            // Seconds that left the window are removed as admissions go.
+            assert!(item.0.len() <= 2 * 61 + 8, "{} attributes", item.0.len());
             // Most admissions at the item are one write, without a read.
             assert!(
                 trips < item_admissions * 3 / 2,
                 "{trips} round trips for {item_admissions} admissions at the item"
             );
         }
+    }
+
+    /// An item written in the layout before (`ws{i}`, `wr{i}`, `wt{i}`, i =
+    /// second mod 60): its seconds still count in the window, and their
+    /// attributes go once they have left it.
+    #[test]
+    fn the_layout_before_counts_and_is_removed() {
+        let l = limits(Some(10), None, None);
+        let mut item = Item::default();
+        for (k, v) in [("whi", 1_000), ("ws40", 1_000), ("wr40", 7), ("wt40", 70)] {
+            item.0.insert(k.into(), v);
+        }
+        for _ in 0..3 {
+            let (r, _) = item.read().admit(&ask(1_010, &l, None, 1, 0));
+            assert!(item.write(&r.unwrap().1));
+        }
+        let (refused, status) = item.read().admit(&ask(1_010, &l, None, 1, 0));
+        assert!(refused.is_err(), "7 before + 3 now = rpm");
+        assert_eq!(status.requests.map(|r| r.1), Some(0));
+        let (r, _) = item.read().admit(&ask(1_060, &l, None, 1, 0));
+        assert!(item.write(&r.unwrap().1), "the old second left the window");
+        assert!(!item.0.contains_key("wr40") && !item.0.contains_key("ws40"));
+        assert_eq!(item.0.get("mr1010"), Some(&3));
     }
 
     /// At a second's boundary: one admitter reads in the new second while
