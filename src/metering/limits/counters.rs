@@ -65,7 +65,7 @@
 
 use std::collections::BTreeMap;
 
-use super::lease::{lease_terms, Carry, Lease};
+use super::lease::{lease_terms_spanning, Carry, Lease};
 use super::state::{period_start, Ask, KeyLimitState, LimitStatus, Refusal, Reservation};
 use crate::keys::{Budget, BudgetPeriod, Limits};
 
@@ -224,7 +224,7 @@ impl KeyCounters {
         let live = self
             .slots
             .values()
-            .filter(|s| s.sec + WINDOW > now && s.sec <= now)
+            .filter(|s| s.sec + WINDOW > now && s.sec <= now + 1)
             .map(|s| (s.sec, s.requests, s.tokens));
         KeyLimitState::from_counters(
             live,
@@ -269,20 +269,33 @@ impl KeyCounters {
         ask: &Ask<'_>,
         requests: u64,
     ) -> (Result<(Reservation, CounterWrite), Refusal>, LimitStatus) {
+        self.admit_many_in(ask, requests, false)
+    }
+
+    /// [`Self::admit_many`], counted in the second after the admission's
+    /// when `next` (a spanning lease, [`super::lease::lease_terms_spanning`]).
+    pub fn admit_many_in(
+        &self,
+        ask: &Ask<'_>,
+        requests: u64,
+        next: bool,
+    ) -> (Result<(Reservation, CounterWrite), Refusal>, LimitStatus) {
         let requests = requests.max(1);
         let now = self.effective_now(ask.now_secs);
+        let count = now + u64::from(next);
         let mut view = self.view(now);
         let (window_requests, window_tokens) = {
             let mut v = view.clone();
             v.status(now, ask.limits, ask.budget);
             v.window_totals()
         };
-        let decided = view.admit_many(
+        let decided = view.admit_many_in(
             &Ask {
                 now_secs: now,
                 ..*ask
             },
             requests,
+            count,
         );
         let mut status = view.status(now, ask.limits, ask.budget);
         let reservation = match decided {
@@ -293,7 +306,7 @@ impl KeyCounters {
             Ok(r) => r,
         };
         let mut w = CounterWrite::default();
-        // Open seconds: from the `whi` read to the one before `now`.
+        // Open seconds: from the `whi` read to the one before `now`...
         let mut open: Vec<u64> = match self.hi {
             Some(hi) if hi < now => (hi.max(now + 1 - WINDOW)..now).collect(),
             _ => Vec::new(),
@@ -305,9 +318,12 @@ impl KeyCounters {
         } else {
             w.conditions.push(Condition::AtMost(HI.into(), now));
         }
+        // ...and `now` and the next second (spanning leases count there),
+        // but for the one this admission counts in.
+        open.extend([now, now + 1].into_iter().filter(|s| *s != count));
         let read = |s: u64| self.slots.get(&s).copied().unwrap_or_default();
-        let own = read(now);
-        let [r_attr, t_attr] = second_attrs(now);
+        let own = read(count);
+        let [r_attr, t_attr] = second_attrs(count);
         let mut bound =
             |max: u64, asked: u64, total: u64, mine: u64, of: &dyn Fn(&Slot) -> u64, k: usize| {
                 // What the limit leaves after the window as read and this
@@ -321,7 +337,7 @@ impl KeyCounters {
                     ));
                 }
                 w.conditions.push(Condition::AtMost(
-                    second_attrs(now)[k].clone(),
+                    second_attrs(count)[k].clone(),
                     mine.saturating_add(spare - share * open.len() as u64),
                 ));
             };
@@ -401,8 +417,8 @@ impl KeyCounters {
         r: &Reservation,
         budget: Option<&Budget>,
     ) {
-        let slot = self.slots.entry(now).or_insert(Slot {
-            sec: now,
+        let slot = self.slots.entry(r.sec).or_insert(Slot {
+            sec: r.sec,
             ..Slot::default()
         });
         slot.requests = slot.requests.saturating_add(requests);
@@ -628,7 +644,7 @@ impl KeyCounters {
     ) -> (Result<ItemAdmission, Refusal>, LimitStatus) {
         let sec = self.effective_now(ask.now_secs);
         let before = self.status(ask.now_secs, ask.limits, ask.budget);
-        let terms = lease_terms(
+        let terms = lease_terms_spanning(
             now_ms,
             sec,
             ask.limits,
@@ -645,7 +661,7 @@ impl KeyCounters {
                 cost_nanos: t.cost_nanos,
                 ..*ask
             };
-            if let (Ok((r, w)), status) = self.admit_many(&lease_ask, t.requests) {
+            if let (Ok((r, w)), status) = self.admit_many_in(&lease_ask, t.requests, true) {
                 let mut lease = Lease::new(&r, t, key_hash, status.clone());
                 lease.id = 0;
                 let cost = if ask.budget.is_some() {
