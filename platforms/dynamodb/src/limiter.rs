@@ -163,12 +163,24 @@ impl Dynamo {
         settlement: Settlement,
     ) {
         // The key's budget as admitted (a PATCH since then applies to later requests).
-        for write in settlement_writes(
+        let writes = settlement_writes(
             reservation,
             key.budget.as_ref(),
             settlement.tokens,
             settlement.cost_nanos,
-        ) {
+        );
+        // One write when both parts still apply (almost always); else part by part.
+        if let Some(w) = merge_writes(&writes).filter(|_| writes.len() > 1) {
+            self.trips.add(Trip::SettleWrite);
+            match self.write_counters(&key.id, &w).await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => {
+                    return eprintln!("conduit: settlement for key {} failed: {}", key.id, e);
+                }
+            }
+        }
+        for write in writes {
             self.trips.add(Trip::SettleWrite);
             // A failed condition: the slot or period moved on, nothing to correct there.
             if let Err(e) = self.write_counters(&key.id, &write).await {
