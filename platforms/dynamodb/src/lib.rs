@@ -10,27 +10,37 @@
 //! | usage | `pk = {key id}`, `sk = {unix ms, 13 digits}#{request id}` | `record` (JSON), `expires_at` (TTL) |
 //! | usage | `pk = hours#{key id}`, `sk = {hour start, unix s, 13 digits}#{model alias}` | the hour's counters ([`Counters`] fields, added with `ADD` as records are written), `expires_at` |
 //!
-//! The key item also holds `last_used_ms`, raised as usage records are written.
+//! The key item also holds `last_used_ms`, raised at most hourly per
+//! container as usage records are written (`last_used` reads the newest
+//! record, and this once the records have expired).
 //!
-//! **Admission** reads the key item with a strongly consistent read (so a
-//! deleted, disabled or rotated key is refused at once, whatever the
-//! in-container key cache holds) and decides with the core's
-//! [`KeyCounters`], i.e. [`conduit::metering::limits::KeyLimitState`]'s
+//! **Admission** is one `UpdateItem` of the key item, decided with the
+//! core's [`KeyCounters`], i.e. [`conduit::metering::limits::KeyLimitState`]'s
 //! rules, the very arithmetic the server and the Durable Object run. The
 //! admission state is kept in the key item as separate numbers (the layout
-//! is in [`conduit::metering::limits::counters`]: `whi`, `ws{i}`/`wr{i}`/
-//! `wt{i}` for the 60 one-second slots of the minute window, `dn`/`dr` for
-//! the day, `bp`/`bc`/`bs` for the budget), and the admission is one
-//! `UpdateItem` that `ADD`s to them under conditions that keep the decision
-//! true at write time. So concurrent admissions of one hot key from many
+//! and the proof are in [`conduit::metering::limits::counters`]: `whi`,
+//! `mr{s}`/`mt{s}` for the requests and tokens of each second `s` of the
+//! minute window, `dn`/`dr` for the day, `bp`/`bc`/`bs` for the budget),
+//! and the write `ADD`s to them under conditions that keep the decision
+//! true at write time. The decision is made on the item as the container
+//! last saw it (the previous admission's write returned it, `ALL_NEW`),
+//! without a read: the write is also conditioned on the key's `record` and
+//! `hash` being what was seen, so a deleted, disabled or rotated key is
+//! refused at once whatever the container remembers; a failed condition
+//! returns the item as it is (`ALL_OLD`; read where the store does not)
+//! and the admission is decided again; a refusal is only ever made on a
+//! consistent read. Concurrent admissions of one hot key from many
 //! containers do not collide (they all `ADD` to the same second's counter
-//! under one bound): a condition fails only when the limit would be
-//! crossed (the admission is then re-read and refused, as a serial one
-//! would be) or once a second, when a new second's slot starts. With
-//! `rpm = N`, exactly N are admitted, whatever the number of concurrent
-//! Lambda instances. Settlement is one unconditional-in-effect `ADD` of the
-//! difference between estimate and actual (conditioned only on the slot
-//! and period still being the reservation's), without a read.
+//! under one bound): a condition fails only when the limit is in reach or
+//! the key changed. With `rpm = N`, exactly N are admitted, whatever the
+//! number of concurrent Lambda instances. Settlement is one
+//! unconditional-in-effect `ADD` of the difference between estimate and
+//! actual (conditioned only on the second and period still being there),
+//! without a read.
+//!
+//! **Usage**: a record and its hour's counters are one `TransactWriteItems`
+//! (all or nothing; a record already written cancels it), or two writes
+//! on a store without transactions (dynalite).
 //!
 //! **Store round trips** are counted per kind ([`Trips`]); with
 //! `CONDUIT_COUNT_TRIPS=1` the Lambda adapter logs them after each request
@@ -752,8 +762,9 @@ impl Dynamo {
 
     /// The record and its hour's counters in one round trip: one
     /// `TransactWriteItems`, all or nothing (a record already written
-    /// cancels it, so nothing is counted twice). `Ok(false)` where the
-    /// store has no transactions (dynalite).
+    /// cancels it, so nothing is counted twice). `false` where the store
+    /// has no transactions (dynalite) or the transaction failed: then the
+    /// two writes follow.
     async fn record_in_one(
         &self,
         put: aws_sdk_dynamodb::types::Put,
@@ -781,12 +792,14 @@ impl Dynamo {
                 let written = matches!(e.as_service_error(), Some(TransactWriteItemsError::TransactionCanceledException(c))
                     if c.cancellation_reasons().first().and_then(|r| r.code()) == Some("ConditionalCheckFailed"));
                 if !written {
+                    // Tried again as two writes: the record's own condition
+                    // keeps a transaction that did go through from counting twice.
                     eprintln!(
-                        "conduit: usage record {request_id} not stored: {}",
+                        "conduit: usage record {request_id}: transaction failed, written in two: {}",
                         DisplayErrorContext(e)
                     );
                 }
-                true
+                written
             }
         }
     }

@@ -1,5 +1,6 @@
-//! [`Limiter`] on the key item: admission as conditional counter writes
-//! (the layout and the proof are in [`conduit::metering::limits::counters`]),
+//! [`Limiter`] on the key item: admission as one conditional counter write
+//! decided on the item as last seen, without a read (the layout and the
+//! proof are in [`conduit::metering::limits::counters`]),
 //! settlement without a read, and the container's leases of hot keys
 //! ([`conduit::metering::limits::lease`]): spent locally, granted and
 //! returned with the admission writes, their settlements carried along.
