@@ -19,6 +19,12 @@
 //!   one, where the authority's newest second is ahead of the holder's
 //!   clock, as for any admission on DynamoDB): "`rpm = N`: never more
 //!   than N in any window" holds exactly as without leases.
+//!   On DynamoDB a lease is counted in the second *after* the one it is
+//!   granted in ([`lease_terms_spanning`]) and spent until that second is
+//!   over (at most [`SPANNING_MAX_MS`]): a request from it counts no
+//!   earlier than admitted, and the item's window at second `t` sums the
+//!   buckets `t - 59 ..= t + 1`, which keeps the same guarantee (proof in
+//!   `lease_tests.rs`) with about half the grants.
 //! - **When.** Only while the key is well below every limit: each lease is
 //!   at most [`SHARE`] (a tenth) of what is left in the minute window, the
 //!   day, the token window and the budget, and is only granted when that
