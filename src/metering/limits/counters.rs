@@ -630,7 +630,7 @@ pub struct ItemAdmission {
 
 impl KeyCounters {
     /// Admits one request of a holder observing `rate` requests a second:
-    /// with a lease when the rule allows one ([`lease_terms`]), alone
+    /// with a lease when the rule allows one ([`lease_terms_spanning`]), alone
     /// otherwise; and delivers the holder's `carry` with it (the parts
     /// whose second, day or period the item still holds). `now_ms` is the
     /// clock (`ask.now_secs` must be its second).
