@@ -33,6 +33,7 @@ HOT_RATE=${BENCH_HOT_RATE:-200}           # req/s offered by one key in the hot-
 HOT_DURATION=${BENCH_HOT_DURATION:-10}    # seconds of the hot-key phase
 TRIPS_RATE=${BENCH_TRIPS_RATE:-50}        # req/s of each store-round-trip phase (one key each)
 TRIPS_DURATION=${BENCH_TRIPS_DURATION:-3} # seconds per store-round-trip phase
+TRIPS_ONLY=${BENCH_TRIPS_ONLY:-0}         # 1: only the round-trip and hot-key phases (no warm, cold or size table)
 ZIP_TARGET_MIB=8
 COLD_TARGET_MS=30
 
@@ -515,6 +516,7 @@ cp "$WORK/prep.err" "$OUT/prep-runner.log"
 stop_and_forget "$PREP_PID"
 log "tables and virtual key ready"
 
+if [[ $TRIPS_ONLY != 1 ]]; then
 # ---- 4. warm: direct to the mock, then through the runner with one instance
 run_load() { # DIR TOKEN PID_SPEC...
   local dir=$1 token=$2 url
@@ -545,6 +547,8 @@ FN_HWM=$(awk '/^VmHWM/ {print $2}' /proc/"$FN_PID"/status)
 log "function VmHWM ${FN_HWM} kB"
 cp "$WORK/warm.err" "$OUT/warm-runner.log"
 stop_and_forget "$WARM_PID"
+
+fi
 
 # ---- 4b. one hot key on several instances (issue 14): DynamoDB round trips per request by kind
 # of key (CONDUIT_COUNT_TRIPS=1: each instance logs its counts after every request; the last
@@ -604,9 +608,10 @@ printf '%s\t%s\t%s\n' "hot key, generous limits ($HOT_RATE req/s)" "$before" "$(
 cp "$WORK/hot.err" "$OUT/hot-runner.log" 2>/dev/null || true
 stop_and_forget "$HOT_PID"
 
+declare -A COLD_FAIL=()
+if [[ $TRIPS_ONLY != 1 ]]; then
 # ---- 5. cold starts: per run, a fresh runner whose first instance is kept busy by a slow
 # ---- stream; the measured request makes the runner start a second, fresh instance for it.
-declare -A COLD_FAIL=()
 for kind in $COLD_KINDS; do
   case $kind in
     health-runner) deployed=0 method=GET path=/health body= ;;
@@ -637,6 +642,8 @@ for kind in $COLD_KINDS; do
   COLD_FAIL[$kind]=$fails
 done
 
+fi
+
 # ---- report
 stop_and_forget "$LOAD_PID"
 OTHERS=$("${PYB[@]}" others-summary "$OUT/others.json")
@@ -648,18 +655,22 @@ export R_DATE R_CPUS R_KERNEL R_BIN_MTIME R_BUSY R_LOADAVG R_BUSY_PROCS R_BIN_BY
 R_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 R_CPUS="$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'))"
 R_KERNEL=$(uname -sr)
-R_OTHERS=$OTHERS R_FN_HWM_KIB=$FN_HWM R_BIN_MTIME=$BIN_MTIME R_BUSY=$BUSY_START R_LOADAVG=$LOADAVG R_BUSY_PROCS=$BUSY_PROCS
+R_OTHERS=$OTHERS R_FN_HWM_KIB=${FN_HWM:-} R_BIN_MTIME=$BIN_MTIME R_BUSY=$BUSY_START R_LOADAVG=$LOADAVG R_BUSY_PROCS=$BUSY_PROCS
 R_BIN_BYTES=$BIN_BYTES R_ZIP_BYTES=$ZIP_BYTES R_ZIP_TOOL=$ZIP_TOOL R_ZIP_TARGET_MIB=$ZIP_TARGET_MIB
 R_COLD_TARGET_MS=$COLD_TARGET_MS R_COLD_KINDS=$COLD_KINDS R_COLD_RUNS=$COLD_RUNS
 R_RATE=$RATE R_RATE_DURATION=$RATE_DURATION R_RATE_CONNS=$RATE_CONNS R_WARMUP=$WARMUP
 R_TTFE_REQUESTS=$TTFE_REQUESTS R_STREAM_CHUNKS=$STREAM_CHUNKS R_STREAM_DELAY_MS=$STREAM_DELAY_MS R_STRICT=$STRICT
 for kind in "${!COLD_FAIL[@]}"; do export "R_COLD_FAIL_${kind//-/_}=${COLD_FAIL[$kind]}"; done
 status=0
-"${PYB[@]}" report "$OUT" >"$OUT/table.md" || status=$?
+if [[ $TRIPS_ONLY == 1 ]]; then
+  echo "Round trips only (BENCH_TRIPS_ONLY=1), load average $LOADAVG at the start, $R_DATE." >"$OUT/table.md"
+else
+  "${PYB[@]}" report "$OUT" >"$OUT/table.md" || status=$?
+fi
 python3 - "$OUT" "$HOT_RATE" "$HOT_DURATION" "$HOT_INSTANCES" >>"$OUT/table.md" <<'PY' || true
 import json, sys
 out, rate, dur, inst = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-kinds = ["hash_read", "key_read", "admit_write", "settle_write", "carry_write", "usage_write"]
+kinds = ["hash_read", "key_read", "admit_write", "settle_write", "carry_write", "usage_write", "key_touch"]
 L = ["", f"Store round trips per request ({inst} instances, DynamoDB calls counted in the function; before the "
      "upstream call: hash and key reads, the admission write (a lease's grant, with the carry it takes along); "
      "after it, before the invocation ends: settlement, carry (returned leases, settled leased requests) and usage writes). Target for the first two rows: ≤ 0.1 before the upstream call.", "",

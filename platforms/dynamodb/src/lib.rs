@@ -10,27 +10,37 @@
 //! | usage | `pk = {key id}`, `sk = {unix ms, 13 digits}#{request id}` | `record` (JSON), `expires_at` (TTL) |
 //! | usage | `pk = hours#{key id}`, `sk = {hour start, unix s, 13 digits}#{model alias}` | the hour's counters ([`Counters`] fields, added with `ADD` as records are written), `expires_at` |
 //!
-//! The key item also holds `last_used_ms`, raised as usage records are written.
+//! The key item also holds `last_used_ms`, raised at most hourly per
+//! container as usage records are written (`last_used` reads the newest
+//! record, and this once the records have expired).
 //!
-//! **Admission** reads the key item with a strongly consistent read (so a
-//! deleted, disabled or rotated key is refused at once, whatever the
-//! in-container key cache holds) and decides with the core's
-//! [`KeyCounters`], i.e. [`conduit::metering::limits::KeyLimitState`]'s
+//! **Admission** is one `UpdateItem` of the key item, decided with the
+//! core's [`KeyCounters`], i.e. [`conduit::metering::limits::KeyLimitState`]'s
 //! rules, the very arithmetic the server and the Durable Object run. The
 //! admission state is kept in the key item as separate numbers (the layout
-//! is in [`conduit::metering::limits::counters`]: `whi`, `ws{i}`/`wr{i}`/
-//! `wt{i}` for the 60 one-second slots of the minute window, `dn`/`dr` for
-//! the day, `bp`/`bc`/`bs` for the budget), and the admission is one
-//! `UpdateItem` that `ADD`s to them under conditions that keep the decision
-//! true at write time. So concurrent admissions of one hot key from many
+//! and the proof are in [`conduit::metering::limits::counters`]: `whi`,
+//! `mr{s}`/`mt{s}` for the requests and tokens of each second `s` of the
+//! minute window, `dn`/`dr` for the day, `bp`/`bc`/`bs` for the budget),
+//! and the write `ADD`s to them under conditions that keep the decision
+//! true at write time. The decision is made on the item as the container
+//! last saw it (the previous admission's write returned it, `ALL_NEW`),
+//! without a read: the write is also conditioned on the key's `record` and
+//! `hash` being what was seen, so a deleted, disabled or rotated key is
+//! refused at once whatever the container remembers; a failed condition
+//! returns the item as it is (`ALL_OLD`; read where the store does not)
+//! and the admission is decided again; a refusal is only ever made on a
+//! consistent read. Concurrent admissions of one hot key from many
 //! containers do not collide (they all `ADD` to the same second's counter
-//! under one bound): a condition fails only when the limit would be
-//! crossed (the admission is then re-read and refused, as a serial one
-//! would be) or once a second, when a new second's slot starts. With
-//! `rpm = N`, exactly N are admitted, whatever the number of concurrent
-//! Lambda instances. Settlement is one unconditional-in-effect `ADD` of the
-//! difference between estimate and actual (conditioned only on the slot
-//! and period still being the reservation's), without a read.
+//! under one bound): a condition fails only when the limit is in reach or
+//! the key changed. With `rpm = N`, exactly N are admitted, whatever the
+//! number of concurrent Lambda instances. Settlement is one
+//! unconditional-in-effect `ADD` of the difference between estimate and
+//! actual (conditioned only on the second and period still being there),
+//! without a read.
+//!
+//! **Usage**: a record and its hour's counters are one `TransactWriteItems`
+//! (all or nothing; a record already written cancels it), or two writes
+//! on a store without transactions (dynalite).
 //!
 //! **Store round trips** are counted per kind ([`Trips`]); with
 //! `CONDUIT_COUNT_TRIPS=1` the Lambda adapter logs them after each request
@@ -47,7 +57,8 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use conduit::keys::{check_presented, VirtualKey};
 use conduit::metering::limits::counters::{
-    carry_writes, merge_writes, settlement_writes, Condition, CounterWrite, KeyCounters, Update,
+    carry_writes, merge_writes, settlement_writes, Condition, CounterWrite, ItemAdmission,
+    KeyCounters, Update,
 };
 use conduit::metering::limits::lease::{book_of, Carry, LeaseBook};
 use conduit::metering::limits::{Ask, LimitStatus, Rejection, Reservation};
@@ -144,7 +155,24 @@ pub struct Dynamo {
     pub leasing: bool,
     /// The container's leases and carried settlements, by key id.
     leases: std::sync::Mutex<HashMap<String, LeaseBook>>,
+    /// Key items as last seen (read or returned by an admission's write),
+    /// by key id: the next admission of the key decides on it and writes
+    /// at once, without a read ([`Dynamo::admit_write`]).
+    seen: std::sync::Mutex<HashMap<String, KeyItem>>,
+    /// Set once the store turned out to have no `TransactWriteItems`
+    /// (dynalite): usage is then written in two round trips.
+    no_transactions: std::sync::atomic::AtomicBool,
+    /// When this container last raised each key item's `last_used_ms`.
+    touched: std::sync::Mutex<HashMap<String, u64>>,
 }
+
+/// A key item's `last_used_ms` is raised at most this often per container
+/// (`last_used` reads the newest usage record; the item's value serves
+/// once the records have expired).
+const TOUCH_EVERY_MS: u64 = 3_600_000;
+
+/// Key items remembered per container before the memory is cleared.
+const MAX_SEEN: usize = 10_000;
 
 impl Dynamo {
     pub fn new(client: Client, tables: Tables) -> Dynamo {
@@ -155,6 +183,9 @@ impl Dynamo {
             edge: false,
             leasing: false,
             leases: std::sync::Mutex::default(),
+            seen: std::sync::Mutex::default(),
+            no_transactions: std::sync::atomic::AtomicBool::new(false),
+            touched: std::sync::Mutex::default(),
         }
     }
 }
@@ -170,17 +201,19 @@ pub enum Trip {
     AdmitWrite,
     /// A settlement's write.
     SettleWrite,
-    /// A usage record's writes: the record, its hour's counters and the
-    /// key's last use (three per record).
+    /// A usage record's writes: the record and its hour's counters, in
+    /// one transaction (two writes where the store has no transactions).
     UsageWrite,
     /// The delivery of a container's carried settlements and returned
     /// leases, when no admission write took them along.
     CarryWrite,
+    /// The raise of a key item's `last_used_ms` (at most hourly per container).
+    KeyTouch,
 }
 
 /// Round trips to DynamoDB since start, by kind (for `bench/lambda.sh`).
 #[derive(Debug, Default)]
-pub struct Trips([std::sync::atomic::AtomicU64; 6]);
+pub struct Trips([std::sync::atomic::AtomicU64; 7]);
 
 impl Trips {
     pub fn add(&self, kind: Trip) {
@@ -197,15 +230,47 @@ impl Trips {
             "settle_write": n(Trip::SettleWrite),
             "usage_write": n(Trip::UsageWrite),
             "carry_write": n(Trip::CarryWrite),
+            "key_touch": n(Trip::KeyTouch),
         })
     }
 }
 
-/// A key item, as read.
+/// A key item, as read (or as an admission's `UpdateItem` returned it).
+#[derive(Clone)]
 struct KeyItem {
     key: Option<VirtualKey>,
+    /// The stored `record` as is: an admission is conditioned on it (and
+    /// on `hash`), so that one decided on a remembered item is written only
+    /// if the key is still what it was.
+    record: String,
     hash: String,
     counters: KeyCounters,
+}
+
+impl KeyItem {
+    fn parse(item: &Item) -> KeyItem {
+        let record = get_s(item, "record").unwrap_or_default().to_owned();
+        KeyItem {
+            key: serde_json::from_str::<Value>(&record)
+                .ok()
+                .and_then(|v| VirtualKey::from_storage_json(&v)),
+            record,
+            hash: get_s(item, "hash").unwrap_or_default().to_owned(),
+            counters: KeyCounters::read(
+                item.iter()
+                    .filter_map(|(name, v)| Some((name.as_str(), v.as_n().ok()?.parse().ok()?))),
+            ),
+        }
+    }
+}
+
+/// What a guarded admission write ([`Dynamo::admit_write`]) found.
+enum Guarded {
+    /// Written; the item after it (`ALL_NEW`).
+    Written(Option<KeyItem>),
+    /// A condition failed; the item as it was (`ALL_OLD`), where the store
+    /// returns it (DynamoDB does; dynalite does not: then it is read).
+    Moved(Option<KeyItem>),
 }
 
 impl Dynamo {
@@ -315,22 +380,86 @@ impl Dynamo {
             .send()
             .await
             .map_err(err)?;
-        Ok(out.item.map(|item| KeyItem {
-            key: get_s(&item, "record")
-                .and_then(|r| serde_json::from_str::<Value>(r).ok())
-                .and_then(|v| VirtualKey::from_storage_json(&v)),
-            hash: get_s(&item, "hash").unwrap_or_default().to_owned(),
-            counters: KeyCounters::read(|name| {
-                item.get(name)
-                    .and_then(|v| v.as_n().ok())
-                    .and_then(|n| n.parse().ok())
-            }),
-        }))
+        let item = out.item.as_ref().map(KeyItem::parse);
+        self.remember(id, item.as_ref());
+        Ok(item)
+    }
+
+    /// Keeps (or forgets) the item as last seen, for the next admission.
+    fn remember(&self, id: &str, item: Option<&KeyItem>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match item {
+            Some(i) => {
+                if seen.len() >= MAX_SEEN && !seen.contains_key(id) {
+                    seen.clear();
+                }
+                seen.insert(id.to_owned(), i.clone());
+            }
+            None => {
+                seen.remove(id);
+            }
+        }
+    }
+
+    /// The item as this container last saw it.
+    fn remembered(&self, id: &str) -> Option<KeyItem> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(id).cloned()
     }
 
     /// Runs one [`CounterWrite`] on the key item; `Ok(false)` when a
     /// condition no longer holds (or the key is gone).
     async fn write_counters(&self, id: &str, w: &CounterWrite) -> Result<bool, StoreError> {
+        let result = self.counter_update(id, w, None).send().await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// An admission's write, decided on `seen` (read, or remembered from
+    /// an earlier write): one `UpdateItem`, on the further condition that
+    /// the key's `record` and `hash` are still `seen`'s (so the key check
+    /// made on `seen` holds at write time), returning the item after it
+    /// (`ALL_NEW`: the next admission decides on it without a read) or,
+    /// when a condition failed, before it (`ALL_OLD`, to decide again
+    /// without a read).
+    async fn admit_write(
+        &self,
+        id: &str,
+        w: &CounterWrite,
+        seen: &KeyItem,
+    ) -> Result<Guarded, StoreError> {
+        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+        use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure};
+        let result = self
+            .counter_update(id, w, Some(seen))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(out) => Ok(Guarded::Written(
+                out.attributes.as_ref().map(KeyItem::parse),
+            )),
+            Err(e) => match e.into_service_error() {
+                UpdateItemError::ConditionalCheckFailedException(c) => {
+                    Ok(Guarded::Moved(c.item().map(KeyItem::parse)))
+                }
+                e => Err(err(e)),
+            },
+        }
+    }
+
+    /// The `UpdateItem` of a [`CounterWrite`] (guarded by `seen`'s record
+    /// and hash, when given).
+    fn counter_update(
+        &self,
+        id: &str,
+        w: &CounterWrite,
+        seen: Option<&KeyItem>,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
         let mut update = self
             .client
             .update_item()
@@ -355,6 +484,7 @@ impl Dynamo {
             conditions.push(match c {
                 Condition::Absent(a) => format!("attribute_not_exists({})", index(a)),
                 Condition::Equals(a, v) => format!("{} = {}", index(a), value(v.to_string())),
+                Condition::Exists(a) => format!("attribute_exists({})", index(a)),
                 Condition::AtMost(a, v) => {
                     let n = index(a);
                     format!(
@@ -364,11 +494,12 @@ impl Dynamo {
                 }
             });
         }
-        let (mut sets, mut adds) = (Vec::new(), Vec::new());
+        let (mut sets, mut adds, mut removes) = (Vec::new(), Vec::new(), Vec::new());
         for u in &w.updates {
             match u {
                 Update::Set(a, v) => sets.push(format!("{} = {}", index(a), value(v.to_string()))),
                 Update::Add(a, d) => adds.push(format!("{} {}", index(a), value(d.to_string()))),
+                Update::Remove(a) => removes.push(index(a)),
             }
         }
         let mut expression = String::new();
@@ -378,22 +509,26 @@ impl Dynamo {
         if !adds.is_empty() {
             expression.push_str(&format!(" ADD {}", adds.join(", ")));
         }
+        if !removes.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", removes.join(", ")));
+        }
         for (i, n) in owned.into_iter().enumerate() {
             update = update.expression_attribute_names(format!("#n{i}"), n);
         }
         for (i, v) in values.into_iter().enumerate() {
             update = update.expression_attribute_values(format!(":v{i}"), v);
         }
-        let result = update
+        if let Some(seen) = seen {
+            conditions.push("#record = :record AND #hash = :hash".to_owned());
+            update = update
+                .expression_attribute_names("#record", "record")
+                .expression_attribute_names("#hash", "hash")
+                .expression_attribute_values(":record", s(seen.record.clone()))
+                .expression_attribute_values(":hash", s(seen.hash.clone()));
+        }
+        update
             .update_expression(expression.trim())
             .condition_expression(conditions.join(" AND "))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
-            Err(e) => Err(err(e)),
-        }
     }
 
     /// The authoritative check of a presented key ([`check_presented`]).
@@ -567,16 +702,33 @@ impl Dynamo {
             .map_err(err)
     }
 
-    /// Adds a record to its hour's counters: one `ADD` of every field, atomic in DynamoDB.
-    async fn add_hourly(
+    /// The usage record's item and the `ADD` of it to its hour's counters
+    /// (every field, atomic in DynamoDB): the two writes of
+    /// [`UsageStore::record`], as one transaction's items.
+    fn usage_writes(
         &self,
         record: &UsageRecord,
-        expires: Option<u64>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<
+        (
+            aws_sdk_dynamodb::types::Put,
+            aws_sdk_dynamodb::types::Update,
+        ),
+        StoreError,
+    > {
+        let expires = (self.tables.usage_ttl_days > 0)
+            .then(|| record.created_at_ms / 1000 + self.tables.usage_ttl_days * 86_400);
+        let mut put = aws_sdk_dynamodb::types::Put::builder()
+            .table_name(&self.tables.usage)
+            .item("pk", s(record.key_id.clone()))
+            .item("sk", s(sort_key(record.created_at_ms, &record.request_id)))
+            .item("record", s(record.to_json().to_string()))
+            // Written once: a retried write must not count the request twice.
+            .condition_expression("attribute_not_exists(pk)");
+        if let Some(e) = expires {
+            put = put.item("expires_at", AttributeValue::N(e.to_string()));
+        }
         let row = HourRow::of(record);
-        let mut update = self
-            .client
-            .update_item()
+        let mut update = aws_sdk_dynamodb::types::Update::builder()
             .table_name(&self.tables.usage)
             .key("pk", s(format!("hours#{}", row.key_id)))
             .key("sk", s(format!("{:013}#{}", row.hour, row.model)));
@@ -602,12 +754,117 @@ impl Dynamo {
                 .expression_attribute_names("#e", "expires_at")
                 .expression_attribute_values(":e", AttributeValue::N(e.to_string()));
         }
-        update
-            .update_expression(expression)
+        Ok((
+            put.build().map_err(err)?,
+            update.update_expression(expression).build().map_err(err)?,
+        ))
+    }
+
+    /// The record and its hour's counters in one round trip: one
+    /// `TransactWriteItems`, all or nothing (a record already written
+    /// cancels it, so nothing is counted twice). `false` where the store
+    /// has no transactions (dynalite) or the transaction failed: then the
+    /// two writes follow.
+    async fn record_in_one(
+        &self,
+        put: aws_sdk_dynamodb::types::Put,
+        update: aws_sdk_dynamodb::types::Update,
+        request_id: &str,
+    ) -> bool {
+        use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+        use aws_sdk_dynamodb::types::TransactWriteItem;
+        self.trips.add(Trip::UsageWrite);
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .transact_items(TransactWriteItem::builder().update(update).build())
             .send()
-            .await
-            .map_err(err)?;
-        Ok(())
+            .await;
+        match result {
+            Ok(_) => true,
+            Err(e) if e.code() == Some("UnknownOperationException") => {
+                self.no_transactions
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                false
+            }
+            Err(e) => {
+                let written = matches!(e.as_service_error(), Some(TransactWriteItemsError::TransactionCanceledException(c))
+                    if c.cancellation_reasons().first().and_then(|r| r.code()) == Some("ConditionalCheckFailed"));
+                if !written {
+                    // Tried again as two writes: the record's own condition
+                    // keeps a transaction that did go through from counting twice.
+                    eprintln!(
+                        "conduit: usage record {request_id}: transaction failed, written in two: {}",
+                        DisplayErrorContext(e)
+                    );
+                }
+                written
+            }
+        }
+    }
+
+    /// Without transactions: the record, then (if it was new) its hour's
+    /// counters: two round trips.
+    async fn record_in_two(
+        &self,
+        put: aws_sdk_dynamodb::types::Put,
+        update: aws_sdk_dynamodb::types::Update,
+        request_id: &str,
+    ) {
+        self.trips.add(Trip::UsageWrite);
+        let result = self
+            .client
+            .put_item()
+            .table_name(put.table_name)
+            .set_item(Some(put.item))
+            .set_condition_expression(put.condition_expression)
+            .send()
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => return,
+            Err(e) => {
+                eprintln!(
+                    "conduit: usage record {request_id} not stored: {}",
+                    DisplayErrorContext(e)
+                );
+                return;
+            }
+        }
+        self.trips.add(Trip::UsageWrite);
+        let result = self
+            .client
+            .update_item()
+            .table_name(update.table_name)
+            .set_key(Some(update.key))
+            .update_expression(update.update_expression)
+            .set_expression_attribute_names(update.expression_attribute_names)
+            .set_expression_attribute_values(update.expression_attribute_values)
+            .send()
+            .await;
+        if let Err(e) = result {
+            eprintln!(
+                "conduit: usage counters for {request_id} not stored: {}",
+                DisplayErrorContext(e)
+            );
+        }
+    }
+
+    /// Whether this container should raise the key's `last_used_ms` now.
+    fn touch_due(&self, key_id: &str, ms: u64) -> bool {
+        let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+        if touched
+            .get(key_id)
+            .is_some_and(|t| ms.saturating_sub(*t) < TOUCH_EVERY_MS)
+        {
+            return false;
+        }
+        if touched.len() >= MAX_SEEN {
+            touched.clear();
+        }
+        touched.insert(key_id.to_owned(), ms);
+        true
     }
 
     /// Raises the key item's `last_used_ms` (never lowers it; a deleted key stays deleted).
@@ -738,37 +995,20 @@ impl Dynamo {
 port! {
     impl UsageStore for Dynamo {
         async fn record(&self, record: UsageRecord) {
-            let json = record.to_json();
-            let expires = (self.tables.usage_ttl_days > 0)
-                .then(|| record.created_at_ms / 1000 + self.tables.usage_ttl_days * 86_400);
-            let mut put = self
-                .client
-                .put_item()
-                .table_name(&self.tables.usage)
-                .item("pk", s(record.key_id.clone()))
-                .item("sk", s(sort_key(record.created_at_ms, &record.request_id)))
-                .item("record", s(json.to_string()))
-                // Written once: a retried write must not count the request twice.
-                .condition_expression("attribute_not_exists(pk)");
-            if let Some(e) = expires {
-                put = put.item("expires_at", AttributeValue::N(e.to_string()));
+            let (put, update) = match self.usage_writes(&record) {
+                Ok(w) => w,
+                Err(e) => return eprintln!("conduit: usage record {} not stored: {e}", record.request_id),
+            };
+            let one = !self.no_transactions.load(std::sync::atomic::Ordering::Relaxed)
+                && self.record_in_one(put.clone(), update.clone(), &record.request_id).await;
+            if !one {
+                self.record_in_two(put, update, &record.request_id).await;
             }
-            for _ in 0..3 {
-                self.trips.add(Trip::UsageWrite);
-            }
-            match put.send().await {
-                Ok(_) => {
-                    let (hourly, ()) = futures_util::future::join(
-                        self.add_hourly(&record, expires),
-                        self.touch_key(&record.key_id, record.created_at_ms),
-                    )
-                    .await;
-                    if let Err(e) = hourly {
-                        eprintln!("conduit: usage counters for {} not stored: {e}", record.request_id);
-                    }
-                }
-                Err(e) if e.code() == Some("ConditionalCheckFailedException") => {}
-                Err(e) => eprintln!("conduit: usage record {} not stored: {}", record.request_id, DisplayErrorContext(e)),
+            // `last_used` reads the newest record; the key item keeps a
+            // coarser last use for keys whose records have expired.
+            if self.touch_due(&record.key_id, record.created_at_ms) {
+                self.trips.add(Trip::KeyTouch);
+                self.touch_key(&record.key_id, record.created_at_ms).await;
             }
         }
 
@@ -794,23 +1034,42 @@ port! {
         }
 
         async fn last_used(&self, key_ids: &[String]) -> Result<Vec<Option<u64>>, StoreError> {
-            let items = futures_util::future::join_all(key_ids.iter().map(|id| {
-                self.client
-                    .get_item()
-                    .table_name(&self.tables.keys)
-                    .key("pk", s(format!("key#{id}")))
-                    .projection_expression("last_used_ms")
-                    .send()
+            // The newest record's time (exact), or the key item's coarser
+            // `last_used_ms` when it is later (records expire).
+            let each = futures_util::future::join_all(key_ids.iter().map(|id| async move {
+                let (item, newest) = futures_util::future::join(
+                    self.client
+                        .get_item()
+                        .table_name(&self.tables.keys)
+                        .key("pk", s(format!("key#{id}")))
+                        .projection_expression("last_used_ms")
+                        .send(),
+                    self.client
+                        .query()
+                        .table_name(&self.tables.usage)
+                        .key_condition_expression("pk = :k")
+                        .expression_attribute_values(":k", s(id.clone()))
+                        .scan_index_forward(false)
+                        .limit(1)
+                        .projection_expression("sk")
+                        .send(),
+                )
+                .await;
+                let touched: Option<u64> = item
+                    .map_err(err)?
+                    .item
+                    .and_then(|i| i.get("last_used_ms").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok()));
+                let newest: Option<u64> = newest
+                    .map_err(err)?
+                    .items()
+                    .first()
+                    .and_then(|i| get_s(i, "sk"))
+                    .and_then(|sk| sk.get(..13))
+                    .and_then(|ms| ms.parse().ok());
+                Ok::<_, StoreError>(touched.max(newest))
             }))
             .await;
-            items
-                .into_iter()
-                .map(|r| {
-                    Ok(r.map_err(err)?
-                        .item
-                        .and_then(|i| i.get("last_used_ms").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok())))
-                })
-                .collect()
+            each.into_iter().collect()
         }
     }
 }

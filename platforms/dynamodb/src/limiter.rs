@@ -1,5 +1,6 @@
-//! [`Limiter`] on the key item: admission as conditional counter writes
-//! (the layout and the proof are in [`conduit::metering::limits::counters`]),
+//! [`Limiter`] on the key item: admission as one conditional counter write
+//! decided on the item as last seen, without a read (the layout and the
+//! proof are in [`conduit::metering::limits::counters`]),
 //! settlement without a read, and the container's leases of hot keys
 //! ([`conduit::metering::limits::lease`]): spent locally, granted and
 //! returned with the admission writes, their settlements carried along.
@@ -21,10 +22,18 @@ impl Dynamo {
         self.leases.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Admission at the key item: a consistent read, then one conditional
-    /// write, retried when the item moved. Where the container leases
-    /// (`rate` is its observed rate for the key), the write may grant a
-    /// lease and carries `carry` along (emptied once delivered).
+    /// Admission at the key item, in one round trip where it can: decided
+    /// on the item as this container last saw it (the previous admission's
+    /// `UpdateItem` returned it), and written as one conditional
+    /// `UpdateItem` that also requires the key's record and hash to be
+    /// still what was seen, and returns the item after it for the next
+    /// admission. A failed condition returns the item as it is (`ALL_OLD`;
+    /// read where the store does not return it) and the admission is
+    /// decided again on it. A refusal, a key check that fails, or a key
+    /// without limits (whose record the gateway then trusts) is only ever
+    /// decided on a consistent read. Where the container leases (`rate` is
+    /// its observed rate for the key), the write may grant a lease and
+    /// carries `carry` along (emptied once delivered).
     async fn admit_at_item(
         &self,
         key: &VirtualKey,
@@ -32,14 +41,26 @@ impl Dynamo {
         rate: u64,
         carry: &mut Carry,
     ) -> Result<Admission, Rejection> {
+        let (mut item, mut fresh) = match self.remembered(&key.id) {
+            Some(seen) => (Some(seen), false),
+            None => (self.key_item(&key.id).await.map_err(unavailable)?, true),
+        };
         for attempt in 0..MAX_ATTEMPTS {
-            let item = self.key_item(&key.id).await.map_err(unavailable)?;
-            let current = Self::check(&item, &demand.key_hash).map_err(|error| Rejection {
+            let checked = Self::check(&item, &demand.key_hash);
+            let limited = checked
+                .as_ref()
+                .is_ok_and(|k| !k.limits.is_empty() || k.budget.is_some());
+            if !fresh && !limited {
+                item = self.key_item(&key.id).await.map_err(unavailable)?;
+                fresh = true;
+                continue;
+            }
+            let current = checked.map_err(|error| Rejection {
                 error,
                 status: LimitStatus::default(),
             })?;
-            let Some(item) = item else { break };
-            if current.limits.is_empty() && current.budget.is_none() {
+            let Some(seen) = item.take() else { break };
+            if !limited {
                 return Ok(Admission {
                     key: Some(current),
                     ..Admission::default()
@@ -54,37 +75,29 @@ impl Dynamo {
                 cost_nanos: demand.cost_nanos,
                 ttl_secs: demand.ttl_secs,
             };
-            if !self.leasing {
-                match item.counters.admit(&ask) {
-                    (Err(refusal), status) => {
-                        return Err(Rejection {
-                            error: refusal.to_error(current.budget.as_ref()),
-                            status,
-                        })
-                    }
-                    (Ok((reservation, write)), status) => {
-                        self.trips.add(Trip::AdmitWrite);
-                        if self
-                            .write_counters(&key.id, &write)
-                            .await
-                            .map_err(unavailable)?
-                        {
-                            return Ok(Admission {
-                                reservation: Some(reservation),
-                                status,
-                                key: Some(current),
-                            });
-                        }
-                    }
+            let decided = if self.leasing {
+                seen.counters
+                    .admit_leasing(&ask, now, rate, &demand.key_hash, carry)
+            } else {
+                let (decided, status) = seen.counters.admit(&ask);
+                (
+                    decided.map(|(reservation, admission)| ItemAdmission {
+                        reservation,
+                        lease: None,
+                        merged: Some(admission.clone()),
+                        carry: Vec::new(),
+                        admission,
+                    }),
+                    status,
+                )
+            };
+            let (d, status) = match decided {
+                (Err(_), _) if !fresh => {
+                    // Refused on a remembered item: only a fresh one may refuse.
+                    item = self.key_item(&key.id).await.map_err(unavailable)?;
+                    fresh = true;
+                    continue;
                 }
-                Self::backoff(attempt).await;
-                continue;
-            }
-            let decided = item
-                .counters
-                .admit_leasing(&ask, now, rate, &demand.key_hash, carry);
-
-            let d = match decided {
                 (Err(refusal), status) => {
                     return Err(Rejection {
                         error: refusal.to_error(current.budget.as_ref()),
@@ -93,16 +106,8 @@ impl Dynamo {
                 }
                 (Ok(d), status) => (d, status),
             };
-            let (d, status) = d;
-            let written = match &d.merged {
-                Some(w) => {
-                    self.trips.add(Trip::AdmitWrite);
-                    let ok = self.write_counters(&key.id, w).await.map_err(unavailable)?;
-                    if ok {
-                        *carry = Carry::default();
-                    }
-                    ok
-                }
+            let write = match &d.merged {
+                Some(w) => w,
                 None => {
                     for w in &d.carry {
                         self.trips.add(Trip::CarryWrite);
@@ -110,26 +115,40 @@ impl Dynamo {
                         self.write_counters(&key.id, w).await.map_err(unavailable)?;
                     }
                     *carry = Carry::default();
-                    self.trips.add(Trip::AdmitWrite);
-                    self.write_counters(&key.id, &d.admission)
-                        .await
-                        .map_err(unavailable)?
+                    &d.admission
                 }
             };
-            if written {
-                if let Some(lease) = d.lease {
-                    let mut books = self.books();
-                    let book = book_of(&mut books, &key.id);
-                    // Another request of this container got one meanwhile.
-                    book.close(now, true);
-                    book.lease = Some(lease);
+            self.trips.add(Trip::AdmitWrite);
+            match self
+                .admit_write(&key.id, write, &seen)
+                .await
+                .map_err(unavailable)?
+            {
+                Guarded::Written(after) => {
+                    self.remember(&key.id, after.as_ref());
+                    *carry = Carry::default();
+                    if let Some(lease) = d.lease {
+                        let mut books = self.books();
+                        let book = book_of(&mut books, &key.id);
+                        // Another request of this container got one meanwhile.
+                        book.close(now, true);
+                        book.lease = Some(lease);
+                    }
+                    return Ok(Admission {
+                        reservation: Some(d.reservation),
+                        status,
+                        key: Some(current),
+                    });
                 }
-                return Ok(Admission {
-                    reservation: Some(d.reservation),
-                    status,
-                    key: Some(current),
-                });
+                Guarded::Moved(Some(now_item)) => {
+                    self.remember(&key.id, Some(&now_item));
+                    item = Some(now_item);
+                }
+                Guarded::Moved(None) => {
+                    item = self.key_item(&key.id).await.map_err(unavailable)?;
+                }
             }
+            fresh = true;
             Self::backoff(attempt).await;
         }
         Err(unavailable(
@@ -145,12 +164,24 @@ impl Dynamo {
         settlement: Settlement,
     ) {
         // The key's budget as admitted (a PATCH since then applies to later requests).
-        for write in settlement_writes(
+        let writes = settlement_writes(
             reservation,
             key.budget.as_ref(),
             settlement.tokens,
             settlement.cost_nanos,
-        ) {
+        );
+        // One write when both parts still apply (almost always); else part by part.
+        if let Some(w) = merge_writes(&writes).filter(|_| writes.len() > 1) {
+            self.trips.add(Trip::SettleWrite);
+            match self.write_counters(&key.id, &w).await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => {
+                    return eprintln!("conduit: settlement for key {} failed: {}", key.id, e);
+                }
+            }
+        }
+        for write in writes {
             self.trips.add(Trip::SettleWrite);
             // A failed condition: the slot or period moved on, nothing to correct there.
             if let Err(e) = self.write_counters(&key.id, &write).await {

@@ -18,40 +18,64 @@
 //! | attributes | what |
 //! |------------|------|
 //! | `whi` | the newest second anything was admitted in; an admission counts in `max(clock, whi)`, so no write goes to an older second |
-//! | `ws{i}`, `wr{i}`, `wt{i}` for `i` = second mod 60 | the second slot `i` holds, its admitted requests and (reserved, then settled) tokens |
+//! | `mr{s}`, `mt{s}` for a Unix second `s` | the requests admitted in second `s` and their (reserved, then settled) tokens; removed once `s` has left the window |
 //! | `dn`, `dr` | the UTC day number and the requests admitted in it (`rpd`) |
 //! | `bp`, `bc`, `bs` | the budget period's start, its committed nano-USD (settled spend plus outstanding estimates) and its settled spend |
 //!
+//! (Items written before this layout hold the window in `ws{i}`, `wr{i}`,
+//! `wt{i}` for `i` = second mod 60: read as closed seconds, removed once
+//! they leave the window.)
+//!
 //! ## Why the conditions give the serial result
-//! - Requests only ever go to the slot of `whi`. A write in the same second
-//!   is conditioned on `whi` being unchanged (so no other slot gained
-//!   requests) and on the slot's own count staying within what the limit
-//!   leaves after the other slots as read: `wr{i} <= rpm - 1 - others`.
-//!   Writers of that second add to one number under one bound, exactly as a
-//!   serial admitter would see it.
-//! - The first admission of a new second `SET`s `whi` and its slot, on the
-//!   condition that `whi` is still what was read and (with `rpm`, `tpm`)
-//!   that the slot of `whi` has not grown since: admissions of that second
-//!   may still be adding to it.
-//! - Tokens in older slots change only by settlement, which is
-//!   unconditional in the state machine as well: an admission that read
-//!   before it is ordered before it.
+//! Every admission is one `UpdateItem`: `SET whi = now`, `ADD mr{now}`,
+//! `mt{now}` (an absent number counts as zero, so a new second needs no
+//! reset and the first writer of a second does not differ from the
+//! others), on these conditions:
+//! - `whi <= now`: requests only ever go to the newest second. Once `whi`
+//!   has passed a second, that second is *closed*: nothing is admitted in
+//!   it any more (settlements and returned leases only lower its requests).
+//! - The admission was decided on the counters as read (or as the
+//!   previous write returned them, however old): the seconds before the
+//!   `whi` read were closed then, so their counts can only have gone down.
+//!   The seconds from that `whi` up to `now - 1` (*open*: they may have
+//!   gained admissions since) and `now` itself may have grown. What the
+//!   limit leaves after the read window and the request (`spare`) is split
+//!   among them: each open second `s` is conditioned on `mr{s} <= read +
+//!   share`, and `mr{now} <= read + the rest`. If all hold at write time,
+//!   the window then holds at most the limit with this request: the serial
+//!   decision. Concurrent admissions of one second each bound `mr{now}`
+//!   by the same limit minus the others: they add to one number under one
+//!   bound and do not collide below the limit. More than [`MAX_OPEN`] open
+//!   seconds (an old read of a key idle for a while): `whi` is required to
+//!   be what was read instead, so that only its second may have grown.
+//! - Tokens (`mt`, `tpm`) the same way. Tokens in closed seconds change
+//!   only by settlement, which is unconditional in the state machine as
+//!   well: an admission that read before it is ordered before it.
 //! - `rpd` and the budget are single counters: `dr <= rpd - 1`,
 //!   `bc <= max_nanos - estimate`, each with its day or period unchanged (or
 //!   reset by a `SET` conditioned on the old one).
-//! - A reservation never settled stays in `wt` and `bc` at its estimate:
+//! - A reservation never settled stays in `mt` and `bc` at its estimate:
 //!   "charged at its estimate", without any expiry bookkeeping. A late
 //!   settlement still replaces the estimate (the state machine would drop
 //!   it); it is never counted twice.
+//!
+//! A failed condition means the state moved (a new second at a clock
+//! ahead, the limit in reach, the key changed): the adapter decides again
+//! on the item as it is (DynamoDB returns it with the failure).
 
 use std::collections::BTreeMap;
 
-use super::lease::{lease_terms, Carry, Lease};
+use super::lease::{lease_terms_spanning, Carry, Lease};
 use super::state::{period_start, Ask, KeyLimitState, LimitStatus, Refusal, Reservation};
 use crate::keys::{Budget, BudgetPeriod, Limits};
 
-/// Slots of the minute window: one per second.
-pub const SLOTS: u64 = 60;
+/// Width of the minute window, in seconds.
+pub const WINDOW: u64 = 60;
+/// At most this many open seconds are bounded one by one (else `whi`
+/// must be as read).
+pub const MAX_OPEN: usize = 3;
+/// Attributes of seconds that left the window removed per write, at most.
+const MAX_REMOVE: usize = 24;
 /// The newest second admitted in.
 pub const HI: &str = "whi";
 /// The UTC day of `dr`.
@@ -65,12 +89,12 @@ pub const COMMITTED: &str = "bc";
 /// Settled spend in the period `bp`.
 pub const SETTLED: &str = "bs";
 
-/// The attribute names of slot `i`: its second, requests and tokens.
-pub fn slot_attrs(i: u64) -> [String; 3] {
-    [format!("ws{i}"), format!("wr{i}"), format!("wt{i}")]
+/// The attribute names of second `sec`: its requests and tokens.
+pub fn second_attrs(sec: u64) -> [String; 2] {
+    [format!("mr{sec}"), format!("mt{sec}")]
 }
 
-/// One slot of the minute window, as read.
+/// One second of the minute window, as read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Slot {
     pub sec: u64,
@@ -79,30 +103,19 @@ pub struct Slot {
 }
 
 /// A key's counters as read from the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyCounters {
     pub hi: Option<u64>,
-    /// Indexed by second mod 60; `None` where the slot was never written.
-    pub slots: Vec<Option<Slot>>,
+    /// By second.
+    pub slots: BTreeMap<u64, Slot>,
+    /// The attributes of each second (both layouts), to remove once it has
+    /// left the window.
+    attrs: Vec<(u64, String)>,
     pub day: Option<u64>,
     pub day_requests: u64,
     pub period: Option<u64>,
     pub committed_nanos: u64,
     pub settled_nanos: u64,
-}
-
-impl Default for KeyCounters {
-    fn default() -> Self {
-        KeyCounters {
-            hi: None,
-            slots: vec![None; SLOTS as usize],
-            day: None,
-            day_requests: 0,
-            period: None,
-            committed_nanos: 0,
-            settled_nanos: 0,
-        }
-    }
 }
 
 /// A condition on one attribute of the item.
@@ -114,6 +127,8 @@ pub enum Condition {
     Equals(String, u64),
     /// The attribute is absent (zero) or at most the number.
     AtMost(String, u64),
+    /// The attribute exists.
+    Exists(String),
 }
 
 /// A change to one attribute.
@@ -122,6 +137,7 @@ pub enum Update {
     Set(String, u64),
     /// Adds a signed amount (an absent attribute counts as zero).
     Add(String, i64),
+    Remove(String),
 }
 
 /// One conditional update of the key's item: all conditions hold, then all
@@ -144,27 +160,58 @@ fn epoch_is(attr: &str, read: Option<u64>) -> Condition {
 }
 
 impl KeyCounters {
-    /// Reads the counters through `get` (the number stored under a name).
-    pub fn read(get: impl Fn(&str) -> Option<u64>) -> Self {
-        let slots = (0..SLOTS)
-            .map(|i| {
-                let [s, r, t] = slot_attrs(i);
-                get(&s).map(|sec| Slot {
-                    sec,
-                    requests: get(&r).unwrap_or(0),
-                    tokens: get(&t).unwrap_or(0),
-                })
-            })
-            .collect();
-        KeyCounters {
-            hi: get(HI),
-            slots,
-            day: get(DAY),
-            day_requests: get(DAY_REQUESTS).unwrap_or(0),
-            period: get(PERIOD),
-            committed_nanos: get(COMMITTED).unwrap_or(0),
-            settled_nanos: get(SETTLED).unwrap_or(0),
+    /// Reads the counters from the item's numbers, by name.
+    pub fn read<'a>(numbers: impl IntoIterator<Item = (&'a str, u64)>) -> Self {
+        let mut c = KeyCounters::default();
+        // The layout before: slot i = second mod 60 (ws{i}: its second).
+        let mut legacy: BTreeMap<u64, (Option<u64>, u64, u64)> = BTreeMap::new();
+        let index = |name: &str, prefix: &str| -> Option<u64> {
+            let rest = name.strip_prefix(prefix)?;
+            rest.bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| rest.parse().ok())?
+        };
+        for (name, v) in numbers {
+            match name {
+                HI => c.hi = Some(v),
+                DAY => c.day = Some(v),
+                DAY_REQUESTS => c.day_requests = v,
+                PERIOD => c.period = Some(v),
+                COMMITTED => c.committed_nanos = v,
+                SETTLED => c.settled_nanos = v,
+                _ => {
+                    if let Some(sec) = index(name, "mr") {
+                        c.slots.entry(sec).or_default().requests += v;
+                        c.attrs.push((sec, name.to_owned()));
+                    } else if let Some(sec) = index(name, "mt") {
+                        c.slots.entry(sec).or_default().tokens += v;
+                        c.attrs.push((sec, name.to_owned()));
+                    } else if let Some(i) = index(name, "ws") {
+                        legacy.entry(i).or_default().0 = Some(v);
+                    } else if let Some(i) = index(name, "wr") {
+                        legacy.entry(i).or_default().1 = v;
+                    } else if let Some(i) = index(name, "wt") {
+                        legacy.entry(i).or_default().2 = v;
+                    }
+                }
+            }
         }
+        for (sec, slot) in c.slots.iter_mut() {
+            slot.sec = *sec;
+        }
+        for (i, (sec, requests, tokens)) in legacy {
+            let Some(sec) = sec else { continue };
+            let slot = c.slots.entry(sec).or_insert(Slot {
+                sec,
+                ..Slot::default()
+            });
+            slot.requests += requests;
+            slot.tokens += tokens;
+            for n in ["ws", "wr", "wt"] {
+                c.attrs.push((sec, format!("{n}{i}")));
+            }
+        }
+        c
     }
 
     /// The second an admission at clock `now` counts in.
@@ -176,9 +223,8 @@ impl KeyCounters {
     fn view(&self, now: u64) -> KeyLimitState {
         let live = self
             .slots
-            .iter()
-            .flatten()
-            .filter(|s| s.sec + SLOTS > now && s.sec <= now)
+            .values()
+            .filter(|s| s.sec + WINDOW > now && s.sec <= now + 1)
             .map(|s| (s.sec, s.requests, s.tokens));
         KeyLimitState::from_counters(
             live,
@@ -223,20 +269,33 @@ impl KeyCounters {
         ask: &Ask<'_>,
         requests: u64,
     ) -> (Result<(Reservation, CounterWrite), Refusal>, LimitStatus) {
+        self.admit_many_in(ask, requests, false)
+    }
+
+    /// [`Self::admit_many`], counted in the second after the admission's
+    /// when `next` (a spanning lease, [`super::lease::lease_terms_spanning`]).
+    pub fn admit_many_in(
+        &self,
+        ask: &Ask<'_>,
+        requests: u64,
+        next: bool,
+    ) -> (Result<(Reservation, CounterWrite), Refusal>, LimitStatus) {
         let requests = requests.max(1);
         let now = self.effective_now(ask.now_secs);
+        let count = now + u64::from(next);
         let mut view = self.view(now);
         let (window_requests, window_tokens) = {
             let mut v = view.clone();
             v.status(now, ask.limits, ask.budget);
             v.window_totals()
         };
-        let decided = view.admit_many(
+        let decided = view.admit_many_in(
             &Ask {
                 now_secs: now,
                 ..*ask
             },
             requests,
+            count,
         );
         let mut status = view.status(now, ask.limits, ask.budget);
         let reservation = match decided {
@@ -247,51 +306,65 @@ impl KeyCounters {
             Ok(r) => r,
         };
         let mut w = CounterWrite::default();
-        let i = now % SLOTS;
-        let [s_attr, r_attr, t_attr] = slot_attrs(i);
-        if self.hi == Some(now) {
-            // The same second as the newest admission: add under a bound.
-            let own = self.slots[i as usize].unwrap_or_default();
-            w.conditions.push(Condition::Equals(HI.into(), now));
-            if let Some(max) = ask.limits.rpm {
-                let others = window_requests.saturating_sub(own.requests);
-                w.conditions.push(Condition::AtMost(
-                    r_attr.clone(),
-                    max.saturating_sub(requests).saturating_sub(others),
-                ));
-            }
-            if let Some(max) = ask.limits.tpm {
-                let others = window_tokens.saturating_sub(own.tokens);
-                w.conditions.push(Condition::AtMost(
-                    t_attr.clone(),
-                    max.saturating_sub(ask.tokens).saturating_sub(others),
-                ));
-            }
-            w.updates.push(Update::Add(r_attr, signed(requests)));
-            w.updates.push(Update::Add(t_attr, signed(ask.tokens)));
-        } else {
-            // A new second: its slot starts over (what it held left the window).
+        // Open seconds: from the `whi` read to the one before `now`...
+        let mut open: Vec<u64> = match self.hi {
+            Some(hi) if hi < now => (hi.max(now + 1 - WINDOW)..now).collect(),
+            _ => Vec::new(),
+        };
+        if open.len() > MAX_OPEN {
+            // Nothing may have been admitted after the `whi` read.
             w.conditions.push(epoch_is(HI, self.hi));
-            // Admissions in the second `whi` may still add to its slot while
-            // `whi` stays: the decision holds only if that slot has not grown
-            // since it was read (else re-read, as for a changed `whi`).
-            if let Some(hi) = self.hi.filter(|hi| hi + SLOTS > now) {
-                let [_, hi_requests, hi_tokens] = slot_attrs(hi % SLOTS);
-                let read = self.slots[(hi % SLOTS) as usize]
-                    .filter(|s| s.sec == hi)
-                    .unwrap_or_default();
-                if ask.limits.rpm.is_some() {
-                    w.conditions
-                        .push(Condition::AtMost(hi_requests, read.requests));
+            open.retain(|s| Some(*s) == self.hi);
+        } else {
+            w.conditions.push(Condition::AtMost(HI.into(), now));
+        }
+        // ...and `now` and the next second (spanning leases count there),
+        // but for the one this admission counts in.
+        open.extend([now, now + 1].into_iter().filter(|s| *s != count));
+        let read = |s: u64| self.slots.get(&s).copied().unwrap_or_default();
+        let own = read(count);
+        let [r_attr, t_attr] = second_attrs(count);
+        let mut bound =
+            |max: u64, asked: u64, total: u64, mine: u64, of: &dyn Fn(&Slot) -> u64, k: usize| {
+                // What the limit leaves after the window as read and this
+                // admission, shared between the open seconds and this one.
+                let spare = max.saturating_sub(asked).saturating_sub(total);
+                let share = spare / (open.len() as u64 + 1);
+                for s in &open {
+                    w.conditions.push(Condition::AtMost(
+                        second_attrs(*s)[k].clone(),
+                        of(&read(*s)).saturating_add(share),
+                    ));
                 }
-                if ask.limits.tpm.is_some() {
-                    w.conditions.push(Condition::AtMost(hi_tokens, read.tokens));
-                }
-            }
-            w.updates.push(Update::Set(HI.into(), now));
-            w.updates.push(Update::Set(s_attr, now));
-            w.updates.push(Update::Set(r_attr, requests));
-            w.updates.push(Update::Set(t_attr, ask.tokens));
+                w.conditions.push(Condition::AtMost(
+                    second_attrs(count)[k].clone(),
+                    mine.saturating_add(spare - share * open.len() as u64),
+                ));
+            };
+        if let Some(max) = ask.limits.rpm {
+            bound(
+                max,
+                requests,
+                window_requests,
+                own.requests,
+                &|s| s.requests,
+                0,
+            );
+        }
+        if let Some(max) = ask.limits.tpm {
+            bound(max, ask.tokens, window_tokens, own.tokens, &|s| s.tokens, 1);
+        }
+        w.updates.push(Update::Set(HI.into(), now));
+        w.updates.push(Update::Add(r_attr, signed(requests)));
+        w.updates.push(Update::Add(t_attr, signed(ask.tokens)));
+        // Seconds that left every window: their attributes go.
+        for (_, name) in self
+            .attrs
+            .iter()
+            .filter(|(sec, _)| sec + WINDOW <= now)
+            .take(MAX_REMOVE)
+        {
+            w.updates.push(Update::Remove(name.clone()));
         }
         let today = now / 86_400;
         if self.day == Some(today) {
@@ -344,19 +417,12 @@ impl KeyCounters {
         r: &Reservation,
         budget: Option<&Budget>,
     ) {
-        let i = (now % SLOTS) as usize;
-        let slot = match self.slots[i] {
-            Some(s) if s.sec == now => s,
-            _ => Slot {
-                sec: now,
-                ..Slot::default()
-            },
-        };
-        self.slots[i] = Some(Slot {
-            sec: now,
-            requests: slot.requests.saturating_add(requests),
-            tokens: slot.tokens.saturating_add(r.tokens),
+        let slot = self.slots.entry(r.sec).or_insert(Slot {
+            sec: r.sec,
+            ..Slot::default()
         });
+        slot.requests = slot.requests.saturating_add(requests);
+        slot.tokens = slot.tokens.saturating_add(r.tokens);
         self.hi = Some(now);
         let today = now / 86_400;
         if self.day != Some(today) {
@@ -389,9 +455,9 @@ pub fn settlement_writes(
 ) -> Vec<CounterWrite> {
     let mut writes = Vec::new();
     if tokens != reservation.tokens {
-        let [s_attr, _, t_attr] = slot_attrs(reservation.sec % SLOTS);
+        let [_, t_attr] = second_attrs(reservation.sec);
         writes.push(CounterWrite {
-            conditions: vec![Condition::Equals(s_attr, reservation.sec)],
+            conditions: vec![Condition::Exists(t_attr.clone())],
             updates: vec![Update::Add(
                 t_attr,
                 signed(tokens).saturating_sub(signed(reservation.tokens)),
@@ -428,12 +494,11 @@ impl KeyCounters {
                 COMMITTED => Some(self.committed_nanos),
                 SETTLED => Some(self.settled_nanos),
                 _ => {
-                    let i: u64 = a.get(2..)?.parse().ok()?;
-                    let slot = self.slots.get(usize::try_from(i).ok()?)?.as_ref()?;
+                    let sec: u64 = a.get(2..)?.parse().ok()?;
+                    let slot = self.slots.get(&sec)?;
                     match a.get(..2)? {
-                        "ws" => Some(slot.sec),
-                        "wr" => Some(slot.requests),
-                        "wt" => Some(slot.tokens),
+                        "mr" => Some(slot.requests),
+                        "mt" => Some(slot.tokens),
                         _ => None,
                     }
                 }
@@ -443,6 +508,7 @@ impl KeyCounters {
             Condition::Absent(a) => get(a).is_none(),
             Condition::Equals(a, v) => get(a) == Some(*v),
             Condition::AtMost(a, v) => get(a).is_none_or(|x| x <= *v),
+            Condition::Exists(a) => get(a).is_some(),
         }
     }
 }
@@ -458,9 +524,9 @@ pub fn carry_writes(carry: &Carry, period: Option<BudgetPeriod>) -> Vec<CounterW
     let mut days: BTreeMap<u64, u64> = BTreeMap::new();
     let mut periods: BTreeMap<u64, (i64, u64)> = BTreeMap::new();
     for (sec, c) in &carry.slots {
-        let [s_attr, r_attr, t_attr] = slot_attrs(sec % SLOTS);
+        let [r_attr, t_attr] = second_attrs(*sec);
         let mut w = CounterWrite {
-            conditions: vec![Condition::Equals(s_attr, *sec)],
+            conditions: vec![Condition::Exists(r_attr.clone())],
             updates: Vec::new(),
         };
         if c.unused_requests > 0 {
@@ -515,7 +581,10 @@ pub fn merge_writes(writes: &[CounterWrite]) -> Option<CounterWrite> {
                 continue;
             }
             let attr = match c {
-                Condition::Absent(a) | Condition::Equals(a, _) | Condition::AtMost(a, _) => a,
+                Condition::Absent(a)
+                | Condition::Equals(a, _)
+                | Condition::AtMost(a, _)
+                | Condition::Exists(a) => a,
             };
             let clash = merged.conditions.iter().any(|m| {
                 matches!((m, c), (Condition::Absent(x) | Condition::Equals(x, _), Condition::Absent(_) | Condition::Equals(_, _)) if x == attr)
@@ -527,14 +596,15 @@ pub fn merge_writes(writes: &[CounterWrite]) -> Option<CounterWrite> {
         }
         for u in &w.updates {
             let attr = match u {
-                Update::Set(a, _) | Update::Add(a, _) => a,
+                Update::Set(a, _) | Update::Add(a, _) | Update::Remove(a) => a,
             };
             let existing = merged.updates.iter_mut().find(|m| match m {
-                Update::Set(a, _) | Update::Add(a, _) => a == attr,
+                Update::Set(a, _) | Update::Add(a, _) | Update::Remove(a) => a == attr,
             });
             match (existing, u) {
                 (None, u) => merged.updates.push(u.clone()),
                 (Some(Update::Add(_, d)), Update::Add(_, e)) => *d = d.saturating_add(*e),
+                (Some(Update::Remove(_)), Update::Remove(_)) => {}
                 _ => return None,
             }
         }
@@ -560,7 +630,7 @@ pub struct ItemAdmission {
 
 impl KeyCounters {
     /// Admits one request of a holder observing `rate` requests a second:
-    /// with a lease when the rule allows one ([`lease_terms`]), alone
+    /// with a lease when the rule allows one ([`lease_terms_spanning`]), alone
     /// otherwise; and delivers the holder's `carry` with it (the parts
     /// whose second, day or period the item still holds). `now_ms` is the
     /// clock (`ask.now_secs` must be its second).
@@ -574,7 +644,7 @@ impl KeyCounters {
     ) -> (Result<ItemAdmission, Refusal>, LimitStatus) {
         let sec = self.effective_now(ask.now_secs);
         let before = self.status(ask.now_secs, ask.limits, ask.budget);
-        let terms = lease_terms(
+        let terms = lease_terms_spanning(
             now_ms,
             sec,
             ask.limits,
@@ -591,7 +661,7 @@ impl KeyCounters {
                 cost_nanos: t.cost_nanos,
                 ..*ask
             };
-            if let (Ok((r, w)), status) = self.admit_many(&lease_ask, t.requests) {
+            if let (Ok((r, w)), status) = self.admit_many_in(&lease_ask, t.requests, true) {
                 let mut lease = Lease::new(&r, t, key_hash, status.clone());
                 lease.id = 0;
                 let cost = if ask.budget.is_some() {

@@ -19,6 +19,12 @@
 //!   one, where the authority's newest second is ahead of the holder's
 //!   clock, as for any admission on DynamoDB): "`rpm = N`: never more
 //!   than N in any window" holds exactly as without leases.
+//!   On DynamoDB a lease is counted in the second *after* the one it is
+//!   granted in ([`lease_terms_spanning`]) and spent until that second is
+//!   over (at most [`SPANNING_MAX_MS`]): a request from it counts no
+//!   earlier than admitted, and the item's window at second `t` sums the
+//!   buckets `t - 59 ..= t + 1`, which keeps the same guarantee (proof in
+//!   `lease_tests.rs`) with about half the grants.
 //! - **When.** Only while the key is well below every limit: each lease is
 //!   at most [`SHARE`] (a tenth) of what is left in the minute window, the
 //!   day, the token window and the budget, and is only granted when that
@@ -64,6 +70,10 @@ use crate::keys::{Budget, Limits};
 
 /// A lease is valid for at most this long (and never past its second).
 pub const LEASE_MAX_MS: u64 = 1_000;
+/// A lease counted in the second after the one it is granted in
+/// ([`lease_terms_spanning`]) is valid for at most this long (and never
+/// past that second).
+pub const SPANNING_MAX_MS: u64 = 2_000;
 /// A lease is at most `1 / SHARE` of what is left of each limit.
 pub const SHARE: u64 = 10;
 /// No leases for a key whose `rpm` or `rpd` is at most this.
@@ -85,6 +95,9 @@ pub const FLUSH_AFTER_MS: u64 = 1_000;
 /// What a lease grants: the `Ask` and request count to admit it with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseTerms {
+    /// The second its requests count in (0: the second it is granted in).
+    #[serde(default)]
+    pub sec: u64,
     pub requests: u64,
     /// For all requests together.
     pub tokens: u64,
@@ -108,6 +121,66 @@ pub fn lease_terms(
     cost_nanos: u64,
     rate: u64,
 ) -> Option<LeaseTerms> {
+    terms(
+        now_ms,
+        sec,
+        LEASE_MAX_MS,
+        limits,
+        budget,
+        status,
+        tokens,
+        cost_nanos,
+        rate,
+    )
+}
+
+/// [`lease_terms`] for a lease granted in second `sec` but counted in
+/// `sec + 1`, and so valid until that second is over (at most
+/// [`SPANNING_MAX_MS`]): about half as many grants for the same rate.
+///
+/// Exact only where the authority's window, at second `t`, also sums the
+/// bucket of `t + 1` (which [`KeyLimitState`] and the counters do): a
+/// request admitted at `t` from such a lease is counted in `t` or `t + 1`,
+/// i.e. no earlier than admitted, so it stays in every window at least as
+/// long as it should; and each grant at `g` was checked against the
+/// buckets `g - 59 ..= g + 1`, which hold everything admitted before it
+/// that a window containing `g` can hold (proof in `lease_tests.rs`).
+#[allow(clippy::too_many_arguments)]
+pub fn lease_terms_spanning(
+    now_ms: u64,
+    sec: u64,
+    limits: &Limits,
+    budget: Option<&Budget>,
+    status: &LimitStatus,
+    tokens: u64,
+    cost_nanos: u64,
+    rate: u64,
+) -> Option<LeaseTerms> {
+    terms(
+        now_ms,
+        sec.saturating_add(1),
+        SPANNING_MAX_MS,
+        limits,
+        budget,
+        status,
+        tokens,
+        cost_nanos,
+        rate,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn terms(
+    now_ms: u64,
+    sec: u64,
+    max_ms: u64,
+    limits: &Limits,
+    budget: Option<&Budget>,
+    status: &LimitStatus,
+    tokens: u64,
+    cost_nanos: u64,
+    rate: u64,
+) -> Option<LeaseTerms> {
     if limits.rpm.is_some_and(|n| n <= MIN_LIMIT) || limits.rpd.is_some_and(|n| n <= MIN_LIMIT) {
         return None;
     }
@@ -115,7 +188,7 @@ pub fn lease_terms(
         return None;
     }
     let expires_at_ms = now_ms
-        .saturating_add(LEASE_MAX_MS)
+        .saturating_add(max_ms)
         .min(sec.saturating_add(1).saturating_mul(1_000));
     let validity = expires_at_ms.saturating_sub(now_ms);
     if validity < MIN_VALIDITY_MS {
@@ -152,6 +225,7 @@ pub fn lease_terms(
         return None;
     }
     Some(LeaseTerms {
+        sec,
         requests: n,
         tokens: tokens.saturating_mul(n),
         cost_nanos: cost_nanos.saturating_mul(n),
@@ -488,13 +562,14 @@ impl KeyLimitState {
         ask: &Ask<'_>,
         terms: &LeaseTerms,
     ) -> Result<Reservation, Refusal> {
-        self.admit_many(
+        self.admit_many_in(
             &Ask {
                 tokens: terms.tokens,
                 cost_nanos: terms.cost_nanos,
                 ..*ask
             },
             terms.requests,
+            terms.sec.max(ask.now_secs),
         )
     }
 

@@ -41,6 +41,24 @@ fn via_authority(
     tokens: u64,
     cost: u64,
 ) -> Option<Reservation> {
+    via_authority_leasing(auth, book, now_ms, l, b, tokens, cost, lease_terms)
+}
+
+/// The rule that sizes a lease (one second, or spanning two).
+type Rule =
+    fn(u64, u64, &Limits, Option<&Budget>, &LimitStatus, u64, u64, u64) -> Option<LeaseTerms>;
+
+#[allow(clippy::too_many_arguments)]
+fn via_authority_leasing(
+    auth: &mut KeyLimitState,
+    book: &mut LeaseBook,
+    now_ms: u64,
+    l: &Limits,
+    b: Option<&Budget>,
+    tokens: u64,
+    cost: u64,
+    rule: Rule,
+) -> Option<Reservation> {
     book.close(now_ms, true);
     let carry = book.take_carry();
     let now = now_ms / 1_000;
@@ -48,7 +66,7 @@ fn via_authority(
     let a = ask(now_ms, l, b, tokens, cost);
     let status = auth.status(now, l, b);
     let rate = book.rate.per_sec(now_ms);
-    if let Some(terms) = lease_terms(now_ms, now, l, b, &status, tokens, cost, rate) {
+    if let Some(terms) = rule(now_ms, now, l, b, &status, tokens, cost, rate) {
         let r = auth.grant_lease(&a, &terms).ok()?;
         let after = auth.status(now, l, b);
         let mut lease = Lease::new(&r, &terms, HASH, after);
@@ -69,13 +87,15 @@ struct Pending {
 
 /// Runs `steps` random steps; returns admissions per second, the number
 /// admitted from leases, the leases granted, and the spend charged
-/// (actual for settled requests, estimates for the others).
-fn simulate(
+/// (actual for settled requests, estimates for the others), leases sized
+/// and counted by `rule`.
+fn simulate_with(
     seed: u64,
     steps: usize,
     holders: usize,
     l: &Limits,
     b: Option<&Budget>,
+    rule: Rule,
 ) -> (BTreeMap<u64, u64>, u64, KeyLimitState) {
     let mut rng = Rng(seed);
     let mut auth = KeyLimitState::default();
@@ -98,11 +118,17 @@ fn simulate(
                         leased += 1;
                         Some(r)
                     }
-                    None => via_authority(&mut auth, book, now_ms, l, b, tokens, cost),
+                    None => {
+                        via_authority_leasing(&mut auth, book, now_ms, l, b, tokens, cost, rule)
+                    }
                 };
                 if let Some(r) = admitted {
                     *per_sec.entry(now_ms / 1_000).or_default() += 1;
                     assert!(r.sec >= now_ms / 1_000, "counted no earlier than admitted");
+                    assert!(
+                        r.sec <= now_ms / 1_000 + 1,
+                        "nor later than the next second"
+                    );
                     pending.push(Pending {
                         holder: h,
                         r,
@@ -156,13 +182,35 @@ fn simulate(
 
 #[test]
 fn rpm_is_exact_with_leases_under_random_interleavings() {
+    rpm_is_exact_with(lease_terms);
+}
+
+/// Leases granted in one second and counted in the next (spent over both):
+/// the same exactness, the authority's window summing the next second's
+/// bucket too. Why: a request admitted at second `t` counts in `t` or
+/// `t + 1`. Take any window of admission seconds `a ..= a + 59`, and the
+/// last grant (or single admission) `B`, at second `g`, among those whose
+/// requests were admitted in it. Everything admitted in the window counts
+/// in `a ..= a + 60`; everything granted before `B` counts at most in the
+/// second after its grant, so at most in `g + 1`; and `g <= a + 59`, since
+/// `B`'s requests were admitted no earlier than granted. So when `B` was
+/// granted, every other request admitted in the window was already
+/// counted in `g - 59 ..= g + 1` (as `g - 59 <= a`), the buckets `B` was
+/// checked against: with `B`, at most `rpm`. Returns of unused requests
+/// only take out what was never admitted.
+#[test]
+fn rpm_is_exact_with_spanning_leases_under_random_interleavings() {
+    rpm_is_exact_with(lease_terms_spanning);
+}
+
+fn rpm_is_exact_with(rule: Rule) {
     let l = Limits {
         rpm: Some(600),
         rpd: None,
         tpm: None,
     };
     for seed in [1, 7, 42, 1234] {
-        let (per_sec, leased, _) = simulate(seed, 20_000, 4, &l, None);
+        let (per_sec, leased, _) = simulate_with(seed, 20_000, 4, &l, None, rule);
         let total: u64 = per_sec.values().sum();
         // The limit is nearly reached (the load is ~ 12 requests per 100
         // ms; what killed holders' leases left unused counts, as it may
@@ -186,20 +234,60 @@ fn rpm_is_exact_with_leases_under_random_interleavings() {
 }
 
 #[test]
+fn spanning_leases_count_in_the_next_second_and_last_until_its_end() {
+    let l = Limits {
+        rpm: Some(10_000),
+        rpd: None,
+        tpm: None,
+    };
+    let status = LimitStatus {
+        requests: Some((10_000, 10_000, 1)),
+        ..LimitStatus::default()
+    };
+    let t = 1_700_000_000_000;
+    let terms = lease_terms_spanning(t + 300, t / 1_000, &l, None, &status, 1, 0, 10).unwrap();
+    assert_eq!(terms.sec, t / 1_000 + 1);
+    assert_eq!(
+        terms.expires_at_ms,
+        t + 2_000,
+        "until the next second is over"
+    );
+    assert_eq!(terms.requests, 34, "twice the rate for 1.7 s");
+    let mut auth = KeyLimitState::default();
+    let a = ask(t + 300, &l, None, 1, 0);
+    let r = auth.grant_lease(&a, &terms).unwrap();
+    assert_eq!(r.sec, t / 1_000 + 1);
+    let mut lease = Lease::new(&r, &terms, HASH, LimitStatus::default());
+    assert!(
+        lease.spend(t + 900, HASH, 1, 0).is_some(),
+        "in the second granted"
+    );
+    assert!(lease.spend(t + 1_999, HASH, 1, 0).is_some(), "in the next");
+    assert!(lease.spend(t + 2_000, HASH, 1, 0).is_none(), "not after");
+    // The window at the grant's second sums the next second's bucket.
+    let left = auth.status(t / 1_000, &l, None).requests.unwrap().1;
+    assert_eq!(left, 10_000 - 34);
+    let left = auth.status(t / 1_000 + 60, &l, None).requests.unwrap().1;
+    assert_eq!(left, 10_000 - 34, "and keeps it for a minute after it");
+}
+
+#[test]
 fn rpd_and_tpm_hold_with_leases() {
     let l = Limits {
         rpm: None,
         rpd: Some(3_000),
         tpm: Some(40_000),
     };
-    let mut rng = Rng(5);
-    let (per_sec, leased, mut auth) = simulate(rng.next(1_000), 30_000, 3, &l, None);
-    let total: u64 = per_sec.values().sum();
-    assert!(total <= 3_000, "{total} in the day");
-    assert!(leased > 0);
-    let now = per_sec.keys().last().copied().unwrap_or(0);
-    let (_, tokens_left, _) = auth.status(now, &l, None).tokens.unwrap_or_default();
-    assert!(tokens_left <= 40_000);
+    for rule in [lease_terms as Rule, lease_terms_spanning as Rule] {
+        let mut rng = Rng(5);
+        let (per_sec, leased, mut auth) = simulate_with(rng.next(1_000), 30_000, 3, &l, None, rule);
+        let total: u64 = per_sec.values().sum();
+        assert!(total <= 3_000, "{total} in the day");
+        assert!(leased > 0);
+        let now = per_sec.keys().last().copied().unwrap_or(0);
+        let (_, tokens_left, _) = auth.status(now, &l, None).tokens.unwrap_or_default();
+        assert!(tokens_left <= 40_000);
+    }
 }
 
 #[test]
@@ -209,8 +297,13 @@ fn a_budget_is_never_exceeded_with_leases() {
         max_nanos: 5_000_000,
         period: BudgetPeriod::Total,
     };
-    for seed in [3, 9, 27] {
-        let (per_sec, leased, mut auth) = simulate(seed, 20_000, 4, &l, Some(&b));
+    for (seed, rule) in [3, 9, 27].into_iter().flat_map(|seed| {
+        [
+            (seed, lease_terms as Rule),
+            (seed, lease_terms_spanning as Rule),
+        ]
+    }) {
+        let (per_sec, leased, mut auth) = simulate_with(seed, 20_000, 4, &l, Some(&b), rule);
         let now = per_sec.keys().last().copied().unwrap_or(0);
         let s = auth.status(now + 1, &l, Some(&b));
         // Settled at most the estimate: spend + reserved never pass the

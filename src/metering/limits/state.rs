@@ -213,8 +213,22 @@ impl KeyLimitState {
         ask: &Ask<'_>,
         requests: u64,
     ) -> Result<Reservation, Refusal> {
+        self.admit_many_in(ask, requests, ask.now_secs)
+    }
+
+    /// [`Self::admit_many`], counted in second `count` (`ask.now_secs` or
+    /// the next one: a spanning lease, [`super::lease::lease_terms_spanning`]).
+    /// The window is every bucket from `now - 59` on, the next second's
+    /// included, whatever second the admission counts in.
+    pub(super) fn admit_many_in(
+        &mut self,
+        ask: &Ask<'_>,
+        requests: u64,
+        count: u64,
+    ) -> Result<Reservation, Refusal> {
         let requests = requests.max(1);
         let now = ask.now_secs;
+        let count = count.clamp(now, now.saturating_add(1));
         self.roll(now, ask.budget);
         let (window_requests, tokens) = self.window();
         if let Some(max) = ask.limits.rpd {
@@ -263,21 +277,25 @@ impl KeyLimitState {
             }
         }
         self.day_requests = self.day_requests.saturating_add(requests);
-        match self.minute.last_mut() {
-            Some(b) if b.sec == now => {
+        match self.minute.binary_search_by_key(&count, |b| b.sec) {
+            Ok(i) => {
+                let b = &mut self.minute[i];
                 b.requests = b.requests.saturating_add(requests);
                 b.tokens = b.tokens.saturating_add(ask.tokens);
             }
-            _ => self.minute.push(Bucket {
-                sec: now,
-                requests,
-                tokens: ask.tokens,
-            }),
+            Err(i) => self.minute.insert(
+                i,
+                Bucket {
+                    sec: count,
+                    requests,
+                    tokens: ask.tokens,
+                },
+            ),
         }
         self.next_id += 1;
         let r = Reservation {
             id: self.next_id,
-            sec: now,
+            sec: count,
             tokens: ask.tokens,
             cost_nanos: if ask.budget.is_some() {
                 ask.cost_nanos

@@ -256,7 +256,7 @@ mod counter_layout {
 
     impl Item {
         fn read(&self) -> KeyCounters {
-            KeyCounters::read(|n| self.0.get(n).map(|v| *v as u64))
+            KeyCounters::read(self.0.iter().map(|(n, v)| (n.as_str(), *v as u64)))
         }
 
         fn write(&mut self, w: &CounterWrite) -> bool {
@@ -264,6 +264,7 @@ mod counter_layout {
                 Condition::Absent(a) => !self.0.contains_key(a),
                 Condition::Equals(a, v) => self.0.get(a) == Some(&(*v as i64)),
                 Condition::AtMost(a, v) => self.0.get(a).is_none_or(|x| *x <= *v as i64),
+                Condition::Exists(a) => self.0.contains_key(a),
             });
             if ok {
                 for u in &w.updates {
@@ -272,6 +273,9 @@ mod counter_layout {
                             self.0.insert(a.clone(), *v as i64);
                         }
                         Update::Add(a, d) => *self.0.entry(a.clone()).or_insert(0) += d,
+                        Update::Remove(a) => {
+                            self.0.remove(a);
+                        }
                     }
                 }
             }
@@ -484,6 +488,184 @@ mod counter_layout {
             writes * 2 < total,
             "{writes} item writes for {total} admissions"
         );
+    }
+
+    /// Admission in one round trip, as the Lambda containers make it:
+    /// each holder decides on the item as its own last write returned it
+    /// (`ALL_NEW`), however stale, and writes at once; a failed condition
+    /// hands it the item as it is (`ALL_OLD`) to decide again; a refusal
+    /// is only made on the item as it is. Many holders, random clocks
+    /// within a second's boundary, leases, carries and killed holders:
+    /// never more than `rpm` in any window, the budget never passed, and
+    /// most admissions cost one write.
+    #[test]
+    fn one_call_admissions_on_remembered_items_are_exact() {
+        use super::super::lease::LeaseBook;
+        let l = limits(Some(1_500), None, Some(600_000));
+        let b = Budget {
+            max_nanos: 6_000_000,
+            period: BudgetPeriod::Total,
+        };
+        for seed in [5u64, 17, 2024] {
+            let mut item = Item::default();
+            let holders = 8;
+            let mut books = vec![LeaseBook::default(); holders];
+            let mut seen: Vec<Option<KeyCounters>> = vec![None; holders];
+            let mut pending: Vec<(usize, Reservation, u64, u64)> = Vec::new();
+            let mut per_sec: std::collections::BTreeMap<u64, u64> = Default::default();
+            // Round trips of the admissions made at the item that admitted.
+            let (mut trips, mut item_admissions) = (0u64, 0u64);
+            let mut seed = seed;
+            let mut next = |m: u64| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (seed >> 33) % m
+            };
+            let mut now_ms: u64 = 1_700_000_000_000;
+            for _ in 0..20_000 {
+                now_ms += next(40);
+                let h = next(holders as u64) as usize;
+                // Each holder's clock: up to 30 ms ahead or behind
+                // (second-boundary races).
+                let clock = now_ms + next(60) - 30;
+                match next(100) {
+                    0..=69 => {
+                        let (tokens, cost) = (1 + next(100), 1 + next(1_000));
+                        let book = &mut books[h];
+                        let mut got = book.admit(clock, "h", tokens, cost).map(|(r, _)| r);
+                        if got.is_none() {
+                            let (mut writes, mut reads) = (0u64, 0u64);
+                            book.close(clock, true);
+                            let mut carry = book.take_carry();
+                            let rate = book.rate.per_sec(clock);
+                            let a = ask(clock / 1_000, &l, Some(&b), tokens, cost);
+                            let (mut view, mut fresh) = match seen[h].take() {
+                                Some(v) => (v, false),
+                                None => {
+                                    reads += 1;
+                                    (item.read(), true)
+                                }
+                            };
+                            for _ in 0..10 {
+                                let (decided, _) = view.admit_leasing(&a, clock, rate, "h", &carry);
+                                let d = match decided {
+                                    Ok(d) => d,
+                                    Err(_) if !fresh => {
+                                        reads += 1;
+                                        view = item.read();
+                                        fresh = true;
+                                        continue;
+                                    }
+                                    Err(_) => break,
+                                };
+                                let w = match &d.merged {
+                                    Some(w) => w.clone(),
+                                    None => {
+                                        for w in &d.carry {
+                                            item.write(w);
+                                        }
+                                        carry = Default::default();
+                                        d.admission.clone()
+                                    }
+                                };
+                                writes += 1;
+                                // ALL_NEW on success, ALL_OLD on failure.
+                                let ok = item.write(&w);
+                                view = item.read();
+                                fresh = true;
+                                if ok {
+                                    carry = Default::default();
+                                    book.lease = d.lease;
+                                    got = Some(d.reservation);
+                                    break;
+                                }
+                            }
+                            if got.is_some() {
+                                item_admissions += 1;
+                                trips += writes + reads;
+                            }
+                            seen[h] = Some(view);
+                            if !carry.is_empty() {
+                                book.carry.absorb(carry);
+                            }
+                        }
+                        if let Some(r) = got {
+                            assert!(r.sec >= clock / 1_000, "counted no earlier than admitted");
+                            *per_sec.entry(clock / 1_000).or_default() += 1;
+                            pending.push((h, r, tokens, cost));
+                        }
+                    }
+                    70..=93 if !pending.is_empty() => {
+                        let (h, r, tokens, cost) =
+                            pending.swap_remove(next(pending.len() as u64) as usize);
+                        let (used, spent) = (tokens - next(tokens + 1), cost - next(cost + 1));
+                        if r.leased {
+                            if let Some(c) = books[h].settle_leased(clock, &r, used, spent, true) {
+                                for w in super::super::counters::carry_writes(&c, Some(b.period)) {
+                                    item.write(&w);
+                                }
+                            }
+                        } else {
+                            for w in settlement_writes(&r, Some(&b), used, spent) {
+                                item.write(&w);
+                            }
+                        }
+                    }
+                    94..=98 => {}
+                    _ => {
+                        books[h] = LeaseBook::default();
+                        seen[h] = None;
+                        pending.retain(|p| p.0 != h);
+                    }
+                }
+                // By admission second (the holders' clocks, up to 30 ms
+                // off): the windows ending in this second and the last.
+                let now = (now_ms + 30) / 1_000;
+                for end in [now - 1, now] {
+                    let window: u64 = per_sec
+                        .range(end.saturating_sub(59)..=end)
+                        .map(|(_, n)| n)
+                        .sum();
+                    assert!(window <= 1_500, "{window} in the minute to {end}");
+                }
+                if let Some(c) = item.0.get("bc") {
+                    assert!(*c >= 0 && (*c as u64) <= b.max_nanos, "committed {c}");
+                }
+            }
+            let total: u64 = per_sec.values().sum();
+            assert!(total > 6_000, "{total} admitted");
+            // Seconds that left the window are removed as admissions go.
+            assert!(item.0.len() <= 2 * 61 + 8, "{} attributes", item.0.len());
+            // Most admissions at the item are one write, without a read.
+            assert!(
+                trips < item_admissions * 3 / 2,
+                "{trips} round trips for {item_admissions} admissions at the item"
+            );
+        }
+    }
+
+    /// An item written in the layout before (`ws{i}`, `wr{i}`, `wt{i}`, i =
+    /// second mod 60): its seconds still count in the window, and their
+    /// attributes go once they have left it.
+    #[test]
+    fn the_layout_before_counts_and_is_removed() {
+        let l = limits(Some(10), None, None);
+        let mut item = Item::default();
+        for (k, v) in [("whi", 1_000), ("ws40", 1_000), ("wr40", 7), ("wt40", 70)] {
+            item.0.insert(k.into(), v);
+        }
+        for _ in 0..3 {
+            let (r, _) = item.read().admit(&ask(1_010, &l, None, 1, 0));
+            assert!(item.write(&r.unwrap().1));
+        }
+        let (refused, status) = item.read().admit(&ask(1_010, &l, None, 1, 0));
+        assert!(refused.is_err(), "7 before + 3 now = rpm");
+        assert_eq!(status.requests.map(|r| r.1), Some(0));
+        let (r, _) = item.read().admit(&ask(1_060, &l, None, 1, 0));
+        assert!(item.write(&r.unwrap().1), "the old second left the window");
+        assert!(!item.0.contains_key("wr40") && !item.0.contains_key("ws40"));
+        assert_eq!(item.0.get("mr1010"), Some(&3));
     }
 
     /// At a second's boundary: one admitter reads in the new second while
