@@ -100,6 +100,8 @@ fi
 if wants server || wants server-postgres; then
   # The shared-store tests start their own PostgreSQL (Debian's package, a
   # throwaway cluster on 127.0.0.1) and dynalite (npm).
+  # test_dynamodb_moto starts moto's DynamoDB (moto[server] from PyPI, in
+  # tests/requirements.txt: installed by the venv step below).
   step "postgresql and dynalite for the shared-store tests"
   if ! ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
