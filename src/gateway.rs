@@ -1059,9 +1059,18 @@ fn stream_response(head: StreamHead, relay: Relay) -> Response {
 }
 
 fn add_headers(headers: &mut HeaderMap, pairs: &[(&'static str, String)]) {
+    // The route's names, built at compile time: a `&'static str` name is
+    // parsed, and copied, at each insert.
+    static ROUTE: [http::HeaderName; 2] = [
+        http::HeaderName::from_static("x-conduit-deployment"),
+        http::HeaderName::from_static("x-conduit-attempts"),
+    ];
     for (name, value) in pairs {
         if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(*name, v);
+            match ROUTE.iter().find(|known| known.as_str() == *name) {
+                Some(known) => headers.insert(known.clone(), v),
+                None => headers.insert(*name, v),
+            };
         }
     }
 }
