@@ -619,9 +619,8 @@ mod tests {
         for _crash in 0..40 {
             let l = limiter(&disk);
             let mut open: Vec<(Admission, u64)> = Vec::new();
-            let mut waiting: Vec<Pin<Box<dyn Future<Output = _> + Send + '_>>> = Vec::new();
-            let mut settling: Vec<(Pin<Box<dyn Future<Output = ()> + Send + '_>>, u64)> =
-                Vec::new();
+            let mut waiting: Vec<BoxFuture<'_, Result<Admission, Rejection>>> = Vec::new();
+            let mut settling: Vec<(BoxFuture<'_, ()>, u64)> = Vec::new();
             for _step in 0..rand(200) {
                 match rand(10) {
                     0..=3 => {
