@@ -16,9 +16,11 @@
 //!
 //! Money is written through, not behind ([`spend`]): a request of a key
 //! with a budget goes upstream only once the spend and reservations its
-//! admission left are committed (a WAL append, no fsync, in a batch shared
-//! with every request waiting at that moment), and a settlement that raised
-//! the spend is committed before the answer's last byte. A crash
+//! admission left are covered by a committed high-water mark (the limiter
+//! writes a new mark, with headroom, only when they would pass the last
+//! one: a WAL append, no fsync, in a batch shared with every request
+//! waiting at that moment), and a settlement that passed the mark is
+//! committed before the answer's last byte. A crash
 //! (`kill -9`) loses at most the usage records still in the writer's queue
 //! ([`BATCH_WINDOW`](writer::BATCH_WINDOW) plus one commit); on restart the
 //! reservations the dead process held are charged at their estimate.
