@@ -811,6 +811,10 @@ impl Gateway {
         }
         let mut response = http::Response::new(ResponseBody::Full(Bytes::from(body)));
         *response.status_mut() = status;
+        // Room for the headers added on the way out (the route's, the
+        // overhead, a key's six `x-ratelimit-*`): the map is not grown and
+        // rehashed midway.
+        *response.headers_mut() = HeaderMap::with_capacity(12);
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
