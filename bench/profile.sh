@@ -68,6 +68,11 @@ start_gateway() {
   GW_URL=$(wait_url "$GW_PID" "$WORK/gw.out" "conduit listening on " "$WORK/gw.err" 3000)
   KEY=$(curl -sS -X POST "$GW_URL/admin/keys" -H "Authorization: Bearer $MASTER_KEY" \
     -H 'Content-Type: application/json' -d '{"name":"profile"}' | "$BIN_DIR/bench-report" get /dev/stdin /key)
+  # The `limited` scenario's key (bench/run.sh): limits and a budget the run cannot reach.
+  LIMITED_KEY=$(curl -sS -X POST "$GW_URL/admin/keys" -H "Authorization: Bearer $MASTER_KEY" \
+    -H 'Content-Type: application/json' \
+    -d '{"name":"profile-limited","limits":{"rpm":100000000,"rpd":1000000000,"tpm":1000000000},"budget":{"max_usd":1000000,"period":"total"}}' |
+    "$BIN_DIR/bench-report" get /dev/stdin /key)
 }
 
 chat='{"model":"chat","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":32}'
@@ -81,9 +86,9 @@ log "callgrind: Conduit at $GW_URL (pid $VG_PID), $REQUESTS requests per case"
 table="| case (through the release server under callgrind) | instructions / request |
 |---|---:|
 "
-measure() { # NAME SLUG PATH BODY MODE
-  local name=$1 slug=$2 path=$3 body=$4 mode=$5
-  local load=("$BIN_DIR/bench-load" "$mode" --url "$GW_URL$path" --header "Authorization: Bearer $KEY" --body "$body" --timeout-ms 60000)
+measure() { # NAME SLUG PATH BODY MODE [KEY]
+  local name=$1 slug=$2 path=$3 body=$4 mode=$5 key=${6:-$KEY}
+  local load=("$BIN_DIR/bench-load" "$mode" --url "$GW_URL$path" --header "Authorization: Bearer $key" --body "$body" --timeout-ms 60000)
   if [[ $mode == saturate ]]; then
     run_fg "${load[@]}" --connections 4 --warmup 50 --max-requests 10 --duration-s 60 >/dev/null
   else
@@ -114,6 +119,7 @@ measure() { # NAME SLUG PATH BODY MODE
   log "  $name: $((ir / ok)) instructions per request ($ok requests)"
 }
 measure "chat" chat /v1/chat/completions "$chat" saturate
+measure "chat, limited key (limits and a budget)" chat-limited /v1/chat/completions "$chat" saturate "$LIMITED_KEY"
 measure "embeddings (1536 floats)" embeddings /v1/embeddings "$emb" saturate
 measure "stream (13 events)" stream /v1/chat/completions "$stream" ttfe
 stop_proc "$VG_PID"

@@ -27,6 +27,8 @@ pub struct OpenStore {
     /// Other servers share this store: a response ends after its settlement.
     pub shared: bool,
     sqlite: Option<Arc<SqliteStore>>,
+    /// SQLite's limiter: it saves each key's exact spend at close.
+    local: Option<Arc<LocalLimiter>>,
 }
 
 impl OpenStore {
@@ -41,6 +43,9 @@ impl OpenStore {
 
     /// Flushes what is queued (SQLite's write-behind) and closes.
     pub fn close(&self) {
+        if let Some(l) = &self.local {
+            l.flush();
+        }
         if let Some(s) = &self.sqlite {
             s.close();
         }
@@ -53,13 +58,15 @@ pub async fn open(settings: &StoreSettings, clock: Arc<dyn Clock>) -> Result<Ope
         StoreSettings::Sqlite { database } => {
             let store = SqliteStore::open(database)
                 .map_err(|e| format!("cannot open the database {}: {e}", database.display()))?;
+            let limiter = Arc::new(LocalLimiter::new(clock, Some(store.clone())));
             Ok(OpenStore {
                 keys: store.clone(),
                 usage: store.clone(),
-                limiter: Arc::new(LocalLimiter::new(clock, Some(store.clone()))),
+                limiter: limiter.clone(),
                 description: format!("database {}", database.display()),
                 shared: false,
                 sqlite: Some(store),
+                local: Some(limiter),
             })
         }
         StoreSettings::Postgres { url_env, pool_size } => {
@@ -81,6 +88,7 @@ pub async fn open(settings: &StoreSettings, clock: Arc<dyn Clock>) -> Result<Ope
                 description: format!("PostgreSQL (URL from {url_env})"),
                 shared: true,
                 sqlite: None,
+                local: None,
             })
         }
         StoreSettings::Dynamodb {
@@ -113,6 +121,7 @@ pub async fn open(settings: &StoreSettings, clock: Arc<dyn Clock>) -> Result<Ope
                 description: format!("DynamoDB (tables {keys_table}, {usage_table})"),
                 shared: true,
                 sqlite: None,
+                local: None,
             })
         }
     }

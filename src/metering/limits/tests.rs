@@ -784,7 +784,8 @@ mod unreadable_spend {
 }
 
 /// The local limiter's spend writes: admission waits until its reservation
-/// is durable; settlement waits only when it raised the key's spend.
+/// is covered by a durable mark; settlement waits only when it passed the
+/// mark (the high-water mark itself: `local.rs`'s tests).
 mod spend_write_through {
     use std::future::Future;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -865,8 +866,9 @@ mod spend_write_through {
         let admit = limiter.admit(&key, &demand);
         let mut admit = std::pin::pin!(admit);
         assert!(poll(&mut admit).is_pending(), "admitted before durable");
-        // Handed over at the first poll, with the reservation.
-        assert_eq!(*store.writes.lock().unwrap(), [(0, 200_000, true)]);
+        // Handed over at the first poll: the reservation and the headroom
+        // (1 % of the 0.01 USD budget) above it.
+        assert_eq!(*store.writes.lock().unwrap(), [(0, 300_000, true)]);
         store.commit.store(true, Ordering::SeqCst);
         match poll(&mut admit) {
             Poll::Ready(Ok(a)) => assert!(a.reservation.is_some()),
@@ -886,14 +888,12 @@ mod spend_write_through {
         }
         let status = done(limiter.status(&key)).unwrap();
         assert_eq!((status.spent_nanos, status.reserved_nanos), (0, 0));
-        assert_eq!(
-            *store.writes.lock().unwrap(),
-            [(0, 200_000, true), (0, 0, false)]
-        );
+        // The mark still covers the key: nothing more is written.
+        assert_eq!(*store.writes.lock().unwrap(), [(0, 300_000, true)]);
     }
 
     #[test]
-    fn settlement_waits_only_when_it_raises_the_spend() {
+    fn settlement_waits_only_when_it_passes_the_mark() {
         let (store, limiter, key, demand) = setup();
         store.commit.store(true, Ordering::SeqCst);
         let first = done(limiter.admit(&key, &demand)).unwrap();
@@ -910,13 +910,14 @@ mod spend_write_through {
         );
         let mut cheap = std::pin::pin!(cheap);
         assert!(poll(&mut cheap).is_ready(), "waited for a lower spend");
-        // Dearer than its estimate: waits until durable.
+        // Dearer than its estimate, past the mark (150,000 + 400,000 over
+        // 500,000): waits until a new mark is durable.
         let dear = limiter.settle(
             &key,
             &second,
             Settlement {
                 tokens: 50,
-                cost_nanos: 300_000,
+                cost_nanos: 400_000,
             },
         );
         let mut dear = std::pin::pin!(dear);
@@ -926,14 +927,15 @@ mod spend_write_through {
         );
         store.commit.store(true, Ordering::SeqCst);
         assert!(poll(&mut dear).is_ready());
-        // Every state handed over, in order; the last is the key's spend.
+        // The marks handed over, in order: 300,000 (the first admission and
+        // its headroom), 500,000 (the second), 650,000 (the dear settlement);
+        // the cheap settlement, within a mark, wrote nothing.
         assert_eq!(
             *store.writes.lock().unwrap(),
             [
-                (0, 200_000, true),
-                (0, 400_000, true),
-                (150_000, 200_000, false),
-                (450_000, 0, true),
+                (0, 300_000, true),
+                (0, 500_000, true),
+                (550_000, 100_000, true),
             ]
         );
     }

@@ -7,17 +7,20 @@
 //! dedicated thread in batches, one transaction per batch ([`writer`]), so
 //! no request's thread runs SQLite for them. The database runs in WAL mode
 //! so the writer and readers do not block each other. Records are stored
-//! as the same JSON the admin API shows, beside indexed columns for the
-//! filters and the page order. The same transaction adds the batch's
+//! as the same JSON the admin API shows, in a table keyed by the page order
+//! (`created_at_ms`, `request_id`: no rowid), with one index for a key's
+//! pages; a database from before that layout is migrated at open. The same transaction adds the batch's
 //! records to their rows of `usage_hourly` (one row per hour, key and model
 //! alias) and of `usage_daily` (per UTC day), which
 //! `GET /admin/usage/summary` reads instead of the records.
 //!
 //! Money is written through, not behind ([`spend`]): a request of a key
 //! with a budget goes upstream only once the spend and reservations its
-//! admission left are committed (a WAL append, no fsync, in a batch shared
-//! with every request waiting at that moment), and a settlement that raised
-//! the spend is committed before the answer's last byte. A crash
+//! admission left are covered by a committed high-water mark (the limiter
+//! writes a new mark, with headroom, only when they would pass the last
+//! one: a WAL append, no fsync, in a batch shared with every request
+//! waiting at that moment), and a settlement that passed the mark is
+//! committed before the answer's last byte. A crash
 //! (`kill -9`) loses at most the usage records still in the writer's queue
 //! ([`BATCH_WINDOW`](writer::BATCH_WINDOW) plus one commit); on restart the
 //! reservations the dead process held are charged at their estimate.
@@ -53,19 +56,18 @@ CREATE TABLE IF NOT EXISTS virtual_keys (
     record     TEXT NOT NULL,
     created_at INTEGER NOT NULL
 );
+-- Records are kept in the page order, (created_at_ms, request_id), which is
+-- also what makes a record written twice (a retried batch) count once: no
+-- rowid, no separate index for the page order nor for request_id, so a
+-- record is two B-tree inserts (this table, the key's pages), not four.
 CREATE TABLE IF NOT EXISTS usage_records (
-    request_id    TEXT PRIMARY KEY,
-    key_id        TEXT NOT NULL,
     created_at_ms INTEGER NOT NULL,
-    record        TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS usage_page ON usage_records (created_at_ms, request_id);
+    request_id    TEXT NOT NULL,
+    key_id        TEXT NOT NULL,
+    record        TEXT NOT NULL,
+    PRIMARY KEY (created_at_ms, request_id)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS usage_page_by_key ON usage_records (key_id, created_at_ms, request_id);
--- Earlier versions also indexed (key_id, created_at_ms) and (created_at_ms):
--- prefixes of the two page indexes, which serve the same reads. Two index
--- updates fewer per record written.
-DROP INDEX IF EXISTS usage_by_key_time;
-DROP INDEX IF EXISTS usage_by_time;
 CREATE TABLE IF NOT EXISTS key_spend (
     key_id       TEXT PRIMARY KEY,
     period_start INTEGER NOT NULL,
@@ -100,6 +102,38 @@ fn counter_tables() -> String {
         "{HOURLY_TABLE}{}",
         HOURLY_TABLE.replace("usage_hourly", "usage_daily")
     )
+}
+
+/// Moves the records of a database written before `usage_records` was kept
+/// in the page order (a rowid table keyed by `request_id`, with page indexes
+/// beside it) into the table [`SCHEMA`] defines, in one transaction, at
+/// open: every record is kept, and listed as before.
+const MIGRATE_RECORDS: &str = "
+BEGIN;
+CREATE TABLE usage_records_paged (
+    created_at_ms INTEGER NOT NULL,
+    request_id    TEXT NOT NULL,
+    key_id        TEXT NOT NULL,
+    record        TEXT NOT NULL,
+    PRIMARY KEY (created_at_ms, request_id)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO usage_records_paged (created_at_ms, request_id, key_id, record)
+    SELECT created_at_ms, request_id, key_id, record FROM usage_records;
+DROP TABLE usage_records;
+ALTER TABLE usage_records_paged RENAME TO usage_records;
+COMMIT;
+";
+
+/// Whether `usage_records` is there in its older form (a rowid table).
+fn records_need_migration(conn: &Connection) -> rusqlite::Result<bool> {
+    let sql: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'usage_records'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(sql.is_some_and(|sql| !sql.to_ascii_uppercase().contains("WITHOUT ROWID")))
 }
 
 /// Reservations held when the spend was last saved (added after the table).
@@ -137,6 +171,12 @@ impl SqliteStore {
         // WAL checkpoints, which fsync, to the writer thread's connection.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(err)?;
+        if records_need_migration(&conn).map_err(err)? {
+            conn.execute_batch(MIGRATE_RECORDS).map_err(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                err(e)
+            })?;
+        }
         conn.execute_batch(SCHEMA).map_err(err)?;
         conn.execute_batch(&counter_tables()).map_err(err)?;
         let has_reserved: bool = conn
@@ -635,6 +675,104 @@ pub(super) mod tests {
             };
             let rows = store.hours(&q).await.unwrap();
             assert_eq!(rows.iter().map(|r| r.counters.requests).sum::<u64>(), 11);
+        });
+        store.close();
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// A database written by an earlier version (records in a rowid table
+    /// keyed by request_id, page indexes beside it, no counter tables)
+    /// opens with its records kept in the page-ordered table, listed and
+    /// counted as before, and new records go in beside them.
+    #[test]
+    fn an_older_database_is_migrated_and_still_listed() {
+        let path =
+            std::env::temp_dir().join(format!("conduit-migrate-test-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let day0 = 1_767_225_600_000u64;
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE usage_records (
+                    request_id    TEXT PRIMARY KEY,
+                    key_id        TEXT NOT NULL,
+                    created_at_ms INTEGER NOT NULL,
+                    record        TEXT NOT NULL
+                );
+                CREATE INDEX usage_page ON usage_records (created_at_ms, request_id);
+                CREATE INDEX usage_page_by_key ON usage_records (key_id, created_at_ms, request_id);
+                CREATE INDEX usage_by_time ON usage_records (created_at_ms);",
+            )
+            .unwrap();
+            for n in 0..6u64 {
+                // Two records in the same millisecond: ordered by request_id.
+                let r = record(n, if n < 4 { "k1" } else { "k2" }, day0 + n / 2 * 1000, 200);
+                let mut json = Vec::new();
+                r.write_json(&mut json).unwrap();
+                c.execute(
+                    "INSERT INTO usage_records (request_id, key_id, created_at_ms, record) VALUES (?1, ?2, ?3, ?4)",
+                    params![r.request_id, r.key_id, r.created_at_ms as i64, String::from_utf8(json).unwrap()],
+                )
+                .unwrap();
+            }
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let sql: String = store
+            .with(|c| {
+                c.query_row(
+                    "SELECT sql FROM sqlite_master WHERE name = 'usage_records'",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .unwrap();
+        assert!(sql.contains("WITHOUT ROWID"), "{sql}");
+        run(async {
+            store.record(record(6, "k1", day0 + 10_000, 200)).await;
+        });
+        store.close();
+        // Opened again: no second migration, everything listed in page order.
+        let store = SqliteStore::open(&path).unwrap();
+        run(async {
+            let all = store
+                .query(&UsageQuery {
+                    limit: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let ids: Vec<&str> = all.iter().map(|r| r.request_id.as_str()).collect();
+            assert_eq!(
+                ids,
+                [
+                    "req_0006", "req_0005", "req_0004", "req_0003", "req_0002", "req_0001",
+                    "req_0000"
+                ]
+            );
+            let page = store
+                .query(&UsageQuery {
+                    key_id: Some("k1".into()),
+                    before: Some((day0 + 1000, "req_0003".into())),
+                    limit: 2,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let ids: Vec<&str> = page.iter().map(|r| r.request_id.as_str()).collect();
+            assert_eq!(ids, ["req_0002", "req_0001"]);
+            let days = store
+                .hours(&SummaryQuery {
+                    since: day0 / 1000,
+                    until: day0 / 1000 + DAY,
+                    key_id: None,
+                    model: None,
+                    bucket: Bucket::Day,
+                })
+                .await
+                .unwrap();
+            assert_eq!(days.iter().map(|r| r.counters.requests).sum::<u64>(), 7);
+            let used = store.last_used(&["k2".into()]).await.unwrap();
+            assert_eq!(used, vec![Some(day0 + 2000)]);
         });
         store.close();
         let _ = std::fs::remove_file(&path);

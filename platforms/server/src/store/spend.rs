@@ -4,8 +4,10 @@
 //! A save is handed to the writer thread (a channel send, no SQLite on the
 //! request's thread) and, when the limiter waits for it, committed in the
 //! next batch, shared with every other save queued by then (a group
-//! commit). The row holds the spend and the reservations' estimate; a read
-//! after a crash charges those reservations (their process is gone).
+//! commit). The row holds the spend and what is covered beyond it (the
+//! reservations' estimate and the headroom of the limiter's high-water
+//! mark, or, after a clean shutdown, the reservations alone); a read after
+//! a crash charges all of it (the process that held them is gone).
 
 use conduit::compat::BoxFuture;
 use conduit::metering::limits::SpendStore;

@@ -258,7 +258,7 @@ pub(super) const SAVE_SPEND: &str = "INSERT INTO key_spend (key_id, period_start
         reserved_nanos = excluded.reserved_nanos,
         period_start = excluded.period_start";
 
-const INSERT_RECORD: &str = "INSERT OR IGNORE INTO usage_records (request_id, key_id, created_at_ms, record) VALUES (?1, ?2, ?3, ?4)";
+const INSERT_RECORD: &str = "INSERT OR IGNORE INTO usage_records (created_at_ms, request_id, key_id, record) VALUES (?1, ?2, ?3, ?4)";
 
 /// The counters a batch adds, per (hour or day start, key, model alias).
 type CounterRows<'a> = HashMap<(u64, &'a str, &'a str), Counters>;
@@ -338,9 +338,9 @@ fn insert_records(
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         // A record is counted once, even if written twice.
         let inserted = usage.execute(params![
+            r.created_at_ms as i64,
             r.request_id,
             r.key_id,
-            r.created_at_ms as i64,
             ToSqlOutput::Borrowed(ValueRef::Text(json)),
         ])?;
         if inserted > 0 {
