@@ -195,13 +195,11 @@ mod tests {
         }
     }
 
-    /// Polls until the end; `None` for a `Pending` poll.
-    fn run(
-        steps: Vec<Step>,
-    ) -> (
-        Vec<Option<Result<Vec<u8>, &'static str>>>,
-        usize, /* self-wakes */
-    ) {
+    /// What each poll gave: `None` for `Pending`.
+    type Polls = Vec<Option<Result<Vec<u8>, &'static str>>>;
+
+    /// Polls until the end; also returns how often the task was woken.
+    fn run(steps: Vec<Step>) -> (Polls, usize) {
         let wakes = Arc::new(Wakes::default());
         let waker = Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
