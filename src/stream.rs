@@ -156,7 +156,10 @@ impl Relay {
                             // Events or reads came in since it was armed: the
                             // silence it was armed for did not happen.
                             let due = s.due_us();
-                            if due > armed_for && due > s.relay.clock.now_micros() {
+                            let now = s.relay.clock.now_micros();
+                            if due > armed_for && due > now {
+                                // The wait was the provider's all the same.
+                                s.relay.meter.add_upstream(now.saturating_sub(waited_from));
                                 continue;
                             }
                             None
