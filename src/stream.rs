@@ -81,6 +81,23 @@ struct State {
     keepalive: Option<Duration>,
     /// Set when the relay passes chunks through (instead of `relay.decoder`).
     raw: Option<Raw>,
+    /// The last upstream read or keep-alive (µs): keep-alives are written
+    /// after `keepalive` of silence.
+    quiet_since_us: u64,
+    /// The idle (or keep-alive) timer, while one is armed.
+    timer: Option<Timer>,
+}
+
+/// The relay's one timer. It is armed for the earliest moment something is
+/// due (the event deadline, or the next keep-alive) and not re-armed when an
+/// event comes in and moves that moment later: when it fires, the relay
+/// checks what is due by then and arms it again for the rest. So a stream
+/// arms a timer once per idle timeout, not once per event (each one a boxed
+/// future and a timer-wheel insert and removal).
+struct Timer {
+    /// What it was armed for (µs).
+    due_us: u64,
+    sleep: crate::compat::BoxFuture<'static, ()>,
 }
 
 impl Relay {
@@ -98,8 +115,11 @@ impl Relay {
             sse: SseParser::new(),
             alias_json: serde_json::to_vec(&self.alias).unwrap_or_default(),
         });
+        let quiet_since_us = self.clock.now_micros();
         let state = State {
             raw,
+            quiet_since_us,
+            timer: None,
             event_deadline_us,
             keepalive,
             relay: self,
@@ -116,26 +136,46 @@ impl Relay {
                 }
                 let mut out = BytesMut::new();
                 let waited_from = s.relay.clock.now_micros();
-                let left = s.event_deadline_us.saturating_sub(waited_from);
-                let next = if left == 0 {
+                let next = if waited_from >= s.event_deadline_us {
                     None
                 } else {
-                    let wait = Duration::from_micros(left);
-                    let sleep = s
-                        .relay
-                        .clock
-                        .sleep(s.keepalive.map_or(wait, |k| k.min(wait)));
-                    match select(s.relay.upstream.next(), sleep).await {
+                    // Armed once and kept while events come in; see `Timer`.
+                    let due = s.due_us();
+                    let timer = s.timer.get_or_insert_with(|| Timer {
+                        due_us: due,
+                        sleep: s
+                            .relay
+                            .clock
+                            .sleep(Duration::from_micros(due.saturating_sub(waited_from))),
+                    });
+                    match select(s.relay.upstream.next(), &mut timer.sleep).await {
                         Either::Left((item, _)) => Some(item),
-                        Either::Right(_) => None,
+                        Either::Right(_) => {
+                            let armed_for = timer.due_us;
+                            s.timer = None;
+                            // Events or reads came in since it was armed: the
+                            // silence it was armed for did not happen.
+                            let due = s.due_us();
+                            let now = s.relay.clock.now_micros();
+                            if due > armed_for && due > now {
+                                // The wait was the provider's all the same.
+                                s.relay.meter.add_upstream(now.saturating_sub(waited_from));
+                                continue;
+                            }
+                            None
+                        }
                     }
                 };
-                let waited = s.relay.clock.now_micros().saturating_sub(waited_from);
-                s.relay.meter.add_upstream(waited);
+                let now = s.relay.clock.now_micros();
+                s.relay.meter.add_upstream(now.saturating_sub(waited_from));
                 match next {
                     Some(Some(Ok(bytes))) => {
+                        s.quiet_since_us = now;
                         let decoded = match s.raw.take() {
                             Some(mut raw) => {
+                                // The client's frame is about the read's size
+                                // (`model` swapped, `usage` cut): one allocation.
+                                out.reserve(bytes.len() + 4 * raw.alias_json.len() + 64);
                                 let mut decoded = false;
                                 raw.sse.feed_each(&bytes, |ev| {
                                     decoded = true;
@@ -150,11 +190,8 @@ impl Relay {
                             }
                         };
                         if decoded {
-                            s.event_deadline_us = s
-                                .relay
-                                .clock
-                                .now_micros()
-                                .saturating_add(s.relay.idle_timeout.as_micros() as u64);
+                            s.event_deadline_us =
+                                now.saturating_add(s.relay.idle_timeout.as_micros() as u64);
                         }
                         s.process(&mut out);
                     }
@@ -193,9 +230,10 @@ impl Relay {
                         }
                     }
                     None => {
-                        let silent_too_long = s.relay.clock.now_micros() >= s.event_deadline_us;
+                        let silent_too_long = now >= s.event_deadline_us;
                         match s.relay.encoder.as_mut() {
                             Some(encoder) if s.keepalive.is_some() && !silent_too_long => {
+                                s.quiet_since_us = now;
                                 encoder.keepalive(&mut out)
                             }
                             _ => s.fail(&mut out, GatewayError::UpstreamTimeout),
@@ -211,6 +249,17 @@ impl Relay {
 }
 
 impl State {
+    /// When the relay must next wake without an upstream read (µs): the
+    /// event deadline, or the next keep-alive if sooner.
+    fn due_us(&self) -> u64 {
+        match self.keepalive {
+            Some(k) => self
+                .event_deadline_us
+                .min(self.quiet_since_us.saturating_add(k.as_micros() as u64)),
+            None => self.event_deadline_us,
+        }
+    }
+
     fn process(&mut self, out: &mut BytesMut) {
         if let Some(mut raw) = self.raw.take() {
             // The events were relayed as the parser completed them.

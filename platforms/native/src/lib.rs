@@ -3,9 +3,12 @@
 //! webpki roots), the wall clock and tokio timers, and the spawners: one
 //! that lets work run on, and one whose work a response waits for.
 
+pub mod coalesce;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use coalesce::ReadCoalescer;
 use conduit::compat::BoxFuture;
 use conduit::port;
 use conduit::ports::{ByteStream, Clock, Spawner, Upstream, UpstreamError};
@@ -67,13 +70,28 @@ port! {
                 .await
                 .map_err(|e| UpstreamError(describe(&e)))?;
             let (parts, body) = response.into_parts();
-            let stream: ByteStream = Box::pin(
-                body.into_data_stream()
-                    .map_err(|e| UpstreamError(e.to_string())),
-            );
+            let body = body
+                .into_data_stream()
+                .map_err(|e| UpstreamError(e.to_string()));
+            // An event stream reaches the relay read by read, not chunk by
+            // chunk (see `coalesce`); a whole answer is read to its end anyway.
+            let stream: ByteStream = if is_event_stream(&parts.headers) {
+                Box::pin(ReadCoalescer::new(body))
+            } else {
+                Box::pin(body)
+            };
             Ok(http::Response::from_parts(parts, stream))
         }
     }
+}
+
+/// `Content-Type: text/event-stream` (parameters allowed).
+fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("text/event-stream"))
 }
 
 /// The error and its causes, one line (no URLs with secrets are in there:
