@@ -137,6 +137,11 @@ pub struct Gateway {
 /// Body bytes read from an upstream error answer, at most.
 pub(crate) const MAX_ERROR_BODY: usize = 64 * 1024;
 
+/// Header names on every answer, built at compile time.
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+const X_CONDUIT_OVERHEAD_MS: http::HeaderName =
+    http::HeaderName::from_static("x-conduit-overhead-ms");
+
 impl Gateway {
     /// `master_key` enables the admin API; without it, admin routes answer 401.
     pub fn new(config: Config, ports: Ports, master_key: Option<&str>) -> Self {
@@ -250,12 +255,14 @@ impl Gateway {
         };
         let mut response = result.unwrap_or_else(|e| self.error_response_on(endpoint, &e));
         let headers = response.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            headers.insert("x-request-id", v);
+        // The id's own bytes become the value (no copy), under a name built
+        // at compile time (a `&str` name is parsed and copied per insert).
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(request_id)) {
+            headers.insert(X_REQUEST_ID, v);
         }
-        if !headers.contains_key("x-conduit-overhead-ms") {
+        if !headers.contains_key(X_CONDUIT_OVERHEAD_MS) {
             let overhead = self.ports.clock.now_micros().saturating_sub(started_us);
-            headers.insert("x-conduit-overhead-ms", overhead_header(overhead));
+            headers.insert(X_CONDUIT_OVERHEAD_MS, overhead_header(overhead));
         }
         response
     }
@@ -479,16 +486,17 @@ impl Gateway {
         meter.observed_by(self.observer.clone());
         meter.facts.key_cache = key_cache;
         match self
-            .proxy(endpoint, &key, key_hash, body, &trace, &mut meter)
+            .proxy(
+                endpoint, &key, key_hash, body, &trace, request_id, &mut meter,
+            )
             .await
         {
             Ok(Proxied::Full(mut response, usage)) => {
                 add_headers(response.headers_mut(), &meter.limit_headers());
                 add_headers(response.headers_mut(), &route_headers(&meter.record));
-                response.headers_mut().insert(
-                    "x-conduit-overhead-ms",
-                    overhead_header(meter.overhead_us()),
-                );
+                response
+                    .headers_mut()
+                    .insert(X_CONDUIT_OVERHEAD_MS, overhead_header(meter.overhead_us()));
                 meter.report(usage);
                 meter.finish(response.status().as_u16());
                 Ok(response)
@@ -499,7 +507,7 @@ impl Gateway {
                 let mut response = stream_response(head, relay.into_relay(meter));
                 response
                     .headers_mut()
-                    .insert("x-conduit-overhead-ms", overhead_header(overhead));
+                    .insert(X_CONDUIT_OVERHEAD_MS, overhead_header(overhead));
                 Ok(response)
             }
             Err(e) => {
@@ -572,6 +580,7 @@ impl Gateway {
 
     /// Parse, authorize, admit, route, call: the part of the pipeline that
     /// talks to the provider. Returns a whole answer or a stream to relay.
+    #[allow(clippy::too_many_arguments)] // borrowed parts of the request: no copies
     async fn proxy(
         &self,
         endpoint: Endpoint,
@@ -579,6 +588,7 @@ impl Gateway {
         key_hash: String,
         body: Bytes,
         trace: &TraceContext,
+        request_id: &str,
         meter: &mut Meter,
     ) -> Result<Proxied, GatewayError> {
         // Stage *parse*.
@@ -732,14 +742,13 @@ impl Gateway {
                 "no route state for `{alias}`"
             )));
         };
-        let request_id = meter.record.request_id.clone();
         let cx = CallContext {
             endpoint,
             stream,
             include_usage,
             base64_embeddings,
             alias: &alias,
-            request_id: &request_id,
+            request_id,
             trace,
         };
         loop {
