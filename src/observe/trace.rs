@@ -125,12 +125,12 @@ impl TraceContext {
     pub fn trace_id_hex(&self) -> String {
         let mut out = [0u8; 32];
         hex_write(&self.trace_id, &mut out);
-        String::from_utf8_lossy(&out).into_owned()
+        ascii_string(&out)
     }
 
     /// The `traceparent` sent to the provider, as text.
     pub fn traceparent(&self) -> String {
-        String::from_utf8_lossy(self.header.as_bytes()).into_owned()
+        ascii_string(self.header.as_bytes())
     }
 
     /// Adds `traceparent` (and `tracestate`) to a request for the provider.
@@ -145,6 +145,16 @@ impl TraceContext {
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Hex digits and dashes as a `String`, in one allocation and without the
+/// UTF-8 check and copy of `from_utf8_lossy` (anything else is dropped).
+fn ascii_string(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len());
+    for &b in bytes.iter().filter(|b| b.is_ascii()) {
+        text.push(char::from(b));
+    }
+    text
+}
 
 fn hex_write(bytes: &[u8], out: &mut [u8]) {
     for (i, b) in bytes.iter().enumerate() {
