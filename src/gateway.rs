@@ -137,6 +137,11 @@ pub struct Gateway {
 /// Body bytes read from an upstream error answer, at most.
 pub(crate) const MAX_ERROR_BODY: usize = 64 * 1024;
 
+/// Header names on every answer, built at compile time.
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+const X_CONDUIT_OVERHEAD_MS: http::HeaderName =
+    http::HeaderName::from_static("x-conduit-overhead-ms");
+
 impl Gateway {
     /// `master_key` enables the admin API; without it, admin routes answer 401.
     pub fn new(config: Config, ports: Ports, master_key: Option<&str>) -> Self {
@@ -250,12 +255,14 @@ impl Gateway {
         };
         let mut response = result.unwrap_or_else(|e| self.error_response_on(endpoint, &e));
         let headers = response.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            headers.insert("x-request-id", v);
+        // The id's own bytes become the value (no copy), under a name built
+        // at compile time (a `&str` name is parsed and copied per insert).
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(request_id)) {
+            headers.insert(X_REQUEST_ID, v);
         }
-        if !headers.contains_key("x-conduit-overhead-ms") {
+        if !headers.contains_key(X_CONDUIT_OVERHEAD_MS) {
             let overhead = self.ports.clock.now_micros().saturating_sub(started_us);
-            headers.insert("x-conduit-overhead-ms", overhead_header(overhead));
+            headers.insert(X_CONDUIT_OVERHEAD_MS, overhead_header(overhead));
         }
         response
     }
@@ -479,7 +486,9 @@ impl Gateway {
         meter.observed_by(self.observer.clone());
         meter.facts.key_cache = key_cache;
         match self
-            .proxy(endpoint, &key, key_hash, body, &trace, &mut meter)
+            .proxy(
+                endpoint, &key, key_hash, body, &trace, request_id, &mut meter,
+            )
             .await
         {
             Ok(Proxied::Full(mut response, usage)) => {
@@ -487,10 +496,9 @@ impl Gateway {
                     add_limit_headers(response.headers_mut(), &a.status);
                 }
                 add_headers(response.headers_mut(), &route_headers(&meter.record));
-                response.headers_mut().insert(
-                    "x-conduit-overhead-ms",
-                    overhead_header(meter.overhead_us()),
-                );
+                response
+                    .headers_mut()
+                    .insert(X_CONDUIT_OVERHEAD_MS, overhead_header(meter.overhead_us()));
                 meter.report(usage);
                 meter.finish(response.status().as_u16());
                 Ok(response)
@@ -501,7 +509,7 @@ impl Gateway {
                 let mut response = stream_response(head, relay.into_relay(meter));
                 response
                     .headers_mut()
-                    .insert("x-conduit-overhead-ms", overhead_header(overhead));
+                    .insert(X_CONDUIT_OVERHEAD_MS, overhead_header(overhead));
                 Ok(response)
             }
             Err(e) => {
@@ -574,6 +582,7 @@ impl Gateway {
 
     /// Parse, authorize, admit, route, call: the part of the pipeline that
     /// talks to the provider. Returns a whole answer or a stream to relay.
+    #[allow(clippy::too_many_arguments)] // borrowed parts of the request: no copies
     async fn proxy(
         &self,
         endpoint: Endpoint,
@@ -581,6 +590,7 @@ impl Gateway {
         key_hash: String,
         body: Bytes,
         trace: &TraceContext,
+        request_id: &str,
         meter: &mut Meter,
     ) -> Result<Proxied, GatewayError> {
         // Stage *parse*.
@@ -734,14 +744,13 @@ impl Gateway {
                 "no route state for `{alias}`"
             )));
         };
-        let request_id = meter.record.request_id.clone();
         let cx = CallContext {
             endpoint,
             stream,
             include_usage,
             base64_embeddings,
             alias: &alias,
-            request_id: &request_id,
+            request_id,
             trace,
         };
         loop {
@@ -1020,7 +1029,7 @@ fn encode_embeddings(object: &mut Map<String, Value>) {
 /// The answering deployment on the usage record.
 fn note_deployment(meter: &mut Meter, attempt: &Attempt<'_>, alias: &str) {
     let d = attempt.deployment;
-    meter.record.provider = Some(d.provider_name.to_string());
+    meter.record.provider = Some(String::from(&*d.provider_name));
     meter.record.provider_model = Some(d.model.clone());
     meter.record.served_alias = (attempt.route.alias != alias).then(|| attempt.route.alias.clone());
     meter.price = d.price;
@@ -1146,8 +1155,23 @@ fn limit_headers_written_straight_are_the_pairs() {
 }
 
 fn overhead_header(us: u64) -> HeaderValue {
-    HeaderValue::from_str(&format!("{}.{:03}", us / 1000, us % 1000))
-        .unwrap_or(HeaderValue::from_static("0"))
+    // `{ms}.{µs:03}` written on the stack: the value is the one allocation.
+    let mut text = [b'0'; 24];
+    let mut at = text.len();
+    let mut n = us;
+    while at > text.len() - 3 || n > 0 {
+        at -= 1;
+        text[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if at == text.len() - 3 {
+            at -= 1;
+            text[at] = b'.';
+            if n == 0 {
+                at -= 1; // the leading `0`, already there
+            }
+        }
+    }
+    HeaderValue::from_bytes(&text[at..]).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// A JSON answer.
@@ -1230,4 +1254,16 @@ pub(crate) fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `x-conduit-overhead-ms` written digit by digit is what `format!` wrote.
+#[cfg(test)]
+#[test]
+fn overhead_header_is_the_formatted_text() {
+    let mut cases = vec![0, 1, 9, 10, 99, 100, 999, 1000, 1001, 1_234_567, u64::MAX];
+    cases.extend((0..5000).map(|i| i * 37));
+    for us in cases {
+        let expected = format!("{}.{:03}", us / 1000, us % 1000);
+        assert_eq!(overhead_header(us).to_str().ok(), Some(&*expected), "{us}");
+    }
 }

@@ -138,11 +138,24 @@ impl Meter {
             observer.finished(&RequestEvent::of_record(&self.record, &self.facts));
         }
         let admission = self.admission.clone().filter(|a| a.reservation.is_some());
-        let (limiter, store, key, record) = (
+        // The record goes to the store moved, not copied (eight strings per
+        // request). What an answer still reads after this stays: the time
+        // upstream (`x-conduit-overhead-ms`), the attempts and, for an error
+        // answer built after it, the deployment tried last.
+        let record = std::mem::take(&mut self.record);
+        self.record.status = record.status;
+        self.record.upstream_latency_us = record.upstream_latency_us;
+        self.record.attempts = record.attempts;
+        if !(200..300).contains(&status) {
+            self.record.provider.clone_from(&record.provider);
+            self.record
+                .provider_model
+                .clone_from(&record.provider_model);
+        }
+        let (limiter, store, key) = (
             self.limiter.clone(),
             self.usage_store.clone(),
             self.key.clone(),
-            self.record.clone(),
         );
         run_or_spawn(
             self.spawner.as_ref(),

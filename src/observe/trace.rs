@@ -14,13 +14,18 @@
 //! with a `-` after them (its extra fields ignored), trace and parent ids
 //! not all zeros; a header sent twice is invalid.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Flag bit: the caller may have recorded the trace.
 const SAMPLED: u8 = 0x01;
 
 /// Longest `tracestate` passed on (the spec lets a hop drop longer ones).
 const MAX_TRACESTATE: usize = 512;
+
+/// The header names, built at compile time (a `&str` name is parsed at each
+/// lookup, and parsed and copied at each insert).
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The trace context of one request, as Conduit passes it on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +72,7 @@ pub fn parse_traceparent(value: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
 impl TraceContext {
     /// The context of a request with `headers`: the client's trace, or a new one.
     pub fn from_headers(headers: &HeaderMap) -> TraceContext {
-        let mut values = headers.get_all("traceparent").iter();
+        let mut values = headers.get_all(TRACEPARENT).iter();
         let client = match (values.next(), values.next()) {
             (Some(v), None) => parse_traceparent(v.as_bytes()),
             _ => None,
@@ -83,7 +88,7 @@ impl TraceContext {
         let (trace_id, client_span_id, flags, tracestate) = match client {
             Some((trace_id, parent, flags)) => {
                 let state = headers
-                    .get("tracestate")
+                    .get(TRACESTATE)
                     .filter(|v| v.len() <= MAX_TRACESTATE && !v.is_empty())
                     .cloned();
                 // Only the sampled bit is defined in version 00.
@@ -120,26 +125,36 @@ impl TraceContext {
     pub fn trace_id_hex(&self) -> String {
         let mut out = [0u8; 32];
         hex_write(&self.trace_id, &mut out);
-        String::from_utf8_lossy(&out).into_owned()
+        ascii_string(&out)
     }
 
     /// The `traceparent` sent to the provider, as text.
     pub fn traceparent(&self) -> String {
-        String::from_utf8_lossy(self.header.as_bytes()).into_owned()
+        ascii_string(self.header.as_bytes())
     }
 
     /// Adds `traceparent` (and `tracestate`) to a request for the provider.
     pub fn add_to(&self, headers: &mut HeaderMap) {
-        headers.insert("traceparent", self.header.clone());
+        headers.insert(TRACEPARENT, self.header.clone());
         // A provider's request is built from the body, never from the
         // client's headers: there is no other `tracestate` to replace.
         if let Some(state) = &self.tracestate {
-            headers.insert("tracestate", state.clone());
+            headers.insert(TRACESTATE, state.clone());
         }
     }
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Hex digits and dashes as a `String`, in one allocation and without the
+/// UTF-8 check and copy of `from_utf8_lossy` (anything else is dropped).
+fn ascii_string(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len());
+    for &b in bytes.iter().filter(|b| b.is_ascii()) {
+        text.push(char::from(b));
+    }
+    text
+}
 
 fn hex_write(bytes: &[u8], out: &mut [u8]) {
     for (i, b) in bytes.iter().enumerate() {
