@@ -5,7 +5,9 @@ requests (optionally only those of one operation, read from ``X-Amz-Target``) ge
 instead, as DynamoDB itself answers it:
 
 * ``throttle``: 400 ``ThrottlingException`` (what DynamoDB answers a table or account over its rate);
-* ``500``: 500 ``InternalServerError``.
+* ``500``: 500 ``InternalServerError``;
+* ``lost``: the request is forwarded and done upstream, but its answer is lost: 500
+  ``InternalServerError`` as if the connection failed after the write (the SDK retries it).
 
     proxy = FaultProxy("http://127.0.0.1:8000").start()
     proxy.url                      # AWS_ENDPOINT_URL_DYNAMODB for the code under test
@@ -29,6 +31,7 @@ FAULT_BODIES = {
     "500": (500, {"__type": "com.amazonaws.dynamodb.v20120810#InternalServerError",
                   "message": "Internal server error"}),
 }
+FAULT_BODIES["lost"] = FAULT_BODIES["500"]  # answered after forwarding (see the module doc)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -44,16 +47,8 @@ class _Handler(BaseHTTPRequestHandler):
         target = self.headers.get("X-Amz-Target", "")
         operation = target.rpartition(".")[2]
         fault = self.proxy._take(operation)
-        if fault is not None:
-            status, obj = FAULT_BODIES[fault]
-            data = json.dumps(obj).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/x-amz-json-1.0")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("x-amzn-RequestId", "fault-proxy")
-            self.end_headers()
-            self.wfile.write(data)
-            return
+        if fault is not None and fault != "lost":
+            return self._fault(fault)
         up = urlsplit(self.proxy.upstream)
         conn = http.client.HTTPConnection(up.hostname, up.port, timeout=30)
         try:
@@ -68,11 +63,23 @@ class _Handler(BaseHTTPRequestHandler):
             return
         finally:
             conn.close()
+        if fault == "lost":
+            return self._fault(fault)
         self.send_response(resp.status)
         for k, v in resp.getheaders():
             if k.lower() not in ("connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"):
                 self.send_header(k, v)
         self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _fault(self, fault: str) -> None:
+        status, obj = FAULT_BODIES[fault]
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/x-amz-json-1.0")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("x-amzn-RequestId", "fault-proxy")
         self.end_headers()
         self.wfile.write(data)
 

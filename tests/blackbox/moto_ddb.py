@@ -10,13 +10,10 @@ lists the DynamoDB calls the gateway made (operation, request body), in arrival 
     ddb.reset_log(); ...; ddb.operations()
     ddb.close()
 
-`LostAnswerProxy` stands between the code under test and moto: it forwards every request, and for
-the next n requests of one operation answers 500 `InternalServerError` after moto has done them
-(an answer lost on the way back, which the SDK retries)."""
+An answer lost after moto has done the write is `fault_proxy.FaultProxy`'s `lost` fault."""
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
 import shutil
@@ -25,12 +22,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Optional
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -128,78 +122,3 @@ class MotoDynamo:
                 self.proc.wait(timeout=5)
         self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class _LosingHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    proxy: "LostAnswerProxy"
-
-    def log_message(self, format, *args) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        operation = self.headers.get("X-Amz-Target", "").rpartition(".")[2]
-        up = urlsplit(self.proxy.upstream)
-        conn = http.client.HTTPConnection(up.hostname, up.port, timeout=30)
-        try:
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
-            conn.request("POST", self.path, body=body, headers=headers)
-            resp = conn.getresponse()
-            status, data = resp.status, resp.read()
-            content_type = resp.getheader("Content-Type", "application/x-amz-json-1.0")
-        finally:
-            conn.close()
-        if self.proxy._take(operation):
-            status, content_type = 500, "application/x-amz-json-1.0"
-            data = json.dumps({"__type": "com.amazonaws.dynamodb.v20120810#InternalServerError",
-                               "message": "Internal server error"}).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address) -> None:
-        pass  # peers closing keep-alive connections
-
-
-class LostAnswerProxy:
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.lost = 0
-        self._left, self._operation = 0, ""
-        self._lock = threading.Lock()
-        self._server: Optional[_Server] = None
-
-    def start(self) -> "LostAnswerProxy":
-        self._server = _Server(("127.0.0.1", 0), type("Bound", (_LosingHandler,), {"proxy": self}))
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
-        return self
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def lose_next(self, operation: str, n: int = 1) -> None:
-        with self._lock:
-            self._left, self._operation = n, operation
-
-    def _take(self, operation: str) -> bool:
-        with self._lock:
-            if self._left > 0 and operation == self._operation:
-                self._left -= 1
-                self.lost += 1
-                return True
-            return False
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None

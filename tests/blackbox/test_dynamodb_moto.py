@@ -22,7 +22,8 @@ import pytest
 from conftest import MASTER_KEY, build_config
 from helpers import auth
 from mock_upstream import AZURE_KEY, OPENAI_KEY
-from moto_ddb import LostAnswerProxy, MotoDynamo
+from fault_proxy import FaultProxy
+from moto_ddb import MotoDynamo
 from targets import ServerTarget, target_name
 
 pytestmark = pytest.mark.skipif(target_name() != "server", reason="native servers on moto's DynamoDB")
@@ -160,18 +161,18 @@ def test_a_retry_after_a_lost_answer_is_counted_once(mock, ddb):
     record's condition cancels it, and the store takes that cancellation as the record written:
     counted once, no two-write retry. (moto ignores the `ClientRequestToken`; DynamoDB answers a
     retry within 10 minutes with the first outcome, and cancels it likewise after that.)"""
-    proxy = LostAnswerProxy(ddb.url).start()
+    proxy = FaultProxy(ddb.url).start()
     server = ServerTarget()
     try:
         url = server.start(_config(mock.url), {**ENV, **ddb.env, "AWS_ENDPOINT_URL_DYNAMODB": proxy.url})
         rec = _create(url)
         ddb.reset_log()
-        proxy.lose_next("TransactWriteItems")
+        proxy.fail_next(1, "lost", operation="TransactWriteItems")
         assert _chat(url, rec["key"], "moto-priced") == 200
         _records(url, rec["id"], 1)
         time.sleep(0.5)  # a second record, if any, would be written by now
         records = _records(url, rec["id"], 1)
-        assert proxy.lost == 1
+        assert proxy.faulted["TransactWriteItems"] == 1
         assert len(records) == 1, records
         ops = ddb.operations()
         sent = [b for op, b in ops if op == "TransactWriteItems"
