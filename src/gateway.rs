@@ -1113,19 +1113,11 @@ fn add_limit_headers(headers: &mut HeaderMap, status: &crate::metering::limits::
         headers.insert(names[0].clone(), HeaderValue::from(limit));
         headers.insert(names[1].clone(), HeaderValue::from(remaining));
         // "<seconds>s", without a format string.
-        let mut digits = [0u8; 21];
-        let mut at = digits.len() - 1;
-        digits[at] = b's';
-        let mut n = reset;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        if let Ok(v) = HeaderValue::from_bytes(&digits[at..]) {
+        let mut decimal = itoa::Buffer::new();
+        let seconds = decimal.format(reset).as_bytes();
+        let mut text = [b's'; 21];
+        text[..seconds.len()].copy_from_slice(seconds);
+        if let Ok(v) = HeaderValue::from_bytes(&text[..=seconds.len()]) {
             headers.insert(names[2].clone(), v);
         }
     }
@@ -1156,22 +1148,17 @@ fn limit_headers_written_straight_are_the_pairs() {
 
 fn overhead_header(us: u64) -> HeaderValue {
     // `{ms}.{µs:03}` written on the stack: the value is the one allocation.
+    let (mut whole, mut part) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let (ms, frac) = (
+        whole.format(us / 1000).as_bytes(),
+        part.format(us % 1000).as_bytes(),
+    );
     let mut text = [b'0'; 24];
-    let mut at = text.len();
-    let mut n = us;
-    while at > text.len() - 3 || n > 0 {
-        at -= 1;
-        text[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if at == text.len() - 3 {
-            at -= 1;
-            text[at] = b'.';
-            if n == 0 {
-                at -= 1; // the leading `0`, already there
-            }
-        }
-    }
-    HeaderValue::from_bytes(&text[at..]).unwrap_or(HeaderValue::from_static("0"))
+    text[..ms.len()].copy_from_slice(ms);
+    text[ms.len()] = b'.';
+    let end = ms.len() + 4;
+    text[end - frac.len()..end].copy_from_slice(frac);
+    HeaderValue::from_bytes(&text[..end]).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// A JSON answer.

@@ -440,19 +440,13 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) -> Result<(), serde_json::Error> {
 }
 
 /// `n` in decimal, zero-padded to `width` digits.
-fn write_uint(out: &mut Vec<u8>, mut n: u64, width: usize) {
-    let mut digits = [b'0'; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+fn write_uint(out: &mut Vec<u8>, n: u64, width: usize) {
+    let mut decimal = itoa::Buffer::new();
+    let digits = decimal.format(n).as_bytes();
+    for _ in digits.len()..width {
+        out.push(b'0');
     }
-    let at = at.min(digits.len().saturating_sub(width));
-    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(digits);
 }
 
 /// [`format_rfc3339`] as a JSON string, without a `String` in between.
