@@ -147,7 +147,11 @@ impl Gateway {
                 Proxied::Stream(
                     StreamHead {
                         status: parts.status,
-                        headers: meter.limit_headers(),
+                        headers: {
+                            let mut headers = http::HeaderMap::new();
+                            meter.add_limit_headers(&mut headers);
+                            headers
+                        },
                     },
                     PendingRelay {
                         upstream: Replay {

@@ -416,7 +416,7 @@ impl Gateway {
             return;
         }
         if let Ok(status) = self.ports.limiter.status(key).await {
-            add_limit_headers(headers, &status);
+            crate::metering::limits::add_rate_limit_headers(headers, &status);
         }
     }
 
@@ -492,10 +492,8 @@ impl Gateway {
             .await
         {
             Ok(Proxied::Full(mut response, usage)) => {
-                if let Some(a) = &meter.admission {
-                    add_limit_headers(response.headers_mut(), &a.status);
-                }
-                add_headers(response.headers_mut(), &route_headers(&meter.record));
+                meter.add_limit_headers(response.headers_mut());
+                add_route_headers(response.headers_mut(), &meter.record);
                 response
                     .headers_mut()
                     .insert(X_CONDUIT_OVERHEAD_MS, overhead_header(meter.overhead_us()));
@@ -504,7 +502,7 @@ impl Gateway {
                 Ok(response)
             }
             Ok(Proxied::Stream(mut head, relay)) => {
-                head.headers.extend(route_headers(&meter.record));
+                add_route_headers(&mut head.headers, &meter.record);
                 let overhead = meter.overhead_us();
                 let mut response = stream_response(head, relay.into_relay(meter));
                 response
@@ -517,9 +515,9 @@ impl Gateway {
                 meter.facts.store_error = matches!(e, GatewayError::Store(_));
                 meter.finish(e.status().as_u16());
                 let mut response = self.error_response_on(Some(endpoint), &e);
-                add_headers(response.headers_mut(), &route_headers(&meter.record));
-                if let Some(a) = &meter.admission {
-                    add_limit_headers(response.headers_mut(), &a.status);
+                add_route_headers(response.headers_mut(), &meter.record);
+                if meter.admission.is_some() {
+                    meter.add_limit_headers(response.headers_mut());
                 } else {
                     self.add_limit_status(&key, response.headers_mut()).await;
                 }
@@ -939,7 +937,7 @@ pub(crate) enum Proxied {
 
 pub(crate) struct StreamHead {
     pub status: StatusCode,
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: HeaderMap,
 }
 
 /// Everything a [`Relay`] needs except the meter, which stays with the
@@ -1041,18 +1039,21 @@ fn record_attempts(meter: &mut Meter, plan: &mut AttemptPlan<'_>) {
     meter.record.failed_attempts = plan.take_failed();
 }
 
-/// `x-conduit-deployment` (the one that answered, or was tried last) and
-/// `x-conduit-attempts`, once the request went upstream.
-fn route_headers(record: &UsageRecord) -> Vec<(&'static str, String)> {
-    let mut headers = Vec::new();
+/// Adds `x-conduit-deployment` (the one that answered, or was tried last)
+/// and `x-conduit-attempts`, once the request went upstream, under names
+/// built at compile time.
+fn add_route_headers(headers: &mut HeaderMap, record: &UsageRecord) {
+    const DEPLOYMENT: http::HeaderName = http::HeaderName::from_static("x-conduit-deployment");
+    const ATTEMPTS: http::HeaderName = http::HeaderName::from_static("x-conduit-attempts");
     if record.attempts == 0 {
-        return headers;
+        return;
     }
     if let (Some(p), Some(m)) = (&record.provider, &record.provider_model) {
-        headers.push(("x-conduit-deployment", format!("{p}/{m}")));
+        if let Ok(v) = HeaderValue::from_str(&format!("{p}/{m}")) {
+            headers.insert(DEPLOYMENT, v);
+        }
     }
-    headers.push(("x-conduit-attempts", record.attempts.to_string()));
-    headers
+    headers.insert(ATTEMPTS, HeaderValue::from(record.attempts));
 }
 
 fn stream_response(head: StreamHead, relay: Relay) -> Response {
@@ -1067,83 +1068,8 @@ fn stream_response(head: StreamHead, relay: Relay) -> Response {
         http::header::CACHE_CONTROL,
         HeaderValue::from_static("no-cache"),
     );
-    add_headers(h, &head.headers);
+    h.extend(head.headers);
     response
-}
-
-fn add_headers(headers: &mut HeaderMap, pairs: &[(&'static str, String)]) {
-    // The route's names, built at compile time: a `&'static str` name is
-    // parsed, and copied, at each insert.
-    static ROUTE: [http::HeaderName; 2] = [
-        http::HeaderName::from_static("x-conduit-deployment"),
-        http::HeaderName::from_static("x-conduit-attempts"),
-    ];
-    for (name, value) in pairs {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            match ROUTE.iter().find(|known| known.as_str() == *name) {
-                Some(known) => headers.insert(known.clone(), v),
-                None => headers.insert(*name, v),
-            };
-        }
-    }
-}
-
-/// OpenAI's `x-ratelimit-*` headers for a key's status: the values
-/// [`limits::headers`](crate::metering::limits::headers) gives, written
-/// straight into header values under names built at compile time (a
-/// `&'static str` name is parsed at each insert, about 900 instructions,
-/// and a value went through a `String` first: callgrind, six per answer of
-/// a key with limits).
-fn add_limit_headers(headers: &mut HeaderMap, status: &crate::metering::limits::LimitStatus) {
-    use http::HeaderName;
-    static REQUESTS: [HeaderName; 3] = [
-        HeaderName::from_static("x-ratelimit-limit-requests"),
-        HeaderName::from_static("x-ratelimit-remaining-requests"),
-        HeaderName::from_static("x-ratelimit-reset-requests"),
-    ];
-    static TOKENS: [HeaderName; 3] = [
-        HeaderName::from_static("x-ratelimit-limit-tokens"),
-        HeaderName::from_static("x-ratelimit-remaining-tokens"),
-        HeaderName::from_static("x-ratelimit-reset-tokens"),
-    ];
-    for (names, value) in [(&REQUESTS, status.requests), (&TOKENS, status.tokens)] {
-        let Some((limit, remaining, reset)) = value else {
-            continue;
-        };
-        headers.insert(names[0].clone(), HeaderValue::from(limit));
-        headers.insert(names[1].clone(), HeaderValue::from(remaining));
-        // "<seconds>s", without a format string.
-        let mut decimal = itoa::Buffer::new();
-        let seconds = decimal.format(reset).as_bytes();
-        let mut text = [b's'; 21];
-        text[..seconds.len()].copy_from_slice(seconds);
-        if let Ok(v) = HeaderValue::from_bytes(&text[..=seconds.len()]) {
-            headers.insert(names[2].clone(), v);
-        }
-    }
-}
-
-/// The headers written straight are the ones the pairs give.
-#[cfg(test)]
-#[test]
-fn limit_headers_written_straight_are_the_pairs() {
-    use crate::metering::limits::{headers, LimitStatus};
-    for (requests, tokens) in [
-        (None, None),
-        (Some((100, 99, 0)), None),
-        (Some((u64::MAX, 0, 59)), Some((1_000_000, 12_345, u64::MAX))),
-        (None, Some((5, 5, 10))),
-    ] {
-        let status = LimitStatus {
-            requests,
-            tokens,
-            ..LimitStatus::default()
-        };
-        let (mut straight, mut pairs) = (HeaderMap::new(), HeaderMap::new());
-        add_limit_headers(&mut straight, &status);
-        add_headers(&mut pairs, &headers(&status));
-        assert_eq!(straight, pairs, "{status:?}");
-    }
 }
 
 fn overhead_header(us: u64) -> HeaderValue {

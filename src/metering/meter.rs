@@ -16,9 +16,11 @@
 use std::sync::Arc;
 use std::task::{Context, Waker};
 
+use http::HeaderMap;
+
 use crate::compat::BoxFuture;
 use crate::keys::VirtualKey;
-use crate::metering::limits::headers;
+use crate::metering::limits::add_rate_limit_headers;
 use crate::metering::pricing::Price;
 use crate::metering::usage::{TokenUsage, UsageRecord};
 use crate::observe::{Observer, RequestEvent, RequestFacts};
@@ -99,12 +101,11 @@ impl Meter {
             .saturating_sub(self.record.upstream_latency_us)
     }
 
-    /// The `x-ratelimit-*` headers for the key's status at admission.
-    pub fn limit_headers(&self) -> Vec<(&'static str, String)> {
-        self.admission
-            .as_ref()
-            .map(|a| headers(&a.status))
-            .unwrap_or_default()
+    /// Adds the `x-ratelimit-*` headers for the key's status at admission.
+    pub fn add_limit_headers(&self, headers: &mut HeaderMap) {
+        if let Some(a) = &self.admission {
+            add_rate_limit_headers(headers, &a.status);
+        }
     }
 
     /// Records usage the provider reported.
