@@ -4,20 +4,9 @@
 
 use super::*;
 use crate::keys::{Budget, BudgetPeriod, Limits};
+use crate::metering::limits::tests::Rng;
 
 const HASH: &str = "h";
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, m: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % m
-    }
-}
 
 fn ask<'a>(now_ms: u64, l: &'a Limits, b: Option<&'a Budget>, tokens: u64, cost: u64) -> Ask<'a> {
     Ask {

@@ -5,6 +5,20 @@ use crate::keys::{Budget, BudgetPeriod, Limits};
 use crate::wire::error::GatewayError;
 use serde_json::{Map, Value};
 
+/// A small deterministic generator (an LCG) for the randomized tests here
+/// and in `lease_tests.rs`: a failing seed replays exactly.
+pub(super) struct Rng(pub(super) u64);
+
+impl Rng {
+    pub(super) fn next(&mut self, m: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % m
+    }
+}
+
 #[test]
 fn an_absurd_allowance_is_refused_not_wrapped() {
     let body = |v: Value| v.as_object().cloned().unwrap_or_default();
@@ -292,13 +306,8 @@ mod counter_layout {
         };
         let mut state = KeyLimitState::default();
         let mut item = Item::default();
-        let mut seed: u64 = 42;
-        let mut next = |m: u64| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) % m
-        };
+        let mut rng = Rng(42);
+        let mut next = |m: u64| rng.next(m);
         let mut now = 20_000 * 86_400 - 300;
         let (mut admitted, mut refused) = (0, 0);
         for _ in 0..2_000 {
@@ -391,13 +400,8 @@ mod counter_layout {
         let mut pending: Vec<(usize, Reservation, u64, u64)> = Vec::new();
         let mut per_sec: std::collections::BTreeMap<u64, u64> = Default::default();
         let (mut leased, mut writes) = (0u64, 0u64);
-        let mut seed: u64 = 99;
-        let mut next = |m: u64| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) % m
-        };
+        let mut rng = Rng(99);
+        let mut next = |m: u64| rng.next(m);
         let mut now_ms: u64 = 1_700_000_000_000;
         for _ in 0..30_000 {
             now_ms += next(8);
@@ -515,13 +519,8 @@ mod counter_layout {
             let mut per_sec: std::collections::BTreeMap<u64, u64> = Default::default();
             // Round trips of the admissions made at the item that admitted.
             let (mut trips, mut item_admissions) = (0u64, 0u64);
-            let mut seed = seed;
-            let mut next = |m: u64| {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (seed >> 33) % m
-            };
+            let mut rng = Rng(seed);
+            let mut next = |m: u64| rng.next(m);
             let mut now_ms: u64 = 1_700_000_000_000;
             for _ in 0..20_000 {
                 now_ms += next(40);
