@@ -11,6 +11,24 @@ root=$PWD
 targets="${CONDUIT_TEST_TARGETS:-server server-postgres worker lambda}"
 
 step() { printf '\n==> %s\n' "$*"; }
+
+# Disk: CI's machine is not large (a run once ended in "No space left on
+# device" at the sam install). No incremental caches (0.8 GiB, no use to a
+# run from a clean clone), no pip wheel cache, and, when less than
+# CONDUIT_TEST_MIN_FREE_GIB (default 10) is free, the build caches the rest
+# of the run no longer reads (the fuzz targets' and sam build's) are dropped
+# once used.
+export CARGO_INCREMENTAL=0 PIP_NO_CACHE_DIR=1
+free_gib() { df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }'; }
+tidy() {
+  local free
+  free=$(free_gib)
+  printf 'disk: %s GiB free\n' "$free"
+  if [ "$free" -lt "${CONDUIT_TEST_MIN_FREE_GIB:-10}" ]; then
+    echo "disk: dropping $*, no longer used by this run"
+    rm -rf "$@"
+  fi
+}
 wants() { case " $targets " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 step "toolchain"
@@ -52,6 +70,7 @@ if [ "$fuzz_seconds" != 0 ]; then
   step "fuzz targets, ${fuzz_seconds} s each (cargo install is a no-op when already installed)"
   cargo install cargo-fuzz --locked --version 0.13.2
   bash bench/fuzz.sh --time "$fuzz_seconds" --strict
+  tidy fuzz/target
 fi
 
 step "release build of the server; the Lambda runner"
@@ -95,6 +114,7 @@ if wants lambda; then
   PATH="$samvenv/bin:$PATH" "$samvenv/bin/sam" build --template-file template.yaml
   export CONDUIT_LAMBDA_FUNCTION="$root/.aws-sam/build/ConduitFunction/bootstrap"
   ls -l "$CONDUIT_LAMBDA_FUNCTION"
+  tidy target/x86_64-unknown-linux-gnu   # sam build's cargo lambda cache; the bootstrap is in .aws-sam
 fi
 
 if wants server || wants server-postgres; then
