@@ -132,6 +132,9 @@ impl Relay {
             saw_finish: false,
             ended: false,
         };
+        // Boxed: `unfold` moves its state into each item's future and back
+        // out with the item; a pointer moves, not the whole relay.
+        let state = Box::new(state);
         Box::pin(futures_util::stream::unfold(state, |mut s| async move {
             loop {
                 if s.ended {
