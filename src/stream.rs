@@ -88,6 +88,10 @@ struct State {
     quiet_since_us: u64,
     /// The idle (or keep-alive) timer, while one is armed.
     timer: Option<Timer>,
+    /// Where the client's frames are written, split off as each goes out:
+    /// once the server has written and dropped a frame, the next one reuses
+    /// its memory (one allocation a stream, not one a read).
+    buf: BytesMut,
 }
 
 /// The relay's one timer. It is armed for the earliest moment something is
@@ -123,6 +127,7 @@ impl Relay {
             raw,
             quiet_since_us,
             timer: None,
+            buf: BytesMut::new(),
             event_deadline_us,
             keepalive,
             relay: self,
@@ -140,7 +145,6 @@ impl Relay {
                 if s.ended {
                     return None;
                 }
-                let mut out = BytesMut::new();
                 let waited_from = s.relay.clock.now_micros();
                 let next = if waited_from >= s.event_deadline_us {
                     None
@@ -174,6 +178,7 @@ impl Relay {
                 };
                 let now = s.relay.clock.now_micros();
                 s.relay.meter.add_upstream(now.saturating_sub(waited_from));
+                let mut out = std::mem::take(&mut s.buf);
                 match next {
                     Some(Some(Ok(bytes))) => {
                         s.quiet_since_us = now;
@@ -246,8 +251,10 @@ impl Relay {
                         }
                     }
                 }
-                if !out.is_empty() {
-                    return Some((out.freeze(), s));
+                let frame = (!out.is_empty()).then(|| out.split().freeze());
+                s.buf = out;
+                if let Some(frame) = frame {
+                    return Some((frame, s));
                 }
             }
         }))
