@@ -11,12 +11,12 @@
 //! is scanned once ([`ChunkMemo`]).
 
 use bytes::BufMut;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::scan::Scanner;
 use crate::metering::usage::TokenUsage;
 use crate::providers::openai::{decode_event, SERVICE_TIERS};
-use crate::providers::{StreamDecoder, StreamEvent};
+use crate::providers::{NativeEvent, StreamDecoder, StreamEvent};
 use crate::wire::sse::SseParser;
 
 /// A stream chunk passed through: what the relay meters from it, and where
@@ -507,10 +507,18 @@ impl FirstChunkProbe {
         let data = data.trim();
         let event = match pass_through_chunk(data, false) {
             Some(chunk) if chunk.body.is_some() => {
-                // Content: what the attempt looks for is a chunk with choices.
-                let mut visible = Map::new();
-                visible.insert("choices".into(), Value::Array(vec![Value::Null]));
-                StreamEvent::Chunk(visible)
+                // A chunk with choices: the stream has begun, which the
+                // attempt reads off a passed-through event as off a chunk
+                // with choices (and no tree is built for it).
+                *decided = true;
+                out.push(StreamEvent::Native(NativeEvent {
+                    event: String::new(),
+                    data: String::new(),
+                    usage: None,
+                    content: true,
+                    finish: chunk.finish,
+                }));
+                return;
             }
             // No choices: the client gets nothing of it.
             Some(_) => return,
@@ -760,9 +768,9 @@ mod tests {
         }
         probe.finish(&mut out);
         assert_eq!(out.len(), 1, "the content chunk, nothing after it");
-        assert!(
-            matches!(&out[0], StreamEvent::Chunk(c) if c["choices"].as_array().is_some_and(|a| !a.is_empty()))
-        );
+        // Reported as a passed-through event with content, which the
+        // attempt takes as the stream's beginning (`first_visible`).
+        assert!(matches!(&out[0], StreamEvent::Native(e) if e.content && e.data.is_empty()));
         for (body, error) in [
             (
                 &b"data: {\"error\":{\"message\":\"overloaded\"}}\n\n"[..],
