@@ -37,7 +37,7 @@ use crate::metering::meter::Meter;
 use crate::metering::usage::TokenUsage;
 use crate::ports::{ByteStream, Clock};
 use crate::providers::openai::decode_event;
-use crate::providers::openai::passthrough::pass_through_chunk;
+use crate::providers::openai::passthrough::{pass_through_next_chunk, ChunkMemo};
 use crate::providers::{Endpoint, NativeEvent, StreamDecoder, StreamEvent};
 use crate::wire::error::GatewayError;
 use crate::wire::sse::{encode_data, SseParser, DONE};
@@ -63,6 +63,8 @@ struct Raw {
     sse: SseParser,
     /// The alias as a JSON string, spliced into every chunk.
     alias_json: Vec<u8>,
+    /// The head the chunks share, scanned once.
+    memo: ChunkMemo,
 }
 
 struct State {
@@ -86,6 +88,10 @@ struct State {
     quiet_since_us: u64,
     /// The idle (or keep-alive) timer, while one is armed.
     timer: Option<Timer>,
+    /// Where the client's frames are written, split off as each goes out:
+    /// once the server has written and dropped a frame, the next one reuses
+    /// its memory (one allocation a stream, not one a read).
+    buf: BytesMut,
 }
 
 /// The relay's one timer. It is armed for the earliest moment something is
@@ -114,12 +120,14 @@ impl Relay {
         let raw = self.pass_through.then(|| Raw {
             sse: SseParser::new(),
             alias_json: serde_json::to_vec(&self.alias).unwrap_or_default(),
+            memo: ChunkMemo::default(),
         });
         let quiet_since_us = self.clock.now_micros();
         let state = State {
             raw,
             quiet_since_us,
             timer: None,
+            buf: BytesMut::new(),
             event_deadline_us,
             keepalive,
             relay: self,
@@ -129,12 +137,14 @@ impl Relay {
             saw_finish: false,
             ended: false,
         };
+        // Boxed: `unfold` moves its state into each item's future and back
+        // out with the item; a pointer moves, not the whole relay.
+        let state = Box::new(state);
         Box::pin(futures_util::stream::unfold(state, |mut s| async move {
             loop {
                 if s.ended {
                     return None;
                 }
-                let mut out = BytesMut::new();
                 let waited_from = s.relay.clock.now_micros();
                 let next = if waited_from >= s.event_deadline_us {
                     None
@@ -168,6 +178,7 @@ impl Relay {
                 };
                 let now = s.relay.clock.now_micros();
                 s.relay.meter.add_upstream(now.saturating_sub(waited_from));
+                let mut out = std::mem::take(&mut s.buf);
                 match next {
                     Some(Some(Ok(bytes))) => {
                         s.quiet_since_us = now;
@@ -179,7 +190,7 @@ impl Relay {
                                 let mut decoded = false;
                                 raw.sse.feed_each(&bytes, |ev| {
                                     decoded = true;
-                                    s.raw_event(&mut out, ev.data, &raw.alias_json);
+                                    s.raw_event(&mut out, ev.data, &raw.alias_json, &mut raw.memo);
                                 });
                                 s.raw = Some(raw);
                                 decoded
@@ -208,7 +219,7 @@ impl Relay {
                         match s.raw.take() {
                             Some(mut raw) => {
                                 raw.sse.finish_each(|ev| {
-                                    s.raw_event(&mut out, ev.data, &raw.alias_json)
+                                    s.raw_event(&mut out, ev.data, &raw.alias_json, &mut raw.memo)
                                 });
                                 s.raw = Some(raw);
                             }
@@ -240,8 +251,10 @@ impl Relay {
                         }
                     }
                 }
-                if !out.is_empty() {
-                    return Some((out.freeze(), s));
+                let frame = (!out.is_empty()).then(|| out.split().freeze());
+                s.buf = out;
+                if let Some(frame) = frame {
+                    return Some((frame, s));
                 }
             }
         }))
@@ -288,7 +301,13 @@ impl State {
 
     /// One event of a passed-through stream: the chunk as it came but for
     /// `model` and `usage`, or decoded when that would change it.
-    fn raw_event(&mut self, out: &mut BytesMut, data: &str, alias_json: &[u8]) {
+    fn raw_event(
+        &mut self,
+        out: &mut BytesMut,
+        data: &str,
+        alias_json: &[u8],
+        memo: &mut ChunkMemo,
+    ) {
         if self.ended {
             return;
         }
@@ -296,7 +315,10 @@ impl State {
         if data == "[DONE]" {
             return self.complete(out);
         }
-        let Some(chunk) = pass_through_chunk(data, self.head.is_empty()) else {
+        // The head and the usage as values only for the usage chunk the
+        // client asked for.
+        let want_head = self.relay.include_usage && self.head.is_empty();
+        let Some(chunk) = pass_through_next_chunk(data, want_head, memo) else {
             return match decode_event(data) {
                 StreamEvent::Chunk(chunk) => self.chunk(out, chunk),
                 StreamEvent::Done => self.complete(out),
@@ -304,9 +326,12 @@ impl State {
                 StreamEvent::Native(ev) => self.native(out, ev),
             };
         };
-        if let Some((usage, raw)) = chunk.usage {
+        if let Some((usage, (a, b))) = chunk.usage {
             self.relay.meter.report(usage);
-            self.usage_raw = Some(raw);
+            self.usage_raw = None;
+            if self.relay.include_usage {
+                self.usage_raw = serde_json::from_str(&data[a..b]).ok();
+            }
         }
         let Some(body) = chunk.body else {
             return;

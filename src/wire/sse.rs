@@ -104,6 +104,30 @@ impl SseParser {
         let mut start = 0;
         while let Some(at) = memchr::memchr2(b'\n', b'\r', &bytes[start..]) {
             let i = start + at;
+            // The usual event, one `data:` line and a blank one, whole in
+            // this piece: handed out from the piece itself, not copied into
+            // `data` first (what `line` would do with the two lines).
+            if self.buf.is_empty()
+                && !self.has_data
+                && bytes[i] == b'\n'
+                && bytes.get(i + 1) == Some(&b'\n')
+                && i - start < self.max_event_bytes
+            {
+                if let Some(value) = bytes[start..i].strip_prefix(b"data:") {
+                    let value = value.strip_prefix(b" ").unwrap_or(value);
+                    let data = match std::str::from_utf8(value) {
+                        Ok(text) => Cow::Borrowed(text),
+                        Err(_) => String::from_utf8_lossy(value),
+                    };
+                    each(EventRef {
+                        event: self.event.as_deref(),
+                        data: &data,
+                    });
+                    self.event = None;
+                    start = i + 2;
+                    continue;
+                }
+            }
             if self.buf.is_empty() {
                 self.line(&bytes[start..i], &mut each);
             } else {
@@ -330,5 +354,25 @@ mod tests {
         }
         let bytewise: Vec<&[u8]> = body.chunks(1).collect();
         assert_eq!(parse_all(&bytewise), whole);
+    }
+
+    #[test]
+    fn one_line_events_read_from_the_piece_are_the_same() {
+        // Whole one-line events (handed out from the piece) among the
+        // others, against the same bytes fed one at a time (each line
+        // through `data`).
+        let body: &[u8] = b"data: {\"a\":1}\n\ndata:{\"b\":2}\n\nevent: e\ndata: x\n\ndata: \xff\xfe\n\ndata: a\ndata: b\n\n: c\n\ndata\n\ndatax: y\n\ndata: \n\nid: 1\ndata: z\n\ndata: [DONE]\n\n";
+        let whole = parse_all(&[body]);
+        let bytewise: Vec<&[u8]> = body.chunks(1).collect();
+        assert_eq!(parse_all(&bytewise), whole);
+        assert_eq!(whole.len(), 9);
+        assert_eq!(whole[2].event.as_deref(), Some("e"));
+        assert_eq!(whole[3].data, "\u{fffd}\u{fffd}");
+        // An event over the bound is refused either way.
+        let mut p = SseParser::with_limit(8);
+        let mut out = Vec::new();
+        p.feed(b"data: 0123456789\n\n", &mut out);
+        assert!(out.is_empty());
+        assert!(p.take_overflow().is_some());
     }
 }

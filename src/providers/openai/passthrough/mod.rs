@@ -32,7 +32,7 @@ mod chunk;
 mod scan;
 
 pub(crate) use chunk::FirstChunkProbe;
-pub use chunk::{pass_through_chunk, PassedChunk, Splice};
+pub use chunk::{pass_through_chunk, pass_through_next_chunk, ChunkMemo, PassedChunk, Splice};
 use scan::Scanner;
 
 use super::SERVICE_TIERS;

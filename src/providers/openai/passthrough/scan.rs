@@ -40,6 +40,12 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// Where `part`, a slice of the document (a key handed to a member
+    /// closure), begins in it.
+    pub(crate) fn offset_of(&self, part: &str) -> usize {
+        (part.as_ptr() as usize).wrapping_sub(self.text.as_ptr() as usize)
+    }
+
     /// The document's text from `start` to `end`.
     pub(crate) fn slice(&self, start: usize, end: usize) -> &'a str {
         &self.text[start..end]
@@ -221,14 +227,56 @@ impl<'a> Scanner<'a> {
             }
             self.eat(b':')?;
             member(self, &self.text[start..end])?;
-            match self.peek()? {
-                b',' => self.pos += 1,
-                b'}' => {
-                    self.pos += 1;
-                    self.depth -= 1;
-                    return Some(());
-                }
-                _ => return None,
+            if self.after_member()? {
+                return Some(());
+            }
+        }
+    }
+
+    /// After a member's value: a comma (`false`: another member follows) or
+    /// the object's end (`true`).
+    fn after_member(&mut self) -> Option<bool> {
+        match self.peek()? {
+            b',' => {
+                self.pos += 1;
+                Some(false)
+            }
+            b'}' => {
+                self.pos += 1;
+                self.depth -= 1;
+                Some(true)
+            }
+            _ => None,
+        }
+    }
+
+    /// The top-level object of a document scanned up to `pos`, the position
+    /// right after the colon of member `key` (its value is next), taken up
+    /// again there: `member` is called with `key`, then as by
+    /// [`object`](Self::object) for the members after it. Given the same
+    /// bytes up to `pos`, the scan from the start would have reached this
+    /// very state, so the outcome is the same as a scan from the start.
+    pub(crate) fn object_from(
+        &mut self,
+        pos: usize,
+        key: Key<'a>,
+        mut member: impl FnMut(&mut Self, Key<'a>) -> Option<()>,
+    ) -> Option<()> {
+        self.pos = pos;
+        self.depth = 1;
+        member(self, key)?;
+        if self.after_member()? {
+            return Some(());
+        }
+        loop {
+            let (start, end, escaped) = self.string()?;
+            if escaped {
+                return None;
+            }
+            self.eat(b':')?;
+            member(self, &self.text[start..end])?;
+            if self.after_member()? {
+                return Some(());
             }
         }
     }
