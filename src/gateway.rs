@@ -836,7 +836,13 @@ impl Gateway {
         timeout: Duration,
         fut: F,
     ) -> Result<F::Output, GatewayError> {
-        match select(pin!(fut), self.ports.clock.sleep(timeout)).await {
+        let mut fut = pin!(fut);
+        // Ready at once (the rest of a body already read): no timer is
+        // made, boxed and dropped for it (twice per whole answer).
+        if let std::task::Poll::Ready(v) = futures_util::poll!(fut.as_mut()) {
+            return Ok(v);
+        }
+        match select(fut, self.ports.clock.sleep(timeout)).await {
             Either::Left((v, _)) => Ok(v),
             Either::Right(_) => Err(GatewayError::UpstreamTimeout),
         }
