@@ -421,9 +421,52 @@ impl<'a> JsonWriter<'a> {
     }
 }
 
-/// Whether `s` is its own JSON string's content (nothing to escape).
+/// Whether `s` is its own JSON string's content (nothing to escape),
+/// eight bytes at a time: a record's strings (ids, names, the trace) are
+/// ~200 bytes, a byte at a time a sixth of its JSON's instructions.
 fn is_plain(s: &str) -> bool {
-    s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGH: u64 = ONES * 0x80;
+    let mut words = s.as_bytes().chunks_exact(8);
+    for word in &mut words {
+        let mut eight = [0u8; 8];
+        eight.copy_from_slice(word);
+        let x = u64::from_le_bytes(eight);
+        // A byte that is zero (after the XOR) or below 0x20 sets its high
+        // bit; a borrow only carries above a byte that does, so any flag
+        // means some byte is special.
+        let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+        let quote = zero(x ^ (ONES * u64::from(b'"')));
+        let backslash = zero(x ^ (ONES * u64::from(b'\\')));
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        if quote | backslash | control != 0 {
+            return false;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
+/// Eight bytes at a time, [`is_plain`] says what a byte at a time says.
+#[cfg(test)]
+#[test]
+fn is_plain_is_the_bytewise_rule() {
+    let bytewise = |s: &str| s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
+    let mut cases: Vec<String> = vec![String::new(), "req_01HZX".into(), "é€😀 ok".into()];
+    for special in ['"', '\\', '\n', '\u{1f}', '\0', ' ', '~', '\u{7f}', 'é'] {
+        for len in 0..20 {
+            for at in 0..len {
+                let mut text: Vec<char> = "abcdefghijklmnopqrstuvwxyz".chars().take(len).collect();
+                text[at] = special;
+                cases.push(text.into_iter().collect());
+            }
+        }
+    }
+    for case in cases {
+        assert_eq!(is_plain(&case), bytewise(&case), "{case:?}");
+    }
 }
 
 /// A JSON string: the bytes as they are when nothing needs escaping (ids,

@@ -280,8 +280,7 @@ crate::port! {
             };
             let (result, saved) = self
                 .with_state(key, |e| {
-                    let r = e.state.admit(&ask);
-                    let status = e.state.status(now, &key.limits, key.budget.as_ref());
+                    let (r, status) = e.state.admit_with_status(&ask);
                     // Handed over under the lock (see SpendStore::save); the
                     // request goes upstream once its reservation is covered
                     // by a mark on disk.

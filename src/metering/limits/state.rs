@@ -226,11 +226,58 @@ impl KeyLimitState {
         requests: u64,
         count: u64,
     ) -> Result<Reservation, Refusal> {
+        self.admit_counted(ask, requests, count).0
+    }
+
+    /// Admits one request and tells the status it leaves: what
+    /// [`Self::admit`] then [`Self::status`] at the same second give, with
+    /// the windows rolled and the minute summed once, not twice (the
+    /// single-process limiter's admission, once per request).
+    pub fn admit_with_status(
+        &mut self,
+        ask: &Ask<'_>,
+    ) -> (Result<Reservation, Refusal>, LimitStatus) {
+        let (result, window) = self.admit_counted(ask, 1, ask.now_secs);
+        let status = self.status_of(ask.now_secs, ask.limits, ask.budget, window);
+        (result, status)
+    }
+
+    /// [`Self::admit_many_in`], and the minute window's totals (requests,
+    /// tokens) it leaves: the sum before, plus what was admitted. (A
+    /// saturating sum of counts with one count raised is the saturating sum
+    /// raised, so this is what summing the buckets again gives.)
+    fn admit_counted(
+        &mut self,
+        ask: &Ask<'_>,
+        requests: u64,
+        count: u64,
+    ) -> (Result<Reservation, Refusal>, (u64, u64)) {
         let requests = requests.max(1);
         let now = ask.now_secs;
         let count = count.clamp(now, now.saturating_add(1));
         self.roll(now, ask.budget);
-        let (window_requests, tokens) = self.window();
+        let window = self.window();
+        match self.admit_rolled(ask, requests, count, window) {
+            Ok(r) => (
+                Ok(r),
+                (
+                    window.0.saturating_add(requests),
+                    window.1.saturating_add(ask.tokens),
+                ),
+            ),
+            Err(refusal) => (Err(refusal), window),
+        }
+    }
+
+    /// The admission proper, on a rolled state whose minute sums to `window`.
+    fn admit_rolled(
+        &mut self,
+        ask: &Ask<'_>,
+        requests: u64,
+        count: u64,
+        (window_requests, tokens): (u64, u64),
+    ) -> Result<Reservation, Refusal> {
+        let now = ask.now_secs;
         if let Some(max) = ask.limits.rpd {
             if self.day_requests.saturating_add(requests) > max {
                 let next_midnight = (now / 86_400 + 1) * 86_400;
@@ -382,7 +429,19 @@ impl KeyLimitState {
         budget: Option<&Budget>,
     ) -> LimitStatus {
         self.roll(now_secs, budget);
-        let (requests, tokens) = self.window();
+        let window = self.window();
+        self.status_of(now_secs, limits, budget, window)
+    }
+
+    /// The status of a state rolled to `now_secs` whose minute sums to
+    /// `(requests, tokens)`.
+    fn status_of(
+        &self,
+        now_secs: u64,
+        limits: &Limits,
+        budget: Option<&Budget>,
+        (requests, tokens): (u64, u64),
+    ) -> LimitStatus {
         let oldest_leaves = self
             .minute
             .first()

@@ -91,6 +91,53 @@ fn ask<'a>(now: u64, l: &'a Limits, b: Option<&'a Budget>, tokens: u64, cost: u6
     }
 }
 
+/// `admit_with_status` (rolled and summed once) leaves the state and tells
+/// the status that `admit` then `status` do, refusals, expiries, settlements,
+/// new days and periods and saturated counts included.
+#[test]
+fn admit_with_status_is_admit_then_status() {
+    let mut rng = Rng(7);
+    for round in 0..40 {
+        let pick = |rng: &mut Rng, v: &[Option<u64>]| v[rng.next(v.len() as u64) as usize];
+        let l = limits(
+            pick(&mut rng, &[None, Some(3), Some(50), Some(u64::MAX)]),
+            pick(&mut rng, &[None, Some(10), Some(400)]),
+            pick(&mut rng, &[None, Some(500), Some(100_000), Some(u64::MAX)]),
+        );
+        let b = Budget {
+            max_nanos: 1 + rng.next(5_000),
+            period: [BudgetPeriod::Daily, BudgetPeriod::Total][rng.next(2) as usize],
+        };
+        let budget = (round % 3 != 0).then_some(&b);
+        let (mut one, mut two) = (KeyLimitState::default(), KeyLimitState::default());
+        let mut now = 86_400 * 30 - 200;
+        let mut admitted = Vec::new();
+        for _ in 0..300 {
+            now += rng.next(4) * rng.next(30);
+            let tokens = match rng.next(10) {
+                0 => u64::MAX - rng.next(3),
+                _ => rng.next(200),
+            };
+            let mut a = ask(now, &l, budget, tokens, rng.next(60));
+            a.ttl_secs = 1 + rng.next(90);
+            let (r1, s1) = one.admit_with_status(&a);
+            let r2 = two.admit(&a);
+            let s2 = two.status(now, &l, budget);
+            assert_eq!((&r1, &s1), (&r2, &s2), "round {round} at {now}");
+            assert_eq!(one, two, "round {round} at {now}");
+            if let Ok(r) = r1 {
+                admitted.push(r);
+            }
+            if rng.next(3) == 0 && !admitted.is_empty() {
+                let r = admitted.swap_remove(rng.next(admitted.len() as u64) as usize);
+                let (t, c) = (rng.next(300), rng.next(80));
+                one.settle(now, budget, r.id, t, c);
+                two.settle(now, budget, r.id, t, c);
+            }
+        }
+    }
+}
+
 #[test]
 fn rpm_exact_in_a_burst_and_truthful_retry_after() {
     let l = limits(Some(5), None, None);

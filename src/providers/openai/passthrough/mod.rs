@@ -30,10 +30,12 @@ use serde_json::Value;
 
 mod chunk;
 mod scan;
+mod whole;
 
 pub(crate) use chunk::FirstChunkProbe;
 pub use chunk::{pass_through_chunk, pass_through_next_chunk, ChunkMemo, PassedChunk, Splice};
 use scan::Scanner;
+use whole::UsageRead;
 
 use super::SERVICE_TIERS;
 use crate::metering::usage::TokenUsage;
@@ -61,17 +63,26 @@ pub fn pass_through(
         return None;
     }
     let text = std::str::from_utf8(body).ok()?;
-    let fields = match members(text) {
-        Some(fields) => fields,
+    let checked_choices = endpoint != Endpoint::Embeddings;
+    let (fields, read) = match members(text, checked_choices) {
+        Some((fields, read)) => (fields, Some(read)),
         // What the scanner leaves to serde (an escaped key, a number that
         // may be out of an f64's range): the answer must be one the
         // translation reads (serde's raw values do not check numbers).
         None => {
             serde_json::from_str::<Value>(text).ok()?;
             let Fields(fields) = serde_json::from_str(text).ok()?;
-            fields.into_iter().map(|(k, v)| (k, v.get())).collect()
+            let fields = fields.into_iter().map(|(k, v)| (k, v.get())).collect();
+            (fields, None)
         }
     };
+    // Read on the scan's way, or else the serde way.
+    if let Some(Read {
+        complete: false, ..
+    }) = read
+    {
+        return None;
+    }
     let mut model = None;
     let mut usage = None;
     for (i, (key, text)) in fields.iter().enumerate() {
@@ -82,7 +93,12 @@ pub fn pass_through(
         let text = *text;
         match key.as_ref() {
             "model" => model = Some(text),
-            "usage" => usage = TokenUsage::from_openai(&serde_json::from_str::<Value>(text).ok()?),
+            "usage" => {
+                usage = match read.map(|r| r.usage) {
+                    Some(UsageRead::Sure(usage)) => usage,
+                    _ => TokenUsage::from_openai(&serde_json::from_str::<Value>(text).ok()?),
+                }
+            }
             "error" if text != "null" => return None,
             "system_fingerprint" if text == "null" => return None,
             "service_tier" if text.starts_with('"') => {
@@ -91,7 +107,7 @@ pub fn pass_through(
                     return None;
                 }
             }
-            "choices" if endpoint != Endpoint::Embeddings => {
+            "choices" if checked_choices && read.is_none() => {
                 let choices: Vec<Choice> = serde_json::from_str(text).ok()?;
                 if !choices.iter().all(Choice::complete) {
                     return None;
@@ -120,18 +136,51 @@ pub fn pass_through(
     Some(PassedThrough { body: out, usage })
 }
 
+/// The top-level members in order: each key and its value's text.
+type Members<'a> = Vec<(Cow<'a, str>, &'a str)>;
+
+/// What the scan read on its way beside the members.
+#[derive(Clone, Copy)]
+struct Read {
+    /// Every choice is one the normalisation leaves as it is (checked when asked).
+    complete: bool,
+    /// `usage` (the last one: a repeated key is declined anyway).
+    usage: UsageRead,
+}
+
 /// The top-level members of `text` in order, values unparsed but checked,
-/// by the [`Scanner`]; `None`: not a JSON object, or one the scanner leaves
-/// to serde.
-fn members(text: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
+/// by the [`Scanner`], and `usage` and (with `check_choices`) `choices`
+/// read on the way ([`whole`]); `None`: not a JSON object, or one the
+/// scanner leaves to serde.
+fn members(text: &str, check_choices: bool) -> Option<(Members<'_>, Read)> {
     let mut s = Scanner::new(text);
     let mut out = Vec::with_capacity(8);
+    let mut read = Read {
+        complete: true,
+        usage: UsageRead::Sure(None),
+    };
     s.object(|s, key| {
-        let (a, b) = s.value()?;
-        out.push((Cow::Borrowed(key), s.slice(a, b)));
+        s.ws();
+        let start = s.pos;
+        match key {
+            "choices" if check_choices => {
+                if s.peek()? != b'[' {
+                    return None;
+                }
+                s.array(|s| {
+                    read.complete &= whole::choice(s)?;
+                    Some(())
+                })?;
+            }
+            "usage" => read.usage = whole::usage(s)?,
+            _ => {
+                s.value()?;
+            }
+        }
+        out.push((Cow::Borrowed(key), s.slice(start, s.pos)));
         Some(())
     })?;
-    s.at_end().then_some(out)
+    s.at_end().then_some((out, read))
 }
 
 /// The top-level members in order, values unparsed (serde's way, escaped
