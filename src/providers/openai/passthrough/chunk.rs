@@ -14,6 +14,7 @@ use bytes::BufMut;
 use serde_json::Value;
 
 use super::scan::Scanner;
+use super::whole::{self, UsageRead};
 use crate::metering::usage::TokenUsage;
 use crate::providers::openai::{decode_event, SERVICE_TIERS};
 use crate::providers::{NativeEvent, StreamDecoder, StreamEvent};
@@ -299,91 +300,28 @@ fn scan_chunk(data: &str, want_head: bool, memo: Option<&mut ChunkMemo>) -> Opti
 const HEAD: [&str; 3] = ["id", "created", "system_fingerprint"];
 
 /// A `usage` value the scanner accepted, read as [`TokenUsage::from_openai`]
-/// reads its tree, without building the tree: the counts of an OpenAI usage
-/// object are read off the scan; anything else (`input_tokens`, a count
-/// that is not a plain integer, a field given twice) goes through the tree.
+/// reads its tree, without building the tree: the whole answer's reader
+/// ([`whole::usage`]) reads what it is sure of; the rest (`input_tokens`
+/// usage, a count that is not a plain integer, a field given twice) goes
+/// through the tree.
 fn read_usage(text: &str) -> Option<TokenUsage> {
     if !text.starts_with('{') {
         // Not an object: no usage.
         return None;
     }
-    match usage_counts(text) {
+    match scanned_usage(text) {
         Some(usage) => Some(usage),
         None => TokenUsage::from_openai(&serde_json::from_str::<Value>(text).ok()?),
     }
 }
 
-/// The usage object's counts, when they are plain: `None` leaves the
-/// reading to the tree.
-fn usage_counts(text: &str) -> Option<TokenUsage> {
-    // prompt, completion, total; cached, cache writes, reasoning.
-    let mut n: [Option<u64>; 6] = [None; 6];
-    let mut seen = 0u8;
+/// The usage object read off the scan, when the scan is sure of it.
+fn scanned_usage(text: &str) -> Option<TokenUsage> {
     let mut s = Scanner::new(text);
-    s.object(|s, key| {
-        let (bit, inner): (u8, &[(&str, usize)]) = match key {
-            "prompt_tokens" => (1, &[]),
-            "completion_tokens" => (2, &[]),
-            "total_tokens" => (4, &[]),
-            "prompt_tokens_details" => (8, &[("cached_tokens", 3), ("cache_write_tokens", 4)]),
-            "completion_tokens_details" => (16, &[("reasoning_tokens", 5)]),
-            // The Responses and Messages forms: the tree decides.
-            "input_tokens" => return None,
-            _ => return s.value().map(drop),
-        };
-        if seen & bit != 0 {
-            return None;
-        }
-        seen |= bit;
-        if inner.is_empty() {
-            let (a, b) = s.value()?;
-            n[bit.trailing_zeros() as usize] = plain_count(s.slice(a, b))?;
-            return Some(());
-        }
-        if s.peek()? != b'{' {
-            // `null` reads as no details; anything else, the tree decides.
-            let (a, b) = s.value()?;
-            return (s.slice(a, b) == "null").then_some(());
-        }
-        let mut seen_inner = 0u8;
-        s.object(|s, key| {
-            let Some(i) = inner.iter().position(|(k, _)| *k == key) else {
-                return s.value().map(drop);
-            };
-            if seen_inner & (1 << i) != 0 {
-                return None;
-            }
-            seen_inner |= 1 << i;
-            let (a, b) = s.value()?;
-            n[inner[i].1] = plain_count(s.slice(a, b))?;
-            Some(())
-        })
-    })?;
-    if !s.at_end() {
-        return None;
+    match whole::usage(&mut s)? {
+        UsageRead::Sure(usage) if s.at_end() => usage,
+        _ => None,
     }
-    let prompt = n[0].unwrap_or(0);
-    let completion = n[1].unwrap_or(0);
-    Some(TokenUsage {
-        prompt_tokens: prompt,
-        completion_tokens: completion,
-        total_tokens: n[2].unwrap_or(prompt.saturating_add(completion)),
-        cached_tokens: n[3].unwrap_or(0),
-        cache_write_tokens: n[4].unwrap_or(0),
-        reasoning_tokens: n[5].unwrap_or(0),
-    })
-}
-
-/// A count as `Value::as_u64` reads it, when plain: `null` (no count) or
-/// digits that fit a `u64`; `None` for anything else (the tree decides).
-fn plain_count(text: &str) -> Option<Option<u64>> {
-    if text == "null" {
-        return Some(None);
-    }
-    if !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok().map(Some)
 }
 
 /// One choice of a chunk, checked as the decoder would normalise it: `None`
@@ -739,7 +677,7 @@ mod tests {
             assert_eq!(read_usage(text), TokenUsage::from_openai(&tree), "{text}");
         }
         // The plain ones are read off the scan.
-        assert!(usage_counts(&texts[4]).is_some());
+        assert!(scanned_usage(&texts[4]).is_some());
     }
 
     #[test]
