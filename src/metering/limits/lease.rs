@@ -439,10 +439,19 @@ pub fn book_of<'a>(
     books: &'a mut std::collections::HashMap<String, LeaseBook>,
     key_id: &str,
 ) -> &'a mut LeaseBook {
-    if books.len() >= MAX_BOOKS && !books.contains_key(key_id) {
-        books.retain(|_, b| b.lease.is_some() || !b.carry.is_empty());
+    // Looked up first: the key id is only copied when a book is made, not
+    // on every leased admission (`entry` would need the owned key up front).
+    if !books.contains_key(key_id) {
+        if books.len() >= MAX_BOOKS {
+            books.retain(|_, b| b.lease.is_some() || !b.carry.is_empty());
+        }
+        books.insert(key_id.to_owned(), LeaseBook::default());
     }
-    books.entry(key_id.to_owned()).or_default()
+    match books.get_mut(key_id) {
+        Some(book) => book,
+        // Inserted just above when missing.
+        None => unreachable!("book inserted above"),
+    }
 }
 
 /// One holder's (isolate's, container's) leasing of one key.
