@@ -136,6 +136,10 @@ impl Provider for Fronted {
         self.inner.speaks(call)
     }
 
+    fn speaks_openai(&self) -> bool {
+        self.inner.speaks_openai()
+    }
+
     fn count_tokens_request(
         &self,
         call: &Call<'_>,

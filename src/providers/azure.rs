@@ -15,10 +15,8 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 
-use super::openai::{
-    map_openai_error, openai_stream, prepare_body, splice_body, spliceable, translate_openai,
-};
-use super::{json_post, Call, Endpoint, Provider, StreamDecoder};
+use super::openai::{map_openai_error, prepare_body, splice_body, spliceable};
+use super::{json_post, Call, Endpoint, Provider};
 use crate::wire::error::GatewayError;
 
 /// The `azure` kind.
@@ -100,33 +98,10 @@ impl Provider for Azure {
         Some(json_post(&url, &[("api-key", &self.api_key)], body))
     }
 
-    fn translate_response(
-        &self,
-        call: &Call<'_>,
-        body: &[u8],
-    ) -> Result<Map<String, Value>, GatewayError> {
-        translate_openai(call.endpoint, body)
-    }
-
-    fn pass_through(
-        &self,
-        call: &Call<'_>,
-        body: &[u8],
-        alias: &str,
-        base64_embeddings: bool,
-    ) -> Option<super::openai::passthrough::PassedThrough> {
-        super::openai::passthrough::pass_through(call.endpoint, body, alias, base64_embeddings)
-    }
-
-    fn stream_decoder(&self, call: &Call<'_>) -> Box<dyn StreamDecoder> {
-        openai_stream(call)
-    }
-
-    fn streams_openai_chunks(&self, call: &Call<'_>) -> bool {
-        matches!(
-            call.endpoint,
-            Endpoint::ChatCompletions | Endpoint::Completions
-        )
+    // Answers and streams are OpenAI's: the trait's defaults read them
+    // (translate_response, pass_through, stream_decoder, streams_openai_chunks).
+    fn speaks_openai(&self) -> bool {
+        true
     }
 
     fn speaks(&self, call: &Call<'_>) -> bool {

@@ -220,16 +220,32 @@ pub trait Provider: MaybeSendSync {
         let _ = (call, body);
         None
     }
-    /// A whole 2xx body, as an OpenAI response object.
+    /// Whether the provider speaks the client's (OpenAI's) dialect, as the
+    /// `openai`, `openai-compatible` and `azure` kinds do: its answers are
+    /// OpenAI's, so the defaults of [`translate_response`](Self::translate_response),
+    /// [`pass_through`](Self::pass_through), [`stream_decoder`](Self::stream_decoder)
+    /// and [`streams_openai_chunks`](Self::streams_openai_chunks) serve it, and the core keeps
+    /// a request's raw values for its [`splice_request`](Self::splice_request)
+    /// (for an alias none of whose deployments speak it, the body goes
+    /// straight to the tree). `false` by default.
+    fn speaks_openai(&self) -> bool {
+        false
+    }
+    /// A whole 2xx body, as an OpenAI response object. The default reads an
+    /// answer that is already OpenAI's ([`openai::translate_openai`]); every
+    /// other dialect translates its own.
     fn translate_response(
         &self,
         call: &Call<'_>,
         body: &[u8],
-    ) -> Result<Map<String, Value>, GatewayError>;
+    ) -> Result<Map<String, Value>, GatewayError> {
+        openai::translate_openai(call.endpoint, body)
+    }
     /// A whole 2xx body that is already the client's OpenAI answer but for
     /// `model`, passed through with `model` = `alias` and its usage read,
-    /// without a `serde_json` tree ([`openai::passthrough`]); `None` (the
-    /// default, or an answer the translation would change): the core calls
+    /// without a `serde_json` tree ([`openai::passthrough`]); `None` (a
+    /// provider that is not [`speaks_openai`](Self::speaks_openai), or an
+    /// answer the translation would change): the core calls
     /// [`translate_response`](Self::translate_response).
     fn pass_through(
         &self,
@@ -238,20 +254,30 @@ pub trait Provider: MaybeSendSync {
         alias: &str,
         base64_embeddings: bool,
     ) -> Option<openai::passthrough::PassedThrough> {
-        let _ = (call, body, alias, base64_embeddings);
-        None
+        if !self.speaks_openai() {
+            return None;
+        }
+        openai::passthrough::pass_through(call.endpoint, body, alias, base64_embeddings)
     }
     /// Whether a 2xx stream of `call` is OpenAI SSE chunks in the client's
     /// dialect: the relay then passes each chunk through with `model`
     /// spliced and `usage` cut out, without a tree
     /// ([`openai::passthrough::pass_through_chunk`]), and decodes only the
     /// chunks the normalisation would change.
+    /// By default: chat and completions streams of a provider that
+    /// [`speaks_openai`](Self::speaks_openai).
     fn streams_openai_chunks(&self, call: &Call<'_>) -> bool {
-        let _ = call;
-        false
+        self.speaks_openai()
+            && matches!(
+                call.endpoint,
+                Endpoint::ChatCompletions | Endpoint::Completions
+            )
     }
-    /// A decoder for a 2xx streamed body.
-    fn stream_decoder(&self, call: &Call<'_>) -> Box<dyn StreamDecoder>;
+    /// A decoder for a 2xx streamed body. The default decodes OpenAI's SSE
+    /// chunks ([`openai::openai_stream`]); every other dialect decodes its own.
+    fn stream_decoder(&self, call: &Call<'_>) -> Box<dyn StreamDecoder> {
+        openai::openai_stream(call)
+    }
     /// A non-2xx answer, in Conduit's error terms.
     fn map_error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GatewayError;
     /// Whether `image_url` parts with http(s) URLs must be fetched and

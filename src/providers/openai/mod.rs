@@ -22,7 +22,6 @@ use super::{json_post, Call, Endpoint, Provider, StreamDecoder, StreamEvent};
 use crate::frontdoors::chat::RawRequest;
 use crate::wire::error::GatewayError;
 use crate::wire::sse::SseParser;
-use passthrough::PassedThrough;
 
 /// The `openai` and `openai-compatible` kinds.
 pub struct OpenAi {
@@ -147,33 +146,10 @@ impl Provider for OpenAi {
         })
     }
 
-    fn translate_response(
-        &self,
-        call: &Call<'_>,
-        body: &[u8],
-    ) -> Result<Map<String, Value>, GatewayError> {
-        translate_openai(call.endpoint, body)
-    }
-
-    fn pass_through(
-        &self,
-        call: &Call<'_>,
-        body: &[u8],
-        alias: &str,
-        base64_embeddings: bool,
-    ) -> Option<PassedThrough> {
-        passthrough::pass_through(call.endpoint, body, alias, base64_embeddings)
-    }
-
-    fn stream_decoder(&self, call: &Call<'_>) -> Box<dyn StreamDecoder> {
-        openai_stream(call)
-    }
-
-    fn streams_openai_chunks(&self, call: &Call<'_>) -> bool {
-        matches!(
-            call.endpoint,
-            Endpoint::ChatCompletions | Endpoint::Completions
-        )
+    // Answers and streams are OpenAI's: the trait's defaults read them
+    // (translate_response, pass_through, stream_decoder, streams_openai_chunks).
+    fn speaks_openai(&self) -> bool {
+        true
     }
 
     fn map_error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GatewayError {
