@@ -14,7 +14,7 @@
 //! |---------------------|------------------------------------------------|---------------------------------------------|
 //! | route               | method, path                                   | the [`Route`] (405/404 otherwise)           |
 //! | authenticate        | `Authorization`/`X-API-Key`/`api-key`, [`KeyStore`] via [`KeyCache`] | the [`VirtualKey`] and the secret's hash (401: missing, unknown, disabled, expired) |
-//! | parse               | the body (≤ `max_body_bytes`, else 413)        | the JSON object, `model`, `stream` (400): raw values without a tree where the scan is sure, which OpenAI-dialect providers send on with `model` spliced in ([`crate::frontdoors::chat`]) |
+//! | parse               | the body (≤ `max_body_bytes`, else 413)        | the JSON object, `model`, `stream` (400): raw values without a tree where the scan is sure, which OpenAI-dialect providers send on with `model` spliced in; the tree at once for an alias with no such provider ([`crate::frontdoors::chat`]) |
 //! | authorize           | the key's `allowed_models` (the limiter's record when the cache says no) | — (403 `model_not_allowed`) |
 //! | select alias        | `[models.ALIAS]`                               | the [`ModelRoute`] (404 `model_not_found`)  |
 //! | estimate            | the body, the prices of the alias's deployments and of its fallbacks' | the [`Demand`]: tokens and cost (403 `model_price_unknown` for a budget without a price) |
@@ -189,6 +189,25 @@ impl Gateway {
     /// answer [`Gateway::error_response`] with [`GatewayError::PayloadTooLarge`].
     pub fn max_body_bytes(&self) -> usize {
         self.config.gateway.max_body_bytes
+    }
+
+    /// Whether a request for `alias` keeps its raw values: some deployment
+    /// of the alias or of its fallbacks speaks OpenAI's dialect and may
+    /// splice them. An unknown alias keeps them (it is refused before its
+    /// body is read again).
+    fn keeps_raw(&self, alias: &str) -> bool {
+        let Some(route) = self.config.models.get(alias) else {
+            return true;
+        };
+        let speaks = |r: &ModelRoute| r.deployments.iter().any(|d| d.provider.speaks_openai());
+        speaks(route)
+            || route
+                .policy
+                .fallbacks
+                .iter()
+                .chain(&route.policy.context_window_fallbacks)
+                .filter_map(|a| self.config.models.get(a))
+                .any(speaks)
     }
 
     pub(crate) fn master_key_hash(&self) -> Option<&[u8; 32]> {
@@ -597,7 +616,9 @@ impl Gateway {
                 limit: self.max_body_bytes(),
             });
         }
-        let mut request = ClientBody::parse(endpoint, &body)?;
+        // Raw values only for an alias that may send them on (spliced by an
+        // OpenAI-dialect provider); others take the tree, parsed once.
+        let mut request = ClientBody::parse_for(endpoint, &body, |alias| self.keeps_raw(alias))?;
         let alias = match request.get("model").map(Cow::into_owned) {
             Some(Value::String(m)) if !m.is_empty() => m,
             Some(_) => {

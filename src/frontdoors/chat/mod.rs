@@ -12,6 +12,9 @@
 //! stream, `stream_options.include_usage`) spliced in
 //! ([`crate::providers::openai::splice_body`]); every other provider, and a
 //! provider that needs the images' bytes, gets the tree, built on demand.
+//! Where the body's `model` names an alias none of whose providers would
+//! splice it ([`ClientBody::parse_for`]), the scan stops after the top level
+//! and the tree is parsed at once, instead of walking every value first.
 //!
 //! Whatever the scan is not sure of (a top-level key written twice, an
 //! escaped key, nesting deeper than [`scan::MAX_DEPTH`], any syntax error, a
@@ -46,7 +49,22 @@ pub struct RawRequest<'a> {
 impl<'a> RawRequest<'a> {
     /// Scans `bytes`; `None` when the tree must decide (see the module doc).
     pub fn scan(bytes: &'a [u8]) -> Option<Self> {
+        Self::scan_for(bytes, |_| true)
+    }
+
+    /// [`scan`](Self::scan), `None` also when `keeps_raw` refuses the
+    /// body's `model` (a plain string; any other `model` is kept for the
+    /// gateway's own 400): asked between the top level and the walk, the
+    /// longer of the two.
+    pub fn scan_for(bytes: &'a [u8], keeps_raw: impl FnOnce(&str) -> bool) -> Option<Self> {
         let fields = scan::top_level(bytes)?;
+        let model = fields
+            .iter()
+            .find(|(k, _)| *k == "model")
+            .and_then(|(_, v)| serde_json::from_str::<&str>(v.get()).ok());
+        if model.is_some_and(|m| !keeps_raw(m)) {
+            return None;
+        }
         let prompt_estimate = scan::prompt_estimate(&fields)?;
         Some(RawRequest {
             bytes,
@@ -96,12 +114,25 @@ impl<'a> ClientBody<'a> {
     /// Stage *parse*: the body of a request to `endpoint`, a JSON object
     /// (400 otherwise, with serde_json's message).
     pub fn parse(endpoint: Endpoint, bytes: &'a [u8]) -> Result<Self, GatewayError> {
+        Self::parse_for(endpoint, bytes, |_| true)
+    }
+
+    /// [`parse`](Self::parse), keeping the raw values only where
+    /// `keeps_raw(model)` says a provider of the body's `model` would send
+    /// them on: otherwise the walk that validates them is skipped and the
+    /// tree, which every provider can take, is parsed at once (the same
+    /// 400s: the tree decides them either way).
+    pub fn parse_for(
+        endpoint: Endpoint,
+        bytes: &'a [u8],
+        keeps_raw: impl FnOnce(&str) -> bool,
+    ) -> Result<Self, GatewayError> {
         let scannable = matches!(
             endpoint,
             Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings
         );
         if scannable {
-            if let Some(raw) = RawRequest::scan(bytes) {
+            if let Some(raw) = RawRequest::scan_for(bytes, keeps_raw) {
                 return Ok(ClientBody::Raw(raw));
             }
         }

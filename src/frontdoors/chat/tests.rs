@@ -276,3 +276,40 @@ fn the_providers_send_the_same_request_either_way() {
         assert!(provider.splice_request(&call, &raw).is_none());
     }
 }
+
+/// An alias no OpenAI-dialect provider serves: the scan stops after the top
+/// level (the model is asked for before the walk) and the body is parsed
+/// once into the tree, the one every provider is built from; the same
+/// tree, and the same 400s, as without the question.
+#[test]
+fn a_body_for_other_dialects_goes_to_the_tree_at_once() {
+    for body in SEEDS.iter().chain(&SHAPED) {
+        let model = parse_tree(body.as_bytes()).unwrap()["model"].clone();
+        let mut asked = None;
+        let client = ClientBody::parse_for(Endpoint::ChatCompletions, body.as_bytes(), |m| {
+            asked = Some(m.to_owned());
+            false
+        })
+        .unwrap();
+        assert_eq!(asked.as_deref(), model.as_str(), "{body}");
+        match client {
+            ClientBody::Tree(tree) => assert_eq!(tree, parse_tree(body.as_bytes()).unwrap()),
+            ClientBody::Raw(_) => panic!("raw values kept: {body}"),
+        }
+        let kept = ClientBody::parse_for(Endpoint::ChatCompletions, body.as_bytes(), |_| true);
+        assert!(matches!(kept.unwrap(), ClientBody::Raw(_)), "{body}");
+    }
+    // Bad bodies: the tree's 400 either way, asked or not.
+    for body in [
+        &br#"{"model":"a","messages":[],"temperature":1e400}"#[..],
+        b"[1]",
+        br#"{"model":"a","messages":[]"#,
+    ] {
+        let refused = ClientBody::parse_for(Endpoint::ChatCompletions, body, |_| false);
+        let kept = ClientBody::parse(Endpoint::ChatCompletions, body);
+        assert_eq!(
+            refused.unwrap_err().to_string(),
+            kept.unwrap_err().to_string()
+        );
+    }
+}
