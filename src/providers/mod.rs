@@ -232,7 +232,7 @@ pub trait Provider: MaybeSendSync {
         false
     }
     /// A whole 2xx body, as an OpenAI response object. The default reads an
-    /// answer that is already OpenAI's ([`openai::translate_openai`]); every
+    /// answer that is already OpenAI's (`openai::translate_openai`); every
     /// other dialect translates its own.
     fn translate_response(
         &self,
@@ -274,7 +274,7 @@ pub trait Provider: MaybeSendSync {
             )
     }
     /// A decoder for a 2xx streamed body. The default decodes OpenAI's SSE
-    /// chunks ([`openai::openai_stream`]); every other dialect decodes its own.
+    /// chunks (`openai::openai_stream`); every other dialect decodes its own.
     fn stream_decoder(&self, call: &Call<'_>) -> Box<dyn StreamDecoder> {
         openai::openai_stream(call)
     }
