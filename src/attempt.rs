@@ -28,6 +28,7 @@ use crate::providers::openai::passthrough::FirstChunkProbe;
 use crate::providers::{Call, Endpoint, StreamDecoder, StreamEvent};
 use crate::routing::health::InFlight;
 use crate::routing::{Attempt, Failure};
+use crate::stream::Reader;
 use crate::wire::error::GatewayError;
 
 /// Bytes of a stream read before committing, at most: past this the
@@ -129,17 +130,29 @@ impl Gateway {
             });
         }
         if cx.stream {
-            // A passed-through stream is looked at the way the relay will
-            // read it (a scan, no tree per event).
-            let mut decoder: Box<dyn StreamDecoder> = if provider.streams_openai_chunks(&call) {
-                Box::new(FirstChunkProbe::new())
+            // A passed-through stream (OpenAI chunks in the client's
+            // dialect, no front door's encoder) is looked at the way the
+            // relay will read it (a scan, no tree per event), and the relay
+            // takes up the scan's memo; a translated one is decoded, and the
+            // relay gets a fresh decoder, as it reads the peeked bytes again
+            // from the start.
+            let pass_through = provider.streams_openai_chunks(&call)
+                && !crate::frontdoors::encodes_stream(cx.endpoint);
+            let (peeked, reader) = if pass_through {
+                let mut probe = FirstChunkProbe::new();
+                let peeked = self
+                    .peek_first_event(&mut body, &mut probe, attempt_deadline)
+                    .await
+                    .map_err(Failure::new)?;
+                (peeked, Reader::PassThrough(probe.into_memo()))
             } else {
-                provider.stream_decoder(&call)
+                let mut decoder = provider.stream_decoder(&call);
+                let peeked = self
+                    .peek_first_event(&mut body, decoder.as_mut(), attempt_deadline)
+                    .await
+                    .map_err(Failure::new)?;
+                (peeked, Reader::Decode(provider.stream_decoder(&call)))
             };
-            let peeked = self
-                .peek_first_event(&mut body, decoder.as_mut(), attempt_deadline)
-                .await
-                .map_err(Failure::new)?;
             let latency = meter.now().saturating_sub(sent_us);
             meter.add_upstream(latency);
             meter.first_event();
@@ -159,8 +172,7 @@ impl Gateway {
                             rest: body,
                             in_flight: None,
                         },
-                        // The peeked bytes are decoded again from the start.
-                        decoder: provider.stream_decoder(&call),
+                        reader,
                         clock: self.ports().clock.clone(),
                         idle_timeout: Duration::from_millis(
                             self.config().gateway.upstream_timeout_ms,
@@ -168,7 +180,6 @@ impl Gateway {
                         alias: Value::String(cx.alias.to_owned()),
                         endpoint: cx.endpoint,
                         include_usage: cx.include_usage,
-                        pass_through: provider.streams_openai_chunks(&call),
                     },
                 ),
                 latency,

@@ -61,9 +61,9 @@ use crate::observe::{KeyCacheOutcome, NoObserver, Observer, Refusal, RequestEven
 use crate::ports::{
     Admission, ByteStream, Clock, Demand, KeyStore, Limiter, Spawner, Upstream, UsageStore,
 };
-use crate::providers::{Call, Endpoint, Provider, StreamDecoder};
+use crate::providers::{Call, Endpoint, Provider};
 use crate::routing::{Attempt, AttemptPlan, Router, Step};
-use crate::stream::Relay;
+use crate::stream::{Reader, Relay};
 use crate::wire::error::GatewayError;
 
 /// The adapters' implementations of the ports.
@@ -957,6 +957,9 @@ impl Drop for Unmetered<'_> {
 }
 
 /// What [`Gateway::proxy`] hands back.
+// A stream's relay carries the first chunk's memo ([`Reader`]): moved once
+// or twice a request, cheaper than an allocation to box it.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Proxied {
     Full(Response, TokenUsage),
     Stream(StreamHead, PendingRelay),
@@ -972,14 +975,12 @@ pub(crate) struct StreamHead {
 pub(crate) struct PendingRelay {
     /// The peeked bytes, then the rest of the upstream body.
     pub upstream: Replay,
-    pub decoder: Box<dyn StreamDecoder>,
+    pub reader: Reader,
     pub clock: Arc<dyn Clock>,
     pub idle_timeout: Duration,
     pub alias: Value,
     pub endpoint: Endpoint,
     pub include_usage: bool,
-    /// The provider streams OpenAI chunks in the client's dialect.
-    pub pass_through: bool,
 }
 
 impl PendingRelay {
@@ -991,10 +992,8 @@ impl PendingRelay {
             &meter.record.request_id,
             self.clock.now_micros() / 1_000_000,
         );
-        let pass_through = self.pass_through && encoder.is_none();
         Relay {
-            pass_through,
-            decoder: self.decoder,
+            reader: self.reader,
             upstream,
             clock: self.clock,
             idle_timeout: self.idle_timeout,

@@ -44,7 +44,8 @@ use crate::wire::sse::{encode_data, SseParser, DONE};
 
 pub(crate) struct Relay {
     pub upstream: ByteStream,
-    pub decoder: Box<dyn StreamDecoder>,
+    /// How the provider's events are read: decoded, or passed through.
+    pub reader: Reader,
     pub clock: Arc<dyn Clock>,
     pub idle_timeout: Duration,
     pub alias: Value,
@@ -53,8 +54,21 @@ pub(crate) struct Relay {
     pub meter: Meter,
     /// The front door's writer; `None`: OpenAI chunks.
     pub encoder: Option<Box<dyn StreamEncoder>>,
-    /// OpenAI chunks in the client's dialect: passed through, not decoded.
-    pub pass_through: bool,
+}
+
+/// How the relay reads the provider's stream, decided by the attempt (which
+/// peeked at it the same way).
+// The memo is a few hundred bytes, moved a few times a stream until the
+// relay's state (boxed) holds it: cheaper than an allocation to box it.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Reader {
+    /// The provider's decoder, built only for a stream that is translated.
+    Decode(Box<dyn StreamDecoder>),
+    /// OpenAI chunks in the client's dialect (no front door's encoder):
+    /// passed through, not decoded. The memo holds the head of the chunk the
+    /// attempt's probe scanned last, so the first chunk's head, replayed
+    /// from the peeked bytes, is not scanned a second time.
+    PassThrough(ChunkMemo),
 }
 
 /// The SSE parser of a passed-through stream: each event is relayed as the
@@ -81,8 +95,10 @@ struct State {
     event_deadline_us: u64,
     /// How often the encoder writes a keep-alive into a silent stream.
     keepalive: Option<Duration>,
-    /// Set when the relay passes chunks through (instead of `relay.decoder`).
+    /// Set when the relay passes chunks through (instead of `decoder`).
     raw: Option<Raw>,
+    /// Set when the relay decodes the provider's events.
+    decoder: Option<Box<dyn StreamDecoder>>,
     /// The last upstream read or keep-alive (µs): keep-alives are written
     /// after `keepalive` of silence.
     quiet_since_us: u64,
@@ -108,7 +124,7 @@ struct Timer {
 
 impl Relay {
     /// Runs the relay as a stream of SSE bytes.
-    pub fn into_stream(self) -> BoxStream<'static, Bytes> {
+    pub fn into_stream(mut self) -> BoxStream<'static, Bytes> {
         let event_deadline_us = self
             .clock
             .now_micros()
@@ -117,14 +133,23 @@ impl Relay {
             .encoder
             .as_ref()
             .and_then(|e| e.keepalive_every(self.idle_timeout));
-        let raw = self.pass_through.then(|| Raw {
-            sse: SseParser::new(),
-            alias_json: serde_json::to_vec(&self.alias).unwrap_or_default(),
-            memo: ChunkMemo::default(),
-        });
+        // An empty memo in its place holds no memory.
+        let (raw, decoder) =
+            match std::mem::replace(&mut self.reader, Reader::PassThrough(ChunkMemo::default())) {
+                Reader::PassThrough(memo) => (
+                    Some(Raw {
+                        sse: SseParser::new(),
+                        alias_json: serde_json::to_vec(&self.alias).unwrap_or_default(),
+                        memo,
+                    }),
+                    None,
+                ),
+                Reader::Decode(decoder) => (None, Some(decoder)),
+            };
         let quiet_since_us = self.clock.now_micros();
         let state = State {
             raw,
+            decoder,
             quiet_since_us,
             timer: None,
             buf: BytesMut::new(),
@@ -196,7 +221,9 @@ impl Relay {
                                 decoded
                             }
                             None => {
-                                s.relay.decoder.feed(&bytes, &mut s.events);
+                                if let Some(decoder) = s.decoder.as_mut() {
+                                    decoder.feed(&bytes, &mut s.events);
+                                }
                                 !s.events.is_empty()
                             }
                         };
@@ -223,7 +250,11 @@ impl Relay {
                                 });
                                 s.raw = Some(raw);
                             }
-                            None => s.relay.decoder.finish(&mut s.events),
+                            None => {
+                                if let Some(decoder) = s.decoder.as_mut() {
+                                    decoder.finish(&mut s.events);
+                                }
+                            }
                         }
                         s.process(&mut out);
                         if !s.ended {

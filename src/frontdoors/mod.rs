@@ -214,6 +214,12 @@ pub trait StreamEncoder: MaybeSend {
     }
 }
 
+/// Whether `endpoint`'s streams are written by a front door's encoder
+/// ([`stream_encoder`] gives one): such a stream is never passed through.
+pub(crate) fn encodes_stream(endpoint: Endpoint) -> bool {
+    matches!(endpoint, Endpoint::Responses | Endpoint::Messages)
+}
+
 /// The encoder of `endpoint`'s streams, or `None` for OpenAI's own
 /// endpoints (the relay writes chat chunks itself).
 pub(crate) fn stream_encoder(

@@ -424,10 +424,13 @@ fn tool_call(s: &mut Scanner<'_>) -> Option<()> {
 /// first event content, an error or the end?), told by the same scan
 /// instead of a decoded tree per event; what the scan declines is decoded.
 /// Only the first event that decides is reported: the bytes are replayed to
-/// the relay, which reads them all.
+/// the relay, which reads them all, starting with the memo of the chunk head
+/// this scan kept ([`FirstChunkProbe::into_memo`]): the first chunk's head is
+/// scanned once, not once here and once in the relay.
 pub(crate) struct FirstChunkProbe {
     sse: SseParser,
     decided: bool,
+    memo: ChunkMemo,
 }
 
 impl FirstChunkProbe {
@@ -435,15 +438,21 @@ impl FirstChunkProbe {
         FirstChunkProbe {
             sse: SseParser::new(),
             decided: false,
+            memo: ChunkMemo::default(),
         }
     }
 
-    fn event(decided: &mut bool, data: &str, out: &mut Vec<StreamEvent>) {
+    /// The head of the last chunk scanned, for the relay's first scan.
+    pub(crate) fn into_memo(self) -> ChunkMemo {
+        self.memo
+    }
+
+    fn event(decided: &mut bool, memo: &mut ChunkMemo, data: &str, out: &mut Vec<StreamEvent>) {
         if *decided {
             return;
         }
         let data = data.trim();
-        let event = match pass_through_chunk(data, false) {
+        let event = match pass_through_next_chunk(data, false, memo) {
             Some(chunk) if chunk.body.is_some() => {
                 // A chunk with choices: the stream has begun, which the
                 // attempt reads off a passed-through event as off a chunk
@@ -475,18 +484,18 @@ impl FirstChunkProbe {
 
 impl StreamDecoder for FirstChunkProbe {
     fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) {
-        let decided = &mut self.decided;
+        let (decided, memo) = (&mut self.decided, &mut self.memo);
         self.sse
-            .feed_each(bytes, |ev| Self::event(decided, ev.data, out));
+            .feed_each(bytes, |ev| Self::event(decided, memo, ev.data, out));
         if let Some(e) = self.sse.take_overflow() {
             out.push(StreamEvent::Error(e));
         }
     }
 
     fn finish(&mut self, out: &mut Vec<StreamEvent>) {
-        let decided = &mut self.decided;
+        let (decided, memo) = (&mut self.decided, &mut self.memo);
         self.sse
-            .finish_each(|ev| Self::event(decided, ev.data, out));
+            .finish_each(|ev| Self::event(decided, memo, ev.data, out));
     }
 }
 
@@ -694,6 +703,23 @@ mod tests {
         )
         .expect("fast");
         assert_eq!((c.content, c.finish), (1, false));
+    }
+
+    #[test]
+    fn the_relay_takes_up_the_probes_scan_with_the_same_answers() {
+        let first = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","system_fingerprint":"fp","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#;
+        let mut probe = FirstChunkProbe::new();
+        let mut out = Vec::new();
+        probe.feed(format!("data: {first}\n\n").as_bytes(), &mut out);
+        assert_eq!(out.len(), 1);
+        let mut memo = probe.into_memo();
+        assert!(!memo.head.is_empty(), "the first chunk's head is kept");
+        for want_head in [false, true] {
+            assert_eq!(
+                pass_through_next_chunk(first, want_head, &mut memo),
+                pass_through_chunk(first, want_head)
+            );
+        }
     }
 
     #[test]
