@@ -36,10 +36,7 @@ pub(super) fn choice(s: &mut Scanner<'_>) -> Option<bool> {
             "message" => 8,
             _ => return s.value().map(drop),
         };
-        if seen & bit != 0 {
-            return None;
-        }
-        seen |= bit;
+        first_sight(&mut seen, bit)?;
         if bit == 8 {
             message_complete = match s.peek()? {
                 b'n' => s.value().map(|_| true)?,
@@ -66,10 +63,7 @@ fn message(s: &mut Scanner<'_>) -> Option<bool> {
             "tool_calls" => 8,
             _ => return s.value().map(drop),
         };
-        if seen & bit != 0 {
-            return None;
-        }
-        seen |= bit;
+        first_sight(&mut seen, bit)?;
         if bit == 8 {
             match s.peek()? {
                 b'n' => {
@@ -86,6 +80,16 @@ fn message(s: &mut Scanner<'_>) -> Option<bool> {
         s.value().map(drop)
     })?;
     Some(seen & 7 == 7 && calls_complete)
+}
+
+/// Notes field `bit` in `seen`: `None` when it was seen before, as serde
+/// refuses a duplicate field (the serde way then decides).
+fn first_sight(seen: &mut u8, bit: u8) -> Option<()> {
+    if *seen & bit != 0 {
+        return None;
+    }
+    *seen |= bit;
+    Some(())
 }
 
 /// A tool call (an object): whether it has its `type`.
