@@ -234,3 +234,87 @@ def test_keys_show_update_rotate_and_usage(tmp_path, server):
     table = _cli("usage", "--key", kid, "--database", str(db))
     assert table.returncode == 0 and "REQUESTS" in table.stdout and kid in table.stdout
     assert "total" in table.stdout
+
+
+# ---- `[server] runtime`: one single-threaded runtime per worker, or one shared runtime -----------
+@pytest.mark.parametrize("runtime", ["per-core", "shared"])
+def test_both_runtimes_serve_limit_exactly_and_drain_on_sigterm(server, mock, runtime):
+    """Connections spread over two workers: every answer right, `rpm = 5` admits exactly 5 of 40
+    concurrent requests, and SIGTERM lets streams open on several connections finish."""
+    config = build_config(mock.url).replace("[server]\n", f'[server]\nruntime = "{runtime}"\nworkers = 2\n', 1)
+    t, base = server(config=config)
+    admin = httpx.Client(base_url=base, headers=auth(MASTER_KEY), timeout=10)
+    plain = admin.post("/admin/keys", json={"name": f"rt-{runtime}"}).json()["key"]
+    limited = admin.post("/admin/keys", json={"name": f"rt5-{runtime}", "limits": {"rpm": 5}}).json()["key"]
+
+    # Eight clients, each its own kept-alive connection, ten requests each.
+    def client_run(i: int) -> list[int]:
+        with httpx.Client(base_url=base, headers=auth(plain), timeout=10) as c:
+            return [c.post("/v1/chat/completions", json=chat_body("chat")).status_code for _ in range(10)]
+
+    def shard_cpu_ns() -> int:
+        """CPU time of the second worker's thread (per-core: `conduit-shard-1`)."""
+        for task in Path(f"/proc/{t.proc.pid}/task").iterdir():
+            if (task / "comm").read_text().strip() == "conduit-shard-1":
+                return int((task / "schedstat").read_text().split()[0])
+        return -1
+
+    before = shard_cpu_ns()
+    import concurrent.futures as cf
+    with cf.ThreadPoolExecutor(max_workers=8) as ex:
+        statuses = [s for run in ex.map(client_run, range(8)) for s in run]
+    assert statuses == [200] * 80, statuses
+    if runtime == "per-core":
+        # Half the connections were handed to the second worker, which served them.
+        assert before >= 0 and shard_cpu_ns() > before, "the second worker served nothing"
+    else:
+        assert before == -1
+
+    def one_limited(_: int) -> int:
+        with httpx.Client(base_url=base, headers=auth(limited), timeout=10) as c:
+            return c.post("/v1/chat/completions", json=chat_body("chat")).status_code
+
+    with cf.ThreadPoolExecutor(max_workers=40) as ex:
+        limited_statuses = list(ex.map(one_limited, range(40)))
+    assert limited_statuses.count(200) == 5 and limited_statuses.count(429) == 35, limited_statuses
+
+    # Streams on four connections (handed to both workers), then SIGTERM.
+    results: dict[int, str] = {}
+    started = threading.Barrier(5, timeout=10)
+
+    def stream(i: int) -> None:
+        try:
+            with httpx.stream("POST", base + "/v1/chat/completions", json=chat_body("slow", stream=True),
+                              headers=auth(plain), timeout=15) as r:
+                buf = b""
+                waited = False
+                for b in r.iter_bytes():
+                    buf += b
+                    if not waited and b"data:" in buf:
+                        waited = True
+                        started.wait()
+                results[i] = buf.decode()
+        except Exception as e:  # noqa: BLE001
+            results[i] = f"error: {e!r}"
+
+    threads = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(4)]
+    for th in threads:
+        th.start()
+    started.wait()
+    t.proc.send_signal(signal.SIGTERM)
+    for th in threads:
+        th.join(15)
+    for i in range(4):
+        events = parse_sse(results.get(i, ""))
+        assert events and events[-1].is_done, f"stream {i} cut by SIGTERM: {results.get(i, '')[-300:]!r}"
+    assert t.proc.wait(timeout=10) == 0
+    admin.close()
+
+
+def test_an_unknown_runtime_is_a_config_error(tmp_path, mock):
+    config = tmp_path / "rt.toml"
+    config.write_text(build_config(mock.url).replace("[server]\n", '[server]\nruntime = "threads"\n', 1))
+    r = _cli("check", "--config", str(config))
+    assert r.returncode == 1 and "server.runtime" in r.stderr and "per-core or shared" in r.stderr, r.stderr
+    r = _cli("serve", "--runtime", "threads", "--config", str(tmp_path / "rt.toml"))
+    assert r.returncode == 2 and "--runtime" in r.stderr, r.stderr

@@ -21,8 +21,21 @@ use hyper_util::rt::TokioExecutor;
 type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// A pooled HTTP/1.1 and HTTP/2 client for `http://` and `https://` providers.
+///
+/// A connection's task lives on the runtime that opened it, so a request
+/// that borrows a connection opened by another runtime wakes that runtime's
+/// thread for every read. [`per_thread`](Self::per_thread) gives each thread
+/// its own pool, for a server that runs one single-threaded runtime per core.
 pub struct HyperUpstream {
-    client: Client<Https, Full<Bytes>>,
+    /// The one pool, unless pools are per thread.
+    shared: Option<HttpsClient>,
+}
+
+type HttpsClient = Client<Https, Full<Bytes>>;
+
+thread_local! {
+    /// This thread's pool, for [`HyperUpstream::per_thread`].
+    static THREAD_CLIENT: std::cell::OnceCell<HttpsClient> = const { std::cell::OnceCell::new() };
 }
 
 impl Default for HyperUpstream {
@@ -32,32 +45,52 @@ impl Default for HyperUpstream {
 }
 
 impl HyperUpstream {
+    /// One pool for every thread.
     pub fn new() -> Self {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_secs(10)));
-        // The crypto provider is named, not left to crate features: a binary
-        // that also links the AWS SDK has both ring and aws-lc-rs.
-        let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let builder = match builder
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        {
+        HyperUpstream {
+            shared: Some(client()),
+        }
+    }
+
+    /// One pool per thread, each made at the thread's first request.
+    pub fn per_thread() -> Self {
+        HyperUpstream { shared: None }
+    }
+
+    fn request(&self, request: http::Request<Full<Bytes>>) -> ResponseFuture {
+        match &self.shared {
+            Some(client) => client.request(request),
+            None => THREAD_CLIENT.with(|c| c.get_or_init(client).request(request)),
+        }
+    }
+}
+
+type ResponseFuture = hyper_util::client::legacy::ResponseFuture;
+
+/// A client with the pool and connector settings every provider gets.
+fn client() -> HttpsClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    // The crypto provider is named, not left to crate features: a binary
+    // that also links the AWS SDK has both ring and aws-lc-rs.
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder =
+        match builder.with_provider_and_webpki_roots(rustls::crypto::ring::default_provider()) {
             Ok(b) => b,
             // Only fails for a provider without safe defaults, which ring is not.
             Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
         };
-        let https = builder
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(https);
-        HyperUpstream { client }
-    }
+    let https = builder
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(https)
 }
 
 port! {
@@ -70,7 +103,6 @@ port! {
                 }
             }
             let response = self
-                .client
                 .request(http::Request::from_parts(parts, Full::new(body)))
                 .await
                 .map_err(|e| UpstreamError(describe(&e)))?;

@@ -1,7 +1,7 @@
 //! The command line: what an operator types, parsed by clap.
 //!
 //! ```text
-//! conduit serve  [--config FILE] [--listen ADDR] [--database PATH] [--workers N] [--store KIND]
+//! conduit serve  [--config FILE] [--listen ADDR] [--database PATH] [--workers N] [--runtime per-core|shared] [--store KIND]
 //! conduit check  --config FILE
 //! conduit keys   create|list|show|update|rotate|revoke …
 //! conduit usage  [--key ID] [--since T] [--until T] [--json]
@@ -80,9 +80,13 @@ pub struct ServeArgs {
     /// The address to listen on: overrides `[server] listen` (default 127.0.0.1:5000).
     #[arg(long, env = "CONDUIT_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
-    /// Tokio worker threads: overrides `[server] workers` (default: one per core).
+    /// Threads serving requests: overrides `[server] workers` (default: one per core).
     #[arg(long, env = "CONDUIT_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
+    /// `per-core` (a single-threaded runtime per worker) or `shared` (one
+    /// work-stealing runtime): overrides `[server] runtime` (default per-core).
+    #[arg(long, env = "CONDUIT_RUNTIME", value_name = "KIND", value_parser = ["per-core", "shared"])]
+    pub runtime: Option<String>,
 }
 
 #[derive(Args, Debug)]

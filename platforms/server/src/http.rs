@@ -15,7 +15,6 @@
 //! `SO_REUSEADDR` unless `reuse_address = false`.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -168,7 +167,7 @@ async fn serve(
 }
 
 /// Waits for SIGTERM or SIGINT.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -262,7 +261,8 @@ impl http_body::Body for Tracked {
 }
 
 /// Where an accepted connection goes.
-struct Acceptor {
+#[derive(Clone)]
+pub(crate) struct Acceptor {
     gateway: Arc<Gateway>,
     serving: Serving,
     builder: auto::Builder<TokioExecutor>,
@@ -274,7 +274,18 @@ struct Acceptor {
 }
 
 impl Acceptor {
-    fn accept(&self, stream: TcpStream, graceful: &GracefulShutdown) {
+    pub(crate) fn new(gateway: Arc<Gateway>, serving: Serving) -> Acceptor {
+        let max = serving.connections.max_connections;
+        Acceptor {
+            gateway,
+            serving,
+            builder: builder(&serving),
+            permits: Arc::new(Semaphore::new(max)),
+            refusing: Arc::new(Semaphore::new(max)),
+        }
+    }
+
+    pub(crate) fn accept(&self, stream: TcpStream, graceful: &GracefulShutdown) {
         let _ = stream.set_nodelay(true);
         let serving = self.serving;
         let timeouts = Timeouts {
@@ -340,28 +351,14 @@ impl Acceptor {
 /// to finish; a second signal stops at once.
 pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, serving: Serving) {
     let graceful = GracefulShutdown::new();
-    let max = serving.connections.max_connections;
-    let acceptor = Acceptor {
-        gateway,
-        serving,
-        builder: builder(&serving),
-        permits: Arc::new(Semaphore::new(max)),
-        refusing: Arc::new(Semaphore::new(max)),
-    };
+    let acceptor = Acceptor::new(gateway, serving);
     let mut signal = std::pin::pin!(shutdown_signal());
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _peer): (_, SocketAddr) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        eprintln!("conduit: accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                acceptor.accept(stream, &graceful);
-            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => acceptor.accept(stream, &graceful),
+                Err(e) => accept_failed(e).await,
+            },
             _ = &mut signal => {
                 eprintln!("conduit: shutting down, letting open requests finish");
                 break;
@@ -373,4 +370,10 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, serving: Serving)
         _ = graceful.shutdown() => {}
         _ = shutdown_signal() => eprintln!("conduit: second signal, stopping without waiting"),
     }
+}
+
+/// After a failed `accept` (out of file descriptors, say): a short pause.
+pub(crate) async fn accept_failed(e: std::io::Error) {
+    eprintln!("conduit: accept failed: {e}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
 }

@@ -14,6 +14,7 @@ mod http;
 mod metrics;
 mod postgres;
 mod settings;
+mod shards;
 mod store;
 mod stores;
 
@@ -85,6 +86,13 @@ fn serve(args: cli::ServeArgs) -> Result<(), String> {
     if let Some(n) = args.workers {
         server.workers = Some(usize::from(n));
     }
+    if let Some(kind) = args
+        .runtime
+        .as_deref()
+        .and_then(settings::RuntimeKind::parse)
+    {
+        server.runtime = kind;
+    }
     let master_key = std::env::var("CONDUIT_MASTER_KEY")
         .ok()
         .filter(|k| !k.is_empty());
@@ -92,10 +100,19 @@ fn serve(args: cli::ServeArgs) -> Result<(), String> {
         eprintln!("conduit: CONDUIT_MASTER_KEY is not set: the admin API is disabled");
     }
 
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = server.workers {
-        builder.worker_threads(n);
-    }
+    // Per core: this thread's runtime is the first shard (and runs the
+    // store's background tasks); `shards::run` starts the others.
+    let workers = server.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let mut builder = match server.runtime {
+        settings::RuntimeKind::PerCore => tokio::runtime::Builder::new_current_thread(),
+        settings::RuntimeKind::Shared => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
+        }
+    };
     let runtime = builder
         .enable_all()
         .build()
@@ -105,10 +122,14 @@ fn serve(args: cli::ServeArgs) -> Result<(), String> {
         let store = stores::open(&server.store, clock.clone()).await?;
         let listener = http::listen(&server.listen, &server.connections).await?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
+        let upstream = match server.runtime {
+            settings::RuntimeKind::PerCore => HyperUpstream::per_thread(),
+            settings::RuntimeKind::Shared => HyperUpstream::new(),
+        };
         let ports = Ports {
             keys: store.keys.clone(),
             usage: store.usage.clone(),
-            upstream: Arc::new(HyperUpstream::new()),
+            upstream: Arc::new(upstream),
             clock,
             limiter: store.limiter.clone(),
             spawner: Arc::new(TokioSpawner),
@@ -134,7 +155,12 @@ fn serve(args: cli::ServeArgs) -> Result<(), String> {
             connections: server.connections,
             settle_before_end: store.settle_before_end(),
         };
-        http::run(listener, gateway, serving).await;
+        match server.runtime {
+            settings::RuntimeKind::PerCore => {
+                shards::run(listener, gateway, serving, workers).await
+            }
+            settings::RuntimeKind::Shared => http::run(listener, gateway, serving).await,
+        }
         store.close();
         Ok::<(), String>(())
     });

@@ -4,7 +4,8 @@
 //! ```toml
 //! [server]
 //! listen = "127.0.0.1:5000"
-//! workers = 2                               # tokio worker threads (default: one per core)
+//! workers = 2                               # threads serving requests (default: one per core)
+//! runtime = "per-core"                      # per-core (default) | shared: see [`RuntimeKind`]
 //! store = "sqlite"                          # sqlite (default) | postgres | dynamodb
 //! database = "conduit.db"                   # sqlite: the file
 //! postgres_url_env = "CONDUIT_POSTGRES_URL" # postgres: the variable holding the URL
@@ -49,11 +50,35 @@ pub enum StoreSettings {
     },
 }
 
+/// How the threads that serve requests are organised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// One single-threaded tokio runtime per worker, each with its own
+    /// connections, timers and upstream pool: a request and the upstream
+    /// connection it reads from stay on one thread, with no cross-thread
+    /// wake-ups (as nginx's worker processes).
+    PerCore,
+    /// One multi-threaded tokio runtime whose workers steal each other's
+    /// tasks: evens out a few very uneven connections.
+    Shared,
+}
+
+impl RuntimeKind {
+    pub fn parse(s: &str) -> Option<RuntimeKind> {
+        match s {
+            "per-core" => Some(RuntimeKind::PerCore),
+            "shared" => Some(RuntimeKind::Shared),
+            _ => None,
+        }
+    }
+}
+
 /// Everything `[server]` says, checked.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub listen: String,
     pub workers: Option<usize>,
+    pub runtime: RuntimeKind,
     pub store: StoreSettings,
     pub client_limits: ClientLimits,
     /// A token for `GET /metrics` besides the master key.
@@ -152,8 +177,17 @@ pub fn read(
     if let Some(b) = flag("reuse_address")? {
         connections.reuse_address = b;
     }
+    let runtime = match text("runtime")? {
+        None => RuntimeKind::PerCore,
+        Some(s) => RuntimeKind::parse(&s).ok_or_else(|| {
+            format!(
+                "config error in {source}: `server.runtime`: must be per-core or shared, not `{s}`"
+            )
+        })?,
+    };
     Ok(ServerSettings {
         metrics_token,
+        runtime,
         listen: text("listen")?.unwrap_or_else(|| DEFAULT_LISTEN.into()),
         workers: number("workers", 1024)?.map(|n| n as usize),
         store,
