@@ -286,6 +286,17 @@ impl Acceptor {
     }
 
     pub(crate) fn accept(&self, stream: TcpStream, graceful: &GracefulShutdown) {
+        self.accept_holding(stream, graceful, ());
+    }
+
+    /// [`accept`](Self::accept), with `held` dropped when the connection
+    /// ends (a shard's count of its open connections, say).
+    pub(crate) fn accept_holding<H: Send + 'static>(
+        &self,
+        stream: TcpStream,
+        graceful: &GracefulShutdown,
+        held: H,
+    ) {
         let _ = stream.set_nodelay(true);
         let serving = self.serving;
         let timeouts = Timeouts {
@@ -314,12 +325,14 @@ impl Acceptor {
                     let conn = graceful.watch(conn.into_owned());
                     tokio::spawn(async move {
                         let _ = conn.await;
+                        drop(held);
                     });
                 } else {
                     let conn = self.builder.serve_connection(io, service);
                     let conn = graceful.watch(conn.into_owned());
                     tokio::spawn(async move {
                         let _ = conn.await;
+                        drop(held);
                     });
                 }
             }
@@ -341,6 +354,7 @@ impl Acceptor {
                     let conn = builder.serve_connection(io, service);
                     let _ = tokio::time::timeout(limit, conn).await;
                     drop(refusing);
+                    drop(held);
                 });
             }
         }
