@@ -1,5 +1,5 @@
-//! The HTTP front: hyper connections in, [`Gateway::handle`] per request,
-//! graceful shutdown on SIGTERM/SIGINT that lets in-flight streams finish.
+//! The HTTP front: hyper connections in, [`Gateway::handle`] per request
+//! (which thread serves a connection, and shutdown: [`crate::shards`]).
 //!
 //! A client cannot hold a connection or a task forever: the request head
 //! must arrive within `header_read_timeout_ms` (else the connection is
@@ -166,25 +166,6 @@ async fn serve(
     Ok(http::Response::from_parts(parts, body))
 }
 
-/// Waits for SIGTERM or SIGINT.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-}
-
 /// Binds `listen` (a socket address or `host:port`) as `[server]` says.
 pub async fn listen(listen: &str, connections: &ConnectionLimits) -> Result<TcpListener, String> {
     let addr = tokio::net::lookup_host(listen)
@@ -285,13 +266,9 @@ impl Acceptor {
         }
     }
 
-    pub(crate) fn accept(&self, stream: TcpStream, graceful: &GracefulShutdown) {
-        self.accept_holding(stream, graceful, ());
-    }
-
-    /// [`accept`](Self::accept), with `held` dropped when the connection
-    /// ends (a shard's count of its open connections, say).
-    pub(crate) fn accept_holding<H: Send + 'static>(
+    /// Serves `stream`; `held` is dropped when the connection ends (its
+    /// shard's count of open connections).
+    pub(crate) fn accept<H: Send + 'static>(
         &self,
         stream: TcpStream,
         graceful: &GracefulShutdown,
@@ -359,35 +336,4 @@ impl Acceptor {
             }
         }
     }
-}
-
-/// Serves until a shutdown signal, then waits for open requests and streams
-/// to finish; a second signal stops at once.
-pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, serving: Serving) {
-    let graceful = GracefulShutdown::new();
-    let acceptor = Acceptor::new(gateway, serving);
-    let mut signal = std::pin::pin!(shutdown_signal());
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => acceptor.accept(stream, &graceful),
-                Err(e) => accept_failed(e).await,
-            },
-            _ = &mut signal => {
-                eprintln!("conduit: shutting down, letting open requests finish");
-                break;
-            }
-        }
-    }
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = shutdown_signal() => eprintln!("conduit: second signal, stopping without waiting"),
-    }
-}
-
-/// After a failed `accept` (out of file descriptors, say): a short pause.
-pub(crate) async fn accept_failed(e: std::io::Error) {
-    eprintln!("conduit: accept failed: {e}");
-    tokio::time::sleep(Duration::from_millis(50)).await;
 }

@@ -100,17 +100,22 @@ fn serve(args: cli::ServeArgs) -> Result<(), String> {
         eprintln!("conduit: CONDUIT_MASTER_KEY is not set: the admin API is disabled");
     }
 
-    // Per core: this thread's runtime is the first shard (and runs the
-    // store's background tasks); `shards::run` starts the others.
     let workers = server.workers.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    let mut builder = match server.runtime {
-        settings::RuntimeKind::PerCore => tokio::runtime::Builder::new_current_thread(),
+    // Per core: this thread's runtime is the first of `workers` shards (and
+    // runs the store's background tasks), each with its own upstream pool;
+    // `shards::run` starts the others. Shared: one shard, `workers` threads.
+    let (mut builder, upstream, shard_count) = match server.runtime {
+        settings::RuntimeKind::PerCore => (
+            tokio::runtime::Builder::new_current_thread(),
+            HyperUpstream::per_thread(),
+            workers,
+        ),
         settings::RuntimeKind::Shared => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             builder.worker_threads(workers);
-            builder
+            (builder, HyperUpstream::new(), 1)
         }
     };
     let runtime = builder
@@ -122,10 +127,6 @@ fn serve(args: cli::ServeArgs) -> Result<(), String> {
         let store = stores::open(&server.store, clock.clone()).await?;
         let listener = http::listen(&server.listen, &server.connections).await?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
-        let upstream = match server.runtime {
-            settings::RuntimeKind::PerCore => HyperUpstream::per_thread(),
-            settings::RuntimeKind::Shared => HyperUpstream::new(),
-        };
         let ports = Ports {
             keys: store.keys.clone(),
             usage: store.usage.clone(),
@@ -155,12 +156,7 @@ fn serve(args: cli::ServeArgs) -> Result<(), String> {
             connections: server.connections,
             settle_before_end: store.settle_before_end(),
         };
-        match server.runtime {
-            settings::RuntimeKind::PerCore => {
-                shards::run(listener, gateway, serving, workers).await
-            }
-            settings::RuntimeKind::Shared => http::run(listener, gateway, serving).await,
-        }
+        shards::run(listener, gateway, serving, shard_count).await;
         store.close();
         Ok::<(), String>(())
     });

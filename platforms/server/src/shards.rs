@@ -1,11 +1,15 @@
-//! Serving with one single-threaded tokio runtime per worker (`[server]
-//! runtime = "per-core"`): the first shard, on the main thread, accepts every
-//! connection and hands it to the shard with the fewest open connections
-//! (in turn among equals); each other shard serves its own on a thread and
-//! runtime of its own. A connection, its requests, their timers
-//! and the upstream connections they borrow (`HyperUpstream::per_thread`)
-//! stay on one thread, so a request's progress never wakes another thread.
-//! Shutdown is [`crate::http::run`]'s, for every shard.
+//! Which thread serves a connection, and shutdown. With one single-threaded
+//! tokio runtime per worker (`[server] runtime = "per-core"`), the first
+//! shard, on the main thread, accepts every connection and hands it to the
+//! shard with the fewest open connections (in turn among equals); each other
+//! shard serves its own on a thread and runtime of its own. A connection,
+//! its requests, their timers and the upstream connections they borrow
+//! (`HyperUpstream::per_thread`) stay on one thread, so a request's progress
+//! never wakes another thread. With one shared runtime (`runtime =
+//! "shared"`) there is one shard, whose runtime's workers share the tasks.
+//!
+//! Shutdown: SIGTERM or SIGINT stops accepting and lets every shard's open
+//! requests and streams finish; a second signal stops at once.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,11 +19,12 @@ use conduit::Gateway;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::http::{accept_failed, shutdown_signal, Acceptor, Serving};
+use crate::http::{Acceptor, Serving};
 
 /// Serves on `shards` runtimes, this task's (shard 0) and one per other
 /// shard, until a shutdown signal; then waits for every shard's open
-/// requests and streams, or stops at once on a second signal.
+/// requests and streams, or stops at once on a second signal. One shard:
+/// everything on this task's runtime (`runtime = "shared"`).
 pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, serving: Serving, shards: usize) {
     // Set on a second signal: the shards stop without waiting.
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -80,7 +85,7 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, serving: Serving,
                         },
                     };
                     if let Some((stream, held)) = handed {
-                        acceptor.accept_holding(stream, &graceful, held);
+                        acceptor.accept(stream, &graceful, held);
                     }
                 }
                 Err(e) => accept_failed(e).await,
@@ -125,13 +130,38 @@ async fn shard_loop(
         // Registered with this thread's runtime; a socket that cannot be is
         // dropped, which closes it.
         if let Ok(stream) = TcpStream::from_std(stream) {
-            acceptor.accept_holding(stream, &graceful, held);
+            acceptor.accept(stream, &graceful, held);
         }
     }
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = stop.wait_for(|stop| *stop) => {}
     }
+}
+
+/// Waits for SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// After a failed `accept` (out of file descriptors, say): a short pause.
+async fn accept_failed(e: std::io::Error) {
+    eprintln!("conduit: accept failed: {e}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
 /// One open connection of a shard, counted while it lives.
