@@ -4,6 +4,7 @@
 //! that lets work run on, and one whose work a response waits for.
 
 pub mod coalesce;
+mod pool;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,18 +26,14 @@ type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 /// A connection's task lives on the runtime that opened it, so a request
 /// that borrows a connection opened by another runtime wakes that runtime's
 /// thread for every read. [`per_thread`](Self::per_thread) gives each thread
-/// its own pool, for a server that runs one single-threaded runtime per core.
+/// its own connections (`pool`), for a server that runs one single-threaded
+/// runtime per core.
 pub struct HyperUpstream {
     /// The one pool, unless pools are per thread.
     shared: Option<HttpsClient>,
 }
 
 type HttpsClient = Client<Https, Full<Bytes>>;
-
-thread_local! {
-    /// This thread's pool, for [`HyperUpstream::per_thread`].
-    static THREAD_CLIENT: std::cell::OnceCell<HttpsClient> = const { std::cell::OnceCell::new() };
-}
 
 impl Default for HyperUpstream {
     fn default() -> Self {
@@ -56,19 +53,19 @@ impl HyperUpstream {
     pub fn per_thread() -> Self {
         HyperUpstream { shared: None }
     }
-
-    fn request(&self, request: http::Request<Full<Bytes>>) -> ResponseFuture {
-        match &self.shared {
-            Some(client) => client.request(request),
-            None => THREAD_CLIENT.with(|c| c.get_or_init(client).request(request)),
-        }
-    }
 }
-
-type ResponseFuture = hyper_util::client::legacy::ResponseFuture;
 
 /// A client with the pool and connector settings every provider gets.
 fn client() -> HttpsClient {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(connector())
+}
+
+/// How every provider is connected to: `TCP_NODELAY`, a 10 s connect
+/// timeout, rustls with webpki roots and ALPN for HTTP/2 and HTTP/1.1.
+fn connector() -> Https {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);
@@ -82,27 +79,28 @@ fn client() -> HttpsClient {
             // Only fails for a provider without safe defaults, which ring is not.
             Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
         };
-    let https = builder
+    builder
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
-        .build(https)
+        .wrap_connector(http)
 }
 
 port! {
     impl Upstream for HyperUpstream {
         async fn send(&self, request: http::Request<Bytes>) -> Result<http::Response<ByteStream>, UpstreamError> {
+            let Some(client) = &self.shared else {
+                let (parts, body) = pool::send(request).await?.into_parts();
+                let stream = body_stream(&parts.headers, body);
+                return Ok(http::Response::from_parts(parts, stream));
+            };
             let (mut parts, body) = request.into_parts();
             if !parts.headers.contains_key(http::header::HOST) {
                 if let Some(host) = host_header(&parts.uri) {
                     parts.headers.insert(http::header::HOST, host);
                 }
             }
-            let response = self
+            let response = client
                 .request(http::Request::from_parts(parts, Full::new(body)))
                 .await
                 .map_err(|e| UpstreamError(describe(&e)))?;
@@ -110,15 +108,23 @@ port! {
             let body = body
                 .into_data_stream()
                 .map_err(|e| UpstreamError(e.to_string()));
-            // An event stream reaches the relay read by read, not chunk by
-            // chunk (see `coalesce`); a whole answer is read to its end anyway.
-            let stream: ByteStream = if is_event_stream(&parts.headers) {
-                Box::pin(ReadCoalescer::new(body))
-            } else {
-                Box::pin(body)
-            };
+            let stream = body_stream(&parts.headers, body);
             Ok(http::Response::from_parts(parts, stream))
         }
+    }
+}
+
+/// An answer's body for the gateway: an event stream reaches the relay read
+/// by read, not chunk by chunk (see `coalesce`); a whole answer is read to
+/// its end anyway.
+fn body_stream<S>(headers: &http::HeaderMap, body: S) -> ByteStream
+where
+    S: futures_util::Stream<Item = Result<Bytes, UpstreamError>> + Send + Unpin + 'static,
+{
+    if is_event_stream(headers) {
+        Box::pin(ReadCoalescer::new(body))
+    } else {
+        Box::pin(body)
     }
 }
 
