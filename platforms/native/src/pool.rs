@@ -98,6 +98,18 @@ fn with_pool<R>(f: impl FnOnce(&mut ThreadPool) -> R) -> R {
     })
 }
 
+/// This thread's pool with `connector` (tests: a TLS upstream whose
+/// certificate is signed by a test authority).
+#[cfg(test)]
+fn use_connector(connector: Https) {
+    POOL.with(|cell| {
+        *cell.borrow_mut() = Some(ThreadPool {
+            connector,
+            origins: Vec::new(),
+        })
+    });
+}
+
 /// Closes this thread's connections idle for longer than [`IDLE_TIMEOUT`].
 async fn reap_forever() {
     loop {
@@ -129,7 +141,9 @@ impl ThreadPool {
     fn checkout(&mut self, key: &OriginKey) -> Option<Conn> {
         let origin = self.origin(key)?;
         if let Some(shared) = &origin.shared {
-            if shared.is_ready() {
+            // An HTTP/2 connection takes requests side by side until it is
+            // closed (a request beyond its stream limit waits its turn).
+            if !shared.is_closed() {
                 return Some(Conn::H2(shared.clone()));
             }
             origin.shared = None;
@@ -543,6 +557,133 @@ mod tests {
         let url = format!("http://{}/v1/x", listener.local_addr().expect("addr"));
         drop(listener);
         assert!(get(&url).await.is_err());
+    }
+
+    /// A TLS upstream on 127.0.0.1 offering `alpn`, its certificate signed by
+    /// the test authority in `testdata/`; it answers each request with its
+    /// HTTP version, URI and `Host`, and counts the connections it took. The
+    /// thread's pool connects with that authority as its only root.
+    async fn tls_upstream(
+        alpn: &'static [u8],
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let leaf = rustls::pki_types::CertificateDer::from(
+            include_bytes!("../testdata/localhost.der").to_vec(),
+        );
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
+            include_bytes!("../testdata/localhost.key.der")
+                .to_vec()
+                .into(),
+        );
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf], key)
+            .expect("server config");
+        server.alpn_protocols = vec![alpn.to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(
+                include_bytes!("../testdata/ca.der").to_vec(),
+            ))
+            .expect("root");
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.enforce_http(false);
+        use_connector(
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(client)
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(http),
+        );
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("https://{}/v1/x", listener.local_addr().expect("addr"));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let answer =
+                        hyper::service::service_fn(|r: http::Request<Incoming>| async move {
+                            let host = r
+                                .headers()
+                                .get(http::header::HOST)
+                                .and_then(|h| h.to_str().ok())
+                                .unwrap_or("-")
+                                .to_string();
+                            let text = format!("{:?} {} {host}", r.version(), r.uri());
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from(text),
+                            )))
+                        });
+                    let io = hyper_util::rt::TokioIo::new(tls);
+                    if alpn == b"h2" {
+                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, answer)
+                            .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, answer)
+                            .await;
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    /// HTTP/2 negotiated by ALPN: the request goes in absolute form (hyper
+    /// sends `:authority`), and requests share the one connection.
+    #[tokio::test(flavor = "current_thread")]
+    async fn https_with_http2_shares_one_connection() {
+        let (url, accepted) = tls_upstream(b"h2").await;
+        for _ in 0..3 {
+            let text = String::from_utf8(get(&url).await.expect("answer")).expect("text");
+            assert_eq!(text, format!("HTTP/2.0 {url} -"));
+        }
+        // Side by side on the same connection.
+        let answers = futures_util::future::join_all((0..8).map(|_| get(&url))).await;
+        for answer in answers {
+            let text = String::from_utf8(answer.expect("answer")).expect("text");
+            assert_eq!(text, format!("HTTP/2.0 {url} -"));
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// HTTP/1.1 over TLS: origin-form, `Host` without the port when it is
+    /// the default (here it is not), and the connection kept.
+    #[tokio::test(flavor = "current_thread")]
+    async fn https_with_http1_keeps_its_connection() {
+        let (url, accepted) = tls_upstream(b"http/1.1").await;
+        let authority = url
+            .trim_start_matches("https://")
+            .trim_end_matches("/v1/x")
+            .to_string();
+        for _ in 0..3 {
+            let text = String::from_utf8(get(&url).await.expect("answer")).expect("text");
+            assert_eq!(text, format!("HTTP/1.1 /v1/x {authority}"));
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     /// A request turned to origin-form and back is the request it was.
