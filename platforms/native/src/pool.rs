@@ -17,7 +17,8 @@
 //! What the pooled client did that this keeps: the connector's settings
 //! (`TCP_NODELAY`, the connect timeout, rustls with ALPN for HTTP/2), at
 //! most [`MAX_IDLE_PER_ORIGIN`] idle connections to an origin, idle ones
-//! closed after [`IDLE_TIMEOUT`], `Host` and origin-form for HTTP/1, and one
+//! closed after [`IDLE_TIMEOUT`] (by a task per thread that looks them over
+//! every [`REAP_EVERY`], not by every request), `Host` and origin-form for HTTP/1, and one
 //! retry on a new connection for a request a kept connection could not take
 //! (closed by the upstream between two requests).
 
@@ -148,13 +149,6 @@ impl ThreadPool {
             }
             origin.shared = None;
         }
-        let now = Instant::now();
-        // The oldest first: the one most likely past its time.
-        if let Some((_, since)) = origin.idle.first() {
-            if now.duration_since(*since) >= IDLE_TIMEOUT {
-                origin.idle.remove(0);
-            }
-        }
         // The newest free one (its socket the warmest); closed ones go.
         let mut i = origin.idle.len();
         while i > 0 {
@@ -171,35 +165,32 @@ impl ThreadPool {
         None
     }
 
-    fn give_back(&mut self, key: &OriginKey, conn: http1::SendRequest<RequestBody>) {
-        let now = Instant::now();
-        let origin = match self.origins.iter().position(|o| o.key == *key) {
-            Some(i) => &mut self.origins[i],
+    /// `key`'s entry, made when there is none.
+    fn origin_or_new(&mut self, key: &OriginKey) -> &mut Origin {
+        let i = match self.origins.iter().position(|o| o.key == *key) {
+            Some(i) => i,
             None => {
                 self.origins.push(Origin {
                     key: key.clone(),
                     idle: Vec::new(),
                     shared: None,
                 });
-                let last = self.origins.len() - 1;
-                &mut self.origins[last]
+                self.origins.len() - 1
             }
         };
+        &mut self.origins[i]
+    }
+
+    fn give_back(&mut self, key: &OriginKey, conn: http1::SendRequest<RequestBody>) {
+        let origin = self.origin_or_new(key);
         if origin.idle.len() >= MAX_IDLE_PER_ORIGIN {
             origin.idle.remove(0);
         }
-        origin.idle.push((conn, now));
+        origin.idle.push((conn, Instant::now()));
     }
 
     fn share(&mut self, key: &OriginKey, conn: http2::SendRequest<RequestBody>) {
-        match self.origin(key) {
-            Some(origin) => origin.shared = Some(conn),
-            None => self.origins.push(Origin {
-                key: key.clone(),
-                idle: Vec::new(),
-                shared: Some(conn),
-            }),
-        }
+        self.origin_or_new(key).shared = Some(conn);
     }
 }
 
