@@ -35,9 +35,16 @@ INSTANCES = 8
 DELAY_MS = 2000  # the default of `revocation_delay_ms`
 # Time for a request in flight to finish and the admin call to reach the store.
 SLACK_S = 1.5
-# wrangler dev's proxy answers this (plain text, not Conduit's JSON) when its workerd drops a
-# request under this load; seen on the loaded test machine, not a Conduit answer. Counted apart.
+# wrangler dev puts a proxy (a workerd of its own) in front of the Worker's workerd. Under this
+# load on a loaded machine it loses a request now and then, and neither answer is Conduit's:
+# when its fetch to the Worker fails on a path other than `/`, it answers this plain-text 503
+# (its check for "the Worker was reloaded" compares the request's URL with the Worker's root
+# URL, so any failed POST reads as a reload: wrangler's ProxyWorker.ts); or it drops the
+# client's connection. Such a request's outcome is unknown to the client (the Worker may have
+# admitted and answered it): counted apart, and the exactness checks then use the gateway's own
+# counts (the authority's remaining requests, the usage records) instead of the answers.
 DEV_RESTART = "Your worker restarted mid-request"
+DEV_LOST_503, DEV_LOST_CONNECTION = -503, -1
 
 
 def config(mock_url: str, delay_ms: int | None) -> str:
@@ -94,7 +101,7 @@ def offer(base: str, key: str, n: int, rate: float, workers: int = 64) -> tuple[
     Returns the count per status and the achieved rate (answers per second of wall time)."""
     body = chat_body("hot", "hi")
     counts: dict[int, int] = {}
-    samples: list[str] = []  # the first few unexpected answers, for the failure message
+    samples: list[str] = []  # the first few unexpected answers of each kind, for the failure message
     lock = threading.Lock()
     local = threading.local()
 
@@ -109,12 +116,15 @@ def offer(base: str, key: str, n: int, rate: float, workers: int = 64) -> tuple[
             r = c.post(base + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
             status, text = r.status_code, r.text
             if status == 503 and target_name() == "worker" and text.startswith(DEV_RESTART):
-                status = -503
+                status = DEV_LOST_503
         except httpx.HTTPError as e:
-            status, text = 0, repr(e)
+            # A timeout stays 0 (a hang is a failure on every target).
+            dropped = isinstance(e, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError))
+            status = DEV_LOST_CONNECTION if dropped and target_name() == "worker" else 0
+            text = repr(e)
         with lock:
             counts[status] = counts.get(status, 0) + 1
-            if status not in (200, 429) and len(samples) < 3:
+            if status not in (200, 429) and sum(x.startswith(f"{status}:") for x in samples) < 3:
                 samples.append(f"{status}: {text[:300]}")
 
     t0 = time.monotonic()
@@ -137,8 +147,26 @@ def statuses(base: str, key: str, n: int) -> list[int]:
 
 
 def dev_restarts(counts: dict[int, int]) -> int:
-    """Requests wrangler dev's proxy dropped (status -503 in `offer`), taken out of `counts`."""
-    return counts.pop(-503, 0)
+    """Requests wrangler dev's proxy lost (DEV_LOST_* in `offer`), taken out of `counts`."""
+    return counts.pop(DEV_LOST_503, 0) + counts.pop(DEV_LOST_CONNECTION, 0)
+
+
+def usage_count(base: str, key_id: str, status: str, want: int, timeout: float = 10.0) -> int:
+    """The gateway's usage records of `key_id` with `status` (usage is written off the response
+    path: polled until `want` are listed or `timeout` passes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen, cursor = 0, None
+        while True:
+            params = {"key_id": key_id, "status": status, "limit": 1000, **({"cursor": cursor} if cursor else {})}
+            page = admin(base, "GET", "/admin/usage", params=params).json()
+            seen += len(page["data"])
+            cursor = page.get("next_cursor")
+            if not cursor:
+                break
+        if seen >= want or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.1)
 
 
 def test_hot_key_with_generous_limits_keeps_the_rate(hot):
@@ -163,13 +191,19 @@ def test_hot_key_without_limits_keeps_the_rate(hot):
 
 
 def test_hot_key_rpm_is_exact(hot):
-    _, key = new_key(hot, limits={"rpm": 100})
+    key_id, key = new_key(hot, limits={"rpm": 100})
     # Three times the limit, offered at the hot rate: all inside one window.
     n = 300
     counts, _ = offer(hot, key, n, RATE)
-    dropped = dev_restarts(counts)
-    assert counts.get(200, 0) == 100, counts
-    assert counts.get(429, 0) == n - 100 - dropped, counts
+    lost = dev_restarts(counts)
+    assert set(counts) <= {200, 429}, counts
+    assert counts.get(200, 0) + counts.get(429, 0) == n - lost, counts
+    # Never more than N answered 200; exactly N when no answer was lost.
+    assert 100 - lost <= counts.get(200, 0) <= 100, counts
+    # The gateway's own counts, lost answers included: the authority admitted exactly N (no
+    # lease is granted for so small an rpm) and exactly N requests were served.
+    assert remaining_requests(hot, key_id) == 0
+    assert usage_count(hot, key_id, "200", want=100) == 100, counts
 
 
 def wait_refused(base: str, key: str, bound_s: float) -> float:
@@ -232,8 +266,8 @@ def test_hot_key_with_leases_never_passes_its_rpm(hot):
     dropped = dev_restarts(counts)
     assert set(counts) <= {200, 429}, counts
     # Never more than the limit; short of it only by what leases held and had not
-    # given back yet (each at most a tenth of what was left).
-    assert limit * 0.9 <= counts.get(200, 0) <= limit, counts
+    # given back yet (each at most a tenth of what was left), and by answers lost.
+    assert limit * 0.9 - dropped <= counts.get(200, 0) <= limit, counts
     assert counts.get(200, 0) + counts.get(429, 0) == n - dropped
 
 
