@@ -115,13 +115,11 @@ def offer(base: str, key: str, n: int, rate: float, workers: int = 64) -> tuple[
         try:
             r = c.post(base + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
             status, text = r.status_code, r.text
-            if status == 503 and target_name() == "worker" and text.startswith(DEV_RESTART):
+            if lost_by_dev_proxy(r):
                 status = DEV_LOST_503
         except httpx.HTTPError as e:
             # A timeout stays 0 (a hang is a failure on every target).
-            dropped = isinstance(e, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError))
-            status = DEV_LOST_CONNECTION if dropped and target_name() == "worker" else 0
-            text = repr(e)
+            status, text = (DEV_LOST_CONNECTION if lost_by_dev_proxy(None, e) else 0), repr(e)
         with lock:
             counts[status] = counts.get(status, 0) + 1
             if status not in (200, 429) and sum(x.startswith(f"{status}:") for x in samples) < 3:
@@ -136,11 +134,30 @@ def offer(base: str, key: str, n: int, rate: float, workers: int = 64) -> tuple[
     return counts, n / elapsed
 
 
+def lost_by_dev_proxy(r: httpx.Response | None, e: Exception | None = None) -> bool:
+    """Whether wrangler dev's proxy lost this request (see DEV_RESTART); never on other targets."""
+    if target_name() != "worker":
+        return False
+    if e is not None:
+        return isinstance(e, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError))
+    return r is not None and r.status_code == 503 and r.text.startswith(DEV_RESTART)
+
+
 def statuses(base: str, key: str, n: int) -> list[int]:
-    """n concurrent requests (to reach several instances); their statuses."""
+    """n concurrent requests (to reach several instances); their statuses. These checks are
+    about a key's state, not counts: a request wrangler dev's proxy lost is sent again."""
     def one(_):
-        return httpx.post(base + "/v1/chat/completions", json=chat_body("hot", "hi"),
-                          headers={"Authorization": f"Bearer {key}"}, timeout=30).status_code
+        for attempt in range(3):
+            try:
+                r = httpx.post(base + "/v1/chat/completions", json=chat_body("hot", "hi"),
+                               headers={"Authorization": f"Bearer {key}"}, timeout=30)
+            except httpx.HTTPError as e:
+                if attempt < 2 and lost_by_dev_proxy(None, e):
+                    continue
+                raise
+            if attempt < 2 and lost_by_dev_proxy(r):
+                continue
+            return r.status_code
 
     with ThreadPoolExecutor(max_workers=n) as pool:
         return list(pool.map(one, range(n)))
