@@ -17,15 +17,15 @@
 //! A key store lookup never extends trust: on Workers KV may lag the
 //! authority by a minute.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::keys::VirtualKey;
+use crate::FastMap;
 
 /// Entries kept at most; past that the cache starts over.
 const MAX_ENTRIES: usize = 10_000;
 
-type Entries = Mutex<HashMap<String, (Arc<VirtualKey>, u64)>>;
+type Entries = Mutex<FastMap<String, (Arc<VirtualKey>, u64)>>;
 
 #[derive(Default)]
 pub struct KeyCache {

@@ -22,7 +22,7 @@
 //! A record is thus stored at most `max_age_ms` (plus the call) after its
 //! request finished, and at worst on the next record of its key.
 
-use std::collections::HashMap;
+use crate::FastMap;
 
 /// When a batch is flushed: at `max_records` records or `max_age_ms` after
 /// its first record, whichever comes first.
@@ -73,7 +73,7 @@ struct Batch<T> {
 #[derive(Debug)]
 pub struct UsageBatches<T> {
     rule: BatchRule,
-    open: HashMap<String, Batch<T>>,
+    open: FastMap<String, Batch<T>>,
     next_id: u64,
 }
 
@@ -90,7 +90,7 @@ impl<T> UsageBatches<T> {
                 max_records: rule.max_records.max(1),
                 ..rule
             },
-            open: HashMap::new(),
+            open: FastMap::default(),
             next_id: 1,
         }
     }

@@ -20,7 +20,6 @@ pub mod plan;
 pub mod policy;
 pub mod strategy;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -28,6 +27,7 @@ use serde_json::{json, Value};
 use crate::config::{Config, ModelRoute};
 use crate::metering::usage::TokenUsage;
 use crate::wire::time::format_rfc3339;
+use crate::FastMap;
 use backoff::Rng;
 use health::RouteState;
 pub use plan::{classify, Attempt, AttemptPlan, Failure, FailureKind, Step};
@@ -36,7 +36,7 @@ pub use policy::{RoutePolicy, Strategy};
 /// The health of every alias's deployments on this instance, and the
 /// router's random numbers.
 pub struct Router {
-    routes: HashMap<String, Arc<RouteState>>,
+    routes: FastMap<String, Arc<RouteState>>,
     rng: Rng,
 }
 

@@ -22,7 +22,6 @@
 //! each key's exact spend and open estimate instead, so a restart without a
 //! crash reads the spend exactly.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures_util::future::{FutureExt, Shared};
@@ -32,6 +31,7 @@ use super::state::{Ask, KeyLimitState, LimitStatus};
 use crate::compat::{BoxFuture, MaybeSendSync};
 use crate::keys::{Budget, VirtualKey};
 use crate::ports::{Admission, Clock, Demand, Limiter, Settlement, StoreError};
+use crate::FastMap;
 
 /// Spend kept across restarts (and crashes) by a single-process limiter.
 pub trait SpendStore: MaybeSendSync {
@@ -161,7 +161,7 @@ impl KeyEntry {
 /// (see the module doc).
 pub struct LocalLimiter {
     clock: Arc<dyn Clock>,
-    states: Mutex<HashMap<String, KeyEntry>>,
+    states: Mutex<FastMap<String, KeyEntry>>,
     spend: Option<Arc<dyn SpendStore>>,
 }
 

@@ -11,11 +11,11 @@
 //! the order of the states they carry), each record once, and one counter
 //! upsert per hour row and per day row it touches.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use conduit::metering::summary::{hour_of_ms, Counters, DAY};
 use conduit::metering::usage::UsageRecord;
+use conduit::FastMap;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection};
 use tokio::sync::oneshot;
@@ -261,13 +261,13 @@ pub(super) const SAVE_SPEND: &str = "INSERT INTO key_spend (key_id, period_start
 const INSERT_RECORD: &str = "INSERT OR IGNORE INTO usage_records (created_at_ms, request_id, key_id, record) VALUES (?1, ?2, ?3, ?4)";
 
 /// The counters a batch adds, per (hour or day start, key, model alias).
-type CounterRows<'a> = HashMap<(u64, &'a str, &'a str), Counters>;
+type CounterRows<'a> = FastMap<(u64, &'a str, &'a str), Counters>;
 
 /// The batch's writes, as written: each key's last spend write (in the
 /// batch's order of first appearance), and every record.
 pub(super) fn coalesce(batch: &[Write]) -> (Vec<&SpendWrite>, Vec<&UsageRecord>) {
     let mut spends: Vec<&SpendWrite> = Vec::new();
-    let mut slot: HashMap<&str, usize> = HashMap::new();
+    let mut slot: FastMap<&str, usize> = FastMap::default();
     let mut records = Vec::with_capacity(batch.len());
     for w in batch {
         match w {
@@ -331,7 +331,7 @@ fn insert_records(
         return Ok(());
     }
     let mut usage = conn.prepare_cached(INSERT_RECORD)?;
-    let mut hours = CounterRows::new();
+    let mut hours = CounterRows::default();
     for r in records {
         json.clear();
         r.write_json(json)
@@ -350,7 +350,7 @@ fn insert_records(
                 .add(&Counters::of(r));
         }
     }
-    let mut days = CounterRows::new();
+    let mut days = CounterRows::default();
     let mut add = conn.prepare_cached(ADD_HOURLY)?;
     for ((hour, key_id, model), c) in &hours {
         add_row(&mut add, *hour, key_id, model, c)?;
