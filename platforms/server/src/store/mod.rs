@@ -7,7 +7,10 @@
 //! dedicated thread in batches, one transaction per batch ([`writer`]), so
 //! no request's thread runs SQLite for them. The database runs in WAL mode
 //! so the writer and readers do not block each other. Records are stored
-//! as the same JSON the admin API shows, in a table keyed by the page order
+//! as JSON in their stored form (`UsageRecord::write_stored_json`: the
+//! admin API's fields less the derived ones and those at their default,
+//! a third fewer bytes; a row written whole by an older version reads the
+//! same), in a table keyed by the page order
 //! (`created_at_ms`, `request_id`: no rowid), with one index for a key's
 //! pages; a database from before that layout is migrated at open. The same transaction adds the batch's
 //! records to their rows of `usage_hourly` (one row per hour, key and model
@@ -606,6 +609,15 @@ pub(super) mod tests {
             }
             let expected: Vec<String> = (0..=10).rev().map(|n| format!("req_{n:04}")).collect();
             assert_eq!(seen, expected);
+            // A record reads back as it was written (kept in its stored form).
+            let k2 = UsageQuery {
+                key_id: Some("k2".into()),
+                ..Default::default()
+            };
+            assert_eq!(
+                store.query(&k2).await.unwrap(),
+                vec![record(10, "k2", (day0 + DAY) * 1000, 200)]
+            );
             let refused = UsageQuery {
                 status: Some(StatusFilter::Refused),
                 ..Default::default()

@@ -334,7 +334,7 @@ fn insert_records(
     let mut hours = CounterRows::default();
     for r in records {
         json.clear();
-        r.write_json(json)
+        r.write_stored_json(json)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         // A record is counted once, even if written twice.
         let inserted = usage.execute(params![
