@@ -98,7 +98,8 @@ struct AliasSeries {
     /// Prompt, completion, cached, reasoning.
     tokens: [Counter; 4],
     cost: Counter,
-    /// The providers of the alias's deployments, in [`requests`](Self::requests)' order.
+    /// The providers of the alias's deployments (their series' names), in
+    /// [`requests`](Self::requests)' order.
     providers: Vec<Arc<str>>,
     /// `conduit_requests_total`'s series of this alias, by provider (as in
     /// `providers`, then none), endpoint ([`ENDPOINTS`], then `other`) and
@@ -119,12 +120,15 @@ impl AliasSeries {
     /// endpoint and status class, when the alias has a place for it.
     fn request_slot(
         &self,
-        provider: Option<&str>,
+        provider: Option<&ProviderSeries>,
         endpoint_index: usize,
         class: &str,
     ) -> Option<&OnceLock<Counter>> {
         let row = match provider {
-            Some(p) => self.providers.iter().position(|n| &**n == p)?,
+            Some(p) => self
+                .providers
+                .iter()
+                .position(|n| Arc::ptr_eq(n, &p.name))?,
             None => self.providers.len(),
         };
         let class_index = STATUS_CLASSES.iter().position(|c| *c == class)?;
@@ -286,10 +290,25 @@ impl Metrics {
         let mut providers = FastMap::default();
         for route in config.models.values() {
             let alias: Arc<str> = Arc::from(route.alias.as_str());
+            // The alias's providers are the series' own names, so a request's
+            // provider (already looked up) is found by pointer.
             let mut alias_providers: Vec<Arc<str>> = Vec::new();
             for d in &route.deployments {
-                if !alias_providers.iter().any(|p| **p == *d.provider_name) {
-                    alias_providers.push(Arc::from(&*d.provider_name));
+                let series = providers
+                    .entry(d.provider_name.to_string())
+                    .or_insert_with(|| {
+                        let by = ProviderLabels {
+                            provider: Arc::from(&*d.provider_name),
+                        };
+                        ProviderSeries {
+                            attempts: attempts.get_or_create_owned(&by),
+                            latency: upstream_latency.get_or_create_owned(&by),
+                            first_event: first_event.get_or_create_owned(&by),
+                            name: by.provider,
+                        }
+                    });
+                if !alias_providers.iter().any(|p| Arc::ptr_eq(p, &series.name)) {
+                    alias_providers.push(series.name.clone());
                 }
             }
             let series = AliasSeries {
@@ -309,20 +328,6 @@ impl Metrics {
                 providers: alias_providers,
             };
             aliases.insert(route.alias.clone(), series);
-            for d in &route.deployments {
-                let name: Arc<str> = Arc::from(&*d.provider_name);
-                let by = ProviderLabels {
-                    provider: name.clone(),
-                };
-                providers
-                    .entry(d.provider_name.to_string())
-                    .or_insert_with(|| ProviderSeries {
-                        attempts: attempts.get_or_create_owned(&by),
-                        latency: upstream_latency.get_or_create_owned(&by),
-                        first_event: first_event.get_or_create_owned(&by),
-                        name,
-                    });
-            }
         }
         Metrics {
             registry,
@@ -442,8 +447,7 @@ impl Observer for Metrics {
             status_class: class,
         };
         // A provider not configured is labelled as none, like no provider.
-        let provider_name = provider.map(|p| &*p.name);
-        match alias.and_then(|a| a.request_slot(provider_name, endpoint_index, class)) {
+        match alias.and_then(|a| a.request_slot(provider, endpoint_index, class)) {
             Some(slot) => slot
                 .get_or_init(|| self.requests.get_or_create_owned(&labels()))
                 .inc(),
