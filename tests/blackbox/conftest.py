@@ -26,6 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mock_upstream import AZURE_KEY, OPENAI_KEY, MockUpstream  # noqa: E402
 from targets import Target, TargetError, make_target, target_name  # noqa: E402
+import dev_proxy  # noqa: E402
+
+if target_name() == "worker":
+    dev_proxy.install()  # every client of this run: see dev_proxy's doc (wrangler dev's keep-alive race)
 
 # stable for the whole process even if this module is imported twice (e.g. --import-mode=importlib)
 MASTER_KEY = os.environ.setdefault("BB_CONDUIT_MASTER_KEY", "bb-master-" + uuid.uuid4().hex)
@@ -117,6 +121,12 @@ def build_config(mock_url: str) -> str:
 # pytest hooks
 # ------------------------------------------------------------------------------------------
 _ACTIVE_TARGET: Optional[Target] = None
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if dev_proxy.resent:
+        terminalreporter.write_line(
+            f"wrangler dev's proxy lost {dev_proxy.resent} request(s) before the Worker; sent again (dev_proxy.py)")
 
 
 @pytest.hookimpl(hookwrapper=True)
