@@ -347,30 +347,66 @@ impl<'a> Scanner<'a> {
 
     /// Where an array element is expected: skips the elements of the shape
     /// of nearly every float of an embedding, `-?0\.[0-9]{1,15}` followed by
-    /// a comma, sixteen bytes of digits classified at once. It stops before
-    /// the first element of another shape (or the last, before `]`), which
-    /// [`skip_array`](Self::skip_array) reads the long way: what it skips
-    /// is exactly what [`number`](Self::number) and a bare comma accept.
+    /// a comma. It stops before the first element of another shape (or the
+    /// last, before `]`), which [`skip_array`](Self::skip_array) reads the
+    /// long way: what it skips is exactly what [`number`](Self::number) and
+    /// a bare comma accept.
+    ///
+    /// Each float's end depends on the one before, so one cursor waits on
+    /// that chain of loads (about 20 cycles a float). [`LANES`] cursors walk
+    /// a block in parts, each but the first from the element after the first
+    /// comma past its part's start; a cursor's progress is kept only when the
+    /// one before it arrived exactly where it started (then that comma ended
+    /// a float, and everything before it was a float too).
     #[inline]
     fn skip_floats(&mut self) {
         let b = self.bytes;
         let mut i = self.pos;
-        loop {
-            let p = i + usize::from(b.get(i) == Some(&b'-'));
-            let Some(window) = b.get(p..p + 18) else {
-                break;
-            };
-            if window[0] != b'0' || window[1] != b'.' {
+        'blocks: loop {
+            // Where each cursor starts and stops (the next one's start).
+            let mut start = [i; LANES];
+            for (k, s) in start.iter_mut().enumerate().skip(1) {
+                let from = i + k * PART;
+                // A float and its comma are at most 19 bytes: no comma in 32
+                // bytes, no float array here (and no long search).
+                let Some(comma) = b
+                    .get(from..from + 32)
+                    .and_then(|w| w.iter().position(|&c| c == b','))
+                else {
+                    break 'blocks;
+                };
+                *s = from + comma + 1;
+            }
+            let mut stop = [0; LANES];
+            stop[..LANES - 1].copy_from_slice(&start[1..]);
+            stop[LANES - 1] = start[LANES - 1] + PART;
+            let mut at = start;
+            let mut on = [true; LANES];
+            while on.iter().any(|&o| o) {
+                for k in 0..LANES {
+                    if on[k] {
+                        match float_end(b, at[k]) {
+                            Some(next) if next <= stop[k] || k == LANES - 1 => at[k] = next,
+                            _ => on[k] = false,
+                        }
+                        on[k] &= at[k] < stop[k];
+                    }
+                }
+            }
+            i = at[0];
+            for k in 1..LANES {
+                if i != start[k] {
+                    break 'blocks;
+                }
+                i = at[k];
+            }
+            if i < stop[LANES - 1] {
                 break;
             }
-            let mut fraction = [0u8; 16];
-            fraction.copy_from_slice(&window[2..]);
-            let run = digit_run(u128::from_le_bytes(fraction));
-            // No digit, or more than the window holds: the long way.
-            if run == 0 || run == 16 || window[2 + run] != b',' {
-                break;
-            }
-            i = p + 2 + run + 1;
+        }
+        // The rest, one cursor.
+        while let Some(next) = float_end(b, i) {
+            i = next;
         }
         self.pos = i;
     }
@@ -418,28 +454,51 @@ fn string_special(x: u64) -> u64 {
     quote | backslash | control
 }
 
-/// How many of the sixteen bytes (the first in the lowest byte) are ASCII
-/// digits before the first that is not (16: all), by the trick of
-/// [`digits`] on a 128-bit word.
+/// The cursors of [`Scanner::skip_floats`], and the bytes each walks.
+const LANES: usize = 4;
+const PART: usize = 64;
+
+/// Past the float at `i` and its comma, when it is of the shape
+/// `-?0\.[0-9]{1,15},` ([`Scanner::skip_floats`]).
+#[inline(always)]
+fn float_end(b: &[u8], i: usize) -> Option<usize> {
+    const ZERO_DOT: u16 = u16::from_le_bytes(*b"0.");
+    let p = i + usize::from(b.get(i) == Some(&b'-'));
+    let window = b.get(p..p + 18)?;
+    let (head, fraction) = window.split_at(2);
+    let (low, high) = fraction.split_at(8);
+    if u16::from_le_bytes([head[0], head[1]]) != ZERO_DOT {
+        return None;
+    }
+    // The first non-digit of the sixteen bytes after "0." must be a comma,
+    // and come after at least one digit.
+    let first = match non_digits(word(low)?) {
+        0 => match non_digits(word(high)?) {
+            0 => return None,
+            mask => 8 + mask.trailing_zeros() / 8,
+        },
+        mask => mask.trailing_zeros() / 8,
+    } as usize;
+    (first != 0 && fraction[first] == b',').then_some(p + 2 + first + 1)
+}
+
+/// The bytes of eight (the first in the lowest byte) that are not ASCII
+/// digits, flagged in their high nibble: a byte is a digit when its high
+/// nibble is 3 and adding 6 keeps it so. A carry out of a byte only starts
+/// at a non-digit and runs upwards, past the first non-digit: the lowest
+/// flag is exact (those above it need not be).
 #[inline]
-fn digit_run(x: u128) -> usize {
-    const ONES: u128 = u128::from_le_bytes([1; 16]);
-    const NIBBLES: u128 = u128::from_le_bytes([0xf0; 16]);
+fn non_digits(x: u64) -> u64 {
     let high = (x & NIBBLES) ^ (ONES * 0x30);
     let plus6 = (x.wrapping_add(ONES * 6) & NIBBLES) ^ (ONES * 0x30);
-    ((high | plus6).trailing_zeros() / 8) as usize
+    high | plus6
 }
 
 /// The end of the run of ASCII digits from `i`, eight bytes at a time.
 #[inline]
 fn digits(b: &[u8], mut i: usize) -> usize {
     while let Some(x) = b.get(i..i + 8).and_then(word) {
-        // A byte is a digit when its high nibble is 3 and adding 6 keeps
-        // it so. A carry out of a byte only starts at a non-digit and
-        // runs upwards, past the first non-digit: the lowest flag is exact.
-        let high = (x & NIBBLES) ^ (ONES * 0x30);
-        let plus6 = (x.wrapping_add(ONES * 6) & NIBBLES) ^ (ONES * 0x30);
-        let non_digit = high | plus6;
+        let non_digit = non_digits(x);
         if non_digit != 0 {
             return i + (non_digit.trailing_zeros() / 8) as usize;
         }
@@ -614,6 +673,51 @@ mod tests {
         }
     }
 
+    /// Long float arrays, walked by several cursors at once: one element of
+    /// another shape (valid or not) at every place, and the whole array
+    /// accepted exactly when serde accepts it, its end where it ends.
+    #[test]
+    fn float_arrays_walked_in_lanes_agree_with_serde_json() {
+        let floats: Vec<String> = (0..150)
+            .map(|k| {
+                let digits = "0123456789012345".get(..1 + (k * 7) % 15).unwrap_or("1");
+                format!("{}0.{digits}", if k % 2 == 0 { "-" } else { "" })
+            })
+            .collect();
+        let odd = [
+            "0.",
+            "1.5",
+            "\"s,\"",
+            "[0.1,0.2]",
+            "{}",
+            "1e5",
+            "0.1e-3",
+            "-0.0",
+            "00.1",
+            "0.1.2",
+            "-",
+            "true",
+            "0.1234567890123456789",
+            " 0.5",
+            "0.5 ",
+            "",
+        ];
+        for token in odd {
+            for at in 0..floats.len() {
+                let mut f = floats.clone();
+                f[at] = token.to_owned();
+                let text = format!("[{}]", f.join(","));
+                let serde = serde_json::from_str::<serde_json::Value>(&text).is_ok();
+                let mut s = Scanner::new(&text);
+                let ours = s.value();
+                assert_eq!(ours.is_some() && s.at_end(), serde, "{token:?} at {at}");
+                if serde {
+                    assert_eq!(ours, Some((0, text.len())), "{token:?} at {at}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn word_at_a_time_scans_agree_with_byte_at_a_time() {
         for i in 0..=255u8 {
@@ -622,7 +726,14 @@ mod tests {
                     let mut w = [fill; 16];
                     w[at] = i;
                     let slow = w.iter().position(|c| !c.is_ascii_digit()).unwrap_or(16);
-                    assert_eq!(digit_run(u128::from_le_bytes(w)), slow, "byte {i} at {at}");
+                    let low = non_digits(word(&w[..8]).expect("8 bytes"));
+                    let high = non_digits(word(&w[8..]).expect("8 bytes"));
+                    let fast = match (low, high) {
+                        (0, 0) => 16,
+                        (0, high) => 8 + (high.trailing_zeros() / 8) as usize,
+                        (low, _) => (low.trailing_zeros() / 8) as usize,
+                    };
+                    assert_eq!(fast, slow, "byte {i} at {at}");
                 }
             }
         }
