@@ -37,6 +37,7 @@ EMB_DIMS=${BENCH_EMB_DIMS:-1536}          # dimensions of the mock's embedding
 STREAMS_CONNS=${BENCH_STREAMS_CONNS:-32}  # concurrent streams (closed loop)
 STREAMS_DURATION=${BENCH_STREAMS_DURATION:-$Q_DUR} # seconds
 FLOOR=${BENCH_FLOOR:-1}                   # 0: no nginx floor
+STACK=${BENCH_STACK:-1}                   # 0: no bare hyper proxy (the HTTP stack alone)
 STREAM_DELAY_MS=${BENCH_STREAM_DELAY_MS:-1}
 STREAM_CHUNKS=${BENCH_STREAM_CHUNKS:-10}
 STRICT=${BENCH_STRICT:-0}                 # 1: exit 1 when a target is missed
@@ -63,7 +64,7 @@ if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
   log "building (release): conduit-server, conduit-bench"
   (cd "$ROOT" && cargo build --release -p conduit-server -p conduit-bench) >&2
 fi
-for b in bench-mock bench-load bench-report; do
+for b in bench-mock bench-load bench-report bench-hyper-proxy; do
   [[ -x $BIN_DIR/$b ]] || die "missing $BIN_DIR/$b (build with: cargo build --release -p conduit-bench)"
 done
 if [[ -n $SCENARIOS ]]; then
@@ -209,6 +210,19 @@ NGINX_CONF
   forget_pid "$NGX_PID"
 fi
 
+# ---- the stack: bench-hyper-proxy, the hyper server and client connections Conduit's server is
+# built on, laid out as it is (a runtime per core, upstream connections per thread), with nothing
+# of the gateway: how much of Conduit's cost over the floor is the stack itself.
+if ((STACK)); then
+  start_bg HP_PID "$WORK/hyper.out" "$WORK/hyper.err" "$BIN_DIR/bench-hyper-proxy" --upstream "$MOCK_URL"
+  HP_URL=$(wait_url "$HP_PID" "$WORK/hyper.out" "listening on " "$WORK/hyper.err")
+  log "through the stack alone (bench-hyper-proxy at $HP_URL, pid $HP_PID)"
+  run_phases "$OUT/stack" "$HP_URL/v1" "$UPSTREAM_KEY" "$UPSTREAM_MODEL" "$UPSTREAM_EMB_MODEL" \
+    "$HP_URL/fast/v1" "$UPSTREAM_MODEL" "hyper=$HP_PID" "mock=$MOCK_PID"
+  stop_proc "$HP_PID"
+  forget_pid "$HP_PID"
+fi
+
 # ---- the store: SQLite (a file per scenario) or one throwaway PostgreSQL
 STORE_LINE=""
 if [[ $STORE == postgres ]]; then
@@ -301,6 +315,13 @@ floor=()
 ((FLOOR)) && floor=(--floor "$OUT/floor")
 if [[ -z $SCENARIOS ]]; then
   "$BIN_DIR/bench-report" table --direct "$OUT/direct" "${floor[@]}" --conduit "$OUT/none" --title "direct only" >>"$OUT/table.md" || true
+fi
+if ((STACK)); then
+  # For reference, not a target: the targets are Conduit's.
+  "$BIN_DIR/bench-report" table --direct "$OUT/direct" "${floor[@]}" --conduit "$OUT/stack" --gateway-proc hyper \
+    --title "the HTTP stack alone: bench-hyper-proxy (hyper's server and client, no gateway; for reference, the targets are Conduit's)" \
+    >>"$OUT/table.md" || true
+  echo >>"$OUT/table.md"
 fi
 for s in $SCENARIOS; do
   strict=()
