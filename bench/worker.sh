@@ -33,6 +33,9 @@ TRIPS_DURATION=${BENCH_TRIPS_DURATION:-3} # seconds per store-round-trip phase
 # The key of the latency phases: no limits by default; e.g. generous limits and a budget (admitted
 # from leases): BENCH_KEY_JSON='{"name":"bench","limits":{"rpm":100000000},"budget":{"max_usd":1000000,"period":"total"}}'
 KEY_JSON=${BENCH_KEY_JSON:-'{"name":"bench"}'}
+# Conduit's `[gateway] request_log` (all | failures | off): which requests write the JSON log line
+# (under wrangler dev, relaying each line costs wrangler's node process CPU on the shared cores).
+REQUEST_LOG=${BENCH_REQUEST_LOG:-all}
 GZIP_TARGET_KIB=1024
 
 UPSTREAM_KEY="bench-upstream-key"
@@ -242,6 +245,9 @@ api_key_env = "BENCH_UPSTREAM_KEY"
 
 [models."$ALIAS"]
 deployments = [{ provider = "openai", model = "$UPSTREAM_MODEL" }]
+
+[gateway]
+request_log = "$REQUEST_LOG"
 EOF
 {
   printf "CONDUIT_CONFIG='%s'\n" "$(cat "$d/conduit.toml")"
@@ -473,7 +479,7 @@ console.log(L.join("\n"));
 process.exit(missed && E.R_STRICT === "1" ? 1 : 0);
 EOF
 # store round trips per request, from the before/after snapshots
-printf '\nConduit key of the latency phases: `%s`.\n' "$KEY_JSON" >>"$OUT/table.md"
+printf '\nConduit key of the latency phases: `%s`; `[gateway] request_log = "%s"`.\n' "$KEY_JSON" "$REQUEST_LOG" >>"$OUT/table.md"
 node - "$OUT/trips.tsv" >>"$OUT/table.md" <<'EOF' || true
 const rows = require("fs").readFileSync(process.argv[2], "utf8").trim().split("\n").map((l) => l.split("\t"));
 const kinds = ["kv_read", "admit", "settle", "usage", "other"];

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::metering::pricing::{self, Price, UsdPrice};
+use crate::observe::RequestLog;
 use crate::providers::{self, Provider, ProviderKind};
 use crate::routing::{RoutePolicy, Strategy};
 
@@ -132,6 +133,7 @@ struct RawGateway {
     image_max_bytes: Option<usize>,
     image_fetch_allow_private: Option<bool>,
     max_response_bytes: Option<usize>,
+    request_log: Option<String>,
 }
 
 /// Gateway-wide settings (`[gateway]`).
@@ -161,6 +163,8 @@ pub struct GatewaySettings {
     /// Largest whole (non-streamed) answer read from a provider; a larger one
     /// is a 502. Streams are bounded per event instead ([`crate::wire::sse::MAX_EVENT_BYTES`]).
     pub max_response_bytes: usize,
+    /// Which requests the Worker and Lambda write a JSON log line for.
+    pub request_log: RequestLog,
 }
 
 impl Default for GatewaySettings {
@@ -174,6 +178,7 @@ impl Default for GatewaySettings {
             image_max_bytes: 20 * 1024 * 1024,
             image_fetch_allow_private: false,
             max_response_bytes: 32 * 1024 * 1024,
+            request_log: RequestLog::All,
         }
     }
 }
@@ -396,6 +401,14 @@ impl Config {
                 }
                 gateway.max_response_bytes = v;
             }
+            if let Some(v) = g.request_log {
+                gateway.request_log = RequestLog::parse(&v).ok_or_else(|| {
+                    err(
+                        "gateway.request_log".into(),
+                        format!("unknown value `{v}` (all, failures or off)"),
+                    )
+                })?;
+            }
         }
         Ok(Config {
             models,
@@ -606,5 +619,28 @@ upstream_timeout_ms = 5000
         )
         .unwrap_err();
         assert!(e.key.starts_with("providers.a."), "{e}");
+
+        let e = Config::parse(
+            &GOOD.replace("[gateway]\n", "[gateway]\nrequest_log = \"errors\"\n"),
+            "x",
+            &env,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "gateway.request_log");
+        assert!(e.message.contains("failures"), "{e}");
+    }
+
+    #[test]
+    fn request_log_is_read() {
+        assert_eq!(
+            Config::parse(GOOD, "x", &env).unwrap().gateway.request_log,
+            RequestLog::All
+        );
+        for which in RequestLog::ALL {
+            let line = format!("[gateway]\nrequest_log = \"{}\"\n", which.as_str());
+            let text = GOOD.replace("[gateway]\n", &line);
+            let c = Config::parse(&text, "x", &env).unwrap();
+            assert_eq!(c.gateway.request_log, which);
+        }
     }
 }

@@ -372,15 +372,71 @@ impl Observer for NoObserver {
     fn finished(&self, _event: &RequestEvent<'_>) {}
 }
 
+/// Which requests get the JSON log lines (`[gateway] request_log`). Log
+/// pipelines bill by the line (Workers Logs by the event, CloudWatch by the
+/// byte ingested), so a busy deployment can keep only what goes wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RequestLog {
+    /// Every request's line, and one per failed upstream attempt.
+    #[default]
+    All,
+    /// The lines of a request that went wrong: answered 4xx or 5xx (a
+    /// refusal, 499 for a client gone), a failed upstream attempt (even when
+    /// a retry or a fallback then answered), or a store error.
+    Failures,
+    /// No line.
+    Off,
+}
+
+impl RequestLog {
+    pub const ALL: [RequestLog; 3] = [RequestLog::All, RequestLog::Failures, RequestLog::Off];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestLog::All => "all",
+            RequestLog::Failures => "failures",
+            RequestLog::Off => "off",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RequestLog> {
+        RequestLog::ALL.into_iter().find(|l| l.as_str() == text)
+    }
+
+    /// Whether `event`'s lines are written.
+    pub fn keeps(self, event: &RequestEvent<'_>) -> bool {
+        match self {
+            RequestLog::All => true,
+            RequestLog::Failures => {
+                event.status >= 400 || !event.failed_attempts.is_empty() || event.store_error
+            }
+            RequestLog::Off => false,
+        }
+    }
+}
+
 /// The Worker's and Lambda's observer: the event's JSON log lines, through
-/// the platform's logger (`console.log`, stdout).
-pub struct LogLines<F>(pub F);
+/// the platform's logger (`console.log`, stdout), for the requests
+/// `[gateway] request_log` keeps.
+pub struct LogLines<F> {
+    which: RequestLog,
+    write: F,
+}
+
+impl<F: Fn(&str) + MaybeSendSync> LogLines<F> {
+    pub fn new(which: RequestLog, write: F) -> LogLines<F> {
+        LogLines { which, write }
+    }
+}
 
 impl<F: Fn(&str) + MaybeSendSync> Observer for LogLines<F> {
     fn finished(&self, event: &RequestEvent<'_>) {
-        (self.0)(&event.log_line());
+        if !self.which.keeps(event) {
+            return;
+        }
+        (self.write)(&event.log_line());
         for line in event.failure_lines() {
-            (self.0)(&line);
+            (self.write)(&line);
         }
     }
 }
@@ -424,6 +480,64 @@ mod tests {
         );
         assert_eq!(status_class(499), "4xx");
         assert_eq!(status_class(200), "2xx");
+    }
+
+    #[test]
+    fn request_log_keeps_what_it_says() {
+        use std::sync::Mutex;
+        for l in RequestLog::ALL {
+            assert_eq!(RequestLog::parse(l.as_str()), Some(l));
+        }
+        assert_eq!(RequestLog::parse("errors"), None);
+        let mut ok = RequestEvent::unmetered("req_ok", "/v1/chat/completions", None, 1, None, None);
+        ok.status = 200;
+        let refused = RequestEvent::unmetered(
+            "req_401",
+            "/v1/chat/completions",
+            Some(&GatewayError::InvalidApiKey("x".into())),
+            1,
+            None,
+            None,
+        );
+        let failed = [FailedAttempt {
+            alias: "chat".into(),
+            provider: "openai".into(),
+            model: "gpt-4o-mini".into(),
+            status: 500,
+            code: None,
+            kind: AttemptFailure::Status5xx,
+        }];
+        let mut retried = ok;
+        retried.request_id = "req_retried";
+        retried.failed_attempts = &failed;
+        let mut store = ok;
+        store.request_id = "req_store";
+        store.store_error = true;
+        let events = [ok, refused, retried, store];
+        for (which, want) in [
+            (
+                RequestLog::All,
+                vec!["req_ok", "req_401", "req_retried", "req_store"],
+            ),
+            (
+                RequestLog::Failures,
+                vec!["req_401", "req_retried", "req_store"],
+            ),
+            (RequestLog::Off, vec![]),
+        ] {
+            let lines = Mutex::new(Vec::new());
+            let log = LogLines::new(which, |line: &str| {
+                let v: Value = serde_json::from_str(line).unwrap();
+                if v["conduit"] == "request" {
+                    let id = v["request_id"].as_str().unwrap().to_owned();
+                    lines.lock().unwrap().push(id);
+                }
+            });
+            for e in &events {
+                log.finished(e);
+            }
+            assert_eq!(*lines.lock().unwrap(), want, "{which:?}");
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import MASTER_KEY, METRICS_TOKEN
 from helpers import auth, chat_body
-from targets import target_name
+from targets import make_target, target_name
 
 SERVER = target_name() in ("server", "server-postgres")
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
@@ -72,9 +72,9 @@ def upstream_request(mock, marker: str):
     return found
 
 
-def log_lines(gateway) -> list[dict]:
+def log_lines(gateway, target=None) -> list[dict]:
     """The target's JSON log lines of kind ``"conduit"`` (the Worker's console, Lambda's stdout)."""
-    target = gateway.target
+    target = target or gateway.target
     raw = list(getattr(target, "_lines", None) or getattr(target, "_stdout_lines", []))
     out = []
     decoder = json.JSONDecoder()
@@ -92,14 +92,16 @@ def log_lines(gateway) -> list[dict]:
     return out
 
 
-def wait_log_line(gateway, request_id: str, timeout: float = 5.0, kind: str = "request") -> dict:
+def wait_log_line(gateway, request_id: str, timeout: float = 5.0, kind: str = "request",
+                  target=None) -> dict:
+    target = target or gateway.target
     deadline = time.monotonic() + timeout
     while True:
-        for line in log_lines(gateway):
+        for line in log_lines(gateway, target):
             if line.get("conduit") == kind and line.get("request_id") == request_id:
                 return line
         if time.monotonic() > deadline:
-            raise AssertionError(f"no log line for {request_id}:\n" + gateway.target.logs())
+            raise AssertionError(f"no log line for {request_id}:\n" + target.logs())
         time.sleep(0.05)
 
 
@@ -259,6 +261,37 @@ def test_the_log_line_carries_the_request(gateway, http, admin, marker):
         rid = s.headers["x-request-id"]
     line = wait_log_line(gateway, rid)
     assert line["streamed"] is True and line["ttfe_ms"] > 0
+
+
+@logs_only
+def test_request_log_failures_writes_only_what_went_wrong(gateway, marker):
+    """`[gateway] request_log = "failures"`: no line for a request answered 2xx at the first
+    attempt; the lines of a refusal and of a failed upstream attempt, as with the default."""
+    config = gateway.config.replace("[gateway]\n", '[gateway]\nrequest_log = "failures"\n', 1)
+    assert 'request_log = "failures"' in config
+    target = make_target()
+    base = target.start(config, gateway.env)
+    try:
+        with httpx.Client(base_url=base, timeout=30) as c:
+            r = c.post("/admin/keys", headers=auth(MASTER_KEY), json={"name": "quiet"})
+            assert r.status_code == 201, r.text
+            key = r.json()["key"]
+            ok = [chat(c, key, "chat", marker) for _ in range(3)]
+            assert [r.status_code for r in ok] == [200] * 3, ok[0].text
+            refused = chat(c, "condt_" + "z" * 43, "chat", marker)
+            assert refused.status_code == 401
+            failed = chat(c, key, "fail-500", marker)
+            assert failed.status_code == 502
+        line = wait_log_line(gateway, refused.headers["x-request-id"], target=target)
+        assert line["refusal"] == "invalid_api_key"
+        line = wait_log_line(gateway, failed.headers["x-request-id"], target=target)
+        assert line["failures"] == [{"provider": "openai", "kind": "5xx", "status": 500}]
+        wait_log_line(gateway, failed.headers["x-request-id"], kind="upstream_failure", target=target)
+        # Every line of the requests before them is in by now: none is for the 200s.
+        logged = {x.get("request_id") for x in log_lines(gateway, target)}
+        assert not logged & {r.headers["x-request-id"] for r in ok}
+    finally:
+        target.stop()
 
 
 # ------------------------------------------------------------------------------------------

@@ -128,8 +128,11 @@ async fn gateway() -> Result<(Gateway, Arc<Dynamo>), String> {
         spawner: Arc::new(conduit_native::TokioSpawner),
     };
     let master = std::env::var("CONDUIT_MASTER_KEY").ok();
-    // CloudWatch Logs: one JSON line per request (and per failed attempt) on stdout.
-    let log = conduit::observe::LogLines(|line: &str| println!("{line}"));
+    // CloudWatch Logs: one JSON line per request (and per failed attempt) on
+    // stdout, for the requests `[gateway] request_log` keeps.
+    let log = conduit::observe::LogLines::new(config.gateway.request_log, |line: &str| {
+        println!("{line}")
+    });
     Ok((
         Gateway::new(config, ports, master.as_deref()).with_observer(Arc::new(log)),
         dynamo,

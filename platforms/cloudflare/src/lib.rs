@@ -102,8 +102,11 @@ fn build(env: &Env) -> Result<Gateway, String> {
         // Replaced per request by one bound to the request's context.
         spawner: Arc::new(LocalSpawner),
     };
-    // Workers Logs: one JSON line per request (and per failed attempt).
-    let log = conduit::observe::LogLines(|line: &str| console_log_str(line));
+    // Workers Logs: one JSON line per request (and per failed attempt), for
+    // the requests `[gateway] request_log` keeps.
+    let log = conduit::observe::LogLines::new(config.gateway.request_log, |line: &str| {
+        console_log_str(line)
+    });
     Ok(
         Gateway::new(config, ports, binding(env, "CONDUIT_MASTER_KEY").as_deref())
             .with_observer(Arc::new(log)),
