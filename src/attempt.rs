@@ -121,7 +121,9 @@ impl Gateway {
         };
         let (parts, mut body) = response.into_parts();
         if !parts.status.is_success() {
-            let bytes = self.read_body(body, attempt_deadline, MAX_ERROR_BODY).await;
+            let bytes = self
+                .read_body(body, attempt_deadline, MAX_ERROR_BODY, None)
+                .await;
             return Err(Failure {
                 error: provider.map_error(parts.status, &parts.headers, &bytes.unwrap_or_default()),
                 status: parts.status.as_u16(),
@@ -190,6 +192,7 @@ impl Gateway {
                 body,
                 attempt_deadline,
                 self.config().gateway.max_response_bytes,
+                crate::gateway::content_length(&parts.headers),
             )
             .await
             .map_err(Failure::new)?;
@@ -201,7 +204,7 @@ impl Gateway {
                 &call,
                 cx.base64_embeddings,
                 parts.status,
-                &bytes,
+                bytes,
                 meter,
             )
             .map_err(Failure::new)?;

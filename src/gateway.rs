@@ -821,23 +821,29 @@ impl Gateway {
         call: &Call<'_>,
         base64_embeddings: bool,
         status: StatusCode,
-        bytes: &[u8],
+        bytes: Bytes,
         meter: &Meter,
     ) -> Result<Proxied, GatewayError> {
         // The provider's own bytes, `model` spliced in, when the translation
         // would change nothing else; else the translated tree, printed.
-        let (body, mut usage) =
-            match provider.pass_through(call, bytes, &meter.record.model, base64_embeddings) {
-                Some(passed) => (passed.body, passed.usage.unwrap_or_default()),
-                None => translate_and_print(provider, call, base64_embeddings, bytes, meter)?,
-            };
+        let (body, mut usage) = match provider.pass_through(call, &bytes, base64_embeddings) {
+            Some(passed) => (
+                passed.answer(bytes, &meter.record.model),
+                passed.usage.unwrap_or_default(),
+            ),
+            None => {
+                let (body, usage) =
+                    translate_and_print(provider, call, base64_embeddings, &bytes, meter)?;
+                (Bytes::from(body), usage)
+            }
+        };
         if call.endpoint == Endpoint::Embeddings && usage.total_tokens == 0 {
             // Some providers do not count embedding tokens: meter the estimate
             // rather than record the request as free.
             usage.prompt_tokens = meter.record.estimated_prompt_tokens;
             usage.total_tokens = usage.prompt_tokens;
         }
-        let mut response = http::Response::new(ResponseBody::Full(Bytes::from(body)));
+        let mut response = http::Response::new(ResponseBody::Full(body));
         *response.status_mut() = status;
         // Room for the headers added on the way out (the route's, the
         // overhead, a key's six `x-ratelimit-*`): the map is not grown and
@@ -870,11 +876,17 @@ impl Gateway {
     }
 
     /// Reads a whole upstream body by `deadline_us`, at most `limit` bytes.
+    /// `announced`: its `content-length`, if any. A body that comes in one
+    /// piece is that piece; one in several is gathered into a buffer of its
+    /// own, sized for the announced length (up to [`RESERVE_MAX`]) and a
+    /// little more, so that it is not grown and copied on the way, and the
+    /// pass-through can write the alias over `model` in it.
     pub(crate) async fn read_body(
         &self,
         mut body: ByteStream,
         deadline_us: u64,
         limit: usize,
+        announced: Option<usize>,
     ) -> Result<Bytes, GatewayError> {
         let mut first: Option<Bytes> = None;
         let mut rest: Vec<u8> = Vec::new();
@@ -904,6 +916,12 @@ impl Gateway {
                         None => first = Some(chunk),
                         Some(f) => {
                             if rest.is_empty() {
+                                let whole = announced
+                                    .unwrap_or(0)
+                                    .min(limit)
+                                    .min(RESERVE_MAX)
+                                    .max(f.len() + chunk.len());
+                                rest.reserve_exact(whole + ALIAS_ROOM);
                                 rest.extend_from_slice(f);
                             }
                             rest.extend_from_slice(&chunk);
@@ -918,6 +936,22 @@ impl Gateway {
             Bytes::from(rest)
         })
     }
+}
+
+/// The most [`Gateway::read_body`] sets aside for a body in pieces on its
+/// `content-length` alone (the provider's word): a larger one grows as it comes.
+const RESERVE_MAX: usize = 1 << 20;
+/// Room past a gathered body for an alias longer than the provider's `model`.
+const ALIAS_ROOM: usize = 64;
+
+/// A response's `content-length`, when it has one that reads.
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Reports an inference request that ends before it has a [`Meter`]: refused

@@ -157,7 +157,12 @@ impl Gateway {
             return Err(bad(param, format!("not an image (content type `{mime}`)")));
         }
         let body = self
-            .read_body(response.into_body(), deadline, settings.image_max_bytes)
+            .read_body(
+                response.into_body(),
+                deadline,
+                settings.image_max_bytes,
+                None,
+            )
             .await
             .map_err(|e| match e {
                 GatewayError::Upstream(m) => bad(param, m),

@@ -58,7 +58,7 @@ impl Provider for Translating {
     ) -> Result<Map<String, Value>, GatewayError> {
         self.0.translate_response(call, body)
     }
-    fn pass_through(&self, _: &Call<'_>, _: &[u8], _: &str, _: bool) -> Option<PassedThrough> {
+    fn pass_through(&self, _: &Call<'_>, _: &[u8], _: bool) -> Option<PassedThrough> {
         None
     }
     fn streams_openai_chunks(&self, _: &Call<'_>) -> bool {

@@ -101,14 +101,12 @@ impl Provider for Fronted {
         &self,
         call: &Call<'_>,
         body: &[u8],
-        alias: &str,
         base64_embeddings: bool,
     ) -> Option<crate::providers::openai::passthrough::PassedThrough> {
         if translated(self.inner.as_ref(), call) {
             return None;
         }
-        self.inner
-            .pass_through(call, body, alias, base64_embeddings)
+        self.inner.pass_through(call, body, base64_embeddings)
     }
 
     fn streams_openai_chunks(&self, call: &Call<'_>) -> bool {

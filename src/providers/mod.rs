@@ -251,13 +251,12 @@ pub trait Provider: MaybeSendSync {
         &self,
         call: &Call<'_>,
         body: &[u8],
-        alias: &str,
         base64_embeddings: bool,
     ) -> Option<openai::passthrough::PassedThrough> {
         if !self.speaks_openai() {
             return None;
         }
-        openai::passthrough::pass_through(call.endpoint, body, alias, base64_embeddings)
+        openai::passthrough::pass_through(call.endpoint, body, base64_embeddings)
     }
     /// Whether a 2xx stream of `call` is OpenAI SSE chunks in the client's
     /// dialect: the relay then passes each chunk through with `model`

@@ -110,7 +110,9 @@ impl Gateway {
             .await?
             .map_err(|e| GatewayError::Upstream(format!("cannot reach the provider: {e}")))?;
         let (parts, body) = answer.into_parts();
-        let bytes = self.read_body(body, deadline_us, MAX_COUNT_BODY).await?;
+        let bytes = self
+            .read_body(body, deadline_us, MAX_COUNT_BODY, None)
+            .await?;
         if !parts.status.is_success() {
             return Err(deployment
                 .provider

@@ -7,9 +7,11 @@
 //! answer that is thousands of floats parsed to `f64` and printed back. Here
 //! the top-level object is scanned once by the [`Scanner`] (the JSON is
 //! validated, nothing is converted or built; an escaped key falls back to
-//! serde's [`RawValue`]s), `usage` alone is parsed, and the answer is copied
-//! once around the new `model`. Stream chunks take the same way, one by one
-//! ([`chunk`]: [`pass_through_chunk`]).
+//! serde's [`RawValue`]s), `usage` alone is parsed, and the new `model` is
+//! written over the old in the answer's own buffer when nothing else holds
+//! it (only the bytes after `model` move), else the answer is copied once
+//! around it ([`PassedThrough::answer`]). Stream chunks take the same way,
+//! one by one ([`chunk`]: [`pass_through_chunk`]).
 //!
 //! The fast path answers only when the translating path would not change
 //! anything but `model` (and the whitespace it drops): no `error` object, a
@@ -22,6 +24,9 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
 
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
@@ -41,19 +46,61 @@ use super::SERVICE_TIERS;
 use crate::metering::usage::TokenUsage;
 use crate::providers::Endpoint;
 
-/// An answer passed through: the client's bytes and the usage it reports.
+/// An answer that passes through: where its `model` is, and the usage it
+/// reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PassedThrough {
-    pub body: Vec<u8>,
+    /// The bytes of the provider's `model` value (its JSON text) in the answer.
+    pub model: Range<usize>,
     /// `usage` as [`TokenUsage::from_openai`] reads it (`None`: absent or not an object).
     pub usage: Option<TokenUsage>,
 }
 
-/// `body` with `model` set to `alias`, when nothing else would change.
+impl PassedThrough {
+    /// What the client gets: `body`, the answer that was scanned, with
+    /// `model` set to `alias` (a JSON string). When nothing else holds
+    /// `body`'s buffer (an answer read in several pieces is gathered into
+    /// one of its own) the alias is written in it and only the bytes after
+    /// `model` move (for embeddings, `model` comes after the floats);
+    /// otherwise the answer is copied once around it.
+    pub fn answer(&self, body: Bytes, alias: &str) -> Bytes {
+        let Range { start, end } = self.model.clone();
+        if start > end || end > body.len() {
+            debug_assert!(false, "a model span outside the answer");
+            return body;
+        }
+        let mut quoted = Vec::with_capacity(alias.len() + 2);
+        if serde_json::to_writer(&mut quoted, alias).is_err() {
+            return body;
+        }
+        match body.try_into_mut() {
+            Ok(mut own) => {
+                let len = own.len();
+                let new_len = len - (end - start) + quoted.len();
+                if new_len > len {
+                    own.resize(new_len, 0);
+                }
+                own.copy_within(end..len, start + quoted.len());
+                own.truncate(new_len);
+                own[start..start + quoted.len()].copy_from_slice(&quoted);
+                own.freeze()
+            }
+            Err(shared) => {
+                let mut out = BytesMut::with_capacity(shared.len() - (end - start) + quoted.len());
+                out.extend_from_slice(&shared[..start]);
+                out.extend_from_slice(&quoted);
+                out.extend_from_slice(&shared[end..]);
+                out.freeze()
+            }
+        }
+    }
+}
+
+/// Whether `body` passes through (with `model` set to the client's alias,
+/// [`PassedThrough::answer`]): nothing else would change.
 pub fn pass_through(
     endpoint: Endpoint,
     body: &[u8],
-    alias: &str,
     base64_embeddings: bool,
 ) -> Option<PassedThrough> {
     if !matches!(
@@ -129,11 +176,10 @@ pub fn pass_through(
     if body.get(start..end) != Some(model.as_bytes()) {
         return None;
     }
-    let mut out = Vec::with_capacity(body.len() + alias.len() + 2);
-    out.extend_from_slice(&body[..start]);
-    serde_json::to_writer(&mut out, alias).ok()?;
-    out.extend_from_slice(&body[end..]);
-    Some(PassedThrough { body: out, usage })
+    Some(PassedThrough {
+        model: start..end,
+        usage,
+    })
 }
 
 /// The top-level members in order: each key and its value's text.
@@ -317,6 +363,55 @@ mod tests {
 
     const ALIAS: &str = "my-alias";
 
+    /// The fast path as the gateway takes it: the scan, then the answer
+    /// (copied: the bytes here are the test's).
+    struct Fast {
+        body: Vec<u8>,
+        usage: Option<TokenUsage>,
+    }
+
+    fn fast(endpoint: Endpoint, body: &[u8], alias: &str, base64: bool) -> Option<Fast> {
+        let p = pass_through(endpoint, body, base64)?;
+        Some(Fast {
+            body: p.answer(Bytes::copy_from_slice(body), alias).to_vec(),
+            usage: p.usage,
+        })
+    }
+
+    /// The alias written in the answer's own buffer, longer, shorter or as
+    /// long as the provider's `model`, gives the bytes of the copy; a
+    /// buffer something else holds is copied and left as it was.
+    #[test]
+    fn the_alias_in_place_and_in_a_copy_agree() {
+        let body = br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.5,-0.25]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":3,"total_tokens":3}}"#;
+        let p = pass_through(Endpoint::Embeddings, body, false).expect("fast");
+        for alias in [
+            "e",
+            "text-embedding-3-smal",
+            "text-embedding-3-sma",
+            "a-much-longer-alias-than-the-model\"quoted\"",
+        ] {
+            let copy = p.answer(Bytes::copy_from_slice(body), alias);
+            let text = String::from_utf8_lossy(body).replace(
+                "\"text-embedding-3-small\"",
+                &serde_json::to_string(alias).unwrap(),
+            );
+            assert_eq!(copy, text.as_bytes(), "{alias}");
+            // Gathered from pieces: a buffer of its own, with room to spare.
+            let mut own = Vec::with_capacity(body.len() + 64);
+            own.extend_from_slice(body);
+            let at = own.as_ptr();
+            let in_place = p.answer(Bytes::from(own), alias);
+            assert_eq!(in_place, copy, "{alias}");
+            assert_eq!(in_place.as_ptr(), at, "{alias}: written in place");
+            // Held elsewhere too: copied, the other holder's bytes unchanged.
+            let held = Bytes::copy_from_slice(body);
+            let other = held.clone();
+            assert_eq!(p.answer(held, alias), copy, "{alias}");
+            assert_eq!(other, &body[..]);
+        }
+    }
+
     /// The translating path, as the gateway runs it: the normalised tree,
     /// `model` = the alias, printed; and the usage read from the tree.
     fn translated(endpoint: Endpoint, body: &[u8]) -> (Vec<u8>, Option<TokenUsage>) {
@@ -440,20 +535,20 @@ mod tests {
         for (name, endpoint, body) in recorded() {
             // As providers send them (compact): the very same bytes.
             let wire = compact(&body);
-            let fast = pass_through(endpoint, &wire, ALIAS, false)
+            let passed = fast(endpoint, &wire, ALIAS, false)
                 .unwrap_or_else(|| panic!("{name}: no fast path"));
             let (slow, slow_usage) = translated(endpoint, &wire);
             assert_eq!(
-                String::from_utf8_lossy(&fast.body),
+                String::from_utf8_lossy(&passed.body),
                 String::from_utf8_lossy(&slow),
                 "{name}"
             );
-            assert_eq!(fast.usage, slow_usage, "{name}: usage");
-            assert!(fast.usage.is_some_and(|u| u.total_tokens > 0), "{name}");
+            assert_eq!(passed.usage, slow_usage, "{name}: usage");
+            assert!(passed.usage.is_some_and(|u| u.total_tokens > 0), "{name}");
 
             // As recorded (pretty-printed): the provider's bytes but for
             // `model`, the same JSON as the translated answer.
-            let fast = pass_through(endpoint, &body, ALIAS, false)
+            let passed = fast(endpoint, &body, ALIAS, false)
                 .unwrap_or_else(|| panic!("{name}: no fast path (recorded)"));
             let (slow, slow_usage) = translated(endpoint, &body);
             let original: Value = serde_json::from_slice(&body).expect("JSON");
@@ -465,11 +560,11 @@ mod tests {
             let mut expected = body[..at].to_vec();
             expected.extend_from_slice(format!("\"{ALIAS}\"").as_bytes());
             expected.extend_from_slice(&body[at + old_model.len()..]);
-            assert_eq!(fast.body, expected, "{name}: byte for byte but model");
-            let fast_v: Value = serde_json::from_slice(&fast.body).expect("JSON");
+            assert_eq!(passed.body, expected, "{name}: byte for byte but model");
+            let fast_v: Value = serde_json::from_slice(&passed.body).expect("JSON");
             let slow_v: Value = serde_json::from_slice(&slow).expect("JSON");
             assert_eq!(fast_v, slow_v, "{name}");
-            assert_eq!(fast.usage, slow_usage, "{name}: usage");
+            assert_eq!(passed.usage, slow_usage, "{name}: usage");
         }
     }
 
@@ -480,7 +575,7 @@ mod tests {
                 "logprobs": null, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}});
         let chat = |v: &Value| {
-            pass_through(
+            fast(
                 Endpoint::ChatCompletions,
                 v.to_string().as_bytes(),
                 ALIAS,
@@ -538,16 +633,14 @@ mod tests {
         );
         // A repeated key, a non-object, broken JSON.
         let dup = br#"{"model":"a","model":"b","choices":[]}"#;
-        assert!(pass_through(Endpoint::ChatCompletions, dup, ALIAS, false).is_none());
-        assert!(pass_through(Endpoint::ChatCompletions, b"[1]", ALIAS, false).is_none());
-        assert!(pass_through(Endpoint::ChatCompletions, b"{\"model\":", ALIAS, false).is_none());
+        assert!(fast(Endpoint::ChatCompletions, dup, ALIAS, false).is_none());
+        assert!(fast(Endpoint::ChatCompletions, b"[1]", ALIAS, false).is_none());
+        assert!(fast(Endpoint::ChatCompletions, b"{\"model\":", ALIAS, false).is_none());
         // A number out of an f64's range: the translation refuses the answer.
         let big = br#"{"model":"m","object":"list","data":[],"created":-2e+308}"#;
-        assert!(pass_through(Endpoint::Embeddings, big, ALIAS, false).is_none());
+        assert!(fast(Endpoint::Embeddings, big, ALIAS, false).is_none());
         // The front doors' own endpoints are not OpenAI's chat form.
-        assert!(
-            pass_through(Endpoint::Responses, ok.to_string().as_bytes(), ALIAS, false).is_none()
-        );
+        assert!(fast(Endpoint::Responses, ok.to_string().as_bytes(), ALIAS, false).is_none());
     }
 
     #[test]
@@ -555,7 +648,7 @@ mod tests {
         let floats = br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.5,-1.25e-5]}],"model":"e","usage":{"prompt_tokens":3,"total_tokens":3}}"#;
         let b64 = br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":"AAAAPw=="}],"model":"e","usage":{"prompt_tokens":3,"total_tokens":3}}"#;
         // Floats asked, floats sent: byte for byte.
-        let p = pass_through(Endpoint::Embeddings, floats, ALIAS, false).expect("fast");
+        let p = fast(Endpoint::Embeddings, floats, ALIAS, false).expect("fast");
         assert_eq!(
             p.body,
             String::from_utf8_lossy(floats)
@@ -564,14 +657,14 @@ mod tests {
         );
         assert_eq!(p.usage.map(|u| u.prompt_tokens), Some(3));
         // base64 asked, base64 sent: byte for byte; floats sent: the translating path encodes.
-        assert!(pass_through(Endpoint::Embeddings, b64, ALIAS, true).is_some());
-        assert!(pass_through(Endpoint::Embeddings, floats, ALIAS, true).is_none());
+        assert!(fast(Endpoint::Embeddings, b64, ALIAS, true).is_some());
+        assert!(fast(Endpoint::Embeddings, floats, ALIAS, true).is_none());
     }
 
     #[test]
     fn the_alias_is_written_as_a_json_string() {
         let body = br#"{"model":"m","object":"list","data":[]}"#;
-        let p = pass_through(Endpoint::Embeddings, body, "a\"b\\c", false).expect("fast");
+        let p = fast(Endpoint::Embeddings, body, "a\"b\\c", false).expect("fast");
         assert_eq!(
             p.body,
             br#"{"model":"a\"b\\c","object":"list","data":[]}"#.to_vec()
@@ -579,7 +672,7 @@ mod tests {
         assert_eq!(p.usage, None);
         // An escaped key is the same key.
         let body = br#"{"mod\u0065l":"m","object":"list","data":[]}"#;
-        let p = pass_through(Endpoint::Embeddings, body, ALIAS, false).expect("fast");
+        let p = fast(Endpoint::Embeddings, body, ALIAS, false).expect("fast");
         assert_eq!(
             p.body,
             br#"{"mod\u0065l":"my-alias","object":"list","data":[]}"#.to_vec()
