@@ -217,13 +217,33 @@ impl<'a> Scanner<'a> {
         any_key: bool,
         mut member: impl FnMut(&mut Self, Key<'a>) -> Option<()>,
     ) -> Option<()> {
-        self.eat(b'{')?;
-        self.enter()?;
-        if self.peek()? == b'}' {
-            self.pos += 1;
-            self.depth -= 1;
+        if self.open(b'{', b'}')? {
             return Some(());
         }
+        self.more_members(any_key, &mut member)
+    }
+
+    /// Past `open`: `true` when `close` follows at once (an empty object or
+    /// array, read whole), `false` when an element follows (one level deeper).
+    #[inline]
+    fn open(&mut self, open: u8, close: u8) -> Option<bool> {
+        self.eat(open)?;
+        self.enter()?;
+        if self.peek()? == close {
+            self.pos += 1;
+            self.depth -= 1;
+            return Some(true);
+        }
+        Some(false)
+    }
+
+    /// Members up to the object's end, where a key is next.
+    #[inline]
+    fn more_members(
+        &mut self,
+        any_key: bool,
+        member: &mut impl FnMut(&mut Self, Key<'a>) -> Option<()>,
+    ) -> Option<()> {
         loop {
             let (start, end, escaped) = self.string()?;
             if escaped && !any_key {
@@ -274,26 +294,12 @@ impl<'a> Scanner<'a> {
         if self.after_member()? {
             return Some(());
         }
-        loop {
-            let (start, end, escaped) = self.string()?;
-            if escaped {
-                return None;
-            }
-            self.eat(b':')?;
-            member(self, &self.text[start..end])?;
-            if self.after_member()? {
-                return Some(());
-            }
-        }
+        self.more_members(false, &mut member)
     }
 
     /// An array: `item` is called before each element, and must consume it.
     pub(crate) fn array(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-        self.eat(b'[')?;
-        self.enter()?;
-        if self.peek()? == b']' {
-            self.pos += 1;
-            self.depth -= 1;
+        if self.open(b'[', b']')? {
             return Some(());
         }
         loop {
@@ -313,11 +319,7 @@ impl<'a> Scanner<'a> {
     /// An array skipped: numbers (an embedding's thousands of floats) read
     /// without the detour through [`value`](Self::value).
     fn skip_array(&mut self) -> Option<()> {
-        self.eat(b'[')?;
-        self.enter()?;
-        if self.peek()? == b']' {
-            self.pos += 1;
-            self.depth -= 1;
+        if self.open(b'[', b']')? {
             return Some(());
         }
         loop {
